@@ -1,0 +1,419 @@
+"""Layered configuration of ``qupath-rkd sync``.
+
+Three layers, later ones win:
+
+1. the packaged defaults (:data:`SCHEMA` below, one entry per key with its meaning);
+2. the project's ``<project>/qupath-rkd/config.toml`` (only the keys a user wants to change);
+3. command-line overrides (``--set section.key=value`` and the dedicated flags).
+
+:func:`load_config` merges them into a :class:`SyncConfig` that remembers where each value came
+from, so ``qupath-rkd config PROJECT`` can print what is in effect and why. Unknown sections or
+keys and values of the wrong type are :class:`~qupath_rkd.errors.ConfigError` (a typo must not be
+silently ignored). Values are plain TOML types: strings, integers, floats, booleans and lists of
+strings; ``"auto"`` stands for "let the tool decide" where a key allows it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from qupath_rkd.constants import PCAM_MPP, PCAM_PATCH_PX, PROJECT_SUBDIR
+from qupath_rkd.errors import ConfigError
+from qupath_rkd.io_utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+#: File name of the project's configuration inside ``<project>/qupath-rkd/``.
+CONFIG_FILENAME = "config.toml"
+#: Name of the source of a packaged default.
+SOURCE_DEFAULT = "default"
+#: Name of the source of a command-line override.
+SOURCE_CLI = "command line"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its default, its type and what it means.
+
+    ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``list[str]``, ``float|auto``,
+    ``int|auto`` and ``choice`` (then ``choices`` lists the allowed strings).
+    """
+
+    default: Any
+    kind: str
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+#: Every key, by section. Sections group what invalidates what: ``classes`` and ``labels``
+#: change the labelled set (its hash), ``training`` the model, ``inference`` the predictions.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "classes": {
+        "tumor": Key(["Tumor"], "list[str]", "annotation classes that mark tumour"),
+        "normal": Key(["Normal"], "list[str]", "annotation classes that mark normal tissue"),
+        "ignore": Key(["Ignore*"], "list[str]", "classes whose tiles are never used"),
+        "region": Key(
+            ["Region*"], "list[str]", "classes that restrict where to predict (if any are drawn)"
+        ),
+    },
+    "labels": {
+        "tile_px": Key(PCAM_PATCH_PX, "int", "side of a training tile in pixels", minimum=16),
+        "mpp": Key(PCAM_MPP, "float", "µm/px at which tiles are read", minimum=0.05),
+        "tumor_min_overlap": Key(
+            0.5,
+            "float",
+            "a tile is tumour when at least this fraction lies in tumour",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        "normal_max_tumor_overlap": Key(
+            0.0,
+            "float",
+            "a normal tile may touch tumour by at most this fraction",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        "normal_min_overlap": Key(
+            0.5,
+            "float",
+            "a tile is normal when at least this fraction lies in normal regions",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        "min_tissue_fraction": Key(
+            0.5, "float", "tiles with less tissue are not used", minimum=0.0, maximum=1.0
+        ),
+        "max_tiles_per_class": Key(
+            2000, "int", "at most this many tiles of each class (seeded sample)", minimum=1
+        ),
+        "seed": Key(0, "int", "seed of the tile sample", minimum=0),
+    },
+    "training": {
+        "teacher": Key(
+            "efficientnet_lite0",
+            "choice",
+            "frozen ImageNet teacher",
+            choices=("efficientnet_lite0", "resnet18", "wide_resnet50_2"),
+        ),
+        "teacher_weights": Key(
+            "", "str", "local file of teacher weights (torchvision teachers, offline use)"
+        ),
+        "input_px": Key(96, "int", "side of the teacher's input in pixels", minimum=32),
+        "steps": Key(300, "int", "optimiser steps", minimum=1),
+        "batch_size": Key(32, "int", "tiles per step", minimum=1),
+        "lr": Key(3e-3, "float", "Adam learning rate", minimum=0.0),
+        "alpha": Key(0.1, "float", "focal-loss weight of normal tiles", minimum=0.0, maximum=1.0),
+        "gamma": Key(2.0, "float", "focal-loss focusing parameter", minimum=0.0),
+        "valid_fraction": Key(
+            0.2,
+            "float",
+            "share of labelled tiles held out for model selection",
+            minimum=0.0,
+            maximum=0.9,
+        ),
+        "seed": Key(0, "int", "seed of training", minimum=0),
+    },
+    "inference": {
+        "stride_px": Key("auto", "int|auto", "tile stride in pixels (auto: the tile size)"),
+        "batch_size": Key(64, "int", "tiles per forward pass", minimum=1),
+        "threshold": Key(
+            "auto",
+            "float|auto",
+            "lesion probability threshold (auto: the model's)",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        "min_lesion_um": Key(
+            200.0, "float", "lesions with a shorter major axis are dropped (µm)", minimum=0.0
+        ),
+        "heatmap_tiles": Key(True, "bool", "also write the heatmap as scored tile objects"),
+    },
+    "sync": {
+        "backend": Key(
+            "auto", "choice", "how to talk to QuPath", choices=("auto", "paquo", "geojson")
+        ),
+        "device": Key("auto", "str", "torch device: auto, cpu, cuda, cuda:1, mps"),
+        "slide_root": Key("", "str", "folder searched for slides that moved"),
+        "num_workers": Key(0, "int", "data-loading worker processes", minimum=0),
+    },
+}
+
+#: Sections whose values decide the model (their hash is stored with it).
+MODEL_SECTIONS: tuple[str, ...] = ("classes", "labels", "training")
+#: Sections whose values decide the predictions made with a given model.
+PREDICTION_SECTIONS: tuple[str, ...] = ("inference",)
+
+
+@dataclass
+class SyncConfig:
+    """The configuration in effect: ``values[section][key]`` and where each came from.
+
+    Attributes:
+        values: section -> key -> value (plain TOML types, validated).
+        sources: section -> key -> source (``"default"``, the config file's path, or
+            ``"command line"``).
+        project_file: the project's config file (may not exist).
+    """
+
+    values: dict[str, dict[str, Any]]
+    sources: dict[str, dict[str, str]]
+    project_file: Path | None = None
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def get(self, dotted: str) -> Any:
+        """The value of ``"section.key"``."""
+        section, key = _split_key(dotted)
+        return self.values[section][key]
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A copy of one section's values."""
+        if name not in self.values:
+            raise ConfigError(f"unknown configuration section {name!r}")
+        return dict(self.values[name])
+
+    def digest(self, sections: Iterable[str]) -> str:
+        """sha256 (hex) of the canonical JSON of the given sections: same values, same hash."""
+        payload = {name: self.values[name] for name in sorted(sections)}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        """``(section.key, value, source)`` for every key, in schema order."""
+        out: list[tuple[str, Any, str]] = []
+        for section, keys in SCHEMA.items():
+            for key in keys:
+                out.append(
+                    (f"{section}.{key}", self.values[section][key], self.sources[section][key])
+                )
+        return out
+
+    def to_toml(self, *, only_non_default: bool = False) -> str:
+        """The configuration as TOML text (what a ``config.toml`` with these values holds)."""
+        lines: list[str] = []
+        for section, keys in SCHEMA.items():
+            body = []
+            for key, spec in keys.items():
+                value = self.values[section][key]
+                if only_non_default and value == spec.default:
+                    continue
+                body.append(f"# {spec.help}")
+                body.append(f"{key} = {toml_value(value)}")
+            if body:
+                if lines:
+                    lines.append("")
+                lines.append(f"[{section}]")
+                lines.extend(body)
+        return "\n".join(lines) + "\n"
+
+
+def config_path(project_dir: str | Path) -> Path:
+    """``<project>/qupath-rkd/config.toml``."""
+    return Path(project_dir) / PROJECT_SUBDIR / CONFIG_FILENAME
+
+
+def defaults() -> SyncConfig:
+    """The packaged defaults alone."""
+    values = {
+        s: {k: copy.deepcopy(spec.default) for k, spec in keys.items()}
+        for s, keys in SCHEMA.items()
+    }
+    sources = {s: dict.fromkeys(keys, SOURCE_DEFAULT) for s, keys in SCHEMA.items()}
+    return SyncConfig(values=values, sources=sources)
+
+
+def load_config(
+    project_dir: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+) -> SyncConfig:
+    """Merge defaults → ``<project>/qupath-rkd/config.toml`` → ``overrides``.
+
+    Args:
+        project_dir: the QuPath project folder (``None``: defaults and overrides only).
+        overrides: ``{"section.key": value}``; string values are parsed as TOML values when
+            they parse (so ``"50"`` is the integer 50) and kept as strings otherwise.
+        config_file: read this file instead of the project's.
+
+    Raises:
+        ConfigError: the file is not valid TOML, or names an unknown key, or a value has the
+            wrong type or is out of range.
+    """
+    config = defaults()
+    path: Path | None = None
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+    elif project_dir is not None:
+        path = config_path(project_dir)
+    config.project_file = path
+    if path is not None and path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{path} is not valid TOML: {exc}", hint="fix or delete the file"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        for section, table in data.items():
+            if section not in SCHEMA:
+                raise ConfigError(
+                    f"{path}: unknown section [{section}]",
+                    hint=f"known sections: {', '.join(SCHEMA)}",
+                )
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: {section} must be a table ([{section}])")
+            for key, raw in table.items():
+                _set(config, f"{section}.{key}", raw, str(path))
+    for dotted, raw in (overrides or {}).items():
+        value = parse_cli_value(raw) if isinstance(raw, str) else raw
+        _set(config, dotted, value, SOURCE_CLI)
+    return config
+
+
+def parse_cli_value(text: str) -> Any:
+    """Parse ``text`` as a TOML value (``50``, ``0.5``, ``true``, ``["A", "B"]``, ``"x"``).
+
+    Bare words that are not TOML (``cpu``, ``Tumor``) are kept as strings; a comma-separated
+    bare list (``Tumor,Metastasis``) is split into a list of strings.
+    """
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if "," in text:
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["training.steps=50", ...]`` -> ``{"training.steps": "50", ...}`` (values unparsed)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def write_config(project_dir: str | Path, config: SyncConfig, *, only_non_default: bool) -> Path:
+    """Write ``config`` to ``<project>/qupath-rkd/config.toml`` atomically; returns the path."""
+    path = config_path(project_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# qupath-rkd configuration (see `qupath-rkd config PROJECT` for what is in effect)\n\n"
+    )
+    atomic_write_text(path, header + config.to_toml(only_non_default=only_non_default))
+    return path
+
+
+def toml_value(value: Any) -> str:
+    """One value as TOML text (strings, ints, floats, bools and lists of those)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{value} cannot be written to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+
+
+# --- internals ----------------------------------------------------------------------------
+def _split_key(dotted: str) -> tuple[str, str]:
+    section, _, key = dotted.partition(".")
+    if not key or section not in SCHEMA or key not in SCHEMA[section]:
+        known = ", ".join(f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys)
+        raise ConfigError(f"unknown configuration key {dotted!r}", hint=f"known keys: {known}")
+    return section, key
+
+
+def _set(config: SyncConfig, dotted: str, raw: Any, source: str) -> None:
+    section, key = _split_key(dotted)
+    spec = SCHEMA[section][key]
+    value = _validate(spec, raw, f"{dotted} (from {source})")
+    config.values[section][key] = value
+    config.sources[section][key] = source
+
+
+def _validate(spec: Key, raw: Any, where: str) -> Any:
+    checks: dict[str, Callable[[Any], Any]] = {
+        "str": _as_str,
+        "int": _as_int,
+        "float": _as_float,
+        "bool": _as_bool,
+        "list[str]": _as_list_of_str,
+        "choice": _as_str,
+        "float|auto": lambda v: "auto" if v == "auto" else _as_float(v),
+        "int|auto": lambda v: "auto" if v == "auto" else _as_int(v),
+    }
+    try:
+        value = checks[spec.kind](raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if spec.kind == "choice" and value not in spec.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(spec.choices)}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec.minimum is not None and value < spec.minimum:
+            raise ConfigError(f"{where}: {value} is below the minimum {spec.minimum}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise ConfigError(f"{where}: {value} is above the maximum {spec.maximum}")
+    return value
+
+
+def _as_str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {v!r}")
+    return v
+
+
+def _as_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _as_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"expected a number, got {v!r}")
+    value = float(v)
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {v!r}")
+    return value
+
+
+def _as_bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _as_list_of_str(v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise TypeError(f"expected a list of strings, got {v!r}")
+    return list(v)
