@@ -49,9 +49,6 @@ class LazyGroup(click.Group):
         target = _COMMANDS.get(cmd_name)
         if target is None:
             return None
-        if ctx.resilient_parsing or "--help" in sys.argv[1:2]:
-            # `qupath-rkd --help` lists commands: describe them without importing anything.
-            return click.Command(cmd_name, help=target[1], short_help=target[1])
         module_name, attr = target[0].split(":")
         try:
             module = importlib.import_module(module_name)
@@ -61,6 +58,12 @@ class LazyGroup(click.Group):
             raise
         command: click.Command = getattr(module, attr)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the subcommands from ``_COMMANDS`` without importing them."""
+        rows = [(name, _COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

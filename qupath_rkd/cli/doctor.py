@@ -1,0 +1,60 @@
+"""`qupath-rkd doctor`: what this installation can do, and how to fix what it cannot."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import click
+
+
+def _check(label: str, ok: bool | None, detail: str) -> None:
+    mark = {True: "ok  ", False: "FAIL", None: "--  "}[ok]
+    click.echo(f"[{mark}] {label:<18} {detail}")
+
+
+@click.command()
+def doctor() -> None:
+    """Report Python, torch/CUDA, OpenSlide, QuPath (paquo) and the teachers available offline."""
+    from qupath_rkd import __version__
+
+    _check("qupath-rkd", True, __version__)
+    _check("python", True, f"{platform.python_version()} ({sys.executable})")
+
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        detail = f"{torch.__version__}; CUDA " + (
+            f"usable: {torch.cuda.get_device_name(0)}"
+            if cuda
+            else "not usable (training runs on the CPU)"
+        )
+        _check("torch", True, detail)
+    except Exception as exc:  # a broken install is exactly what doctor reports
+        _check("torch", False, f"cannot import torch: {exc}")
+
+    try:
+        import openslide
+
+        _check(
+            "openslide",
+            True,
+            f"library {openslide.__library_version__}, python {openslide.__version__}",
+        )
+    except Exception as exc:
+        _check("openslide", False, f"{exc} — pip install openslide-python openslide-bin")
+
+    from qupath_rkd.qupath_check import qupath_status
+
+    found, detail = qupath_status()
+    # not a failure: without QuPath the GeoJSON exchange backend is used
+    _check("QuPath (paquo)", True if found else None, detail)
+
+    try:
+        from qupath_rkd.model.teachers import teacher_availability
+
+        for name, (available, how) in teacher_availability().items():
+            _check(f"teacher {name}", available, how)
+    except ImportError as exc:
+        _check("teachers", False, f"model package unavailable: {exc}")

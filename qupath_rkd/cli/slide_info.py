@@ -1,0 +1,81 @@
+"""`qupath-rkd slide-info SLIDE`: format, pyramid, size, µm/px, tissue; optional thumbnail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("slide-info")
+@click.argument("slide", type=click.Path(path_type=Path))
+@click.option(
+    "--mpp", type=float, default=None, help="Level-0 µm/px to use instead of the metadata."
+)
+@click.option(
+    "--thumbnail",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a PNG thumbnail with the tissue mask outlined in green.",
+)
+@click.option(
+    "--thumbnail-px", type=int, default=1024, show_default=True, help="Thumbnail's longer side."
+)
+def slide_info(slide: Path, mpp: float | None, thumbnail: Path | None, thumbnail_px: int) -> None:
+    """Describe a whole-slide image: format, pyramid levels, size, µm/px and tissue fraction."""
+    from qupath_rkd.slides import open_slide, tissue_mask
+
+    with open_slide(slide, mpp=mpp) as wsi:
+        click.echo(f"file          {wsi.path}")
+        click.echo(f"format        {wsi.format}")
+        click.echo(f"size          {wsi.width_px} × {wsi.height_px} px (level 0)")
+        if wsi.bounds_offset_px != (0, 0):
+            click.echo(
+                f"bounds        offset {wsi.bounds_offset_px} px (QuPath's frame starts there)"
+            )
+        click.echo(f"levels        {wsi.level_count}")
+        for index, ((w, h), ds) in enumerate(
+            zip(wsi.level_dimensions, wsi.level_downsamples, strict=True)
+        ):
+            click.echo(f"  level {index}     {w} × {h} px, downsample {ds:.4g}")
+        slide_mpp = wsi.mpp_or_none
+        if slide_mpp is None:
+            click.echo("µm/px         unknown — pass --mpp to any command that reads this slide")
+        else:
+            size_mm = (wsi.width_px * slide_mpp / 1000, wsi.height_px * slide_mpp / 1000)
+            click.echo(
+                f"µm/px         {slide_mpp:.4g} ({wsi.mpp_source}); "
+                f"{size_mm[0]:.2f} × {size_mm[1]:.2f} mm"
+            )
+        mask = tissue_mask(wsi)
+        click.echo(f"tissue        {100 * mask.fraction:.1f} % of the slide")
+        if thumbnail is not None:
+            _write_thumbnail(wsi, mask, thumbnail, thumbnail_px)
+            click.echo(f"thumbnail     {thumbnail}")
+
+
+def _write_thumbnail(wsi, mask, out: Path, max_px: int) -> None:  # type: ignore[no-untyped-def]
+    """Thumbnail PNG with the tissue mask's outline drawn in green, written atomically."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+
+    from qupath_rkd.io_utils import atomic_write_bytes
+
+    rgb, _ = wsi.thumbnail(max_px)
+    tissue = Image.fromarray(mask.mask.astype(np.uint8) * 255).resize(
+        (rgb.shape[1], rgb.shape[0]), Image.Resampling.NEAREST
+    )
+    tissue_arr = np.asarray(tissue) > 0
+    edge = tissue_arr & ~ndimage.binary_erosion(tissue_arr, iterations=2)
+    out_rgb = rgb.copy()
+    out_rgb[edge] = (0, 200, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(out_rgb).save(buffer, format="PNG")
+    if not out.parent.is_dir():
+        raise click.UsageError(
+            f"{out.parent}: folder does not exist; create it or choose another path"
+        )
+    atomic_write_bytes(out, buffer.getvalue())
