@@ -77,7 +77,8 @@ def tissue_mask_from_rgb(
         low, high = SATURATION_THRESHOLD_RANGE
         saturation_threshold = float(np.clip(_otsu(saturation), low, high))
     mask = (saturation > saturation_threshold) & (value > MIN_VALUE)
-    mask = ndimage.binary_closing(mask, structure=np.ones((3, 3), bool), iterations=1)
+    # closing only adds pixels (scipy's erosion would otherwise eat tissue at the image border)
+    mask |= ndimage.binary_closing(mask, structure=np.ones((3, 3), bool), iterations=1)
     min_px = max(round(min_object_px), 1)
     mask = morphology.remove_small_holes(mask, max_size=min_px)
     mask = morphology.remove_small_objects(mask, max_size=min_px)

@@ -1,0 +1,97 @@
+"""The CLI as a user meets it: instant help, doctor, slide-info, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qupath_rkd import __version__
+from qupath_rkd.cli import cli
+
+
+def test_help_and_version_import_no_heavy_modules() -> None:
+    code = (
+        "import sys\n"
+        "from qupath_rkd.cli import cli\n"
+        "for args in (['--help'], ['--version'], ['-h']):\n"
+        "    try:\n"
+        "        cli.main(args=args, prog_name='qupath-rkd', standalone_mode=False)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'openslide', 'paquo', 'jpype') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "HEAVY []" in result.stdout
+    assert __version__ in result.stdout
+    for name in ("sync", "train-patches", "predict", "evaluate", "slide-info", "doctor", "demo"):
+        assert name in result.stdout
+
+
+def test_doctor_reports_each_component() -> None:
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    for word in ("python", "torch", "openslide", "QuPath (paquo)"):
+        assert word in result.output
+    assert "PAQUO_QUPATH_DIR" in result.output or "found at" in result.output
+
+
+def test_slide_info_on_a_real_svs(shared_data: Path, tmp_path: Path) -> None:
+    thumb = tmp_path / "thumb.png"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "slide-info",
+            str(shared_data / "slides" / "cmu-1-small-region.svs"),
+            "--thumbnail",
+            str(thumb),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "2220 × 2967 px" in result.output
+    assert "0.499" in result.output
+    assert "aperio" in result.output
+    assert "tissue" in result.output
+    from PIL import Image
+
+    with Image.open(thumb) as image:
+        assert max(image.size) == 1024
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("kidney-48-5.tif", "cannot read this file"),
+        ("does-not-exist.svs", "no such file"),
+        (".", "is a directory"),
+    ],
+)
+def test_slide_info_bad_input_is_one_line_without_traceback(
+    shared_data: Path, name: str, expected: str
+) -> None:
+    path = shared_data / "slides" / name
+    result = subprocess.run(
+        [sys.executable, "-m", "qupath_rkd", "slide-info", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert str(path.resolve().name) in result.stderr or str(path) in result.stderr
+
+
+def test_slide_info_without_mpp_says_how_to_give_it(shared_data: Path) -> None:
+    path = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    result = CliRunner().invoke(cli, ["slide-info", str(path)])
+    assert result.exit_code == 0
+    assert "unknown" in result.output and "--mpp" in result.output
+    result = CliRunner().invoke(cli, ["slide-info", str(path), "--mpp", "0.25"])
+    assert "0.25 (override)" in result.output
