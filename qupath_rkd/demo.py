@@ -1,0 +1,398 @@
+"""The demo: a QuPath project of semi-real lymph-node slides, and the whole loop run on it.
+
+:func:`build_demo_project` writes, in a folder of the user's choice:
+
+- ``slides/``: five semi-real slides — mosaics of the real PatchCamelyon patches shipped in
+  the package (see :mod:`qupath_rkd.slides.semireal`; they are *mosaics*, not scans), with
+  tumour lesions of known shape on three of them;
+- ``project/``: a QuPath project as QuPath 0.5 writes it (``project.qpproj`` with
+  ``serverBuilder`` + metadata per entry, ``data/<id>/server.json`` and ``summary.json``,
+  ``classifiers/classes.json``); QuPath 0.5 opens it (``data.qpdata`` is absent, which
+  QuPath reads as "no objects yet");
+- ``project/qupath-rkd/annotations/``: what the export Groovy script would write after a
+  pathologist outlined the two lesions of the first slide as ``Tumor`` (roughly, slightly
+  inside the true border, as a quick outline is) and marked it fully annotated, and marked the
+  second slide tumour-free;
+- ``truth/<entryID>.geojson``: the true lesion polygons of every slide (for the FROC).
+
+The labelled slides are built from one half of the shipped patches and the other slides from
+the other half, so the slides the model is judged on share no patch with what it learnt from.
+
+:func:`run_demo` builds the project, runs :func:`qupath_rkd.sync.runner.run_sync` with the
+offline EfficientNet-Lite0 teacher, and scores the predicted lesions against the truth with the
+Camelyon16 lesion FROC.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from qupath_rkd.constants import PCAM_MPP, PROJECT_SUBDIR
+from qupath_rkd.errors import ProjectError
+from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+#: QuPath version whose project layout the demo reproduces.
+QUPATH_VERSION = "0.5.1"
+_OPENSLIDE_BUILDER = "qupath.lib.images.servers.openslide.OpenslideServerBuilder"
+
+#: Per-image metadata flags (QuPath entry ``metadata``, strings), as labels/ reads them.
+TUMOR_FREE_KEY = "qupath-rkd.tumor-free"
+FULLY_ANNOTATED_KEY = "qupath-rkd.fully-annotated"
+
+#: QuPath's default classes (from a real ``classifiers/classes.json``; colours as packed ARGB).
+_QUPATH_CLASSES = [
+    ("Tumor", -3670016),
+    ("Stroma", -6895466),
+    ("Immune cells", -6268256),
+    ("Necrosis", -13487566),
+    ("Other", -14336),
+    ("Region*", -16777036),
+    ("Ignore*", -4934476),
+    ("Positive", -377282),
+    ("Negative", -9408287),
+]
+
+
+@dataclass(frozen=True)
+class DemoSlideSpec:
+    """One demo slide: its name, lesions (mean diameters in µm), and what the pathologist did.
+
+    ``role`` is ``"annotated"`` (lesions outlined as Tumor, slide marked fully annotated),
+    ``"tumor-free"`` (marked tumour-free) or ``"unlabelled"``.
+    """
+
+    name: str
+    lesion_diameters_um: tuple[float, ...]
+    role: str
+    seed: int
+
+
+#: The demo's slides. Lesion sizes straddle the 200 µm / 275 µm limits the FROC cares about.
+DEMO_SLIDES: tuple[DemoSlideSpec, ...] = (
+    DemoSlideSpec("LN-01 tumour annotated.tif", (900.0, 700.0), "annotated", 11),
+    DemoSlideSpec("LN-02 tumour-free.tif", (), "tumor-free", 12),
+    DemoSlideSpec("LN-03.tif", (1000.0, 600.0), "unlabelled", 13),
+    DemoSlideSpec("LN-04.tif", (800.0, 400.0), "unlabelled", 14),
+    DemoSlideSpec("LN-05.tif", (), "unlabelled", 15),
+)
+
+
+@dataclass
+class DemoSlide:
+    """A written demo slide and its project entry."""
+
+    entry_id: int
+    spec: DemoSlideSpec
+    path: Path
+    width_px: int
+    height_px: int
+    mpp: float
+    levels: list[tuple[float, int, int]]  # (downsample, width, height)
+    lesions: list[Any] = field(default_factory=list)  # shapely polygons, level-0 px
+
+
+@dataclass
+class DemoProject:
+    """What :func:`build_demo_project` made."""
+
+    root: Path
+    project_dir: Path
+    slides: list[DemoSlide]
+
+    @property
+    def truth_dir(self) -> Path:
+        return self.root / "truth"
+
+
+def qupath_file_uri(path: Path) -> str:
+    """A file URI as QuPath (Java's ``File.toURI``) writes it: ``file:/abs/path%20x.tif``."""
+    posix = path.resolve().as_posix()
+    if not posix.startswith("/"):  # Windows drive: file:/D:/...
+        posix = "/" + posix
+    return "file:" + quote(posix, safe="/:")
+
+
+def _split_patch_pools(workdir: Path) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+    """Split the shipped patches in two disjoint halves: ((normal, tumour) to learn from,
+    (normal, tumour) to judge on)."""
+    from qupath_rkd.slides import demo_patch_dirs
+
+    normal_dir, tumor_dir = demo_patch_dirs()
+    pools = []
+    for half in (0, 1):
+        dirs = []
+        for source, label in ((normal_dir, "normal"), (tumor_dir, "tumor")):
+            target = workdir / f"pool{half}" / label
+            target.mkdir(parents=True)
+            files = sorted(p for p in source.iterdir() if p.suffix.lower() in {".jpg", ".png"})
+            for path in files[half::2]:
+                shutil.copyfile(path, target / path.name)
+            dirs.append(target)
+        pools.append((dirs[0], dirs[1]))
+    return pools[0], pools[1]
+
+
+def _server_metadata(slide: DemoSlide) -> dict[str, Any]:
+    """``serverBuilder.metadata`` as QuPath 0.5 writes it for an RGB OpenSlide image."""
+    return {
+        "name": slide.spec.name,
+        "width": slide.width_px,
+        "height": slide.height_px,
+        "sizeZ": 1,
+        "sizeT": 1,
+        "channelType": "DEFAULT",
+        "isRGB": True,
+        "pixelType": "UINT8",
+        "levels": [{"downsample": d, "width": w, "height": h} for d, w, h in slide.levels],
+        "channels": [
+            {"name": "Red", "color": -65536},
+            {"name": "Green", "color": -16711936},
+            {"name": "Blue", "color": -16776961},
+        ],
+        "pixelCalibration": {
+            "pixelWidth": {"value": slide.mpp, "unit": "µm"},
+            "pixelHeight": {"value": slide.mpp, "unit": "µm"},
+            "zSpacing": {"value": 1.0, "unit": "z-slice"},
+            "timeUnit": "SECONDS",
+            "timepoints": [],
+        },
+        "magnification": 10.0,
+        "preferredTileWidth": 256,
+        "preferredTileHeight": 256,
+    }
+
+
+def _entry_metadata(spec: DemoSlideSpec) -> dict[str, str]:
+    if spec.role == "annotated":
+        return {FULLY_ANNOTATED_KEY: "true"}
+    if spec.role == "tumor-free":
+        return {TUMOR_FREE_KEY: "true"}
+    return {}
+
+
+def write_qupath_project(project_dir: Path, slides: Sequence[DemoSlide], *, seed: int = 0) -> Path:
+    """Write ``project.qpproj``, ``data/<id>/`` and ``classifiers/classes.json`` as QuPath
+    0.5.1 does (JSON with the same keys, order and nesting); returns the project file."""
+    project_dir.mkdir(parents=True, exist_ok=True)
+    now_ms = int(time.time() * 1000)
+    rng = uuid.UUID(int=(seed * 7919 + 1) << 64)
+    images = []
+    for slide in slides:
+        builder = {
+            "builderType": "uri",
+            "providerClassName": _OPENSLIDE_BUILDER,
+            "uri": qupath_file_uri(slide.path),
+            "args": [],
+            "metadata": _server_metadata(slide),
+        }
+        randomized = str(uuid.uuid5(rng, slide.spec.name))
+        images.append(
+            {
+                "serverBuilder": builder,
+                "entryID": slide.entry_id,
+                "randomizedName": randomized,
+                "imageName": slide.spec.name,
+                "metadata": _entry_metadata(slide.spec),
+            }
+        )
+        data_dir = project_dir / "data" / str(slide.entry_id)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = {"builder": builder, "metadata": builder["metadata"]}
+        atomic_write_text(data_dir / "server.json", json.dumps(server, ensure_ascii=False))
+        summary = {
+            "timestamp": now_ms,
+            "imageType": "BRIGHTFIELD_H_E",
+            "server": {
+                "width": slide.width_px,
+                "height": slide.height_px,
+                "sizeC": 3,
+                "sizeZ": 1,
+                "sizeT": 1,
+            },
+            "hierarchy": {"nObjects": 1, "objectTypeCounts": {"Root objects": 1}},
+        }
+        atomic_write_text(data_dir / "summary.json", json.dumps(summary, ensure_ascii=False))
+        _write_thumbnail(slide.path, data_dir / "thumbnail.jpg")
+    project = {
+        "version": QUPATH_VERSION,
+        "createTimestamp": now_ms,
+        "modifyTimestamp": now_ms,
+        "uri": qupath_file_uri(project_dir / "project.qpproj"),
+        "lastID": max((s.entry_id for s in slides), default=0),
+        "images": images,
+    }
+    classes_dir = project_dir / "classifiers"
+    classes_dir.mkdir(exist_ok=True)
+    atomic_write_text(
+        classes_dir / "classes.json",
+        json.dumps(
+            {"pathClasses": [{"name": n, "color": c} for n, c in _QUPATH_CLASSES]}, indent=2
+        ),
+    )
+    path = project_dir / "project.qpproj"
+    atomic_write_text(path, json.dumps(project, indent=2, ensure_ascii=False))
+    return path
+
+
+def _write_thumbnail(slide_path: Path, out: Path) -> None:
+    """QuPath keeps a small JPEG thumbnail per entry; write one the same way."""
+    import io
+
+    from PIL import Image
+
+    from qupath_rkd.slides import open_slide
+
+    with open_slide(slide_path) as slide:
+        rgb, _ = slide.thumbnail(max_px=256)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=85)
+    atomic_write_bytes(out, buffer.getvalue())
+
+
+def _pathologist_outline(lesion: Any) -> Any:
+    """A quick hand outline of a lesion: smoothed and drawn a little inside its border."""
+    outline = lesion.buffer(-12.0).simplify(8.0)
+    return outline if not outline.is_empty else lesion
+
+
+def export_annotations(project_dir: Path, slides: Sequence[DemoSlide]) -> Path:
+    """Write ``qupath-rkd/annotations/<entryID>.geojson`` + ``manifest.json`` as the export
+    Groovy script does (every image gets a file, empty when it has no annotation)."""
+    from qupath_rkd.qupath.geojson import make_feature, stable_feature_id, write_geojson
+
+    folder = project_dir / PROJECT_SUBDIR / "annotations"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_images = []
+    for slide in slides:
+        features = []
+        if slide.spec.role == "annotated":
+            for index, lesion in enumerate(slide.lesions):
+                features.append(
+                    make_feature(
+                        _pathologist_outline(lesion),
+                        object_type="annotation",
+                        class_name="Tumor",
+                        feature_id=stable_feature_id("demo-annotation", slide.entry_id, index),
+                    )
+                )
+        write_geojson(folder / f"{slide.entry_id}.geojson", features)
+        manifest_images.append(
+            {
+                "entryID": slide.entry_id,
+                "imageName": slide.spec.name,
+                "uri": qupath_file_uri(slide.path),
+                "pixelWidthMicrons": slide.mpp,
+                "pixelHeightMicrons": slide.mpp,
+                "width": slide.width_px,
+                "height": slide.height_px,
+                "metadata": _entry_metadata(slide.spec),
+                "annotations": f"{slide.entry_id}.geojson",
+            }
+        )
+    manifest = {"qupathVersion": QUPATH_VERSION, "images": manifest_images}
+    return atomic_write_json(folder / "manifest.json", manifest)
+
+
+def write_truth(root: Path, slides: Sequence[DemoSlide]) -> Path:
+    """The true lesions of every slide as ``truth/<entryID>.geojson`` (Tumor annotations)."""
+    from qupath_rkd.qupath.geojson import make_feature, stable_feature_id, write_geojson
+
+    folder = root / "truth"
+    folder.mkdir(parents=True, exist_ok=True)
+    for slide in slides:
+        features = [
+            make_feature(
+                lesion,
+                object_type="annotation",
+                class_name="Tumor",
+                feature_id=stable_feature_id("demo-truth", slide.entry_id, i),
+            )
+            for i, lesion in enumerate(slide.lesions)
+        ]
+        write_geojson(folder / f"{slide.entry_id}.geojson", features)
+    return folder
+
+
+def build_demo_project(
+    out_dir: str | os.PathLike[str],
+    *,
+    width_px: int = 3072,
+    height_px: int = 2560,
+    specs: Sequence[DemoSlideSpec] = DEMO_SLIDES,
+    progress: Callable[[str], None] | None = None,
+) -> DemoProject:
+    """Build the demo folder (slides, QuPath project, exported annotations, truth).
+
+    Args:
+        out_dir: an empty or missing folder.
+        width_px, height_px: level-0 size of each slide (0.972 µm/px).
+        specs: the slides to make.
+        progress: called with one line per step (the CLI prints it).
+
+    Raises:
+        ProjectError: ``out_dir`` exists and is not empty.
+    """
+    from qupath_rkd.slides import build_semireal_slide, open_slide
+
+    root = Path(out_dir)
+    if root.exists() and any(root.iterdir()):
+        raise ProjectError(
+            f"{root} is not empty", hint="give the demo a new folder, or delete this one"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda _msg: None)
+    slides: list[DemoSlide] = []
+    with tempfile.TemporaryDirectory(dir=root, prefix=".patches-") as tmp:
+        learn_pool, judge_pool = _split_patch_pools(Path(tmp))
+        for index, spec in enumerate(specs, start=1):
+            say(f"building slide {index}/{len(specs)}: {spec.name}")
+            normal_dir, tumor_dir = learn_pool if spec.role != "unlabelled" else judge_pool
+            built = build_semireal_slide(
+                root / "slides" / spec.name,
+                normal_dir=normal_dir,
+                tumor_dir=tumor_dir,
+                width_px=width_px,
+                height_px=height_px,
+                n_lesions=len(spec.lesion_diameters_um),
+                lesion_diameters_um=spec.lesion_diameters_um or (1000.0,),
+                mpp=PCAM_MPP,
+                seed=spec.seed,
+            )
+            with open_slide(built.path) as handle:
+                levels = [
+                    (float(d), int(w), int(h))
+                    for d, (w, h) in zip(
+                        handle.level_downsamples, handle.level_dimensions, strict=True
+                    )
+                ]
+            slides.append(
+                DemoSlide(
+                    entry_id=index,
+                    spec=spec,
+                    path=built.path,
+                    width_px=built.width_px,
+                    height_px=built.height_px,
+                    mpp=built.mpp,
+                    levels=levels,
+                    lesions=list(built.lesions),
+                )
+            )
+    project_dir = root / "project"
+    say("writing the QuPath project")
+    write_qupath_project(project_dir, slides)
+    export_annotations(project_dir, slides)
+    write_truth(root, slides)
+    return DemoProject(root=root, project_dir=project_dir, slides=slides)

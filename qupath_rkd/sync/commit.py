@@ -1,0 +1,206 @@
+"""All-or-nothing write-back: a killed ``sync`` leaves the project as before it or after it.
+
+Everything a sync produces (a new model, every new prediction file, ``state.json`` and
+``report.json``) is first written to ``<project>/qupath-rkd/.pending/``, which no reader looks
+at. When all of it is there, ``.pending/commit.json`` is written atomically: that single
+``os.replace`` is the commit point. Only then are the files moved into place, each previous
+prediction file first copied to ``<project>/qupath-rkd/backup/`` and each new one swapped in
+with ``os.replace``; ``state.json`` and ``report.json`` come last, then ``.pending`` is
+removed.
+
+:func:`recover` runs at the start of every sync (under the lock): a ``.pending`` folder
+without ``commit.json`` is an interrupted sync and is discarded (the project stays as it was
+before); one with ``commit.json`` is a sync interrupted while moving files and is finished
+(the project becomes what that sync produced). Each step is idempotent, so recovery can itself
+be interrupted and run again.
+
+Pathologists' annotation files are never among the targets: only paths inside the tool's
+``predictions`` and ``model`` folders and its own state files are ever replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qupath_rkd.constants import PROJECT_SUBDIR
+from qupath_rkd.errors import ProjectError
+from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+PENDING_DIRNAME = ".pending"
+COMMIT_FILENAME = "commit.json"
+BACKUP_DIRNAME = "backup"
+
+#: Test hook: ``QUPATH_RKD_FAULT=<point>`` kills the process (SIGKILL) at that point, so the
+#: tests can prove that a kill anywhere leaves the project before-or-after. Unset in real use.
+FAULT_ENV = "QUPATH_RKD_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """Kill this process right here when ``$QUPATH_RKD_FAULT`` names this point (tests only)."""
+    wanted = os.environ.get(FAULT_ENV)
+    if wanted and wanted == name:
+        import signal
+
+        logger.debug("fault injection: killing the process at %s", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Move:
+    """One file the commit puts in place.
+
+    Attributes:
+        staged: name of the staged file inside ``.pending``.
+        target: path relative to the project folder where it goes.
+        backup: whether the file it replaces is copied to ``backup/`` first.
+    """
+
+    staged: str
+    target: str
+    backup: bool = True
+
+
+@dataclass
+class Transaction:
+    """A sync's pending writes. Stage files, then :meth:`commit`.
+
+    Args:
+        project_dir: the QuPath project folder.
+    """
+
+    project_dir: Path
+    moves: list[Move] = field(default_factory=list)
+    json_outputs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.project_dir = Path(self.project_dir)
+        self.tool_dir = self.project_dir / PROJECT_SUBDIR
+        self.pending = self.tool_dir / PENDING_DIRNAME
+
+    def begin(self) -> None:
+        """Create an empty ``.pending`` folder (after :func:`recover`)."""
+        if self.pending.exists():
+            shutil.rmtree(self.pending)
+        self.pending.mkdir(parents=True)
+
+    def staged_path(self, name: str) -> Path:
+        """Where to write a staged file called ``name``."""
+        return self.pending / name
+
+    def stage_bytes(
+        self, name: str, data: bytes, target: str | Path, *, backup: bool = True
+    ) -> Path:
+        """Stage ``data``; at commit it replaces ``<project>/<target>``."""
+        path = atomic_write_bytes(self.pending / name, data)
+        self.add_move(name, target, backup=backup)
+        return path
+
+    def add_move(self, name: str, target: str | Path, *, backup: bool = True) -> None:
+        """Register an already staged file ``.pending/<name>`` to go to ``<project>/<target>``."""
+        rel = Path(target)
+        if rel.is_absolute():
+            rel = rel.relative_to(self.project_dir)
+        if not (self.pending / name).is_file():
+            raise ProjectError(f"internal error: {name} was not staged")
+        self.moves.append(Move(staged=name, target=rel.as_posix(), backup=backup))
+
+    def set_json(self, target: str | Path, obj: Any) -> None:
+        """Write ``obj`` as JSON to ``<project>/<target>`` at commit, after the moves,
+        unless the file already holds exactly this content."""
+        rel = Path(target)
+        if rel.is_absolute():
+            rel = rel.relative_to(self.project_dir)
+        self.json_outputs[rel.as_posix()] = obj
+
+    def commit(self) -> None:
+        """Write the commit record (the point of no return), then apply it."""
+        fault_point("before-commit")
+        record = {
+            "moves": [vars(m) for m in self.moves],
+            "json": self.json_outputs,
+        }
+        atomic_write_json(self.pending / COMMIT_FILENAME, record)
+        fault_point("after-commit-record")
+        _apply(self.project_dir, record)
+
+    def abort(self) -> None:
+        """Discard everything staged."""
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.pending)
+
+
+def recover(project_dir: str | Path) -> str | None:
+    """Finish or discard what an interrupted sync left; returns what was done, or ``None``."""
+    pending = Path(project_dir) / PROJECT_SUBDIR / PENDING_DIRNAME
+    if not pending.exists():
+        return None
+    record_file = pending / COMMIT_FILENAME
+    if record_file.is_file():
+        try:
+            record = json.loads(record_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # cannot happen with atomic writes; be safe
+            logger.warning("unreadable %s (%s): discarding the interrupted sync", record_file, exc)
+        else:
+            _apply(Path(project_dir), record)
+            return "finished the write-back of an interrupted sync"
+    shutil.rmtree(pending)
+    return "discarded the unfinished work of an interrupted sync"
+
+
+def _apply(project_dir: Path, record: dict[str, Any]) -> None:
+    """Move every staged file into place (backing up what it replaces), then the JSON files,
+    then remove ``.pending``. Safe to run again after an interruption."""
+    tool_dir = project_dir / PROJECT_SUBDIR
+    pending = tool_dir / PENDING_DIRNAME
+    for index, move in enumerate(record["moves"]):
+        staged = pending / move["staged"]
+        target = project_dir / move["target"]
+        if not staged.exists():
+            continue  # moved already by an earlier, interrupted apply
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if move.get("backup", True) and target.is_file():
+            backup = tool_dir / BACKUP_DIRNAME / Path(move["target"]).relative_to(PROJECT_SUBDIR)
+            backup.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(backup, target.read_bytes())
+        fault_point(f"move-{index}")
+        os.replace(staged, target)
+    fault_point("before-json")
+    for rel, obj in record["json"].items():
+        _write_json_if_changed(project_dir / rel, obj)
+    fault_point("before-cleanup")
+    shutil.rmtree(pending, ignore_errors=True)
+
+
+def _write_json_if_changed(path: Path, obj: Any) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")) == obj:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, obj)
+
+
+def ensure_writable(project_dir: str | Path) -> None:
+    """Raise :class:`ProjectError` unless qupath-rkd can write into the project.
+
+    Checked before any work so a read-only project fails at once, with nothing written.
+    """
+    tool_dir = Path(project_dir) / PROJECT_SUBDIR
+    where = tool_dir if tool_dir.exists() else Path(project_dir)
+    probe = where / f".qupath-rkd-write-test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ProjectError(
+            f"the project folder is not writable: {where} ({exc.strerror or exc})",
+            hint="make it writable or copy the project somewhere you can write",
+        ) from exc

@@ -1,0 +1,170 @@
+"""The per-slide results of ``sync``: ``<project>/qupath-rkd/report.json`` and its table.
+
+``report.json`` describes the predictions now in the project (one row per image: tumour
+score, number of lesions, lesion area in mm², status, and for a failed slide the error), the
+model they came from and the labelled set it was trained on. It holds no timestamps and no
+"what this run did", so a sync that changes nothing leaves it byte-identical; what a run did
+(trained or reused, predicted or up to date) is in :class:`SyncOutcome` and printed by the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qupath_rkd import __version__
+from qupath_rkd.constants import PROJECT_SUBDIR
+from qupath_rkd.io_utils import atomic_write_json
+
+REPORT_FILENAME = "report.json"
+REPORT_VERSION = 1
+
+#: Row statuses. ``predicted``: predictions written by this run; ``up to date``: reused;
+#: ``failed``: this slide could not be predicted (see ``error``); ``would predict``: dry run.
+STATUS_PREDICTED = "predicted"
+STATUS_UP_TO_DATE = "up to date"
+STATUS_FAILED = "failed"
+STATUS_WOULD_PREDICT = "would predict"
+
+
+@dataclass
+class SlideResult:
+    """One image's line in the report.
+
+    Attributes:
+        entry_id: QuPath's ``entryID`` (as a string).
+        image_name: QuPath's ``imageName``.
+        status: one of the ``STATUS_*`` values.
+        tumor_score: slide-level tumour probability in [0, 1] (``None`` when failed/pending).
+        lesions: number of predicted lesions.
+        lesion_area_mm2: total area of the predicted lesions in mm².
+        reason: why it was (re)predicted, or the error of a failed slide.
+    """
+
+    entry_id: str
+    image_name: str
+    status: str
+    tumor_score: float | None = None
+    lesions: int | None = None
+    lesion_area_mm2: float | None = None
+    reason: str = ""
+
+    def report_row(self) -> dict[str, Any]:
+        """The row as stored in report.json: the result, not what this run did."""
+        row = asdict(self)
+        row.pop("reason")
+        row["status"] = "failed" if self.status == STATUS_FAILED else "ok"
+        if self.status == STATUS_FAILED:
+            row["error"] = self.reason
+        for key in ("tumor_score", "lesion_area_mm2"):
+            if row[key] is not None:
+                row[key] = round(float(row[key]), 6)
+        return row
+
+
+@dataclass
+class SyncOutcome:
+    """What one ``sync`` did and found.
+
+    Attributes:
+        project_dir: the project.
+        trained: whether a model was trained by this run.
+        train_reason: why it was trained (or why it would be, in a dry run).
+        model_id: the model in effect.
+        dataset_hash: hash of the labelled set.
+        label_summary: tiles per class per slide (``{image_name: {"tumor": n, "normal": n}}``).
+        slides: one :class:`SlideResult` per image, in project order.
+        dry_run: nothing was written.
+        notes: one-line remarks for the user (fallbacks, repaired geometries, ...).
+    """
+
+    project_dir: Path
+    trained: bool = False
+    train_reason: str | None = None
+    model_id: str | None = None
+    dataset_hash: str | None = None
+    label_summary: dict[str, dict[str, int]] = field(default_factory=dict)
+    slides: list[SlideResult] = field(default_factory=list)
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SlideResult]:
+        return [s for s in self.slides if s.status == STATUS_FAILED]
+
+    @property
+    def predicted(self) -> list[SlideResult]:
+        return [s for s in self.slides if s.status == STATUS_PREDICTED]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any slide failed, else 0."""
+        return 1 if self.failed else 0
+
+
+def report_path(project_dir: str | Path) -> Path:
+    """``<project>/qupath-rkd/report.json``."""
+    return Path(project_dir) / PROJECT_SUBDIR / REPORT_FILENAME
+
+
+def report_json(outcome: SyncOutcome) -> dict[str, Any]:
+    """The deterministic content of report.json for ``outcome``."""
+    return {
+        "version": REPORT_VERSION,
+        "qupath_rkd_version": __version__,
+        "model_id": outcome.model_id,
+        "dataset_hash": outcome.dataset_hash,
+        "labelled_tiles": outcome.label_summary,
+        "slides": [s.report_row() for s in outcome.slides],
+    }
+
+
+def write_report(outcome: SyncOutcome) -> Path:
+    """Write report.json atomically, only if its content changed (so a no-op sync touches
+    nothing); returns its path."""
+    path = report_path(outcome.project_dir)
+    content = report_json(outcome)
+    try:
+        import json
+
+        if json.loads(path.read_text(encoding="utf-8")) == content:
+            return path
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, content)
+    return path
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def format_table(slides: list[SlideResult]) -> str:
+    """The per-slide table as plain text (the CLI prints it)."""
+    header = ("image", "tumour score", "lesions", "lesion area mm²", "status")
+    rows = [
+        (
+            s.image_name,
+            _fmt(s.tumor_score, ".3f"),
+            _fmt(s.lesions, "d"),
+            _fmt(s.lesion_area_mm2, ".3f"),
+            s.status + (f" ({s.reason})" if s.reason else ""),
+        )
+        for s in slides
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {1, 2, 3}
+
+    def line(cells: tuple[str, ...]) -> str:
+        parts = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(header), line(tuple("-" * w for w in widths))]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
