@@ -98,3 +98,30 @@ class LockError(QupathRkdError, RuntimeError):
 
 class EvaluationError(QupathRkdError, ValueError):
     """Ground truth or predictions for evaluation are unusable."""
+
+
+# --- QuPath bridge (issue 4) -----------------------------------------------------------------
+class ProjectNotFoundError(ProjectError, FileNotFoundError):
+    """The path is not a QuPath project (no such folder, or no ``project.qpproj`` in it)."""
+
+
+class ProjectFormatError(ProjectError, ValueError):
+    """``project.qpproj`` (or a ``data/<id>/server.json``) is not what QuPath writes."""
+
+
+class MissingSlidesError(ProjectError, FileNotFoundError):
+    """Image files of a project cannot be found; ``missing`` lists ``(image name, path)``."""
+
+    def __init__(
+        self, message: str, hint: str | None = None, missing: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.missing = list(missing or [])
+
+
+class ProjectReadOnlyError(ProjectError, PermissionError):
+    """The project folder cannot be written (qupath-rkd needs its ``qupath-rkd/`` folder)."""
+
+
+class BackendUnavailableError(ProjectError, RuntimeError):
+    """The requested QuPath backend cannot be used here (e.g. paquo without QuPath)."""

@@ -1,0 +1,210 @@
+"""The interface every QuPath backend implements, and the exchange folder's layout.
+
+Exchange folder (``<project>/qupath-rkd/``, :data:`~qupath_rkd.constants.PROJECT_SUBDIR`)::
+
+    annotations/<entryID>.geojson   written by groovy/export_annotations.groovy (QuPath's own
+                                    GeoJSON of the image's annotations, FeatureCollection)
+    annotations/manifest.json       written by the same script: one record per exported image
+                                    (entry ID, name, URI, µm/px, size, entry metadata)
+    predictions/<entryID>.geojson   written by qupath-rkd (detections named "qupath-rkd …"),
+                                    read by groovy/import_predictions.groovy
+    predictions/<entryID>.geojson.bak   the previous predictions, kept as a backup
+
+Coordinates in every file: level-0 ``(x, y)`` pixels of the image in QuPath's frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from qupath_rkd.errors import AnnotationError, ProjectReadOnlyError
+from qupath_rkd.io_utils import atomic_write_bytes
+from qupath_rkd.qupath.geojson import QupathObject
+from qupath_rkd.qupath.project import ImageEntry, Project
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "AnnotationSet",
+    "ExchangeLayout",
+    "PredictionWrite",
+    "ProjectBackend",
+    "read_manifest",
+    "replace_with_backup",
+]
+
+#: ``format`` field of ``annotations/manifest.json``.
+MANIFEST_FORMAT = "qupath-rkd-annotations"
+
+
+@dataclass(frozen=True)
+class ExchangeLayout:
+    """Paths inside ``<project>/qupath-rkd/`` (nothing is created by building one)."""
+
+    root: Path
+
+    @classmethod
+    def for_project(cls, project: Project) -> ExchangeLayout:
+        """The layout of ``project``'s exchange folder."""
+        return cls(project.exchange_dir)
+
+    @property
+    def annotations_dir(self) -> Path:
+        return self.root / "annotations"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def manifest_path(self) -> Path:
+        """``annotations/manifest.json``, written by the Groovy export script."""
+        return self.annotations_dir / "manifest.json"
+
+    def annotations_file(self, entry_id: str) -> Path:
+        return self.annotations_dir / f"{entry_id}.geojson"
+
+    def predictions_file(self, entry_id: str) -> Path:
+        return self.predictions_dir / f"{entry_id}.geojson"
+
+    def predictions_backup(self, entry_id: str) -> Path:
+        return self.predictions_dir / f"{entry_id}.geojson.bak"
+
+
+@dataclass(frozen=True)
+class AnnotationSet:
+    """The annotations of one image as a backend read them.
+
+    Attributes:
+        entry_id: the image's entry ID.
+        objects: annotation objects (level-0 px, QuPath frame shifted by the entry's
+            ``bounds_offset_px`` into the slide layer's frame). Objects qupath-rkd created
+            are left out.
+        exported: ``False`` when the image has no annotation export yet (GeoJSON backend:
+            no file and no manifest record), so "no annotations" and "never exported" differ.
+        source: the file read (GeoJSON backend) or ``None``.
+        sha256: hash of what was read (file bytes, or the canonical JSON for paquo); ``None``
+            when nothing was exported. Use it to notice changed labels.
+        repairs: one line per repaired geometry.
+        metadata: the entry's metadata (project file, updated by the export manifest).
+    """
+
+    entry_id: str
+    objects: list[QupathObject]
+    exported: bool
+    source: Path | None = None
+    sha256: str | None = None
+    repairs: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictionWrite:
+    """What :meth:`ProjectBackend.write_predictions` did."""
+
+    entry_id: str
+    path: Path | None
+    written: bool
+    backup: Path | None = None
+    n_features: int = 0
+
+
+@runtime_checkable
+class ProjectBackend(Protocol):
+    """How qupath-rkd reads annotations from and writes predictions into a QuPath project."""
+
+    #: ``"geojson"`` or ``"paquo"``.
+    kind: str
+    project: Project
+
+    def images(self) -> list[ImageEntry]:
+        """The project's images (entries), in the project's order."""
+        ...
+
+    def read_annotations(self, entry: ImageEntry) -> AnnotationSet:
+        """The annotations of one image; raises ``AnnotationError`` on unusable input."""
+        ...
+
+    def write_predictions(
+        self, entry: ImageEntry, features: Sequence[Mapping[str, Any]]
+    ) -> PredictionWrite:
+        """Replace this tool's predictions for one image with ``features`` (from
+        :func:`~qupath_rkd.qupath.geojson.make_feature`, level-0 px in the slide layer's frame),
+        atomically, keeping the previous ones as a backup until the new ones are complete.
+        Identical content is not rewritten. Pathologists' objects are never touched."""
+        ...
+
+    def describe(self) -> str:
+        """One line saying where annotations come from and where predictions go."""
+        ...
+
+
+def replace_with_backup(target: Path, data: bytes, backup: Path) -> tuple[bool, Path | None]:
+    """Write ``data`` to ``target`` atomically, keeping the old content in ``backup``.
+
+    Order: (1) if ``target`` already holds ``data``, nothing is written; (2) the old file is
+    copied to ``backup`` atomically; (3) ``data`` replaces ``target`` atomically. A kill at any
+    point leaves ``target`` either old or new, never partial, and the old content is in
+    ``backup`` before the new one appears. Returns ``(written, backup or None)``.
+
+    Raises:
+        ProjectReadOnlyError: the folder cannot be written.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        old = target.read_bytes() if target.is_file() else None
+        if old == data:
+            return False, None
+        kept: Path | None = None
+        if old is not None:
+            atomic_write_bytes(backup, old)
+            kept = backup
+        atomic_write_bytes(target, data)
+        return True, kept
+    except PermissionError as exc:
+        raise ProjectReadOnlyError(
+            f"{exc.filename or target}: permission denied",
+            hint="make the project folder writable (qupath-rkd writes only into its qupath-rkd/ "
+            "folder)",
+        ) from None
+
+
+def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """Records of ``annotations/manifest.json`` keyed by entry ID (``{}`` if absent).
+
+    Raises:
+        AnnotationError: the manifest exists but is not the JSON the export script writes.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnnotationError(
+            f"{path}: not JSON ({exc})",
+            hint="run groovy/export_annotations.groovy again (Run for project)",
+        ) from None
+    if not isinstance(data, Mapping) or not isinstance(data.get("images"), (Mapping, list)):
+        raise AnnotationError(
+            f"{path}: not a qupath-rkd manifest (no 'images')",
+            hint="run groovy/export_annotations.groovy again (Run for project)",
+        )
+    images = data["images"]
+    records = images.values() if isinstance(images, Mapping) else images
+    out: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if isinstance(rec, Mapping) and rec.get("entry_id") is not None:
+            out[str(rec["entry_id"])] = dict(rec)
+    return out
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
