@@ -248,7 +248,7 @@ class Slide:
         )
         if not exact:
             image = image.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box)
-        return np.asarray(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8)  # a writable copy
 
     def read_tile(self, x_px: float, y_px: float, size_px: int, mpp: float) -> np.ndarray:
         """A square tile of ``size_px`` pixels at ``mpp`` µm/px.

@@ -180,7 +180,7 @@ class _Mosaic:
 
     def render(self, y0: int, height: int, width: int) -> np.ndarray:
         """Rows [y0, y0 + height) of the mosaic, all columns: (height, width, 3) uint8."""
-        p = PCAM_PATCH_PX
+        p = self.patches.shape[1]
         out = np.empty((height, width, 3), dtype=np.uint8)
         for row in range(y0 // p, (y0 + height - 1) // p + 1):
             ry0 = max(row * p, y0)
@@ -240,6 +240,17 @@ def _place_lesions(
     return lesions
 
 
+def _resize_patches(patches: np.ndarray, cell_px: int) -> np.ndarray:
+    """Resize (n, p, p, 3) patches to (n, cell_px, cell_px, 3) with a Lanczos filter."""
+    from PIL import Image
+
+    out = np.empty((len(patches), cell_px, cell_px, 3), dtype=np.uint8)
+    for index, patch in enumerate(patches):
+        resized = Image.fromarray(patch).resize((cell_px, cell_px), Image.Resampling.LANCZOS)
+        out[index] = np.asarray(resized)
+    return out
+
+
 def _downsample2(image: np.ndarray) -> np.ndarray:
     """Box-filter downsample by 2 (antialiased): (h, w, 3) -> (ceil(h/2), ceil(w/2), 3)."""
     h, w = image.shape[:2]
@@ -292,8 +303,9 @@ def build_semireal_slide(
         lesions: explicit lesions (centre in level-0 px, diameter in µm); or ``n_lesions``
             placed at random inside the tissue with diameters cycling ``lesion_diameters_um``.
         tissue_fraction: approximate share of the slide covered by tissue (0 gives a blank slide).
-        mpp: level-0 µm/px written to the resolution tags (PCam's own 0.972 by default, so
-            the patches' pixels are stored unchanged).
+        mpp: level-0 µm/px written to the resolution tags. At PCam's own 0.972 (the default)
+            the patches' pixels are stored unchanged; at another µm/px each patch is resized
+            to keep its physical size (e.g. 384 px at 0.243 µm/px, blurrier than a real scan).
         seed: everything random comes from this seed.
         max_patches: at most this many patches are read from each folder.
         compression: ``"jpeg"`` (small files, lossy) or ``"zlib"`` / ``"none"`` (lossless: level 0
@@ -334,8 +346,10 @@ def build_semireal_slide(
         else []
     )
 
-    p = PCAM_PATCH_PX
-    grid_rows, grid_cols = (height_px - 1) // p + 1, (width_px - 1) // p + 1
+    cell_px = max(8, round(PCAM_PATCH_PX * PCAM_MPP / mpp))
+    if cell_px != PCAM_PATCH_PX:
+        normal, tumour = _resize_patches(normal, cell_px), _resize_patches(tumour, cell_px)
+    grid_rows, grid_cols = (height_px - 1) // cell_px + 1, (width_px - 1) // cell_px + 1
     normal_mosaic = _Mosaic(normal, grid_rows, grid_cols, rng)
     tumour_mosaic = _Mosaic(tumour, grid_rows, grid_cols, rng)
     noise_rng = np.random.default_rng(seed + 1)
