@@ -271,6 +271,7 @@ def _pathologist_outline(lesion: Any) -> Any:
 def export_annotations(project_dir: Path, slides: Sequence[DemoSlide]) -> Path:
     """Write ``qupath-rkd/annotations/<entryID>.geojson`` + ``manifest.json`` as the export
     Groovy script does (every image gets a file, empty when it has no annotation)."""
+    from qupath_rkd.qupath.backends.base import MANIFEST_FORMAT
     from qupath_rkd.qupath.geojson import make_feature, stable_feature_id, write_geojson
 
     folder = project_dir / PROJECT_SUBDIR / "annotations"
@@ -291,18 +292,22 @@ def export_annotations(project_dir: Path, slides: Sequence[DemoSlide]) -> Path:
         write_geojson(folder / f"{slide.entry_id}.geojson", features)
         manifest_images.append(
             {
-                "entryID": slide.entry_id,
-                "imageName": slide.spec.name,
+                "entry_id": str(slide.entry_id),
+                "image_name": slide.spec.name,
                 "uri": qupath_file_uri(slide.path),
-                "pixelWidthMicrons": slide.mpp,
-                "pixelHeightMicrons": slide.mpp,
+                "mpp": slide.mpp,
                 "width": slide.width_px,
                 "height": slide.height_px,
                 "metadata": _entry_metadata(slide.spec),
                 "annotations": f"{slide.entry_id}.geojson",
+                "n_annotations": len(features),
             }
         )
-    manifest = {"qupathVersion": QUPATH_VERSION, "images": manifest_images}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "qupath_version": QUPATH_VERSION,
+        "images": manifest_images,
+    }
     return atomic_write_json(folder / "manifest.json", manifest)
 
 

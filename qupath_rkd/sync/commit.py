@@ -1,21 +1,22 @@
 """All-or-nothing write-back: a killed ``sync`` leaves the project as before it or after it.
 
-Everything a sync produces (a new model, every new prediction file, ``state.json`` and
-``report.json``) is first written to ``<project>/qupath-rkd/.pending/``, which no reader looks
-at. When all of it is there, ``.pending/commit.json`` is written atomically: that single
-``os.replace`` is the commit point. Only then are the files moved into place, each previous
-prediction file first copied to ``<project>/qupath-rkd/backup/`` and each new one swapped in
-with ``os.replace``; ``state.json`` and ``report.json`` come last, then ``.pending`` is
-removed.
+Everything a sync produces (a new model, the new predictions of every image, ``state.json``
+and ``report.json``) is first written to ``<project>/qupath-rkd/.pending/``, which no reader
+looks at. When all of it is there, ``.pending/commit.json`` is written atomically: that single
+``os.replace`` is the commit point. Only then is it put in place: staged files are moved with
+``os.replace``; each image's predictions are handed to the backend's ``write_predictions``
+(atomic per file, previous file kept as ``.bak``, identical content not rewritten);
+``state.json`` and ``report.json`` come last (with the digest of each prediction file the
+backend wrote), then ``.pending`` is removed.
 
 :func:`recover` runs at the start of every sync (under the lock): a ``.pending`` folder
 without ``commit.json`` is an interrupted sync and is discarded (the project stays as it was
-before); one with ``commit.json`` is a sync interrupted while moving files and is finished
-(the project becomes what that sync produced). Each step is idempotent, so recovery can itself
-be interrupted and run again.
+before); one with ``commit.json`` is a sync interrupted while putting things in place and is
+finished (the project becomes what that sync produced). Each step is idempotent, so recovery
+can itself be interrupted and run again.
 
-Pathologists' annotation files are never among the targets: only paths inside the tool's
-``predictions`` and ``model`` folders and its own state files are ever replaced.
+Pathologists' annotation files are never among the targets: only the tool's model, its
+prediction files (through the backend) and its own state files are ever replaced.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qupath_rkd.constants import PROJECT_SUBDIR
-from qupath_rkd.errors import ProjectError
+from qupath_rkd.errors import ProjectError, ProjectReadOnlyError
 from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ BACKUP_DIRNAME = "backup"
 #: Test hook: ``QUPATH_RKD_FAULT=<point>`` kills the process (SIGKILL) at that point, so the
 #: tests can prove that a kill anywhere leaves the project before-or-after. Unset in real use.
 FAULT_ENV = "QUPATH_RKD_FAULT"
+
+#: Writes one image's predictions: ``(entry_id, features) -> sha256 of what is now stored``
+#: (``None`` when the backend has no file to hash, e.g. paquo).
+EntryWriter = Callable[[str, Sequence[Mapping[str, Any]]], "str | None"]
 
 
 def fault_point(name: str) -> None:
@@ -79,7 +85,11 @@ class Transaction:
 
     project_dir: Path
     moves: list[Move] = field(default_factory=list)
+    entries: list[dict[str, str]] = field(default_factory=list)
     json_outputs: dict[str, Any] = field(default_factory=dict)
+    #: ``(json target, path of keys)``: the dict at that place receives
+    #: ``{entry_id: {"output_sha256": digest}}`` merged in after the entries are written.
+    digests_into: tuple[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.project_dir = Path(self.project_dir)
@@ -113,6 +123,12 @@ class Transaction:
             raise ProjectError(f"internal error: {name} was not staged")
         self.moves.append(Move(staged=name, target=rel.as_posix(), backup=backup))
 
+    def stage_entry(self, entry_id: str, features: Sequence[Mapping[str, Any]]) -> None:
+        """Stage one image's new predictions (GeoJSON features, as for ``write_predictions``)."""
+        name = f"entry-{entry_id}.json"
+        atomic_write_json(self.pending / name, list(features), indent=None)
+        self.entries.append({"entry_id": entry_id, "staged": name})
+
     def set_json(self, target: str | Path, obj: Any) -> None:
         """Write ``obj`` as JSON to ``<project>/<target>`` at commit, after the moves,
         unless the file already holds exactly this content."""
@@ -121,16 +137,24 @@ class Transaction:
             rel = rel.relative_to(self.project_dir)
         self.json_outputs[rel.as_posix()] = obj
 
-    def commit(self) -> None:
-        """Write the commit record (the point of no return), then apply it."""
+    def commit(self, writer: EntryWriter | None = None) -> None:
+        """Write the commit record (the point of no return), then apply it.
+
+        Args:
+            writer: writes one image's staged predictions (required when any were staged).
+        """
+        if self.entries and writer is None:
+            raise ProjectError("internal error: predictions staged without a writer")
         fault_point("before-commit")
         record = {
             "moves": [vars(m) for m in self.moves],
+            "entries": self.entries,
             "json": self.json_outputs,
+            "digests_into": self.digests_into,
         }
         atomic_write_json(self.pending / COMMIT_FILENAME, record)
         fault_point("after-commit-record")
-        _apply(self.project_dir, record)
+        _apply(self.project_dir, record, writer)
 
     def abort(self) -> None:
         """Discard everything staged."""
@@ -138,8 +162,13 @@ class Transaction:
             shutil.rmtree(self.pending)
 
 
-def recover(project_dir: str | Path) -> str | None:
-    """Finish or discard what an interrupted sync left; returns what was done, or ``None``."""
+def recover(project_dir: str | Path, writer: EntryWriter | None = None) -> str | None:
+    """Finish or discard what an interrupted sync left; returns what was done, or ``None``.
+
+    Args:
+        writer: writes one image's staged predictions (the project's backend); without one,
+            a committed sync that staged predictions is left for a later call.
+    """
     pending = Path(project_dir) / PROJECT_SUBDIR / PENDING_DIRNAME
     if not pending.exists():
         return None
@@ -150,15 +179,18 @@ def recover(project_dir: str | Path) -> str | None:
         except (OSError, ValueError) as exc:  # cannot happen with atomic writes; be safe
             logger.warning("unreadable %s (%s): discarding the interrupted sync", record_file, exc)
         else:
-            _apply(Path(project_dir), record)
+            if record.get("entries") and writer is None:
+                return None
+            _apply(Path(project_dir), record, writer)
             return "finished the write-back of an interrupted sync"
     shutil.rmtree(pending)
     return "discarded the unfinished work of an interrupted sync"
 
 
-def _apply(project_dir: Path, record: dict[str, Any]) -> None:
-    """Move every staged file into place (backing up what it replaces), then the JSON files,
-    then remove ``.pending``. Safe to run again after an interruption."""
+def _apply(project_dir: Path, record: dict[str, Any], writer: EntryWriter | None) -> None:
+    """Move every staged file into place (backing up what it replaces), hand every staged
+    image's predictions to ``writer``, then write the JSON files and remove ``.pending``.
+    Safe to run again after an interruption."""
     tool_dir = project_dir / PROJECT_SUBDIR
     pending = tool_dir / PENDING_DIRNAME
     for index, move in enumerate(record["moves"]):
@@ -173,8 +205,22 @@ def _apply(project_dir: Path, record: dict[str, Any]) -> None:
             atomic_write_bytes(backup, target.read_bytes())
         fault_point(f"move-{index}")
         os.replace(staged, target)
+    digests: dict[str, str | None] = {}
+    for index, item in enumerate(record.get("entries", [])):
+        features = json.loads((pending / item["staged"]).read_text(encoding="utf-8"))
+        fault_point(f"entry-{index}")
+        assert writer is not None
+        digests[item["entry_id"]] = writer(item["entry_id"], features)
     fault_point("before-json")
-    for rel, obj in record["json"].items():
+    outputs = record["json"]
+    if record.get("digests_into") and digests:
+        rel, keys = record["digests_into"]
+        place = outputs[rel]
+        for key in keys:
+            place = place[key]
+        for entry_id, digest in digests.items():
+            place.setdefault(entry_id, {})["output_sha256"] = digest
+    for rel, obj in outputs.items():
         _write_json_if_changed(project_dir / rel, obj)
     fault_point("before-cleanup")
     shutil.rmtree(pending, ignore_errors=True)
@@ -200,7 +246,7 @@ def ensure_writable(project_dir: str | Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ProjectError(
+        raise ProjectReadOnlyError(
             f"the project folder is not writable: {where} ({exc.strerror or exc})",
             hint="make it writable or copy the project somewhere you can write",
         ) from exc

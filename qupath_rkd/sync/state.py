@@ -62,7 +62,9 @@ class PredictionRecord:
     config_hash: str
     slide_fingerprint: str
     region_hash: str
-    output_sha256: str
+    output_sha256: str | None
+    #: what the report shows: ``tumor_score``, ``lesions``, ``lesion_area_mm2``
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,7 +180,7 @@ def prediction_stale_reason(
     record = state.predictions.get(entry_key)
     if record is None or not output_file.is_file():
         return "no predictions yet"
-    if file_sha256(output_file) != record.output_sha256:
+    if record.output_sha256 is not None and file_sha256(output_file) != record.output_sha256:
         return "the prediction file was changed outside qupath-rkd"
     if record.model_id != model_id:
         return "the model changed"

@@ -1,0 +1,543 @@
+"""``qupath-rkd sync``: annotations in, detections out, again and again.
+
+One call of :func:`run_sync`:
+
+1. opens the project and its backend, takes the lock, finishes or discards what an interrupted
+   sync left (:func:`qupath_rkd.sync.commit.recover`);
+2. reads every image's annotations (never modifying them) and builds the labelled set
+   (:mod:`qupath_rkd.labels`), whose hash says whether the labels changed;
+3. trains a model when there is none, or the labels or the training configuration changed;
+   otherwise reuses it;
+4. predicts every image whose predictions are missing or stale (another model, another
+   prediction configuration, a changed slide or region); a slide that fails is reported and
+   the others go on;
+5. writes everything back in one all-or-nothing commit (:mod:`qupath_rkd.sync.commit`):
+   model, predictions through the backend, ``state.json``, ``report.json``.
+
+A second run with nothing changed trains nothing, predicts nothing and writes nothing. With
+``dry_run`` it only says what it would do (no lock, no file written, nothing trained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR, PROJECT_SUBDIR, TOOL_TAG
+from qupath_rkd.errors import DataError, ProjectError, QupathRkdError
+from qupath_rkd.sync.commit import Transaction, ensure_writable, fault_point, recover
+from qupath_rkd.sync.config import MODEL_SECTIONS, PREDICTION_SECTIONS, SyncConfig
+from qupath_rkd.sync.lock import ProjectLock
+from qupath_rkd.sync.report import (
+    STATUS_FAILED,
+    STATUS_PREDICTED,
+    STATUS_UP_TO_DATE,
+    STATUS_WOULD_PREDICT,
+    SlideResult,
+    SyncOutcome,
+    report_json,
+    report_path,
+)
+from qupath_rkd.sync.state import (
+    ModelRecord,
+    PredictionRecord,
+    SyncState,
+    file_sha256,
+    load_state,
+    model_stale_reason,
+    prediction_stale_reason,
+    slide_fingerprint,
+    state_path,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_RELPATH = f"{PROJECT_SUBDIR}/model/model.pt"
+_STAGED_MODEL = "model.pt"
+
+#: Progress callback: ``(stage, done, total)``; the CLI draws it on a tty.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class LabelledSet:
+    """What sync needs of the labelled set (built by :mod:`qupath_rkd.labels`).
+
+    Attributes:
+        tiles: ``(slide_path, x_px, y_px, label)``, level-0 px in the slide layer's frame.
+        dataset_hash: stable hash of the tiles and labels.
+        summary: ``{image_name: {"tumor": n, "normal": n, ...}}``.
+        slide_mpp: µm/px of each slide path from QuPath's calibration (for slides without it).
+    """
+
+    tiles: list[tuple[str, int, int, int]]
+    dataset_hash: str
+    summary: dict[str, dict[str, int]]
+    slide_mpp: dict[str, float]
+
+
+def _say(notes: list[str], message: str, echo: Callable[[str], None] | None) -> None:
+    notes.append(message)
+    if echo is not None:
+        echo(message)
+
+
+def run_sync(
+    project_dir: str | Path,
+    config: SyncConfig,
+    *,
+    dry_run: bool = False,
+    slide_root: str | Path | None = None,
+    progress: Progress | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> SyncOutcome:
+    """Run the loop once on a QuPath project.
+
+    Args:
+        project_dir: the project folder or its ``project.qpproj``.
+        config: the configuration in effect (:func:`qupath_rkd.sync.config.load_config`).
+        dry_run: say what would be done; write nothing, train nothing.
+        slide_root: folder searched for slides that moved (overrides ``sync.slide_root``).
+        progress: called as work advances (training steps, slides).
+        echo: called with one-line remarks as they happen (the CLI prints them).
+
+    Returns:
+        The :class:`SyncOutcome` (its ``exit_code`` is 1 when a slide failed).
+
+    Raises:
+        ProjectError, AnnotationError, ConfigError, DataError, LockError: the project cannot
+        be synced at all (bad input); nothing was written.
+    """
+    from qupath_rkd.qupath.backends import get_backend
+    from qupath_rkd.qupath.project import open_project
+
+    root = slide_root or (config.get("sync.slide_root") or None)
+    project = open_project(project_dir, slide_root=root)
+    outcome = SyncOutcome(project_dir=project.path, dry_run=dry_run)
+    if not dry_run:
+        ensure_writable(project.path)
+    lock = None if dry_run else ProjectLock(project.path, command="sync")
+    if lock is not None:
+        lock.acquire()
+    try:
+        backend, backend_note = get_backend(project, config.get("sync.backend"))
+        logger.info("%s", backend_note)
+        if "(" in backend_note and config.get("sync.backend") == "auto":
+            _say(outcome.notes, backend_note, echo)
+        writer = _entry_writer(backend, project)
+        if not dry_run:
+            action = recover(project.path, writer)
+            if action:
+                _say(outcome.notes, action, echo)
+        _sync_locked(project, backend, writer, config, outcome, progress, echo)
+    finally:
+        if lock is not None:
+            lock.release()
+    return outcome
+
+
+def _entry_writer(
+    backend: Any, project: Any
+) -> Callable[[str, Sequence[Mapping[str, Any]]], str | None]:
+    def write(entry_id: str, features: Sequence[Mapping[str, Any]]) -> str | None:
+        result = backend.write_predictions(project.entry(entry_id), features)
+        path = getattr(result, "path", None)
+        return file_sha256(path) if path is not None and Path(path).is_file() else None
+
+    return write
+
+
+def _region_hash(objects: Sequence[Any], region_classes: Sequence[str]) -> tuple[str, Any]:
+    """Hash and union of the region annotations that restrict where to predict."""
+    from shapely import unary_union
+    from shapely.geometry import mapping
+
+    regions = [o.geometry for o in objects if _class_matches(o.class_name, region_classes)]
+    if not regions:
+        return "none", None
+    union = unary_union(regions)
+    text = json.dumps(mapping(union), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest(), union
+
+
+def _class_matches(class_name: str | None, patterns: Sequence[str]) -> bool:
+    if not class_name:
+        return False
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if class_name.startswith(pattern[:-1]):
+                return True
+        elif class_name == pattern:
+            return True
+    return False
+
+
+def _sync_locked(
+    project: Any,
+    backend: Any,
+    writer: Callable[[str, Sequence[Mapping[str, Any]]], str | None],
+    config: SyncConfig,
+    outcome: SyncOutcome,
+    progress: Progress | None,
+    echo: Callable[[str], None] | None,
+) -> None:
+    state = load_state(project.path)
+    entries = list(backend.images())
+    if not entries:
+        raise ProjectError(f"{project.qpproj_path}: the project has no images")
+
+    # 1. annotations (read-only) and the labelled set
+    annotation_sets = {e.entry_id: backend.read_annotations(e) for e in entries}
+    for aset in annotation_sets.values():
+        for line in getattr(aset, "repairs", []):
+            _say(outcome.notes, f"repaired: {line}", echo)
+    labelled = build_labelled_set(project, entries, annotation_sets, config)
+    outcome.dataset_hash = labelled.dataset_hash
+    outcome.label_summary = labelled.summary
+    _check_labels(labelled)
+
+    # 2. the model
+    model_file = project.path / MODEL_RELPATH
+    model_hash = config.digest(MODEL_SECTIONS)
+    reason = model_stale_reason(state, model_file, labelled.dataset_hash, model_hash)
+    outcome.train_reason = reason
+    tx = Transaction(project.path)
+    if outcome.dry_run:
+        outcome.trained = False
+        outcome.model_id = state.model.model_id if (reason is None and state.model) else None
+    else:
+        tx.begin()
+    model_path = model_file
+    try:
+        if reason is not None and not outcome.dry_run:
+            if echo:
+                echo(f"training: {reason} ({len(labelled.tiles)} labelled tiles)")
+            model_path = tx.staged_path(_STAGED_MODEL)
+            _train(labelled, config, model_path, progress)
+            fault_point("after-train")
+            tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
+            outcome.trained = True
+        new_state = SyncState(model=state.model, predictions=dict(state.predictions))
+        model = None
+        if not outcome.dry_run:
+            model_id = file_sha256(model_path)
+            outcome.model_id = model_id
+            new_state.model = ModelRecord(
+                model_id=model_id,
+                dataset_hash=labelled.dataset_hash,
+                config_hash=model_hash,
+                path="model/model.pt",
+            )
+
+        # 3. predictions
+        pred_hash = config.digest(PREDICTION_SECTIONS)
+        to_predict: list[tuple[Any, str, str, Any, str]] = []
+        for entry in entries:
+            result = SlideResult(entry_id=entry.entry_id, image_name=entry.name, status="")
+            outcome.slides.append(result)
+            if entry.path is None:
+                result.status = STATUS_FAILED
+                result.reason = (
+                    f"slide not found: {entry.stored_path or entry.uri} (pass --slide-root DIR)"
+                )
+                continue
+            region_hash, region = _region_hash(
+                annotation_sets[entry.entry_id].objects, config.get("classes.region")
+            )
+            try:
+                slide_fp = slide_fingerprint(entry.path)
+            except OSError as exc:
+                result.status = STATUS_FAILED
+                result.reason = f"cannot read {entry.path}: {exc.strerror or exc}"
+                continue
+            output = _prediction_file(backend, entry)
+            why = (
+                "the model changed"
+                if outcome.model_id is None and reason is not None
+                else prediction_stale_reason(
+                    state,
+                    entry.entry_id,
+                    output,
+                    model_id=outcome.model_id or "",
+                    config_hash=pred_hash,
+                    slide_fp=slide_fp,
+                    region_hash=region_hash,
+                )
+                if output is not None
+                else "no prediction file"
+            )
+            if why is None:
+                _fill_from_record(result, state.predictions[entry.entry_id])
+                result.status = STATUS_UP_TO_DATE
+                continue
+            result.reason = why
+            if outcome.dry_run:
+                result.status = STATUS_WOULD_PREDICT
+                continue
+            to_predict.append((entry, slide_fp, region_hash, region, why))
+
+        if outcome.dry_run:
+            return
+        if to_predict:
+            from qupath_rkd.training.checkpoint import load_model
+
+            model = load_model(model_path, device=config.get("sync.device"))
+        for index, (entry, slide_fp, region_hash, region, _why) in enumerate(to_predict):
+            result = next(s for s in outcome.slides if s.entry_id == entry.entry_id)
+            if progress:
+                progress(f"predicting {entry.name}", index, len(to_predict))
+            if echo:
+                echo(f"predicting {entry.name} ({index + 1}/{len(to_predict)})")
+            try:
+                features, summary = _predict_entry(entry, model, region, config)
+            except QupathRkdError as exc:
+                result.status = STATUS_FAILED
+                result.reason = exc.one_line()
+                logger.warning("%s failed: %s", entry.name, exc.one_line())
+                continue
+            except Exception as exc:  # a failing slide must not stop the others
+                result.status = STATUS_FAILED
+                result.reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                logger.warning("%s failed", entry.name, exc_info=True)
+                continue
+            tx.stage_entry(entry.entry_id, features)
+            new_state.predictions[entry.entry_id] = PredictionRecord(
+                model_id=outcome.model_id or "",
+                config_hash=pred_hash,
+                slide_fingerprint=slide_fp,
+                region_hash=region_hash,
+                output_sha256="",
+                result=summary,
+            )
+            _fill_from_record(result, new_state.predictions[entry.entry_id])
+            result.status = STATUS_PREDICTED
+            fault_point(f"after-predict-{index}")
+        if progress and to_predict:
+            progress("predicting", len(to_predict), len(to_predict))
+
+        # 4. write back, all or nothing
+        state_json = new_state.to_json()
+        unchanged = (
+            not outcome.trained
+            and not tx.entries
+            and _same_json(state_path(project.path), state_json)
+            and _same_json(report_path(project.path), report_json(outcome))
+        )
+        if unchanged:
+            tx.abort()
+            return
+        tx.set_json(state_path(project.path), state_json)
+        tx.digests_into = (f"{PROJECT_SUBDIR}/state.json", ["predictions"])
+        tx.set_json(report_path(project.path), report_json(outcome))
+        tx.commit(writer)
+    except BaseException:
+        if not outcome.dry_run:
+            tx.abort()
+        raise
+
+
+def _same_json(path: Path, obj: Any) -> bool:
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")) == obj)
+    except (OSError, ValueError):
+        return False
+
+
+def _prediction_file(backend: Any, entry: Any) -> Path | None:
+    layout = getattr(backend, "layout", None)
+    if layout is not None:
+        return Path(layout.predictions_file(entry.entry_id))
+    return None
+
+
+def _fill_from_record(result: SlideResult, record: PredictionRecord) -> None:
+    summary = record.result or {}
+    result.tumor_score = summary.get("tumor_score")
+    result.lesions = summary.get("lesions")
+    result.lesion_area_mm2 = summary.get("lesion_area_mm2")
+
+
+def _check_labels(labelled: LabelledSet) -> None:
+    labels = [t[3] for t in labelled.tiles]
+    n_tumor = sum(1 for v in labels if v == LABEL_TUMOR)
+    n_normal = sum(1 for v in labels if v == LABEL_NORMAL)
+    if n_tumor == 0 and n_normal == 0:
+        raise DataError(
+            "no labelled tiles: the project has no tumour or normal annotations and no slide "
+            "marked tumour-free",
+            hint="outline a few tumour regions (class Tumor) and mark a tumour-free slide "
+            "(metadata qupath-rkd.tumor-free = true), export the annotations, then sync again",
+        )
+    if n_normal == 0:
+        raise DataError(
+            f"only tumour labels ({n_tumor} tumour tiles, no normal tile): reverse distillation "
+            "learns what normal tissue looks like",
+            hint="mark a tumour-free slide (metadata qupath-rkd.tumor-free = true), mark an "
+            "annotated slide fully annotated, or outline normal regions (class Normal)",
+        )
+
+
+# --- the seams to the other stages ----------------------------------------------------------
+def build_labelled_set(
+    project: Any, entries: Sequence[Any], annotation_sets: Mapping[str, Any], config: SyncConfig
+) -> LabelledSet:
+    """The labelled set of the project, from :mod:`qupath_rkd.labels`."""
+    raise NotImplementedError  # replaced when labels/ lands
+
+
+def _train_config(config: SyncConfig, n_train: int) -> Any:
+    from qupath_rkd.training.config import TrainConfig
+
+    t = config.section("training")
+    batch = int(t["batch_size"])
+    steps = int(t["steps"])
+    full_epoch = max(1, math.ceil(n_train / batch))
+    epochs = max(1, math.ceil(steps / full_epoch))
+    per_epoch = max(1, math.ceil(steps / epochs))
+    return TrainConfig(
+        teacher=t["teacher"],
+        teacher_weights=t["teacher_weights"] or None,
+        input_px=int(t["input_px"]),
+        mpp=float(config.get("labels.mpp")),
+        epochs=epochs,
+        max_steps_per_epoch=per_epoch,
+        validate_every_steps=max(1, steps // 5),
+        batch_size=batch,
+        lr=float(t["lr"]),
+        alpha=float(t["alpha"]),
+        gamma=float(t["gamma"]),
+        seed=int(t["seed"]),
+        device=config.get("sync.device"),
+        num_workers=int(config.get("sync.num_workers")),
+    )
+
+
+def _train(labelled: LabelledSet, config: SyncConfig, out: Path, progress: Progress | None) -> None:
+    """Train on the labelled set; the checkpoint is written to ``out``."""
+    import numpy as np
+
+    from qupath_rkd.sync.tiles_dataset import SlideTileDataset, split_by_label
+    from qupath_rkd.training.trainer import train
+
+    dataset = SlideTileDataset(
+        labelled.tiles,
+        tile_px=int(config.get("labels.tile_px")),
+        mpp=float(config.get("labels.mpp")),
+        slide_mpp=labelled.slide_mpp,
+    )
+    train_idx, valid_idx = split_by_label(
+        dataset.labels,
+        float(config.get("training.valid_fraction")),
+        int(config.get("training.seed")),
+    )
+    train_set = dataset.subset(train_idx)
+    valid_set = dataset.subset(valid_idx) if len(valid_idx) else dataset.subset(np.asarray([], int))
+    started = time.perf_counter()
+    train_config = _train_config(config, len(train_set))
+    result = train(
+        train_set,
+        valid_set,
+        train_config,
+        out,
+        dataset_hash=labelled.dataset_hash,
+        progress=progress is not None,
+    )
+    logger.info("trained in %.1f s: %s", time.perf_counter() - started, result)
+    checkpoint = Path(getattr(result, "checkpoint", out))
+    if checkpoint != out and checkpoint.is_file():
+        checkpoint.replace(out)
+    if not out.is_file():
+        raise DataError(f"training wrote no checkpoint at {out}")
+
+
+def _predict_entry(
+    entry: Any, model: Any, region: Any, config: SyncConfig
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Predict one image: (GeoJSON features for the backend, summary for the report)."""
+    from qupath_rkd.inference import predict_slide
+    from qupath_rkd.qupath.geojson import make_feature, stable_feature_id
+
+    inf = config.section("inference")
+    stride = None if inf["stride_px"] == "auto" else int(inf["stride_px"])
+    prediction = predict_slide(
+        entry.path,
+        model,
+        mpp=entry.mpp,
+        stride_px=stride,
+        batch_size=int(inf["batch_size"]),
+        num_workers=int(config.get("sync.num_workers")),
+        region=region,
+    )
+    threshold = model.threshold if inf["threshold"] == "auto" else float(inf["threshold"])
+    lesions = prediction.lesions
+    if inf["threshold"] != "auto" or float(inf["min_lesion_um"]) != 200.0:
+        from qupath_rkd.lesions import extract_lesions
+
+        lesions = extract_lesions(
+            prediction.heatmap, threshold, min_major_axis_um=float(inf["min_lesion_um"])
+        )
+    features: list[dict[str, Any]] = []
+    for index, lesion in enumerate(lesions):
+        features.append(
+            make_feature(
+                lesion.polygon,
+                object_type="detection",
+                class_name="Tumor",
+                name=f"{TOOL_TAG} lesion {index + 1}",
+                measurements={
+                    "Tumor probability (max)": float(lesion.max_probability),
+                    "Tumor probability (mean)": float(lesion.mean_probability),
+                    "Area µm^2": float(lesion.area_um2),
+                    "Major axis µm": float(lesion.major_axis_um),
+                },
+                feature_id=stable_feature_id(
+                    TOOL_TAG, entry.entry_id, model.model_id, "lesion", index
+                ),
+            )
+        )
+    if inf["heatmap_tiles"]:
+        features.extend(_tile_features(entry, prediction, model))
+    area_mm2 = sum(float(lesion.area_um2) for lesion in lesions) / 1e6
+    summary = {
+        "tumor_score": round(float(prediction.slide_score), 6),
+        "lesions": len(lesions),
+        "lesion_area_mm2": round(area_mm2, 6),
+    }
+    return features, summary
+
+
+def _tile_features(entry: Any, prediction: Any, model: Any) -> list[dict[str, Any]]:
+    """The heatmap as QuPath tiles with a probability measurement (Measure › Show measurement
+    maps): one square per scored grid cell, the cell's footprint (stride side, centred on the
+    tile centre) in level-0 px."""
+    import numpy as np
+    from shapely.geometry import box
+
+    from qupath_rkd.qupath.geojson import make_feature, stable_feature_id
+
+    heatmap = prediction.heatmap
+    prob = heatmap.probability
+    rows, cols = np.nonzero(np.isfinite(prob))
+    xs, ys = heatmap.to_level0_xy(rows, cols)
+    half = 0.5 * float(heatmap.stride_level0_px)
+    out = []
+    for r, c, x, y in zip(rows.tolist(), cols.tolist(), xs.tolist(), ys.tolist(), strict=True):
+        out.append(
+            make_feature(
+                box(x - half, y - half, x + half, y + half),
+                object_type="tile",
+                name=f"{TOOL_TAG} tile",
+                measurements={"Tumor probability": float(prob[r, c])},
+                feature_id=stable_feature_id(
+                    TOOL_TAG, entry.entry_id, model.model_id, "tile", r, c
+                ),
+            )
+        )
+    return out
