@@ -401,3 +401,167 @@ def build_demo_project(
     export_annotations(project_dir, slides)
     write_truth(root, slides)
     return DemoProject(root=root, project_dir=project_dir, slides=slides)
+
+
+# --- running the demo ---------------------------------------------------------------------
+#: Marker written last by :func:`build_demo_project`: a folder holding it is a finished demo.
+DEMO_MARKER = "demo.json"
+
+#: The demo's settings, written to the project's config.toml so that a later
+#: ``qupath-rkd sync DIR/project`` uses the same ones (and finds nothing to redo).
+DEMO_SETTINGS: dict[str, Any] = {
+    "training.teacher": "efficientnet_lite0",
+    "training.input_px": 96,
+    "training.steps": 150,
+    "training.batch_size": 32,
+    "sync.backend": "geojson",
+}
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` found.
+
+    Attributes:
+        project: the demo project.
+        outcome: the sync's outcome (per-slide table).
+        froc_score: Camelyon16 lesion FROC over the slides the model never learnt from
+            (``None`` when it cannot be computed).
+        froc_at: sensitivity at 0.25 … 8 false positives per slide.
+        n_lesions: lesions counted by the FROC (non-ITC).
+        slide_truth: ``{image_name: has tumour}``.
+        built: whether this run built the project (``False``: it reused one).
+    """
+
+    project: DemoProject
+    outcome: Any
+    froc_score: float | None
+    froc_at: dict[float, float]
+    n_lesions: int
+    slide_truth: dict[str, bool]
+    built: bool
+
+
+def _load_demo(root: Path) -> DemoProject | None:
+    """The demo in ``root`` if one was finished there before, else ``None``."""
+    marker = root / DEMO_MARKER
+    if not marker.is_file():
+        return None
+    from qupath_rkd.qupath.geojson import read_geojson
+
+    info = json.loads(marker.read_text(encoding="utf-8"))
+    slides = []
+    for item in info["slides"]:
+        spec = next((s for s in DEMO_SLIDES if s.name == item["name"]), None)
+        if spec is None:
+            return None
+        truth = [o.geometry for o in read_geojson(root / "truth" / f"{item['entry_id']}.geojson")]
+        slides.append(
+            DemoSlide(
+                entry_id=int(item["entry_id"]),
+                spec=spec,
+                path=root / "slides" / spec.name,
+                width_px=int(item["width_px"]),
+                height_px=int(item["height_px"]),
+                mpp=float(item["mpp"]),
+                levels=[],
+                lesions=truth,
+            )
+        )
+    return DemoProject(root=root, project_dir=root / "project", slides=slides)
+
+
+def _write_marker(demo: DemoProject) -> None:
+    info = {
+        "what": "qupath-rkd demo: semi-real slides (mosaics of real PCam patches)",
+        "slides": [
+            {
+                "entry_id": s.entry_id,
+                "name": s.spec.name,
+                "role": s.spec.role,
+                "width_px": s.width_px,
+                "height_px": s.height_px,
+                "mpp": s.mpp,
+            }
+            for s in demo.slides
+        ],
+    }
+    atomic_write_json(demo.root / DEMO_MARKER, info)
+
+
+def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tuple[Any, int]:
+    """Camelyon16 lesion FROC of the project's predicted lesions against the demo's truth,
+    over the slides whose role is in ``roles``; returns ``(FROCResult | None, n_slides)``."""
+    import numpy as np
+
+    from qupath_rkd.errors import EvaluationError
+    from qupath_rkd.evaluation.camelyon16 import evaluation_mask, froc, score_detections
+    from qupath_rkd.qupath.geojson import read_geojson
+
+    per_slide = []
+    for slide in demo.slides:
+        if slide.spec.role not in roles:
+            continue
+        pred_file = demo.project_dir / PROJECT_SUBDIR / "predictions" / f"{slide.entry_id}.geojson"
+        lesions = [
+            o
+            for o in (read_geojson(pred_file) if pred_file.is_file() else [])
+            if o.object_type == "detection" and "Peak x px" in o.measurements
+        ]
+        probs = np.asarray([o.measurements["Tumor probability (max)"] for o in lesions])
+        xs = np.asarray([o.measurements["Peak x px"] for o in lesions])
+        ys = np.asarray([o.measurements["Peak y px"] for o in lesions])
+        mask = (
+            evaluation_mask(
+                slide.lesions, mpp=slide.mpp, slide_size_px=(slide.width_px, slide.height_px)
+            )
+            if slide.lesions
+            else None
+        )
+        per_slide.append(score_detections(slide.spec.name, probs, xs, ys, mask))
+    try:
+        return froc(per_slide), len(per_slide)
+    except EvaluationError:
+        return None, len(per_slide)
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str],
+    *,
+    overrides: dict[str, Any] | None = None,
+    progress: Any = None,
+    echo: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Build the demo project in ``out_dir`` (or reuse the one there), run ``sync`` on it
+    with the offline teacher, and score the lesions against the truth.
+
+    Raises:
+        ProjectError: ``out_dir`` is a non-empty folder that is not a finished demo.
+    """
+    from qupath_rkd.sync.config import load_config, write_config
+    from qupath_rkd.sync.runner import run_sync
+
+    root = Path(out_dir)
+    say = echo or (lambda _m: None)
+    demo = _load_demo(root) if root.is_dir() else None
+    built = demo is None
+    if demo is None:
+        demo = build_demo_project(root, progress=say)
+        config = load_config(demo.project_dir, {**DEMO_SETTINGS, **(overrides or {})})
+        write_config(demo.project_dir, config, only_non_default=True)
+        _write_marker(demo)
+    else:
+        say(f"reusing the demo project in {root}")
+    config = load_config(demo.project_dir, overrides or {})
+    say("running: qupath-rkd sync " + str(demo.project_dir))
+    outcome = run_sync(demo.project_dir, config, progress=progress, echo=say)
+    result, _ = demo_froc(demo)
+    return DemoResult(
+        project=demo,
+        outcome=outcome,
+        froc_score=None if result is None else result.score,
+        froc_at={} if result is None else dict(result.sensitivity_at),
+        n_lesions=0 if result is None else result.n_lesions,
+        slide_truth={s.spec.name: bool(s.lesions) for s in demo.slides},
+        built=built,
+    )

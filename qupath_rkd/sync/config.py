@@ -96,6 +96,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
             minimum=0.0,
             maximum=1.0,
         ),
+        "ignore_max_overlap": Key(
+            0.0,
+            "float",
+            "a tile overlapping ignore regions by more than this is not used",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        "stride_px": Key("auto", "int|auto", "grid step of training tiles (auto: tile_px)"),
         "min_tissue_fraction": Key(
             0.5, "float", "tiles with less tissue are not used", minimum=0.0, maximum=1.0
         ),
@@ -346,8 +354,15 @@ def toml_value(value: Any) -> str:
 def _split_key(dotted: str) -> tuple[str, str]:
     section, _, key = dotted.partition(".")
     if not key or section not in SCHEMA or key not in SCHEMA[section]:
-        known = ", ".join(f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys)
-        raise ConfigError(f"unknown configuration key {dotted!r}", hint=f"known keys: {known}")
+        import difflib
+
+        known = [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]
+        close = difflib.get_close_matches(dotted, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(
+            f"unknown configuration key {dotted!r}",
+            hint=hint + "`qupath-rkd config` lists every key",
+        )
     return section, key
 
 

@@ -496,6 +496,8 @@ def _predict_entry(
                     "Tumor probability (mean)": float(lesion.mean_probability),
                     "Area µm^2": float(lesion.area_um2),
                     "Major axis µm": float(lesion.major_axis_um),
+                    "Peak x px": float(lesion.peak_xy_px[0]),
+                    "Peak y px": float(lesion.peak_xy_px[1]),
                 },
                 feature_id=stable_feature_id(
                     TOOL_TAG, entry.entry_id, model.model_id, "lesion", index

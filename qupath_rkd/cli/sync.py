@@ -1,0 +1,110 @@
+"""`qupath-rkd sync PROJECT`: annotations in, detections out (a thin shell over sync/)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+def _progress_printer() -> object | None:
+    """A progress callback that redraws one line, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def progress(stage: str, done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        click.echo(f"\r{stage}: {done}/{total}\033[K{end}", err=True, nl=False)
+
+    return progress
+
+
+@click.command()
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Say what would be done; write nothing.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a configuration value (see `qupath-rkd config`); repeatable.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "paquo", "geojson"]),
+    default=None,
+    help="How to talk to QuPath (default: sync.backend, auto).",
+)
+@click.option("--device", default=None, help="torch device: auto, cpu, cuda, cuda:1, mps.")
+@click.option(
+    "--slide-root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder searched (recursively, by file name) for slides that moved.",
+)
+def sync(
+    project: Path,
+    dry_run: bool,
+    overrides: tuple[str, ...],
+    backend: str | None,
+    device: str | None,
+    slide_root: Path | None,
+) -> None:
+    """Train on PROJECT's annotations when they changed, predict every stale image, write the
+    predictions back for QuPath, and print a per-slide table.
+
+    Annotations come from PROJECT/qupath-rkd/annotations (groovy/export_annotations.groovy)
+    or, with a QuPath installation, through paquo. Exit code 1 when any slide failed.
+    """
+    from qupath_rkd.sync.config import load_config, parse_overrides
+    from qupath_rkd.sync.report import format_table, report_path
+    from qupath_rkd.sync.runner import run_sync
+
+    values = parse_overrides(overrides)
+    if backend is not None:
+        values["sync.backend"] = backend
+    if device is not None:
+        values["sync.device"] = device
+    project_dir = project.parent if project.name.endswith(".qpproj") else project
+    config = load_config(project_dir if project_dir.is_dir() else None, values)
+    started = time.perf_counter()
+    outcome = run_sync(
+        project,
+        config,
+        dry_run=dry_run,
+        slide_root=slide_root,
+        progress=_progress_printer(),  # type: ignore[arg-type]
+        echo=lambda line: click.echo(line, err=True),
+    )
+    if outcome.label_summary:
+        click.echo("labelled tiles per slide:")
+        for name, counts in outcome.label_summary.items():
+            parts = ", ".join(f"{k} {v}" for k, v in counts.items())
+            click.echo(f"  {name}: {parts}")
+    if dry_run:
+        if outcome.train_reason:
+            click.echo(f"would train a model: {outcome.train_reason}")
+        else:
+            click.echo("would reuse the model")
+    elif outcome.trained:
+        click.echo(f"trained a model ({outcome.train_reason})")
+    else:
+        click.echo("model up to date: nothing to train")
+    click.echo(format_table(outcome.slides))
+    elapsed = time.perf_counter() - started
+    if dry_run:
+        click.echo(f"dry run: nothing written ({elapsed:.1f} s)")
+    else:
+        n = len(outcome.predicted)
+        click.echo(
+            f"{n} slide(s) predicted, {len(outcome.failed)} failed; "
+            f"report: {report_path(outcome.project_dir)} ({elapsed:.1f} s)"
+        )
+        if n:
+            click.echo(
+                "In QuPath: run groovy/import_predictions.groovy (Run for project) to see them."
+            )
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
