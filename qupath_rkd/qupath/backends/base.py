@@ -4,8 +4,10 @@ Exchange folder (``<project>/qupath-rkd/``, :data:`~qupath_rkd.constants.PROJECT
 
     annotations/<entryID>.geojson   written by groovy/export_annotations.groovy (QuPath's own
                                     GeoJSON of the image's annotations, FeatureCollection)
-    annotations/manifest.json       written by the same script: one record per exported image
-                                    (entry ID, name, URI, µm/px, size, entry metadata)
+    annotations/manifest.json       written by the same script: {"qupathVersion": ..., "images":
+                                    [{"entryID", "imageName", "uri", "pixelWidthMicrons",
+                                    "pixelHeightMicrons", "width", "height", "metadata",
+                                    "annotations": "<entryID>.geojson"}, ...]}
     predictions/<entryID>.geojson   written by qupath-rkd (detections named "qupath-rkd …"),
                                     read by groovy/import_predictions.groovy
     predictions/<entryID>.geojson.bak   the previous predictions, kept as a backup
@@ -40,7 +42,7 @@ __all__ = [
     "replace_with_backup",
 ]
 
-#: ``format`` field of ``annotations/manifest.json``.
+#: ``format`` field of ``annotations/manifest.json`` (informative; readers key on ``images``).
 MANIFEST_FORMAT = "qupath-rkd-annotations"
 
 
@@ -200,8 +202,11 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
     records = images.values() if isinstance(images, Mapping) else images
     out: dict[str, dict[str, Any]] = {}
     for rec in records:
-        if isinstance(rec, Mapping) and rec.get("entry_id") is not None:
-            out[str(rec["entry_id"])] = dict(rec)
+        if not isinstance(rec, Mapping):
+            continue
+        key = rec.get("entryID", rec.get("entry_id"))
+        if key is not None:
+            out[str(key)] = dict(rec)
     return out
 
 
