@@ -57,10 +57,6 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
     outcome = result.outcome
     click.echo("")
     click.echo(f"QuPath project: {result.project.project_dir / 'project.qpproj'}")
-    if outcome.label_summary:
-        click.echo("labelled tiles per slide:")
-        for name, counts in outcome.label_summary.items():
-            click.echo(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if outcome.trained:
         click.echo(f"trained a model ({outcome.train_reason})")
     else:

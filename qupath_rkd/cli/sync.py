@@ -78,11 +78,6 @@ def sync(
         progress=_progress_printer(),  # type: ignore[arg-type]
         echo=lambda line: click.echo(line, err=True),
     )
-    if outcome.label_summary:
-        click.echo("labelled tiles per slide:")
-        for name, counts in outcome.label_summary.items():
-            parts = ", ".join(f"{k} {v}" for k, v in counts.items())
-            click.echo(f"  {name}: {parts}")
     if dry_run:
         if outcome.train_reason:
             click.echo(f"would train a model: {outcome.train_reason}")

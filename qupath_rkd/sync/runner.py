@@ -26,11 +26,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR, PROJECT_SUBDIR, TOOL_TAG
+from qupath_rkd.constants import PROJECT_SUBDIR, TOOL_TAG
 from qupath_rkd.errors import DataError, ProjectError, QupathRkdError
 from qupath_rkd.sync.commit import Transaction, ensure_writable, fault_point, recover
 from qupath_rkd.sync.config import MODEL_SECTIONS, PREDICTION_SECTIONS, SyncConfig
@@ -64,23 +63,6 @@ _STAGED_MODEL = "model.pt"
 
 #: Progress callback: ``(stage, done, total)``; the CLI draws it on a tty.
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class LabelledSet:
-    """What sync needs of the labelled set (built by :mod:`qupath_rkd.labels`).
-
-    Attributes:
-        tiles: ``(slide_path, x_px, y_px, label)``, level-0 px in the slide layer's frame.
-        dataset_hash: stable hash of the tiles and labels.
-        summary: ``{image_name: {"tumor": n, "normal": n, ...}}``.
-        slide_mpp: µm/px of each slide path from QuPath's calibration (for slides without it).
-    """
-
-    tiles: list[tuple[str, int, int, int]]
-    dataset_hash: str
-    summary: dict[str, dict[str, int]]
-    slide_mpp: dict[str, float]
 
 
 def _say(notes: list[str], message: str, echo: Callable[[str], None] | None) -> None:
@@ -154,29 +136,16 @@ def _entry_writer(
     return write
 
 
-def _region_hash(objects: Sequence[Any], region_classes: Sequence[str]) -> tuple[str, Any]:
-    """Hash and union of the region annotations that restrict where to predict."""
-    from shapely import unary_union
-    from shapely.geometry import mapping
+def _region(objects: Sequence[Any], config: SyncConfig) -> tuple[str, Any]:
+    """The union of the region annotations that restrict where to predict, and its hash
+    (``"none"`` when there are none: predict everywhere)."""
+    from qupath_rkd.labels.config import ClassMapping
+    from qupath_rkd.labels.tiles import prediction_region
 
-    regions = [o.geometry for o in objects if _class_matches(o.class_name, region_classes)]
-    if not regions:
+    region = prediction_region(objects, ClassMapping.from_config(config.section("classes")))
+    if region is None:
         return "none", None
-    union = unary_union(regions)
-    text = json.dumps(mapping(union), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest(), union
-
-
-def _class_matches(class_name: str | None, patterns: Sequence[str]) -> bool:
-    if not class_name:
-        return False
-    for pattern in patterns:
-        if pattern.endswith("*"):
-            if class_name.startswith(pattern[:-1]):
-                return True
-        elif class_name == pattern:
-            return True
-    return False
+    return hashlib.sha256(region.wkb).hexdigest(), region
 
 
 def _sync_locked(
@@ -198,15 +167,16 @@ def _sync_locked(
     for aset in annotation_sets.values():
         for line in getattr(aset, "repairs", []):
             _say(outcome.notes, f"repaired: {line}", echo)
-    labelled = build_labelled_set(project, entries, annotation_sets, config)
-    outcome.dataset_hash = labelled.dataset_hash
-    outcome.label_summary = labelled.summary
-    _check_labels(labelled)
+    labelled = build_labelled_set(entries, annotation_sets, config)
+    outcome.dataset_hash = labelled.sha256
+    outcome.label_summary = _label_summary(labelled)
+    if echo is not None:
+        echo(labelled.summary())
 
     # 2. the model
     model_file = project.path / MODEL_RELPATH
     model_hash = config.digest(MODEL_SECTIONS)
-    reason = model_stale_reason(state, model_file, labelled.dataset_hash, model_hash)
+    reason = model_stale_reason(state, model_file, labelled.sha256, model_hash)
     outcome.train_reason = reason
     tx = Transaction(project.path)
     if outcome.dry_run:
@@ -218,7 +188,7 @@ def _sync_locked(
     try:
         if reason is not None and not outcome.dry_run:
             if echo:
-                echo(f"training: {reason} ({len(labelled.tiles)} labelled tiles)")
+                echo(f"training: {reason} ({len(labelled.items)} labelled tiles)")
             model_path = tx.staged_path(_STAGED_MODEL)
             _train(labelled, config, model_path, progress)
             fault_point("after-train")
@@ -231,7 +201,7 @@ def _sync_locked(
             outcome.model_id = model_id
             new_state.model = ModelRecord(
                 model_id=model_id,
-                dataset_hash=labelled.dataset_hash,
+                dataset_hash=labelled.sha256,
                 config_hash=model_hash,
                 path="model/model.pt",
             )
@@ -248,9 +218,7 @@ def _sync_locked(
                     f"slide not found: {entry.stored_path or entry.uri} (pass --slide-root DIR)"
                 )
                 continue
-            region_hash, region = _region_hash(
-                annotation_sets[entry.entry_id].objects, config.get("classes.region")
-            )
+            region_hash, region = _region(annotation_sets[entry.entry_id].objects, config)
             try:
                 slide_fp = slide_fingerprint(entry.path)
             except OSError as exc:
@@ -364,32 +332,36 @@ def _fill_from_record(result: SlideResult, record: PredictionRecord) -> None:
     result.lesion_area_mm2 = summary.get("lesion_area_mm2")
 
 
-def _check_labels(labelled: LabelledSet) -> None:
-    labels = [t[3] for t in labelled.tiles]
-    n_tumor = sum(1 for v in labels if v == LABEL_TUMOR)
-    n_normal = sum(1 for v in labels if v == LABEL_NORMAL)
-    if n_tumor == 0 and n_normal == 0:
-        raise DataError(
-            "no labelled tiles: the project has no tumour or normal annotations and no slide "
-            "marked tumour-free",
-            hint="outline a few tumour regions (class Tumor) and mark a tumour-free slide "
-            "(metadata qupath-rkd.tumor-free = true), export the annotations, then sync again",
-        )
-    if n_normal == 0:
-        raise DataError(
-            f"only tumour labels ({n_tumor} tumour tiles, no normal tile): reverse distillation "
-            "learns what normal tissue looks like",
-            hint="mark a tumour-free slide (metadata qupath-rkd.tumor-free = true), mark an "
-            "annotated slide fully annotated, or outline normal regions (class Normal)",
-        )
-
-
 # --- the seams to the other stages ----------------------------------------------------------
 def build_labelled_set(
-    project: Any, entries: Sequence[Any], annotation_sets: Mapping[str, Any], config: SyncConfig
-) -> LabelledSet:
-    """The labelled set of the project, from :mod:`qupath_rkd.labels`."""
-    raise NotImplementedError  # replaced when labels/ lands
+    entries: Sequence[Any], annotation_sets: Mapping[str, Any], config: SyncConfig
+) -> Any:
+    """The project's labelled set (:func:`qupath_rkd.labels.build_labelled_set`).
+
+    Raises:
+        DataError: no tumour and no normal tiles, or only tumour tiles.
+        AnnotationError, ConfigError, SlideError: unusable annotations, flags or slides.
+    """
+    from qupath_rkd.labels import ClassMapping, LabelConfig, SlideInput
+    from qupath_rkd.labels import build_labelled_set as build
+
+    labels = config.section("labels")
+    labels["stride_px"] = None if labels["stride_px"] == "auto" else labels["stride_px"]
+    inputs = [SlideInput.from_entry(e, annotation_sets[e.entry_id]) for e in entries]
+    return build(
+        inputs,
+        ClassMapping.from_config(config.section("classes")),
+        LabelConfig.from_config(labels),
+        require_trainable=True,
+    )
+
+
+def _label_summary(labelled: Any) -> dict[str, dict[str, int]]:
+    """``{image: {"tumor": used, "normal": used}}`` for the report."""
+    return {
+        str(row["image"]): {"tumor": int(row["used_tumor"]), "normal": int(row["used_normal"])}
+        for row in labelled.summary_rows()
+    }
 
 
 def _train_config(config: SyncConfig, n_train: int) -> Any:
@@ -419,7 +391,7 @@ def _train_config(config: SyncConfig, n_train: int) -> Any:
     )
 
 
-def _train(labelled: LabelledSet, config: SyncConfig, out: Path, progress: Progress | None) -> None:
+def _train(labelled: Any, config: SyncConfig, out: Path, progress: Progress | None) -> None:
     """Train on the labelled set; the checkpoint is written to ``out``."""
     import numpy as np
 
@@ -427,9 +399,9 @@ def _train(labelled: LabelledSet, config: SyncConfig, out: Path, progress: Progr
     from qupath_rkd.training.trainer import train
 
     dataset = SlideTileDataset(
-        labelled.tiles,
-        tile_px=int(config.get("labels.tile_px")),
-        mpp=float(config.get("labels.mpp")),
+        labelled.items,
+        tile_px=int(labelled.tile_px),
+        mpp=float(labelled.mpp),
         slide_mpp=labelled.slide_mpp,
     )
     train_idx, valid_idx = split_by_label(
@@ -446,7 +418,7 @@ def _train(labelled: LabelledSet, config: SyncConfig, out: Path, progress: Progr
         valid_set,
         train_config,
         out,
-        dataset_hash=labelled.dataset_hash,
+        dataset_hash=labelled.sha256,
         progress=progress is not None,
     )
     logger.info("trained in %.1f s: %s", time.perf_counter() - started, result)
