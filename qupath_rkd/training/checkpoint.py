@@ -1,0 +1,304 @@
+"""Checkpoints: save a trained model, load it back as a :class:`TrainedModel` (the scorer).
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python values (it loads
+with ``weights_only=True``): the weights of the whole network *including the frozen teacher*
+(so it scores offline, whatever weights the teacher came from), the full training config, the
+calibration, package and torch versions, the teacher name, the µm/px of the training patches
+and the hash of the training set. ``model_id`` is the sha256 of the file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qupath_rkd import __version__
+from qupath_rkd.constants import IMAGENET_MEAN, IMAGENET_STD
+from qupath_rkd.errors import CheckpointError, DataError, ModelError
+from qupath_rkd.io_utils import atomic_write_bytes
+from qupath_rkd.model.anomaly_map import anomaly_map, patch_scores
+from qupath_rkd.model.rd import ReverseDistillation
+from qupath_rkd.model.teachers import build_teacher
+from qupath_rkd.training.calibration import Calibration
+from qupath_rkd.training.config import TrainConfig
+from qupath_rkd.training.device import amp_dtype, resolve_device
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "qupath-rkd-model"
+FORMAT_VERSION = 1
+
+
+def build_network(
+    config: TrainConfig, *, weights_from_checkpoint: bool = False
+) -> ReverseDistillation:
+    """The untrained network for ``config`` (teacher with ImageNet weights unless
+    ``weights_from_checkpoint``, in which case a checkpoint will overwrite every weight)."""
+    teacher = build_teacher(
+        config.teacher,
+        None if weights_from_checkpoint else config.teacher_weights,
+        random_weights_for_tests=weights_from_checkpoint or config.teacher_random_weights_for_tests,
+    )
+    return ReverseDistillation(teacher, shortcut=config.shortcut)
+
+
+def preprocess_batch(
+    batch: Tensor, input_px: int, device: torch.device, channels_last: bool = False
+) -> Tensor:
+    """``(B, H, W, 3)`` uint8 -> ``(B, 3, input_px, input_px)`` float32, ImageNet-normalised.
+
+    Resized (bilinear, antialiased) when ``H, W != input_px``.
+    """
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise DataError(f"expected a (B, H, W, 3) uint8 batch, got shape {tuple(batch.shape)}")
+    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (input_px, input_px):
+        x = F.interpolate(
+            x, size=(input_px, input_px), mode="bilinear", align_corners=False, antialias=True
+        )
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class TrainedModel:
+    """A trained RD model ready to score patches (the interface other stages use).
+
+    Attributes:
+        teacher: teacher name. input_px: network input side. mpp: µm/px of the training patches
+        (None when unknown). model_id: sha256 of the checkpoint file. config: the training
+        config as a dict. device: where it runs. threshold: default probability threshold.
+        calibration: the fitted :class:`Calibration`. info: the rest of the checkpoint's metadata.
+    """
+
+    def __init__(
+        self,
+        net: ReverseDistillation,
+        config: TrainConfig,
+        calibration: Calibration,
+        threshold: float,
+        model_id: str,
+        device: torch.device,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.net = net.eval()
+        self._cfg = config
+        self.teacher: str = config.teacher
+        self.input_px: int = int(config.input_px or net.spec.default_input_px)
+        self.mpp: float | None = config.mpp
+        self.model_id = model_id
+        self.config: dict[str, Any] = config.to_dict()
+        self.device = device
+        self.threshold = float(threshold)
+        self.calibration = calibration
+        self.score_reduction = config.score_reduction
+        self.sigma_px = config.sigma_px
+        self.info = info or {}
+        self._amp = amp_dtype(device) if config.amp else None
+
+    def preprocess(self, batch: Tensor) -> Tensor:
+        """``(B, H, W, 3)`` uint8 tensor -> ``(B, 3, input_px, input_px)`` on :attr:`device`."""
+        return preprocess_batch(batch, self.input_px, self.device, self._cfg.channels_last)
+
+    def anomaly_maps(self, x: Tensor) -> Tensor:
+        """Preprocessed ``(B, 3, S, S)`` -> anomaly maps ``(B, S, S)`` float32 (0 = normal)."""
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type, dtype=self._amp or torch.bfloat16, enabled=self._amp is not None
+            ),
+        ):
+            t, s = self.net(x)
+        return anomaly_map(t, s, self.input_px, self.sigma_px)
+
+    def raw_scores(self, x: Tensor) -> Tensor:
+        """Preprocessed ``(B, 3, S, S)`` -> raw patch scores ``(B,)`` float32 in [0, 6]."""
+        return patch_scores(self.anomaly_maps(x), self.score_reduction)
+
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+        """Raw scores -> probabilities of tumour in [0, 1] (float32)."""
+        return self.calibration.apply(scores)
+
+    def score_images(
+        self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, H, W, 3)`` uint8 images -> ``(scores (B,), probabilities (B,))`` float32.
+
+        A list of arrays of different sizes is accepted too (each is resized to ``input_px``).
+        """
+        n = len(images)
+        scores = np.empty(n, dtype=np.float32)
+        for start in range(0, n, batch_size):
+            chunk = images[start : start + batch_size]
+            if isinstance(chunk, np.ndarray):
+                batch = torch.from_numpy(np.ascontiguousarray(chunk))
+            else:
+                from qupath_rkd.training.datasets import resize_uint8
+
+                batch = torch.stack(
+                    [
+                        resize_uint8(torch.from_numpy(np.ascontiguousarray(a)), self.input_px)
+                        for a in chunk
+                    ]
+                )
+            if batch.dtype != torch.uint8:
+                raise DataError(f"images must be uint8, got {batch.dtype}")
+            scores[start : start + len(batch)] = (
+                self.raw_scores(self.preprocess(batch)).float().cpu().numpy()
+            )
+        return scores, self.calibrate(scores)
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainedModel(teacher={self.teacher!r}, input_px={self.input_px}, mpp={self.mpp}, "
+            f"device={self.device}, model_id={self.model_id[:12]})"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Make metadata safe for ``weights_only`` loading (floats, ints, str, lists, dicts)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return None if math.isnan(v) else v
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return int(value)
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    return str(value)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    net: ReverseDistillation,
+    config: TrainConfig,
+    calibration: Calibration,
+    dataset_hash: str,
+    metrics: dict[str, Any] | None = None,
+) -> str:
+    """Write the checkpoint atomically; returns its sha256 (the ``model_id``)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "torch_version": str(torch.__version__),
+        "teacher": config.teacher,
+        "input_px": int(config.input_px or net.spec.default_input_px),
+        "mpp": config.mpp,
+        "config": _plain(config.to_dict()),
+        "dataset_hash": str(dataset_hash),
+        "calibration": calibration.to_dict(),
+        "threshold": float(config.threshold),
+        "metrics": _plain(metrics or {}),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """Load and check the checkpoint's envelope; returns ``(payload, sha256)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file {p} not found")
+    data = p.read_bytes()
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{p} is not a readable qupath-rkd checkpoint ({type(exc).__name__})",
+            hint="train one with `qupath-rkd train-patches` or `qupath-rkd sync`",
+        ) from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a qupath-rkd model checkpoint")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} was written by qupath-rkd {obj.get('package_version')} (checkpoint format "
+            f"{version}); this is qupath-rkd {__version__} (format {FORMAT_VERSION})",
+            hint="upgrade qupath-rkd or retrain the model",
+        )
+    if obj.get("package_version") != __version__:
+        logger.warning(
+            "%s was written by qupath-rkd %s; this is %s (same checkpoint format, loading it)",
+            p,
+            obj.get("package_version"),
+            __version__,
+        )
+    return obj, hashlib.sha256(data).hexdigest()
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "auto",
+    expected_teacher: str | None = None,
+) -> TrainedModel:
+    """Load a checkpoint as a :class:`TrainedModel` on ``device`` (``auto`` = CUDA if present).
+
+    Raises:
+        CheckpointError: unreadable file, newer format, unknown teacher, a teacher other than
+            ``expected_teacher``, or weights that do not fit the architecture this version
+            builds from the stored config.
+        DeviceError: ``device`` not available.
+    """
+    obj, model_id = read_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(dict(obj["config"]))
+        calibration = Calibration.from_dict(dict(obj["calibration"]))
+        state = obj["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} lacks {exc} (damaged or from another tool)") from exc
+    if expected_teacher is not None and config.teacher != expected_teacher:
+        raise CheckpointError(
+            f"{path} was trained with the {config.teacher} teacher, not {expected_teacher}"
+        )
+    try:
+        net = build_network(config, weights_from_checkpoint=True)
+    except ModelError as exc:
+        raise CheckpointError(
+            f"{path} was made for an architecture this version cannot build: {exc.message}"
+        ) from exc
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad:
+        example = (missing + unexpected + bad)[0]
+        raise CheckpointError(
+            f"{path} was made for another architecture than {config.teacher} "
+            f"(shortcut {config.shortcut}) as built by qupath-rkd {__version__}: "
+            f"{len(missing)} tensors missing, {len(unexpected)} unexpected, {len(bad)} with "
+            f"other shapes (e.g. {example!r})",
+            hint="retrain the model with this version",
+        )
+    net.load_state_dict(state, strict=True)
+    dev = resolve_device(device)
+    net = net.to(dev).eval()
+    if dev.type == "cuda" and config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    info = {k: v for k, v in obj.items() if k not in ("state_dict", "config", "calibration")}
+    return TrainedModel(
+        net, config, calibration, float(obj.get("threshold", config.threshold)), model_id, dev, info
+    )

@@ -1,0 +1,136 @@
+"""Training configuration (a plain dataclass, stored in full in every checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from qupath_rkd.errors import ConfigError
+from qupath_rkd.model.anomaly_map import REDUCTIONS
+from qupath_rkd.model.bottleneck import SHORTCUTS
+from qupath_rkd.model.loss import DEFAULT_ALPHA, DEFAULT_GAMMA
+from qupath_rkd.model.teachers import teacher_spec
+
+SELECT_BY = ("auto", "auroc", "loss")
+CALIBRATIONS = ("auto", "logistic", "normal-tail")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Defaults follow FW-RD (He & Li, MIDL 2023) where the paper is specific (Adam with betas
+    (0.5, 0.999), batch 32, alpha 0.1, gamma 2, no augmentation, mean tile score), except the
+    learning rate: the paper's 1e-6 does not train a freshly initialised bottleneck and decoder
+    in our measurements (docs/benchmarks.md), 1e-3 does.
+
+    Attributes:
+        teacher: ``wide_resnet50_2`` | ``resnet18`` | ``efficientnet_lite0``.
+        teacher_weights: a state-dict file with the teacher's ImageNet weights.
+        teacher_random_weights_for_tests: random teacher (tests only; never for real use).
+        shortcut: first OCBE block's shortcut, ``conv3x3`` (FW-RD) or ``conv1x1`` (RD4AD).
+        input_px: network input side (multiple of 32); None = the teacher's default.
+        mpp: µm/px of the training patches (recorded so slides are read at the same scale).
+        epochs, batch_size, lr, betas, weight_decay: optimisation (Adam).
+        alpha, gamma: focal-loss weight of normal samples and focal exponent.
+        balance_batches: half tumour, half normal in every batch (tumour patches repeat).
+        augment: random flips and 90° rotations (off in the paper).
+        max_steps_per_epoch: cap on optimiser steps per epoch (None = full epochs).
+        validate_every_steps: also validate every N steps (None = once per epoch).
+        max_valid: use at most this many validation patches (seeded subset; None = all).
+        select_by: keep the best model by validation ``auroc`` or ``loss``; ``auto`` uses AUROC
+            when the validation set has tumour and normal patches, else the loss.
+        score_reduction: patch score = ``mean`` (FW-RD) or ``max`` (RD4AD) of the anomaly map.
+        sigma_px: Gaussian sigma of the anomaly map, input pixels.
+        calibration: ``logistic`` (needs tumour validation patches), ``normal-tail`` or
+            ``auto`` (logistic when possible).
+        threshold: default probability threshold for lesions, stored in the checkpoint.
+        seed: seeds torch, numpy and the data order; CPU runs are reproducible.
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        amp: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling).
+        channels_last: channels-last memory format on CUDA.
+        num_workers: DataLoader worker processes.
+    """
+
+    teacher: str = "efficientnet_lite0"
+    teacher_weights: str | None = None
+    teacher_random_weights_for_tests: bool = False
+    shortcut: str = "conv3x3"
+    input_px: int | None = None
+    mpp: float | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    alpha: float = DEFAULT_ALPHA
+    gamma: float = DEFAULT_GAMMA
+    balance_batches: bool = False
+    augment: bool = False
+    max_steps_per_epoch: int | None = None
+    validate_every_steps: int | None = None
+    max_valid: int | None = None
+    select_by: str = "auto"
+    score_reduction: str = "mean"
+    sigma_px: float = 4.0
+    calibration: str = "auto"
+    threshold: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    num_workers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        """A validated copy with ``input_px`` filled in; raises :class:`ConfigError`."""
+        spec = teacher_spec(self.teacher)
+        cfg = dataclasses.replace(self, betas=tuple(self.betas))  # type: ignore[arg-type]
+        if cfg.input_px is None:
+            cfg.input_px = spec.default_input_px
+        checks = [
+            (
+                cfg.input_px >= 32 and cfg.input_px % 32 == 0,
+                f"input_px must be a multiple of 32 (>= 32), got {cfg.input_px}",
+            ),
+            (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
+            (cfg.batch_size >= 2, f"batch_size must be >= 2 (BatchNorm), got {cfg.batch_size}"),
+            (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+            (0.0 <= cfg.alpha <= 1.0, f"alpha must be in [0, 1], got {cfg.alpha}"),
+            (cfg.gamma >= 0, f"gamma must be >= 0, got {cfg.gamma}"),
+            (cfg.mpp is None or cfg.mpp > 0, f"mpp must be > 0, got {cfg.mpp}"),
+            (cfg.shortcut in SHORTCUTS, f"shortcut must be one of {SHORTCUTS}"),
+            (cfg.select_by in SELECT_BY, f"select_by must be one of {SELECT_BY}"),
+            (cfg.score_reduction in REDUCTIONS, f"score_reduction must be one of {REDUCTIONS}"),
+            (cfg.calibration in CALIBRATIONS, f"calibration must be one of {CALIBRATIONS}"),
+            (0.0 < cfg.threshold < 1.0, f"threshold must be in (0, 1), got {cfg.threshold}"),
+            (cfg.num_workers >= 0, "num_workers must be >= 0"),
+            (
+                cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
+                "max_steps_per_epoch must be >= 1",
+            ),
+            (
+                cfg.validate_every_steps is None or cfg.validate_every_steps >= 1,
+                "validate_every_steps must be >= 1",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored (newer checkpoints)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if "betas" in kwargs:
+            kwargs["betas"] = tuple(kwargs["betas"])
+        return cls(**kwargs)

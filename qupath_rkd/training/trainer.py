@@ -1,0 +1,595 @@
+"""Training loop for reverse distillation with the focal similarity loss.
+
+The optimiser (Adam) sees only the OCBE bottleneck and the student decoder; the teacher stays
+frozen and in eval mode. Each epoch (and optionally every N steps) the model is validated; the
+best one by validation AUROC (tumour and normal validation patches present) or by validation
+loss is calibrated on the validation scores and written to ``out``. A resume file
+``<out>.resume`` (weights, optimiser, epoch, history) is written after every epoch and on
+Ctrl-C, and removed when the run finishes; ``resume=True`` continues from it.
+
+Reproducibility: torch, numpy and Python are seeded from ``config.seed`` and the data order of
+epoch ``e`` comes from a generator seeded with ``(seed, e)``, so a CPU run (and a resumed run)
+gives the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from qupath_rkd import __version__
+from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
+from qupath_rkd.errors import CheckpointError, ConfigError, DataError
+from qupath_rkd.model.anomaly_map import anomaly_map, patch_scores
+from qupath_rkd.model.loss import focal_similarity_loss
+from qupath_rkd.model.rd import ReverseDistillation
+from qupath_rkd.training.calibration import Calibration, auroc, fit_calibration
+from qupath_rkd.training.checkpoint import build_network, preprocess_batch, save_checkpoint
+from qupath_rkd.training.config import TrainConfig
+from qupath_rkd.training.datasets import Collate, IndexedDataset, PatchBatch
+from qupath_rkd.training.device import amp_dtype, resolve_device
+
+logger = logging.getLogger(__name__)
+
+RESUME_FORMAT = "qupath-rkd-resume"
+#: config fields that may differ between an interrupted run and its resumption
+_RESUMABLE_CHANGES = {"epochs", "device", "num_workers", "amp", "channels_last", "extra"}
+#: calibration on training patches (no validation set) uses at most this many
+_CALIBRATION_SUBSET = 2000
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        checkpoint: path of the best model. model_id: its sha256.
+        best_epoch, best_step: when the kept model was validated (epochs count from 1).
+        selected_by: ``auroc``, ``loss`` or ``last`` (no validation set).
+        best_metrics: validation metrics of the kept model.
+        history: one dict per validation (epoch, step, train_loss, val_loss, val_auroc).
+        n_train, n_valid: ``{"normal": n, "tumor": n}``.
+        skipped_unreadable: unusable images seen (train + validation, each counted once).
+        interrupted: stopped by Ctrl-C (the checkpoint is still usable).
+        warnings: one-line warnings for the user (also logged).
+        calibration: the stored calibration as a dict. seconds: wall time.
+    """
+
+    checkpoint: Path
+    model_id: str
+    best_epoch: int
+    best_step: int
+    selected_by: str
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    n_train: dict[str, int]
+    n_valid: dict[str, int]
+    skipped_unreadable: int
+    interrupted: bool
+    warnings: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % (2**32)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _labels_of(dataset: Dataset, name: str) -> np.ndarray:
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise DataError(f"the {name} set has no `labels` array")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labels) != len(dataset):  # type: ignore[arg-type]
+        raise DataError(f"the {name} set has {len(labels)} labels for {len(dataset)} items")  # type: ignore[arg-type]
+    bad = ~np.isin(labels, (LABEL_NORMAL, LABEL_TUMOR))
+    if bad.any():
+        raise DataError(
+            f"the {name} set has labels other than {LABEL_NORMAL} (normal) and {LABEL_TUMOR} "
+            f"(tumour), e.g. {labels[bad][0]}",
+            hint="drop ignored tiles before training",
+        )
+    return labels
+
+
+def _counts(labels: np.ndarray) -> dict[str, int]:
+    return {
+        "normal": int((labels == LABEL_NORMAL).sum()),
+        "tumor": int((labels == LABEL_TUMOR).sum()),
+    }
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Batches of half tumour, half normal indices (both cycled through seeded permutations).
+
+    ``len(labels) // batch_size`` batches per epoch (at least one).
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, seed: int) -> None:
+        self.tumor = np.flatnonzero(labels == LABEL_TUMOR)
+        self.normal = np.flatnonzero(labels == LABEL_NORMAL)
+        if len(self.tumor) == 0 or len(self.normal) == 0:
+            raise DataError("balanced batches need tumour and normal training patches")
+        self.batch_size = batch_size
+        self.n_batches = max(1, len(labels) // batch_size)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(self.seed)
+        n_t = self.batch_size // 2
+        n_n = self.batch_size - n_t
+        t_stream = self._stream(self.tumor, rng)
+        n_stream = self._stream(self.normal, rng)
+        for _ in range(self.n_batches):
+            batch = [next(t_stream) for _ in range(n_t)] + [next(n_stream) for _ in range(n_n)]
+            yield [int(i) for i in rng.permutation(batch)]
+
+    @staticmethod
+    def _stream(indices: np.ndarray, rng: np.random.Generator) -> Iterator[int]:
+        while True:
+            yield from rng.permutation(indices).tolist()
+
+
+def augment_batch(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 90° rotation and horizontal flip per sample of a ``(B, H, W, 3)`` batch (H == W)."""
+    ks = torch.randint(0, 4, (batch.shape[0],), generator=generator).tolist()
+    flips = torch.randint(0, 2, (batch.shape[0],), generator=generator).tolist()
+    out = []
+    for img, k, flip in zip(batch, ks, flips, strict=True):
+        img = torch.rot90(img, k, dims=(0, 1))
+        out.append(img.flip(1) if flip else img)
+    return torch.stack(out)
+
+
+class _Run:
+    """State of one training run (kept in one place so Ctrl-C and resume see all of it)."""
+
+    def __init__(
+        self,
+        train_set: Dataset,
+        valid_set: Dataset | None,
+        cfg: TrainConfig,
+        out: Path,
+        dataset_hash: str,
+        progress: bool,
+    ) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.resume_path = out.with_name(out.name + ".resume")
+        self.dataset_hash = dataset_hash
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.amp = amp_dtype(self.device) if cfg.amp else None
+        self.train_set = train_set
+        self.train_labels = _labels_of(train_set, "training")
+        if len(self.train_labels) < 2:
+            raise DataError(
+                f"the training set has {len(self.train_labels)} patches; at least 2 are needed"
+            )
+        if _counts(self.train_labels)["normal"] == 0:
+            raise DataError(
+                "the training set has no normal patches",
+                hint="reverse distillation learns normal tissue: give normal patches",
+            )
+        if cfg.balance_batches and _counts(self.train_labels)["tumor"] == 0:
+            raise ConfigError("balanced batches need tumour training patches")
+
+        # validation set (or, without one, a subset of the training set for calibration only)
+        self.valid_source = "valid"
+        if valid_set is None or len(valid_set) == 0:  # type: ignore[arg-type]
+            self.valid_source = "train"
+            n = len(self.train_labels)
+            rng = np.random.default_rng(cfg.seed)
+            idx = np.sort(rng.choice(n, size=min(n, _CALIBRATION_SUBSET), replace=False))
+            valid_set = Subset(train_set, idx.tolist())
+            self.valid_labels = self.train_labels[idx]
+        else:
+            self.valid_labels = _labels_of(valid_set, "validation")
+            if cfg.max_valid is not None and cfg.max_valid < len(self.valid_labels):
+                rng = np.random.default_rng(cfg.seed)
+                idx = np.sort(rng.choice(len(self.valid_labels), size=cfg.max_valid, replace=False))
+                valid_set = Subset(valid_set, idx.tolist())
+                self.valid_labels = self.valid_labels[idx]
+        self.valid_set = valid_set
+        both = all(v > 0 for v in _counts(self.valid_labels).values())
+        if self.valid_source == "train":
+            self.select_by = "last"
+        elif cfg.select_by == "auto":
+            self.select_by = "auroc" if both else "loss"
+        else:
+            self.select_by = cfg.select_by
+        if self.select_by == "auroc" and not both:
+            raise ConfigError("selection by AUROC needs tumour and normal validation patches")
+        if cfg.calibration == "logistic" and not both:
+            raise ConfigError("logistic calibration needs tumour and normal validation patches")
+
+        seed_everything(cfg.seed)
+        self.net: ReverseDistillation = build_network(cfg).to(self.device)
+        if self.device.type == "cuda" and cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.Adam(
+            list(self.net.trainable_parameters()),
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            weight_decay=cfg.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
+        self.collate = Collate(int(cfg.input_px))  # type: ignore[arg-type]
+        self.epoch_done = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_value: float | None = None
+        self.best: dict[str, Any] = {}
+        self.model_id = ""
+        self.calibration: Calibration | None = None
+        self.skipped_train: set[int] = set()
+        self.skipped_valid: set[int] = set()
+        self.nonfinite_steps = 0
+        self._loss_sum = 0.0
+        self._loss_n = 0
+
+    # ---- data ----------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, *, epoch: int | None) -> DataLoader:
+        cfg = self.cfg
+        common: dict[str, Any] = {
+            "num_workers": cfg.num_workers,
+            "collate_fn": self.collate,
+            "pin_memory": self.device.type == "cuda",
+            "worker_init_fn": _worker_init if cfg.num_workers else None,
+        }
+        indexed = IndexedDataset(dataset)
+        if epoch is None:
+            return DataLoader(indexed, batch_size=cfg.batch_size, shuffle=False, **common)
+        seed = cfg.seed * 100_003 + epoch
+        if cfg.balance_batches:
+            sampler = BalancedBatchSampler(self.train_labels, cfg.batch_size, seed)
+            return DataLoader(indexed, batch_sampler=sampler, **common)
+        g = torch.Generator().manual_seed(seed)
+        drop_last = len(self.train_labels) > cfg.batch_size
+        return DataLoader(
+            indexed,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=g,
+            drop_last=drop_last,
+            **common,
+        )
+
+    # ---- one step ------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        return torch.autocast(
+            self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None
+        )
+
+    def _step(self, batch: PatchBatch, aug_gen: torch.Generator | None) -> None:
+        self.skipped_train.update(batch.skipped)
+        if len(batch) < 2:  # BatchNorm needs two samples; a batch emptied by bad files is skipped
+            return
+        images = augment_batch(batch.images, aug_gen) if aug_gen is not None else batch.images
+        x = preprocess_batch(images, int(self.cfg.input_px), self.device, self.cfg.channels_last)  # type: ignore[arg-type]
+        labels = batch.labels.to(self.device, non_blocking=True)
+        with self._autocast():
+            t, s = self.net(x)
+        loss = focal_similarity_loss(t, s, labels, self.cfg.alpha, self.cfg.gamma)
+        if not torch.isfinite(loss):
+            self.nonfinite_steps += 1
+            logger.warning("non-finite loss at step %d; step skipped", self.global_step)
+            return
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.global_step += 1
+        self._loss_sum += float(loss.detach()) * len(batch)
+        self._loss_n += len(batch)
+
+    # ---- validation ----------------------------------------------------------------------
+    def _score_valid(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """Scores, labels and mean focal loss on the validation set (unusable items dropped)."""
+        self.net.eval()
+        scores, labels, loss_sum, n = [], [], 0.0, 0
+        with torch.inference_mode():
+            for batch in self._loader(self.valid_set, epoch=None):
+                self.skipped_valid.update(batch.skipped)
+                if len(batch) == 0:
+                    continue
+                x = preprocess_batch(
+                    batch.images, int(self.cfg.input_px), self.device, self.cfg.channels_last
+                )  # type: ignore[arg-type]
+                y = batch.labels.to(self.device)
+                with self._autocast():
+                    t, s = self.net(x)
+                loss_sum += float(
+                    focal_similarity_loss(t, s, y, self.cfg.alpha, self.cfg.gamma)
+                ) * len(batch)
+                n += len(batch)
+                maps = anomaly_map(t, s, int(self.cfg.input_px), self.cfg.sigma_px)  # type: ignore[arg-type]
+                scores.append(patch_scores(maps, self.cfg.score_reduction).float().cpu().numpy())
+                labels.append(batch.labels.numpy())
+                if limit is not None and n >= limit:
+                    break
+        self.net.train()
+        if n == 0:
+            raise DataError(f"no readable {self.valid_source} patches to validate on")
+        return np.concatenate(scores), np.concatenate(labels), loss_sum / n
+
+    def validate(self, epoch: int, limit: int | None = None) -> dict[str, Any]:
+        scores, labels, val_loss = self._score_valid(limit)
+        train_loss = self._loss_sum / self._loss_n if self._loss_n else math.nan
+        self._loss_sum, self._loss_n = 0.0, 0
+        auc = auroc(labels, scores)
+        record = {
+            "epoch": epoch,
+            "step": self.global_step,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_auroc": auc,
+            "val_source": self.valid_source,
+        }
+        self.history.append(record)
+        logger.info(
+            "epoch %d step %d: train loss %.4f, %s loss %.4f, AUROC %.4f",
+            epoch,
+            self.global_step,
+            train_loss,
+            self.valid_source,
+            val_loss,
+            auc,
+        )
+        if self.select_by == "auroc":
+            value, better = auc, self.best_value is None or auc > self.best_value
+        elif self.select_by == "loss":
+            value, better = val_loss, self.best_value is None or val_loss < self.best_value
+        else:
+            value, better = float(epoch), True
+        if better:
+            self.best_value = value
+            self.calibration = fit_calibration(scores, labels, self.cfg.calibration)
+            metrics = dict(record, selected_by=self.select_by, n_valid=len(labels))
+            self.model_id = save_checkpoint(
+                self.out, self.net, self.cfg, self.calibration, self.dataset_hash, metrics
+            )
+            self.best = record
+        return record
+
+    # ---- resume --------------------------------------------------------------------------
+    def _resume_payload(self) -> dict[str, Any]:
+        from qupath_rkd.training.checkpoint import _plain
+
+        return {
+            "format": RESUME_FORMAT,
+            "package_version": __version__,
+            "config": _plain(self.cfg.to_dict()),
+            "dataset_hash": self.dataset_hash,
+            "epoch_done": self.epoch_done,
+            "global_step": self.global_step,
+            "best_value": self.best_value,
+            "best": _plain(self.best),
+            "model_id": self.model_id,
+            "history": _plain(self.history),
+            "skipped_train": sorted(self.skipped_train),
+            "skipped_valid": sorted(self.skipped_valid),
+            "trainable": {
+                k: v.detach().cpu()
+                for k, v in self.net.state_dict().items()
+                if not k.startswith("teacher.")
+            },
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def save_resume(self) -> None:
+        import io
+
+        from qupath_rkd.io_utils import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save(self._resume_payload(), buf)
+        atomic_write_bytes(self.resume_path, buf.getvalue())
+
+    def load_resume(self) -> None:
+        if not self.resume_path.is_file():
+            raise CheckpointError(
+                f"nothing to resume: {self.resume_path} not found",
+                hint="start without --resume (a finished run removes its resume file)",
+            )
+        try:
+            obj = torch.load(self.resume_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{self.resume_path} is unreadable ({type(exc).__name__})"
+            ) from exc
+        if not isinstance(obj, dict) or obj.get("format") != RESUME_FORMAT:
+            raise CheckpointError(f"{self.resume_path} is not a qupath-rkd resume file")
+        old = dict(obj["config"])
+        new = self.cfg.to_dict()
+        changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
+        if changed:
+            raise CheckpointError(
+                f"cannot resume {self.resume_path}: the settings differ ({', '.join(changed)})",
+                hint="resume with the same options as the interrupted run",
+            )
+        if obj.get("dataset_hash") != self.dataset_hash:
+            raise CheckpointError(
+                f"cannot resume {self.resume_path}: the training patches changed since then"
+            )
+        missing = self.net.load_state_dict(obj["trainable"], strict=False).missing_keys
+        if any(not k.startswith("teacher.") for k in missing):
+            raise CheckpointError(f"{self.resume_path} does not fit this network")
+        self.opt.load_state_dict(obj["optimizer"])
+        self.scaler.load_state_dict(obj["scaler"])
+        self.epoch_done = int(obj["epoch_done"])
+        self.global_step = int(obj["global_step"])
+        self.best_value = obj.get("best_value")
+        self.best = dict(obj.get("best") or {})
+        self.model_id = str(obj.get("model_id") or "")
+        self.history = list(obj.get("history") or [])
+        self.skipped_train = set(obj.get("skipped_train") or [])
+        self.skipped_valid = set(obj.get("skipped_valid") or [])
+        if self.best_value is not None and self.out.is_file():
+            from qupath_rkd.training.checkpoint import read_checkpoint
+
+            payload, _ = read_checkpoint(self.out)
+            self.calibration = Calibration.from_dict(dict(payload["calibration"]))
+        logger.info("resuming after epoch %d (step %d)", self.epoch_done, self.global_step)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run_epochs(self) -> None:
+        cfg = self.cfg
+        self.net.train()
+        for epoch in range(self.epoch_done + 1, cfg.epochs + 1):
+            loader = self._loader(self.train_set, epoch=epoch)
+            aug_gen = (
+                torch.Generator().manual_seed(cfg.seed * 7919 + epoch) if cfg.augment else None
+            )
+            n_steps = len(loader)
+            if cfg.max_steps_per_epoch is not None:
+                n_steps = min(n_steps, cfg.max_steps_per_epoch)
+            bar = None
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(
+                    total=n_steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False
+                )
+            validated_at = -1
+            for i, batch in enumerate(loader):
+                if i >= n_steps:
+                    break
+                self._step(batch, aug_gen)
+                if bar is not None:
+                    bar.update(1)
+                    if self._loss_n:
+                        bar.set_postfix(loss=f"{self._loss_sum / self._loss_n:.4f}")
+                every = cfg.validate_every_steps
+                if every and self.global_step % every == 0 and i + 1 < n_steps:
+                    self.validate(epoch)
+                    validated_at = self.global_step
+            if bar is not None:
+                bar.close()
+            if validated_at != self.global_step:
+                self.validate(epoch)
+            self.epoch_done = epoch
+            self.save_resume()
+
+
+def train(
+    train_set: Dataset,
+    valid_set: Dataset | None,
+    config: TrainConfig,
+    out: str | Path,
+    dataset_hash: str,
+    progress: bool = False,
+    resume: bool = False,
+) -> TrainResult:
+    """Train the RD model and write the best checkpoint to ``out``.
+
+    Args:
+        train_set: items ``(image (H, W, 3) uint8, label)`` with a ``labels`` array; needs
+            normal patches, tumour patches are optional (none = one-class RD).
+        valid_set: the same kind of dataset, or None/empty (then the last epoch is kept and the
+            calibration is fitted on up to 2,000 training patches, with a warning).
+        config: the :class:`TrainConfig`.
+        out: checkpoint path (its folder must exist).
+        dataset_hash: hash of the training set, stored in the checkpoint.
+        progress: show a tqdm bar per epoch (CLI only).
+        resume: continue from ``<out>.resume`` (written after each epoch and on Ctrl-C).
+
+    Returns:
+        :class:`TrainResult`; on Ctrl-C ``interrupted`` is True and ``out`` is still a usable
+        model (the best so far, or the current weights validated on up to 256 patches).
+
+    Raises:
+        DataError, ConfigError, DeviceError, TeacherWeightsError, CheckpointError.
+    """
+    t0 = time.monotonic()
+    cfg = config.resolved()
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise DataError(f"the folder of {out} does not exist")
+    run = _Run(train_set, valid_set, cfg, out, dataset_hash, progress)
+    if resume:
+        run.load_resume()
+    logger.info(
+        "training %s RD at %d px on %s: %s train, %s %s, select by %s",
+        cfg.teacher,
+        cfg.input_px,
+        run.device,
+        _counts(run.train_labels),
+        run.valid_source,
+        _counts(run.valid_labels),
+        run.select_by,
+    )
+    interrupted = False
+    try:
+        run.run_epochs()
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: saving a resume file and a usable checkpoint")
+        run.save_resume()
+        if not run.model_id:
+            run.validate(run.epoch_done + 1, limit=256)
+
+    warnings: list[str] = []
+    n_skipped = len(run.skipped_train) + len(run.skipped_valid)
+    if n_skipped:
+        warnings.append(f"{n_skipped} unreadable or malformed images were skipped")
+    if run.nonfinite_steps:
+        warnings.append(f"{run.nonfinite_steps} steps had a non-finite loss and were skipped")
+    if run.valid_source == "train":
+        warnings.append("no validation set: kept the last epoch and calibrated on training patches")
+    best_auc = run.best.get("val_auroc")
+    if (
+        run.valid_source == "valid"
+        and best_auc is not None
+        and not math.isnan(best_auc)
+        and best_auc < 0.5
+    ):
+        warnings.append(
+            f"validation AUROC is {best_auc:.3f} (< 0.5): tumour patches score as more normal than "
+            "normal ones — were the tumour and normal folders swapped?"
+        )
+    for w in warnings:
+        logger.warning("%s", w)
+    if not interrupted and run.resume_path.exists():
+        run.resume_path.unlink()
+    return TrainResult(
+        checkpoint=out,
+        model_id=run.model_id,
+        best_epoch=int(run.best.get("epoch", 0)),
+        best_step=int(run.best.get("step", 0)),
+        selected_by=run.select_by,
+        best_metrics=dict(run.best),
+        history=list(run.history),
+        n_train=_counts(run.train_labels),
+        n_valid=_counts(run.valid_labels)
+        if run.valid_source == "valid"
+        else {"normal": 0, "tumor": 0},
+        skipped_unreadable=n_skipped,
+        interrupted=interrupted,
+        warnings=warnings,
+        calibration=run.calibration.to_dict() if run.calibration else {},
+        seconds=time.monotonic() - t0,
+    )
