@@ -31,14 +31,16 @@ def _qupath_available() -> tuple[bool, str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    need_gpu = any("gpu" in item.keywords for item in items)
-    need_qupath = any("qupath" in item.keywords for item in items)
+    # Markers, not keywords: a test in tests/qupath/ has the keyword "qupath" (its folder's
+    # name) without being marked, and must not be skipped for want of a QuPath installation.
+    need_gpu = any(item.get_closest_marker("gpu") for item in items)
+    need_qupath = any(item.get_closest_marker("qupath") for item in items)
     gpu_ok = _cuda_available() if need_gpu else True
     qupath_ok, qupath_why = _qupath_available() if need_qupath else (True, "")
     for item in items:
-        if "gpu" in item.keywords and not gpu_ok:
+        if item.get_closest_marker("gpu") and not gpu_ok:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "qupath" in item.keywords and not qupath_ok:
+        if item.get_closest_marker("qupath") and not qupath_ok:
             item.add_marker(pytest.mark.skip(reason=f"needs QuPath ({qupath_why})"))
 
 
