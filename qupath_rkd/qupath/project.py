@@ -534,12 +534,12 @@ def open_project(
         ProjectFormatError: ``project.qpproj`` is corrupt or not a QuPath project file.
         ProjectError: ``slide_root`` is not a folder.
     """
-    qpproj = _project_file(Path(path).absolute())
+    qpproj = _project_file(Path(os.path.abspath(path)))
     project_dir = qpproj.parent
     data = _load_qpproj(qpproj)
     root: Path | None = None
     if slide_root is not None:
-        root = Path(slide_root).absolute()
+        root = Path(os.path.abspath(slide_root))
         if not root.is_dir():
             raise ProjectError(
                 f"--slide-root {root}: not a folder", hint="give the folder holding the slides"
