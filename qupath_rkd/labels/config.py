@@ -126,7 +126,8 @@ class LabelConfig:
     Attributes:
         tile_px: tile side in pixels at ``mpp``.
         mpp: µm/px at which tiles are read (the model's input resolution).
-        stride_px: grid step in pixels at ``mpp`` (default ``tile_px``).
+        stride_px: grid step in pixels at ``mpp`` (``None``, ``"auto"`` in the config file:
+            ``tile_px``).
         tumor_min_overlap, normal_max_tumor_overlap, normal_min_overlap,
         ignore_max_overlap: the fractions above, in [0, 1].
         min_tissue_fraction: tiles with less tissue (tissue mask) are not used.
@@ -195,6 +196,8 @@ class LabelConfig:
                 f"[labels] unknown key(s) {', '.join(unknown)}",
                 hint=f"known keys: {', '.join(sorted(known))}",
             )
+        if section.get("stride_px") == "auto":  # sync's config spelling of "same as tile_px"
+            section["stride_px"] = None
         if "mpp" in section and isinstance(section["mpp"], int):
             section["mpp"] = float(section["mpp"])
         return cls(**section)
