@@ -207,3 +207,26 @@ def test_paquo_backend_reads_and_writes_a_real_project(shared_data: Path, tmp_pa
         hierarchy = qp.images[0].hierarchy
         assert len(hierarchy.annotations) == 1
         assert [d.name for d in hierarchy.detections] == ["qupath-rkd lesion 1"]
+
+
+def test_permission_error_while_replacing_keeps_the_old_file(
+    project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root ignores permissions, so the refusal is injected at the write itself: the old
+    predictions must survive and the error must say what to do."""
+    import qupath_rkd.qupath.backends.base as base
+
+    project = open_project(project_dir)
+    backend = GeojsonBackend(project)
+    entry = project.entries[0]
+    first = backend.write_predictions(entry, [make_feature(box(0, 0, 1, 1), name="qupath-rkd a")])
+    old = first.path.read_bytes()
+
+    def refuse(path: object, data: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(base, "atomic_write_bytes", refuse)
+    with pytest.raises(ProjectReadOnlyError, match="writable") as info:
+        backend.write_predictions(entry, [make_feature(box(0, 0, 2, 2), name="qupath-rkd b")])
+    assert "\n" not in str(info.value)
+    assert first.path.read_bytes() == old
