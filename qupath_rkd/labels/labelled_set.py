@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from qupath_rkd.constants import LABEL_IGNORE, LABEL_NORMAL, LABEL_TUMOR
-from qupath_rkd.errors import DataError, ProjectError
+from qupath_rkd.errors import DataError, ProjectError, QupathRkdError, SlideError
 from qupath_rkd.labels.config import ClassMapping, LabelConfig, SlideFlags, slide_flags
 from qupath_rkd.labels.tiles import LABEL_UNLABELLED, RoleGeometry, label_tiles, role_geometry
 from qupath_rkd.qupath.geojson import QupathObject
@@ -456,9 +456,25 @@ def build_labelled_set(
     *,
     grid_fn: GridFn | None = None,
     require_trainable: bool = True,
+    failed: dict[str, QupathRkdError] | None = None,
 ) -> LabelledSet:
-    """Label every slide and assemble the labelled set (see :func:`label_slide`)."""
-    slides = [label_slide(inp, classes, config, grid_fn=grid_fn) for inp in inputs]
+    """Label every slide and assemble the labelled set (see :func:`label_slide`).
+
+    Args:
+        failed: when given, a slide whose file cannot be used (missing, unreadable, not the
+            size QuPath shows: ``ProjectError`` / ``SlideError``) is left out and its error
+            stored here by entry ID, so the other slides go on. Bad annotations and flags
+            still raise: they are the user's input to fix.
+    """
+    slides = []
+    for inp in inputs:
+        try:
+            slides.append(label_slide(inp, classes, config, grid_fn=grid_fn))
+        except (ProjectError, SlideError) as exc:
+            if failed is None:
+                raise
+            logger.warning("image %r (entry %s) left out: %s", inp.name, inp.entry_id, exc)
+            failed[inp.entry_id] = exc
     slide_mpp = {
         str(inp.slide_path): float(inp.mpp)
         for inp in inputs

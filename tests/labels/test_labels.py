@@ -276,3 +276,25 @@ def test_two_entries_with_one_file_are_refused() -> None:
     ]
     with pytest.raises(DataError, match="same slide file"):
         _set(slides)
+
+
+def test_a_slide_that_cannot_be_used_can_be_left_out() -> None:
+    from qupath_rkd.errors import ProjectError, SlideNotFoundError
+
+    def grid(inp: SlideInput, config: LabelConfig) -> tuple[np.ndarray, float]:
+        if inp.entry_id == "2":
+            raise SlideNotFoundError("/slides/b.svs: no such file")
+        return GRID, TILE
+
+    slides = [
+        _input([], {TUMOR_FREE_KEY: "true"}),
+        _input([], {TUMOR_FREE_KEY: "true"}, eid="2", path="/slides/b.svs"),
+    ]
+    with pytest.raises(SlideNotFoundError):
+        build_labelled_set(slides, ClassMapping(), LabelConfig(), grid_fn=grid)
+    failed: dict[str, Exception] = {}
+    ls = build_labelled_set(slides, ClassMapping(), LabelConfig(), grid_fn=grid, failed=failed)
+    assert list(failed) == ["2"] and [s.entry_id for s in ls.slides] == ["1"]
+    missing = SlideInput("3", "c", None, [], {TUMOR_FREE_KEY: "true"})
+    with pytest.raises(ProjectError, match="slide-root"):
+        build_labelled_set([missing], ClassMapping(), LabelConfig())
