@@ -313,15 +313,16 @@ def _resolve(
 
 # --- parsing ------------------------------------------------------------------------------
 def _collect_uris(builder: Any) -> list[str]:
-    """Every ``uri`` in a (possibly nested) server builder, in order."""
+    """Every ``uri`` in a (possibly nested) server builder, in order, searching every value
+    recursively as QuPath does (wrappers nest ``builder``, ``builders``, ``regions``...)."""
     out: list[str] = []
     if isinstance(builder, Mapping):
         uri = builder.get("uri")
         if isinstance(uri, str):
             out.append(uri)
-        for key in ("builder", "builders", "regions", "serverBuilder"):
-            if key in builder:
-                out.extend(_collect_uris(builder[key]))
+        for key, value in builder.items():
+            if key != "uri" and isinstance(value, (Mapping, list)):
+                out.extend(_collect_uris(value))
     elif isinstance(builder, list):
         for item in builder:
             out.extend(_collect_uris(item))

@@ -257,3 +257,17 @@ def test_update_uris_only_when_asked_with_a_backup(project_copy: Path, tmp_path:
     reopened = open_project(project_copy)
     assert [e.path_source for e in reopened.entries] == ["stored", None, "stored"]
     assert update_uris(reopened) == []  # nothing left to change
+
+
+def test_every_uri_of_a_composite_builder_is_found(project_copy: Path) -> None:
+    data = _qpproj(project_copy)
+    data["images"][0]["serverBuilder"] = {
+        "builderType": "sparse",
+        "regions": [
+            {"region": {"x": 0}, "serverBuilder": {"builderType": "uri", "uri": "file:/a/1.tif"}},
+            {"region": {"x": 9}, "serverBuilder": {"builderType": "uri", "uri": "file:/a/2.tif"}},
+        ],
+    }
+    _write_qpproj(project_copy, data)
+    entry = open_project(project_copy).entries[0]
+    assert entry.uris == ("file:/a/1.tif", "file:/a/2.tif") and entry.changes_frame
