@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -124,7 +125,7 @@ class PaquoBackend:
     ) -> PredictionWrite:
         """Replace this tool's detections in the image's hierarchy and save the project.
 
-        QuPath itself keeps ``data.qpdata.backup`` of the previous hierarchy when saving.
+        The previous ``data/<id>/data.qpdata`` is copied to ``data.qpdata.qupath-rkd.bak`` first.
         Refuses images whose file is not reachable (paquo would silently skip them).
         """
         import shapely.affinity
@@ -162,5 +163,10 @@ class PaquoBackend:
                     obj = add(geom, path_class, ms)
                     if props.get("name"):
                         obj.name = str(props["name"]).replace(":", " ")
+            backup = None
+            data_file = entry.data_dir / "data.qpdata" if entry.data_dir else None
+            if data_file is not None and data_file.is_file():
+                backup = data_file.with_name("data.qpdata.qupath-rkd.bak")
+                shutil.copy2(data_file, backup)
             image.save()
-        return PredictionWrite(entry.entry_id, None, True, None, len(features))
+        return PredictionWrite(entry.entry_id, data_file, True, backup, len(features))
