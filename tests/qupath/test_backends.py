@@ -230,3 +230,13 @@ def test_permission_error_while_replacing_keeps_the_old_file(
         backend.write_predictions(entry, [make_feature(box(0, 0, 2, 2), name="qupath-rkd b")])
     assert "\n" not in str(info.value)
     assert first.path.read_bytes() == old
+
+
+def test_project_file_metadata_wins_over_the_manifest(project_dir: Path) -> None:
+    data = json.loads((project_dir / "project.qpproj").read_text())
+    data["images"][0]["metadata"] = {"qupath-rkd.tumor-free": "true"}
+    (project_dir / "project.qpproj").write_text(json.dumps(data))
+    _export(project_dir, "1", [], {"qupath-rkd.tumor-free": "false", "stain": "H&E"})
+    project = open_project(project_dir)
+    got = GeojsonBackend(project).read_annotations(project.entries[0])
+    assert got.metadata == {"qupath-rkd.tumor-free": "true", "stain": "H&E"}

@@ -95,7 +95,8 @@ class AnnotationSet:
         sha256: hash of what was read (file bytes, or the canonical JSON for paquo); ``None``
             when nothing was exported. Use it to notice changed labels.
         repairs: one line per repaired geometry.
-        metadata: the entry's metadata (project file, updated by the export manifest).
+        metadata: the entry's metadata: ``project.qpproj``'s, plus keys only the export
+            manifest has (the project file wins on conflicts).
     """
 
     entry_id: str

@@ -67,9 +67,12 @@ class GeojsonBackend:
         """
         path = self.layout.annotations_file(entry.entry_id)
         record = self.manifest().get(entry.entry_id)
-        metadata = dict(entry.metadata)
+        # project.qpproj is the live state (QuPath saves entry metadata there when it is
+        # edited); the manifest only fills keys the project file lacks.
+        metadata: dict[str, str] = {}
         if record is not None and isinstance(record.get("metadata"), Mapping):
             metadata.update({str(k): str(v) for k, v in record["metadata"].items()})
+        metadata.update(entry.metadata)
         if not path.is_file():
             return AnnotationSet(entry.entry_id, [], exported=record is not None, metadata=metadata)
         data = path.read_bytes()
