@@ -58,6 +58,7 @@ __all__ = [
     "is_tool_object",
     "make_feature",
     "parse_features",
+    "qupath_import_problems",
     "read_geojson",
     "repair_geometry",
     "stable_feature_id",
@@ -585,3 +586,79 @@ def write_geojson(
     coordinate before writing (level-0 px). The folder must exist. Returns the path.
     """
     return atomic_write_text(path, features_to_json(features, shift_px=shift_px))
+
+
+def qupath_import_problems(data: Any) -> list[str]:
+    """What QuPath 0.4+'s GeoJSON import would reject or mangle in ``data`` (parsed JSON).
+
+    Checks the rules of QuPath's reader (``PathObjectTypeAdapters``) and the facts in
+    ``../shared/DESIGN.md``: a FeatureCollection of Features, each with a geometry, a UUID
+    ``id`` used once, an ``objectType``, a classification with a name and an RGB colour,
+    numeric finite measurements in a map, and no MultiPolygon (it would become one object).
+    Returns one line per problem; ``[]`` when QuPath imports it as intended.
+    """
+    problems: list[str] = []
+    if not isinstance(data, Mapping) or data.get("type") != "FeatureCollection":
+        return ["not a FeatureCollection"]
+    features = data.get("features")
+    if not isinstance(features, list):
+        return ["FeatureCollection without a 'features' list"]
+    seen: set[str] = set()
+    for i, feat in enumerate(features):
+        where = f"feature {i}"
+        if not isinstance(feat, Mapping) or feat.get("type") != "Feature":
+            problems.append(f"{where}: not a Feature")
+            continue
+        fid = feat.get("id")
+        try:
+            if str(uuid.UUID(str(fid))) != str(fid):
+                raise ValueError
+        except ValueError:
+            problems.append(f"{where}: id {fid!r} is not a UUID")
+        else:
+            if fid in seen:
+                problems.append(f"{where}: id {fid} is used twice (QuPath would duplicate it)")
+            seen.add(str(fid))
+        geom = feat.get("geometry")
+        if not isinstance(geom, Mapping) or "type" not in geom:
+            problems.append(f"{where}: no geometry")
+        elif geom["type"] == "MultiPolygon":
+            problems.append(f"{where}: a MultiPolygon imports as a single object")
+        props = feat.get("properties")
+        if not isinstance(props, Mapping):
+            problems.append(f"{where}: no properties")
+            continue
+        if props.get("objectType") not in OBJECT_TYPES - {"root"}:
+            problems.append(
+                f"{where}: objectType {props.get('objectType')!r} (missing imports "
+                "as an annotation)"
+            )
+        cls = props.get("classification")
+        if cls is not None:
+            named = isinstance(cls, Mapping) and (
+                isinstance(cls.get("name"), str) or isinstance(cls.get("names"), list)
+            )
+            color = cls.get("color") if isinstance(cls, Mapping) else None
+            if not named:
+                problems.append(f"{where}: classification without a name")
+            if not (
+                isinstance(color, list)
+                and len(color) == 3
+                and all(isinstance(c, int) and 0 <= c <= 255 for c in color)
+            ):
+                problems.append(f"{where}: classification without an RGB colour")
+        ms = props.get("measurements")
+        if ms is not None:
+            if not isinstance(ms, Mapping):
+                problems.append(f"{where}: measurements are not a map")
+            else:
+                for key, value in ms.items():
+                    if (
+                        not isinstance(value, (int, float))
+                        or isinstance(value, bool)
+                        or not math.isfinite(value)
+                    ):
+                        problems.append(
+                            f"{where}: measurement {key!r} = {value!r} is not a finite number"
+                        )
+    return problems

@@ -265,3 +265,45 @@ def test_real_camelyon16_polygons_round_trip(shared_data: Path, tmp_path: Path) 
     total_in = sum(shapely.make_valid(p).area for p in polygons)
     total_out = sum(o.geometry.area for o in objs)
     assert total_out == pytest.approx(total_in, rel=1e-4)
+
+
+def test_qupath_import_problems_finds_what_qupath_would_refuse() -> None:
+    from qupath_rkd.qupath.geojson import qupath_import_problems
+
+    good = json.loads(
+        features_to_json(
+            [
+                make_feature(
+                    box(0, 0, 5, 5),
+                    class_name="Tumor",
+                    name="qupath-rkd a",
+                    measurements={"p": 0.5},
+                ),
+                make_feature(
+                    shapely.MultiPolygon([box(0, 0, 1, 1), box(3, 3, 4, 4)]), name="qupath-rkd b"
+                ),
+            ]
+        )
+    )
+    assert qupath_import_problems(good) == []
+    bad = json.loads(json.dumps(good))
+    bad["features"][1]["id"] = bad["features"][0]["id"]
+    del bad["features"][0]["properties"]["classification"]["color"]
+    bad["features"][0]["properties"]["measurements"]["q"] = "high"
+    del bad["features"][2]["properties"]["objectType"]
+    bad["features"].append(
+        {
+            "type": "Feature",
+            "id": "x",
+            "geometry": {"type": "MultiPolygon", "coordinates": []},
+            "properties": {"objectType": "detection"},
+        }
+    )
+    problems = qupath_import_problems(bad)
+    text = "\n".join(problems)
+    assert "feature 0: classification without an RGB colour" in text
+    assert "feature 0: measurement 'q'" in text
+    assert "feature 1: id" in text and "used twice" in text
+    assert "feature 2: objectType None" in text
+    assert "feature 3: id 'x' is not a UUID" in text and "feature 3: a MultiPolygon" in text
+    assert qupath_import_problems([]) == ["not a FeatureCollection"]
