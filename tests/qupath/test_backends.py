@@ -25,7 +25,7 @@ from qupath_rkd.qupath.backends import (
     read_manifest,
 )
 from qupath_rkd.qupath.backends.paquo_backend import paquo_available
-from qupath_rkd.qupath.geojson import make_feature, read_geojson
+from qupath_rkd.qupath.geojson import make_feature, qupath_import_problems, read_geojson
 from qupath_rkd.qupath.project import open_project
 
 
@@ -134,6 +134,7 @@ def test_write_predictions_atomic_with_backup_and_idempotent(project_dir: Path) 
     result = backend.write_predictions(entry, first)
     assert result.written and result.backup is None and result.path == layout.predictions_file("1")
     content1 = result.path.read_bytes()
+    assert qupath_import_problems(json.loads(content1)) == []
     mtime = result.path.stat().st_mtime_ns
     again = backend.write_predictions(entry, first)
     assert not again.written and result.path.stat().st_mtime_ns == mtime  # byte-identical: kept
