@@ -145,7 +145,16 @@ def slide_grid(inp: SlideInput, config: LabelConfig) -> tuple[np.ndarray, float]
             hint="pass --slide-root DIR (the folder holding the slides)",
         )
     with open_slide(inp.slide_path) as probe:
-        has_mpp = probe.mpp_or_none is not None
+        file_mpp = probe.mpp_or_none
+    has_mpp = file_mpp is not None
+    if file_mpp is not None and inp.mpp is not None and abs(file_mpp / inp.mpp - 1.0) > 0.01:
+        logger.warning(
+            "image %r (entry %s): the file says %.4f µm/px, QuPath %.4f µm/px; using the file's",
+            inp.name,
+            inp.entry_id,
+            file_mpp,
+            inp.mpp,
+        )
     with open_slide(inp.slide_path, mpp=None if has_mpp else inp.mpp) as slide:
         if (
             inp.width_px is not None
