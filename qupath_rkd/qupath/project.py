@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
@@ -262,6 +263,22 @@ def _relative_parts(base_dir: PurePath, target: PurePath) -> list[str] | None:
     return [".."] * (len(a) - common) + b_orig[common:]
 
 
+def _name_key(name: str) -> str:
+    """A file name compared case- and Unicode-form-insensitively (macOS writes NFD names)."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _existing_file(path: Path) -> Path | None:
+    """``path`` if it is a file, else the same path in the other Unicode normal form."""
+    if path.is_file():
+        return path
+    for form in ("NFC", "NFD"):
+        other = Path(unicodedata.normalize(form, str(path)))
+        if other != path and other.is_file():
+            return other
+    return None
+
+
 class _SlideRootIndex:
     """File name → paths under a slide root, built once on first use."""
 
@@ -270,15 +287,15 @@ class _SlideRootIndex:
         self._index: dict[str, list[Path]] | None = None
 
     def find(self, name: str) -> Path | None:
-        direct = self.root / name
-        if direct.is_file():
+        direct = _existing_file(self.root / name)
+        if direct is not None:
             return direct
         if self._index is None:
             self._index = {}
             for dirpath, _dirs, files in os.walk(self.root):
                 for f in files:
-                    self._index.setdefault(f.lower(), []).append(Path(dirpath) / f)
-        hits = sorted(self._index.get(name.lower(), []))
+                    self._index.setdefault(_name_key(f), []).append(Path(dirpath) / f)
+        hits = sorted(self._index.get(_name_key(name), []))
         if len(hits) > 1:
             logger.warning(
                 "%d files named %s under %s; using %s", len(hits), name, self.root, hits[0]
@@ -296,13 +313,15 @@ def _resolve(
     if stored is None:
         return None, None
     native = isinstance(stored, PureWindowsPath) == (os.name == "nt")
-    if native and Path(stored).is_file():
-        return Path(stored), "stored"
+    if native:
+        found = _existing_file(Path(stored))
+        if found is not None:
+            return found, "stored"
     if previous_dir is not None:
         rel = _relative_parts(previous_dir, stored)
         if rel is not None:
-            candidate = Path(os.path.normpath(project_dir.joinpath(*rel)))
-            if candidate.is_file():
+            candidate = _existing_file(Path(os.path.normpath(project_dir.joinpath(*rel))))
+            if candidate is not None:
                 return candidate, "relative"
     if index is not None:
         hit = index.find(stored.name)

@@ -271,3 +271,23 @@ def test_every_uri_of_a_composite_builder_is_found(project_copy: Path) -> None:
     _write_qpproj(project_copy, data)
     entry = open_project(project_copy).entries[0]
     assert entry.uris == ("file:/a/1.tif", "file:/a/2.tif") and entry.changes_frame
+
+
+def test_names_in_another_unicode_form_or_case_are_found(
+    project_copy: Path, tmp_path: Path
+) -> None:
+    import unicodedata
+
+    data = _qpproj(project_copy)
+    nfd = unicodedata.normalize("NFD", "Lymphknoten é.svs")  # as macOS writes names
+    data["images"][0]["serverBuilder"]["uri"] = file_uri(Path("/mac/scans") / nfd)
+    data["images"][1]["serverBuilder"]["uri"] = "file:/mac/scans/UPPER.SVS"
+    _write_qpproj(project_copy, data)
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    nfc_file = root / "sub" / unicodedata.normalize("NFC", "Lymphknoten é.svs")
+    nfc_file.write_bytes(b"x")
+    (root / "sub" / "upper.svs").write_bytes(b"x")
+    e0, e1, _ = open_project(project_copy, slide_root=root).entries
+    assert (e0.path_source, e0.path) == ("slide_root", nfc_file)
+    assert e1.path == root / "sub" / "upper.svs"
