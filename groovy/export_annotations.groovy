@@ -74,30 +74,34 @@ record.put("annotations", entryId + ".geojson")
 record.put("nAnnotations", annotations.size())
 record.put("exportedAt", java.time.Instant.now().toString())
 
-def gson = GsonTools.getInstance(true)
-Path manifestPath = outDir.resolve("manifest.json")
-def images = []
-if (Files.exists(manifestPath)) {
-    try {
-        def old = gson.fromJson(new String(Files.readAllBytes(manifestPath), StandardCharsets.UTF_8), Map.class)
-        if (old != null && old.get("images") instanceof List) {
-            images = old.get("images").findAll { it instanceof Map && String.valueOf(it.get("entryID")) != entryId }
+// Run for project may run images on several threads: one manifest update at a time
+// (an interned string is the same object across every script run in this JVM).
+synchronized ("qupath-rkd manifest lock".intern()) {
+    def gson = GsonTools.getInstance(true)
+    Path manifestPath = outDir.resolve("manifest.json")
+    def images = []
+    if (Files.exists(manifestPath)) {
+        try {
+            def old = gson.fromJson(new String(Files.readAllBytes(manifestPath), StandardCharsets.UTF_8), Map.class)
+            if (old != null && old.get("images") instanceof List) {
+                images = old.get("images").findAll { it instanceof Map && String.valueOf(it.get("entryID")) != entryId }
+            }
+        } catch (Exception e) {
+            println "qupath-rkd: " + manifestPath + " was unreadable (" + e.getMessage() + "); starting a new one"
         }
-    } catch (Exception e) {
-        println "qupath-rkd: " + manifestPath + " was unreadable (" + e.getMessage() + "); starting a new one"
     }
-}
-images.add(record)
-images.sort { a, b -> compareIds(String.valueOf(a.get("entryID")), String.valueOf(b.get("entryID"))) }
+    images.add(record)
+    images.sort { a, b -> compareIds(String.valueOf(a.get("entryID")), String.valueOf(b.get("entryID"))) }
 
-def manifest = new LinkedHashMap()
-manifest.put("format", "qupath-rkd-annotations")
-manifest.put("formatVersion", 1)
-manifest.put("qupathVersion", qupathVersion)
-manifest.put("images", images)
-Path manifestTmp = outDir.resolve(".manifest.json.tmp")
-Files.write(manifestTmp, gson.toJson(manifest).getBytes(StandardCharsets.UTF_8))
-Files.move(manifestTmp, manifestPath, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE)
+    def manifest = new LinkedHashMap()
+    manifest.put("format", "qupath-rkd-annotations")
+    manifest.put("formatVersion", 1)
+    manifest.put("qupathVersion", qupathVersion)
+    manifest.put("images", images)
+    Path manifestTmp = outDir.resolve(".manifest.json.tmp")
+    Files.write(manifestTmp, gson.toJson(manifest).getBytes(StandardCharsets.UTF_8))
+    Files.move(manifestTmp, manifestPath, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE)
+}
 
 println "qupath-rkd: exported " + annotations.size() + " annotation(s) of '" + entry.getImageName() + "' to " + target
 
