@@ -227,7 +227,11 @@ def _sync_locked(
                 continue
             output = _prediction_file(backend, entry)
             why = (
-                "the model changed"
+                (
+                    "the model will change"
+                    if entry.entry_id in state.predictions
+                    else "no predictions yet"
+                )
                 if outcome.model_id is None and reason is not None
                 else prediction_stale_reason(
                     state,
@@ -273,7 +277,8 @@ def _sync_locked(
             except Exception as exc:  # a failing slide must not stop the others
                 result.status = STATUS_FAILED
                 result.reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-                logger.warning("%s failed", entry.name, exc_info=True)
+                logger.warning("%s failed: %s", entry.name, result.reason)
+                logger.debug("traceback of %s", entry.name, exc_info=True)
                 continue
             tx.stage_entry(entry.entry_id, features)
             new_state.predictions[entry.entry_id] = PredictionRecord(

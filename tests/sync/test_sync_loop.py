@@ -1,0 +1,234 @@
+"""The whole loop on a small real-mosaic project: train, predict, write back, and again.
+
+One full sync (training included) is run once per session; the tests copy its result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sync_helpers import FAST, snapshot
+
+from qupath_rkd.cli import cli
+from qupath_rkd.qupath.geojson import read_geojson
+from qupath_rkd.sync.commit import FAULT_ENV
+from qupath_rkd.sync.config import load_config
+from qupath_rkd.sync.report import STATUS_PREDICTED, STATUS_UP_TO_DATE
+from qupath_rkd.sync.runner import run_sync
+
+ANNOTATIONS = "project/qupath-rkd/annotations/"
+
+
+def _config(project: Path, **extra: object):  # type: ignore[no-untyped-def]
+    return load_config(project, {**FAST, **extra})
+
+
+def _sync_cli(project: Path, *extra: str) -> tuple[int, str]:
+    args = [arg for k, v in FAST.items() for arg in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(cli, ["sync", str(project), *args, *extra])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="session")
+def synced(small_demo, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The small demo after one complete sync (its project folder)."""
+    root = tmp_path_factory.mktemp("synced") / "demo"
+    shutil.copytree(small_demo.root, root)
+    outcome = run_sync(root / "project", _config(root / "project"))
+    assert outcome.trained and outcome.exit_code == 0, outcome.slides
+    return root / "project"
+
+
+@pytest.fixture
+def synced_copy(synced: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "demo"
+    shutil.copytree(synced.parent, root)
+    return root / "project"
+
+
+def test_first_sync_writes_what_qupath_imports(synced: Path, small_demo) -> None:  # type: ignore[no-untyped-def]
+    tool = synced / "qupath-rkd"
+    report = json.loads((tool / "report.json").read_text())
+    assert [row["status"] for row in report["slides"]] == ["ok"] * 4
+    assert (tool / "model" / "model.pt").is_file()
+    assert not (tool / ".pending").exists() and not (tool / "sync.lock").exists()
+    for slide in small_demo.slides:
+        path = tool / "predictions" / f"{slide.entry_id}.geojson"
+        raw = json.loads(path.read_text())
+        assert raw["type"] == "FeatureCollection"
+        for feature in raw["features"]:
+            props = feature["properties"]
+            assert props["objectType"] in {"detection", "tile"}
+            assert props["name"].startswith("qupath-rkd")
+            assert all(isinstance(v, float) for v in props["measurements"].values())
+            if "classification" in props:
+                assert len(props["classification"]["color"]) == 3
+        objects = read_geojson(path)
+        tiles = [o for o in objects if o.object_type == "tile"]
+        assert tiles, "the heatmap is written as scored tiles"
+        assert all(0.0 <= o.measurements["Tumor probability"] <= 1.0 for o in tiles)
+        assert all(o.geometry.is_valid for o in objects)
+        row = next(r for r in report["slides"] if r["entry_id"] == str(slide.entry_id))
+        lesions = [o for o in objects if o.object_type == "detection"]
+        assert row["lesions"] == len(lesions)
+        area_mm2 = sum(o.measurements["Area µm^2"] for o in lesions) / 1e6
+        assert row["lesion_area_mm2"] == pytest.approx(area_mm2, abs=1e-5)
+        assert 0.0 <= row["tumor_score"] <= 1.0
+
+
+def test_second_sync_changes_nothing(synced_copy: Path) -> None:
+    root = synced_copy.parent
+    before = snapshot(root)
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    code, out = _sync_cli(synced_copy)
+    assert code == 0, out
+    assert "model up to date: nothing to train" in out
+    assert "0 slide(s) predicted" in out
+    assert out.count(STATUS_UP_TO_DATE) == 4
+    assert snapshot(root) == before
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == mtimes
+
+
+def test_prediction_settings_repredict_without_training(synced_copy: Path) -> None:
+    root = synced_copy.parent
+    before = snapshot(root)
+    outcome = run_sync(synced_copy, _config(synced_copy, **{"inference.heatmap_tiles": False}))
+    assert not outcome.trained
+    assert [s.status for s in outcome.slides] == [STATUS_PREDICTED] * 4
+    assert {s.reason for s in outcome.slides} == {"the prediction configuration changed"}
+    after = snapshot(root)
+    assert {k: v for k, v in after.items() if k.startswith(ANNOTATIONS)} == {
+        k: v for k, v in before.items() if k.startswith(ANNOTATIONS)
+    }
+    pred = synced_copy / "qupath-rkd" / "predictions"
+    for name in ("1.geojson", "3.geojson"):
+        assert all(o.object_type != "tile" for o in read_geojson(pred / name))
+        # the previous predictions are kept as a backup
+        backup = pred / f"{name}.bak"
+        assert backup.read_bytes() != (pred / name).read_bytes()
+        assert any(o.object_type == "tile" for o in read_geojson(backup))
+
+
+def test_changed_labels_retrain_and_repredict(synced_copy: Path) -> None:
+    annotations = synced_copy / "qupath-rkd" / "annotations" / "1.geojson"
+    data = json.loads(annotations.read_text())
+    data["features"].append(
+        {
+            "type": "Feature",
+            "id": "5a8f5d7e-7d7b-4b43-9d1c-3f8f7f1c2a10",
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[10, 10], [300, 10], [300, 300], [10, 300], [10, 10]]],
+            },
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": "Ignore*", "color": [180, 180, 180]},
+            },
+        }
+    )
+    annotations.write_text(json.dumps(data))
+    drawn = annotations.read_bytes()
+    outcome = run_sync(synced_copy, _config(synced_copy))
+    assert outcome.trained and outcome.train_reason == "the labels changed"
+    assert [s.status for s in outcome.slides] == [STATUS_PREDICTED] * 4
+    assert {s.reason for s in outcome.slides} == {"the model changed"}
+    assert annotations.read_bytes() == drawn  # never rewritten
+
+
+def test_failing_slide_is_reported_and_the_others_go_on(
+    synced_copy: Path, shared_data: Path
+) -> None:
+    # D.tif (entry 4, nothing drawn on it) replaced by a TIFF that OpenSlide refuses
+    slide = synced_copy.parent / "slides" / "D.tif"
+    shutil.copyfile(shared_data / "slides" / "kidney-48-5.tif", slide)
+    code, out = _sync_cli(synced_copy)
+    assert code == 1
+    assert "Traceback" not in out
+    report = json.loads((synced_copy / "qupath-rkd" / "report.json").read_text())
+    rows = {r["entry_id"]: r for r in report["slides"]}
+    assert rows["4"]["status"] == "failed" and rows["4"]["error"]
+    assert all(rows[k]["status"] == "ok" for k in ("1", "2", "3"))
+    # its earlier predictions stay as they were
+    assert (synced_copy / "qupath-rkd" / "predictions" / "4.geojson").is_file()
+
+
+_KILL_POINTS = ["after-predict-1", "before-commit", "entry-1", "before-json", "before-cleanup"]
+_NO_TILES = ("--set", "inference.heatmap_tiles=false")
+_CLI = [sys.executable, "-c", "from qupath_rkd.cli import main; main()", "sync"]
+_TOOL = "project/qupath-rkd/"
+
+
+def _fast_args() -> list[str]:
+    return [arg for k, v in FAST.items() for arg in ("--set", f"{k}={v}")] + list(_NO_TILES)
+
+
+def _results(snap: dict[str, str]) -> dict[str, str]:
+    """What a sync produces: prediction files (not backups), state and report."""
+    return {
+        k: v
+        for k, v in snap.items()
+        if k.startswith(_TOOL)
+        and not k.endswith(".bak")
+        and (
+            k.startswith(_TOOL + "predictions/")
+            or k in {_TOOL + "state.json", _TOOL + "report.json"}
+        )
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synced: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The results of the kill tests' sync when nothing interrupts it."""
+    root = tmp_path_factory.mktemp("uninterrupted") / "demo"
+    shutil.copytree(synced.parent, root)
+    done = subprocess.run(
+        [*_CLI, str(root / "project"), *_fast_args()], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return _results(snapshot(root))
+
+
+@pytest.mark.parametrize("point", _KILL_POINTS)
+def test_kill_mid_sync_leaves_before_or_after(
+    synced_copy: Path, uninterrupted: dict[str, str], point: str
+) -> None:
+    """SIGKILL at a point of a sync (in a subprocess): annotations untouched; before the commit
+    point the project is exactly as before; after it the next sync finishes the write-back
+    without predicting again; either way the end result is the uninterrupted one."""
+    root = synced_copy.parent
+    before = snapshot(root)
+    killed_run = subprocess.run(
+        [*_CLI, str(synced_copy), *_fast_args()],
+        env={**os.environ, FAULT_ENV: point},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed_run.returncode == -9, killed_run.stderr[-2000:]
+    killed = snapshot(root, skip=(_TOOL + ".pending", _TOOL + "sync.lock"))
+    assert {k: v for k, v in killed.items() if k.startswith(ANNOTATIONS)} == {
+        k: v for k, v in before.items() if k.startswith(ANNOTATIONS)
+    }
+    committed = point not in ("after-predict-1", "before-commit")
+    if not committed:
+        assert killed == before, "a kill before the commit point changes nothing"
+    done = subprocess.run(
+        [*_CLI, str(synced_copy), *_fast_args()], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    if committed:
+        assert "finished the write-back of an interrupted sync" in done.stderr
+        assert "0 slide(s) predicted" in done.stdout
+    else:
+        assert "4 slide(s) predicted" in done.stdout
+    final = snapshot(root)
+    assert _results(final) == uninterrupted
+    assert not (root / _TOOL / ".pending").exists()
+    assert not (root / _TOOL / "sync.lock").exists()
