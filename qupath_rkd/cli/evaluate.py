@@ -1,0 +1,73 @@
+"""``qupath-rkd evaluate --truth T --pred P``: Camelyon16 lesion FROC and slide AUC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("evaluate")
+@click.option(
+    "--truth",
+    "truth",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Folder of ground-truth files, one per slide named like it: Camelyon16 JSON "
+    "(positive/negative) or QuPath GeoJSON (class Tumor). A file without tumour = normal slide.",
+)
+@click.option(
+    "--pred",
+    "pred",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Output folder of `qupath-rkd predict` (or a folder of <slide>.csv submissions).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write evaluation.json, froc.csv, slides.csv and froc.png "
+    "[default: PRED/evaluation].",
+)
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Level-0 µm/px of the slides [default: from the heatmap metadata; 0.243 for "
+    "Camelyon16 JSON].",
+)
+@click.option(
+    "--normal-if-no-truth",
+    is_flag=True,
+    help="Treat predicted slides without a truth file as normal (Camelyon16 ships "
+    "annotations for tumour slides only).",
+)
+def evaluate(
+    truth: Path, pred: Path, out_dir: Path | None, mpp: float | None, normal_if_no_truth: bool
+) -> None:
+    """Score predicted lesions and slide scores against ground truth (Camelyon16 protocol).
+
+    Prints the FROC score (mean sensitivity at 0.25-8 false positives per slide over all
+    slides), the sensitivity at each point and the slide-level ROC AUC.
+    """
+    from qupath_rkd.evaluation.run import evaluate as run_evaluate
+    from qupath_rkd.evaluation.run import write_report
+
+    report = run_evaluate(truth, pred, mpp=mpp, normal_if_no_truth=normal_if_no_truth)
+    paths = write_report(report, out_dir if out_dir is not None else pred / "evaluation")
+    f = report.froc
+    n_tumor = sum(1 for s in report.slides if s["tumor"])
+    click.echo(
+        f"Slides: {f.n_slides} ({n_tumor} tumour, {f.n_slides - n_tumor} normal); "
+        f"lesions to detect: {f.n_lesions}"
+    )
+    click.echo(f"FROC score: {f.score:.4f}")
+    for fp, sens in f.sensitivity_at.items():
+        click.echo(f"  sensitivity at {fp:g} FP/slide: {sens:.4f}")
+    if report.slide_auc is not None:
+        click.echo(f"Slide AUC: {report.slide_auc:.4f} (scores: {report.slide_score_source})")
+    else:
+        click.echo(f"Slide AUC: not defined ({report.slide_auc_note})")
+    click.echo(f"Wrote {paths['json']} and {paths['png']}")

@@ -1,0 +1,78 @@
+"""Names of everything ``predict`` writes, defined once (``evaluate`` and ``sync`` read them here).
+
+Layout of an output folder ``OUT``::
+
+    OUT/run.json                       arguments, versions, model id of the last run
+    OUT/slide_scores.csv               slide,score,probability_max,n_tiles,n_lesions,note
+    OUT/camelyon16/<slide>.csv         Camelyon16 submission: one "prob,X,Y" line per lesion peak
+    OUT/<slide>/lesions.geojson        lesions as QuPath GeoJSON detections (class Tumor)
+    OUT/<slide>/tiles.geojson          scored tiles as QuPath tiles (measurement maps)
+    OUT/<slide>/tiles.csv              the same tiles as data (x_px,y_px,width_px,...)
+    OUT/<slide>/heatmap.npy / .json    calibrated probability on the tile grid + its geometry
+    OUT/<slide>/heatmap.png            the heatmap over the slide thumbnail, with a colour bar
+    OUT/<slide>/done.json              written last: model id + config key; a match skips the slide
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_JSON = "run.json"
+SLIDE_SCORES_CSV = "slide_scores.csv"
+SUBMISSION_DIR = "camelyon16"
+SLIDE_SCORES_HEADER = ("slide", "score", "probability_max", "n_tiles", "n_lesions", "note")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slide_id_for(path: str | Path) -> str:
+    """The name a slide's outputs carry: its file name without the last suffix (made safe)."""
+    name = Path(path).name
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return _UNSAFE.sub("_", stem) or "slide"
+
+
+@dataclass(frozen=True)
+class SlideOutputs:
+    """Paths of one slide's outputs under ``out_dir``."""
+
+    out_dir: Path
+    slide_id: str
+
+    @property
+    def folder(self) -> Path:
+        return self.out_dir / self.slide_id
+
+    @property
+    def lesions_geojson(self) -> Path:
+        return self.folder / "lesions.geojson"
+
+    @property
+    def tiles_geojson(self) -> Path:
+        return self.folder / "tiles.geojson"
+
+    @property
+    def tiles_csv(self) -> Path:
+        return self.folder / "tiles.csv"
+
+    @property
+    def heatmap_stem(self) -> Path:
+        return self.folder / "heatmap"
+
+    @property
+    def heatmap_json(self) -> Path:
+        return self.folder / "heatmap.json"
+
+    @property
+    def heatmap_png(self) -> Path:
+        return self.folder / "heatmap.png"
+
+    @property
+    def done_json(self) -> Path:
+        return self.folder / "done.json"
+
+    @property
+    def submission_csv(self) -> Path:
+        return self.out_dir / SUBMISSION_DIR / f"{self.slide_id}.csv"
