@@ -265,6 +265,19 @@ def _downsample2(image: np.ndarray) -> np.ndarray:
     return ((acc + 2) // 4).astype(np.uint8)
 
 
+def _downsample_level(level: np.ndarray, path: Path) -> np.ndarray:
+    """Halve a (h, w, 3) level into a new memory-mapped array, strip by strip (bounded memory)."""
+    height, width = level.shape[:2]
+    out = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.uint8, shape=((height + 1) // 2, (width + 1) // 2, 3)
+    )
+    for y0 in range(0, height, _STRIP_ROWS):
+        out[y0 // 2 : (min(y0 + _STRIP_ROWS, height) + 1) // 2] = _downsample2(
+            np.asarray(level[y0 : y0 + _STRIP_ROWS])
+        )
+    return out
+
+
 def _tiles(level: np.ndarray) -> Iterator[np.ndarray]:
     t = _TIFF_TILE_PX
     height, width = level.shape[:2]
@@ -381,7 +394,7 @@ def build_semireal_slide(
             level0[y0 : y0 + rows] = strip
         levels: list[np.ndarray] = [level0]
         while max(levels[-1].shape[:2]) >= 2 * min_level_px:
-            levels.append(_downsample2(np.asarray(levels[-1])))
+            levels.append(_downsample_level(levels[-1], Path(tmp) / f"level{len(levels)}.npy"))
 
         tmp_tif = Path(tmp) / "slide.tif"
         resolution = (1e4 / mpp, 1e4 / mpp)

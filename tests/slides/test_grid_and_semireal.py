@@ -130,3 +130,31 @@ def test_tissue_mask_on_pure_glass_and_pure_stain() -> None:
     stain[:, :100] = 240
     mask, _ = tissue_mask_from_rgb(stain, min_object_px=10)
     assert mask[:, 110:].all() and not mask[:, :90].any()
+
+
+def test_pyramid_levels_built_strip_by_strip_equal_a_whole_image_downsample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: reduced levels were computed on the whole level at once (a 40k slide was
+    OOM-killed); they are now built in strips, which must give the same pixels."""
+    import tifffile
+
+    from qupath_rkd.slides import semireal
+
+    monkeypatch.setattr(semireal, "_STRIP_ROWS", 64)
+    normal, tumor = demo_patch_dirs()
+    slide = build_semireal_slide(
+        tmp_path / "strips.tif",
+        normal_dir=normal,
+        tumor_dir=tumor,
+        width_px=1100,
+        height_px=1030,
+        compression="zlib",
+        max_patches=20,
+        min_level_px=256,
+    )
+    with tifffile.TiffFile(slide.path) as tif:
+        pages = [page.asarray() for page in tif.pages]
+    assert len(pages) == 3
+    for finer, coarser in zip(pages, pages[1:], strict=False):
+        np.testing.assert_array_equal(coarser, semireal._downsample2(finer))
