@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -156,5 +157,5 @@ def test_pyramid_levels_built_strip_by_strip_equal_a_whole_image_downsample(
     with tifffile.TiffFile(slide.path) as tif:
         pages = [page.asarray() for page in tif.pages]
     assert len(pages) == 3
-    for finer, coarser in zip(pages, pages[1:], strict=False):
+    for finer, coarser in itertools.pairwise(pages):
         np.testing.assert_array_equal(coarser, semireal._downsample2(finer))
