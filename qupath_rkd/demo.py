@@ -412,7 +412,7 @@ DEMO_MARKER = "demo.json"
 DEMO_SETTINGS: dict[str, Any] = {
     "training.teacher": "efficientnet_lite0",
     "training.input_px": 96,
-    "training.steps": 150,
+    "training.steps": 100,
     "training.batch_size": 32,
     "sync.backend": "geojson",
 }

@@ -385,7 +385,7 @@ def _train_config(config: SyncConfig, n_train: int) -> Any:
         mpp=float(config.get("labels.mpp")),
         epochs=epochs,
         max_steps_per_epoch=per_epoch,
-        validate_every_steps=max(1, steps // 5),
+        validate_every_steps=max(1, math.ceil(steps / 4)),  # about four validations
         batch_size=batch,
         lr=float(t["lr"]),
         alpha=float(t["alpha"]),

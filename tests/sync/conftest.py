@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from sync_helpers import SMALL_SLIDES
+from sync_helpers import SMALL_SLIDES, copy_demo
 
 from qupath_rkd.demo import DemoProject, build_demo_project
 
@@ -20,6 +19,4 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoProject:
 @pytest.fixture
 def project(small_demo: DemoProject, tmp_path: Path) -> Path:
     """A fresh copy of the small demo (slides and project moved together)."""
-    root = tmp_path / "demo"
-    shutil.copytree(small_demo.root, root)
-    return root / "project"
+    return copy_demo(small_demo.root, tmp_path / "demo")

@@ -37,3 +37,22 @@ def snapshot(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
         if path.is_file() and not any(rel.startswith(s) for s in skip):
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+def copy_demo(source_root: Path, target_root: Path) -> Path:
+    """Copy a demo folder and point the copy's project at the copy's slides (as relinking
+    the images in QuPath would), so that nothing in the copy refers to the original.
+    Returns the copy's project folder."""
+    import shutil
+
+    from qupath_rkd.demo import qupath_file_uri
+
+    shutil.copytree(source_root, target_root)
+    old = qupath_file_uri(source_root / "slides")
+    new = qupath_file_uri(target_root / "slides")
+    project = target_root / "project"
+    files = [project / "project.qpproj", project / "qupath-rkd" / "annotations" / "manifest.json"]
+    files += sorted((project / "data").glob("*/server.json"))
+    for path in files:
+        path.write_text(path.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    return project

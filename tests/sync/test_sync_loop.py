@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sync_helpers import FAST, snapshot
+from sync_helpers import FAST, copy_demo, snapshot
 
 from qupath_rkd.cli import cli
 from qupath_rkd.qupath.geojson import read_geojson
@@ -40,7 +40,7 @@ def _sync_cli(project: Path, *extra: str) -> tuple[int, str]:
 def synced(small_demo, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
     """The small demo after one complete sync (its project folder)."""
     root = tmp_path_factory.mktemp("synced") / "demo"
-    shutil.copytree(small_demo.root, root)
+    copy_demo(small_demo.root, root)
     outcome = run_sync(root / "project", _config(root / "project"))
     assert outcome.trained and outcome.exit_code == 0, outcome.slides
     return root / "project"
@@ -48,9 +48,7 @@ def synced(small_demo, tmp_path_factory: pytest.TempPathFactory) -> Path:  # typ
 
 @pytest.fixture
 def synced_copy(synced: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "demo"
-    shutil.copytree(synced.parent, root)
-    return root / "project"
+    return copy_demo(synced.parent, tmp_path / "demo")
 
 
 def test_first_sync_writes_what_qupath_imports(synced: Path, small_demo) -> None:  # type: ignore[no-untyped-def]
@@ -91,7 +89,7 @@ def test_second_sync_changes_nothing(synced_copy: Path) -> None:
     assert code == 0, out
     assert "model up to date: nothing to train" in out
     assert "0 slide(s) predicted" in out
-    assert out.count(STATUS_UP_TO_DATE) == 4
+    assert sum(line.endswith(STATUS_UP_TO_DATE) for line in out.splitlines()) == 4
     assert snapshot(root) == before
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == mtimes
 
@@ -159,7 +157,9 @@ def test_failing_slide_is_reported_and_the_others_go_on(
     assert (synced_copy / "qupath-rkd" / "predictions" / "4.geojson").is_file()
 
 
-_KILL_POINTS = ["after-predict-1", "before-commit", "entry-1", "before-json", "before-cleanup"]
+#: One point before the commit point (all predictions made, nothing written yet), one in the
+#: middle of writing the prediction files, one after them (state and report not yet written).
+_KILL_POINTS = ["before-commit", "entry-1", "before-json"]
 _NO_TILES = ("--set", "inference.heatmap_tiles=false")
 _CLI = [sys.executable, "-c", "from qupath_rkd.cli import main; main()", "sync"]
 _TOOL = "project/qupath-rkd/"
@@ -187,7 +187,7 @@ def _results(snap: dict[str, str]) -> dict[str, str]:
 def uninterrupted(synced: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The results of the kill tests' sync when nothing interrupts it."""
     root = tmp_path_factory.mktemp("uninterrupted") / "demo"
-    shutil.copytree(synced.parent, root)
+    copy_demo(synced.parent, root)
     done = subprocess.run(
         [*_CLI, str(root / "project"), *_fast_args()], capture_output=True, text=True
     )
@@ -216,7 +216,7 @@ def test_kill_mid_sync_leaves_before_or_after(
     assert {k: v for k, v in killed.items() if k.startswith(ANNOTATIONS)} == {
         k: v for k, v in before.items() if k.startswith(ANNOTATIONS)
     }
-    committed = point not in ("after-predict-1", "before-commit")
+    committed = point != "before-commit"
     if not committed:
         assert killed == before, "a kill before the commit point changes nothing"
     done = subprocess.run(
