@@ -1,0 +1,130 @@
+"""The demo project looks like what QuPath 0.5.1 writes, and its FROC is wired to the truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qupath_rkd.demo import (
+    DemoSlideSpec,
+    build_demo_project,
+    demo_froc,
+    qupath_file_uri,
+)
+from qupath_rkd.errors import ProjectError
+from qupath_rkd.qupath.backends import get_backend
+from qupath_rkd.qupath.geojson import make_feature, stable_feature_id, write_geojson
+from qupath_rkd.qupath.project import open_project
+
+SPECS = (
+    DemoSlideSpec("T annotated.tif", (500.0,), "annotated", 1),
+    DemoSlideSpec("N free.tif", (), "tumor-free", 2),
+    DemoSlideSpec("U.tif", (500.0,), "unlabelled", 3),
+)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("demo") / "demo folder"  # a space, as real paths have
+    return build_demo_project(root, width_px=1280, height_px=1280, specs=SPECS)
+
+
+def _keys(obj: object) -> object:
+    """The nested key structure of JSON (lists: the structure of their first item)."""
+    if isinstance(obj, dict):
+        return {k: _keys(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_keys(obj[0])] if obj else []
+    return type(obj).__name__
+
+
+def test_project_has_the_layout_of_a_real_qupath_051_project(demo, shared_data: Path) -> None:  # type: ignore[no-untyped-def]
+    real_dir = shared_data / "qupath-projects" / "qupath-0.5.1"
+    real = json.loads((real_dir / "project.qpproj").read_text())
+    ours = json.loads((demo.project_dir / "project.qpproj").read_text())
+    assert ours["version"] == real["version"] == "0.5.1"
+    assert _keys({k: v for k, v in ours.items() if k != "images"}) == _keys(
+        {k: v for k, v in real.items() if k != "images"}
+    )
+    # every entry of ours has the structure of the real entry that carries metadata
+    real_entry = _keys(real["images"][0])
+    for entry in ours["images"]:
+        shape = _keys(entry)
+        assert shape["serverBuilder"] == real_entry["serverBuilder"]  # type: ignore[index]
+        assert set(shape) == set(real_entry)  # type: ignore[arg-type]
+        assert entry["serverBuilder"]["uri"].startswith("file:/")
+        assert "%20" in entry["serverBuilder"]["uri"]  # percent-encoded, as QuPath writes
+    real_server = json.loads((real_dir / "data" / "1" / "server.json").read_text())
+    for slide in demo.slides:
+        server = json.loads(
+            (demo.project_dir / "data" / str(slide.entry_id) / "server.json").read_text()
+        )
+        assert _keys(server) == _keys(real_server)
+        assert (demo.project_dir / "data" / str(slide.entry_id) / "thumbnail.jpg").is_file()
+    assert (demo.project_dir / "classifiers" / "classes.json").is_file()
+
+
+def test_project_reads_back_with_its_labels(demo) -> None:  # type: ignore[no-untyped-def]
+    project = open_project(demo.project_dir)
+    assert [e.name for e in project.entries] == [s.name for s in SPECS]
+    assert all(e.path is not None and e.path_source == "stored" for e in project.entries)
+    assert all(e.mpp == pytest.approx(0.972) for e in project.entries)
+    backend, _ = get_backend(project, "geojson")
+    sets = {e.entry_id: backend.read_annotations(e) for e in project.entries}
+    tumour = sets["1"].objects
+    assert tumour and all(o.class_name == "Tumor" and o.object_type == "annotation" for o in tumour)
+    truth = demo.slides[0].lesions[0]
+    # the pathologist's outline lies inside the true lesion and covers most of it
+    outline = tumour[0].geometry
+    assert outline.difference(truth).area < 1e-6 * truth.area + 1.0
+    assert outline.area > 0.8 * truth.area
+    assert sets["1"].metadata.get("qupath-rkd.fully-annotated") == "true"
+    assert sets["2"].metadata.get("qupath-rkd.tumor-free") == "true"
+    assert sets["3"].objects == [] and not sets["3"].metadata
+
+
+def test_demo_folder_must_be_new(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    with pytest.raises(ProjectError, match="not empty"):
+        build_demo_project(tmp_path, specs=SPECS[:1])
+
+
+def _predictions(demo, entry_id: int, points: list[tuple[float, float, float]]) -> None:  # type: ignore[no-untyped-def]
+    from shapely.geometry import Point
+
+    features = [
+        make_feature(
+            Point(x, y).buffer(50),
+            class_name="Tumor",
+            name="qupath-rkd lesion",
+            measurements={"Tumor probability (max)": p, "Peak x px": x, "Peak y px": y},
+            feature_id=stable_feature_id("test", entry_id, i),
+        )
+        for i, (x, y, p) in enumerate(points)
+    ]
+    folder = demo.project_dir / "qupath-rkd" / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_geojson(folder / f"{entry_id}.geojson", features)
+
+
+def test_froc_scores_predictions_against_the_truth(demo) -> None:  # type: ignore[no-untyped-def]
+    held_out = demo.slides[2]
+    centre = held_out.lesions[0].representative_point()
+    # a hit at the lesion, with a false positive far away of lower probability
+    _predictions(demo, held_out.entry_id, [(centre.x, centre.y, 0.9), (5.0, 5.0, 0.3)])
+    result, n_slides = demo_froc(demo)
+    assert n_slides == 1 and result is not None
+    assert result.n_lesions == 1 and result.score == pytest.approx(1.0)
+    # only the false positive: sensitivity 0 everywhere
+    _predictions(demo, held_out.entry_id, [(5.0, 5.0, 0.9)])
+    result, _ = demo_froc(demo)
+    assert result is not None and result.score == pytest.approx(0.0)
+
+
+def test_file_uri_is_percent_encoded_as_in_qupath_projects(tmp_path: Path) -> None:
+    path = tmp_path / "a b" / "é.tif"
+    uri = qupath_file_uri(path)
+    assert uri.startswith("file:/") and not uri.startswith("file://")
+    assert "a%20b/%C3%A9.tif" in uri
