@@ -44,6 +44,12 @@ def _progress_printer() -> object | None:
     default=None,
     help="Folder searched (recursively, by file name) for slides that moved.",
 )
+@click.option(
+    "--update-uris",
+    is_flag=True,
+    help="Rewrite project.qpproj's image paths for slides found elsewhere (close QuPath "
+    "first; the old file is kept as project.qpproj.qupath-rkd.bak).",
+)
 def sync(
     project: Path,
     dry_run: bool,
@@ -51,6 +57,7 @@ def sync(
     backend: str | None,
     device: str | None,
     slide_root: Path | None,
+    update_uris: bool,
 ) -> None:
     """Train on PROJECT's annotations when they changed, predict every stale image, write the
     predictions back for QuPath, and print a per-slide table.
@@ -75,6 +82,7 @@ def sync(
         config,
         dry_run=dry_run,
         slide_root=slide_root,
+        update_uris=update_uris,
         progress=_progress_printer(),  # type: ignore[arg-type]
         echo=lambda line: click.echo(line, err=True),
     )

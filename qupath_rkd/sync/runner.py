@@ -77,6 +77,7 @@ def run_sync(
     *,
     dry_run: bool = False,
     slide_root: str | Path | None = None,
+    update_uris: bool = False,
     progress: Progress | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> SyncOutcome:
@@ -87,6 +88,8 @@ def run_sync(
         config: the configuration in effect (:func:`qupath_rkd.sync.config.load_config`).
         dry_run: say what would be done; write nothing, train nothing.
         slide_root: folder searched for slides that moved (overrides ``sync.slide_root``).
+        update_uris: rewrite the stored image URIs of slides found elsewhere in
+            ``project.qpproj`` (its previous version kept as a backup); never otherwise.
         progress: called as work advances (training steps, slides).
         echo: called with one-line remarks as they happen (the CLI prints them).
 
@@ -118,6 +121,12 @@ def run_sync(
             action = recover(project.path, writer)
             if action:
                 _say(outcome.notes, action, echo)
+        if update_uris:
+            from qupath_rkd.qupath.project import update_uris as rewrite_uris
+
+            for change in rewrite_uris(project, dry_run=dry_run):
+                verb = "would relink" if dry_run else "relinked"
+                _say(outcome.notes, f"{verb} {change.name}: {change.new_uri}", echo)
         _sync_locked(project, backend, writer, config, outcome, progress, echo)
     finally:
         if lock is not None:
