@@ -106,6 +106,7 @@ def run_sync(
     root = slide_root or (config.get("sync.slide_root") or None)
     project = open_project(project_dir, slide_root=root)
     outcome = SyncOutcome(project_dir=project.path, dry_run=dry_run)
+    project.check_slides()  # every missing image file in one error (try --slide-root)
     if not dry_run:
         ensure_writable(project.path)
     lock = None if dry_run else ProjectLock(project.path, command="sync")
@@ -235,14 +236,11 @@ def _sync_locked(
                 result.reason = f"cannot read {entry.path}: {exc.strerror or exc}"
                 continue
             output = _prediction_file(backend, entry)
-            why = (
-                (
-                    "the model will change"
-                    if entry.entry_id in state.predictions
-                    else "no predictions yet"
-                )
-                if outcome.model_id is None and reason is not None
-                else prediction_stale_reason(
+            if outcome.model_id is None and reason is not None:
+                known = entry.entry_id in state.predictions
+                why: str | None = "the model will change" if known else "no predictions yet"
+            else:
+                why = prediction_stale_reason(
                     state,
                     entry.entry_id,
                     output,
@@ -251,9 +249,6 @@ def _sync_locked(
                     slide_fp=slide_fp,
                     region_hash=region_hash,
                 )
-                if output is not None
-                else "no prediction file"
-            )
             if why is None:
                 _fill_from_record(result, state.predictions[entry.entry_id])
                 result.status = STATUS_UP_TO_DATE

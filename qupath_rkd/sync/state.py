@@ -169,18 +169,26 @@ def model_stale_reason(
 def prediction_stale_reason(
     state: SyncState,
     entry_key: str,
-    output_file: Path,
+    output_file: Path | None,
     *,
     model_id: str,
     config_hash: str,
     slide_fp: str,
     region_hash: str,
 ) -> str | None:
-    """Why an entry must be predicted again, or ``None`` when its predictions are current."""
+    """Why an entry must be predicted again, or ``None`` when its predictions are current.
+
+    ``output_file`` is the prediction file the backend writes (``None`` for a backend
+    without files, e.g. paquo: then only the recorded inputs are compared).
+    """
     record = state.predictions.get(entry_key)
-    if record is None or not output_file.is_file():
+    if record is None or (output_file is not None and not output_file.is_file()):
         return "no predictions yet"
-    if record.output_sha256 is not None and file_sha256(output_file) != record.output_sha256:
+    if (
+        output_file is not None
+        and record.output_sha256 is not None
+        and file_sha256(output_file) != record.output_sha256
+    ):
         return "the prediction file was changed outside qupath-rkd"
     if record.model_id != model_id:
         return "the model changed"

@@ -135,3 +135,23 @@ def test_read_only_project_is_one_error_and_unchanged(project: Path) -> None:
         code, out = _sync(str(ro_root / "project"), "--dry-run", *_fast())
         assert code == 0, out
     assert snapshot(root) == before
+
+
+def test_missing_slide_is_one_error_listing_it(project: Path) -> None:
+    (project.parent / "slides" / "C.tif").unlink()
+    before = snapshot(project.parent)
+    code, out = _sync(str(project), *_fast())
+    assert code != 0
+    line = _one_error_line(out)
+    assert "C.tif" in line and "--slide-root" in line
+    assert snapshot(project.parent) == before
+
+
+def test_corrupt_annotation_file_is_one_error_and_untouched(project: Path) -> None:
+    annotations = project / "qupath-rkd" / "annotations" / "1.geojson"
+    annotations.write_text('{"type": "FeatureCollection", "features": [')
+    before = snapshot(project.parent)
+    code, out = _sync(str(project), *_fast())
+    assert code != 0
+    assert "not JSON" in _one_error_line(out)
+    assert snapshot(project.parent) == before
