@@ -404,6 +404,11 @@ def build_demo_project(
 
 
 # --- running the demo ---------------------------------------------------------------------
+#: Lesion measurements written by :func:`qupath_rkd.inference.write.lesion_features`.
+MAX_PROBABILITY = "qupath-rkd max probability"
+PEAK_X_UM = "qupath-rkd peak x µm"
+PEAK_Y_UM = "qupath-rkd peak y µm"
+
 #: Marker written last by :func:`build_demo_project`: a folder holding it is a finished demo.
 DEMO_MARKER = "demo.json"
 
@@ -506,11 +511,11 @@ def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tupl
         lesions = [
             o
             for o in (read_geojson(pred_file) if pred_file.is_file() else [])
-            if o.object_type == "detection" and "Peak x px" in o.measurements
+            if o.object_type == "detection" and PEAK_X_UM in o.measurements
         ]
-        probs = np.asarray([o.measurements["Tumor probability (max)"] for o in lesions])
-        xs = np.asarray([o.measurements["Peak x px"] for o in lesions])
-        ys = np.asarray([o.measurements["Peak y px"] for o in lesions])
+        probs = np.asarray([o.measurements[MAX_PROBABILITY] for o in lesions])
+        xs = np.asarray([o.measurements[PEAK_X_UM] / slide.mpp for o in lesions])
+        ys = np.asarray([o.measurements[PEAK_Y_UM] / slide.mpp for o in lesions])
         mask = (
             evaluation_mask(
                 slide.lesions, mpp=slide.mpp, slide_size_px=(slide.width_px, slide.height_px)

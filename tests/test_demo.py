@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from qupath_rkd.demo import (
+    MAX_PROBABILITY,
+    PEAK_X_UM,
+    PEAK_Y_UM,
     DemoSlideSpec,
     build_demo_project,
     demo_froc,
@@ -99,7 +102,11 @@ def _predictions(demo, entry_id: int, points: list[tuple[float, float, float]]) 
             Point(x, y).buffer(50),
             class_name="Tumor",
             name="qupath-rkd lesion",
-            measurements={"Tumor probability (max)": p, "Peak x px": x, "Peak y px": y},
+            measurements={
+                MAX_PROBABILITY: p,
+                PEAK_X_UM: x * demo.slides[0].mpp,
+                PEAK_Y_UM: y * demo.slides[0].mpp,
+            },
             feature_id=stable_feature_id("test", entry_id, i),
         )
         for i, (x, y, p) in enumerate(points)

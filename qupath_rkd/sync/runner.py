@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qupath_rkd.constants import PROJECT_SUBDIR, TOOL_TAG
+from qupath_rkd.constants import PROJECT_SUBDIR
 from qupath_rkd.errors import DataError, ProjectError, QupathRkdError
 from qupath_rkd.sync.commit import Transaction, ensure_writable, fault_point, recover
 from qupath_rkd.sync.config import MODEL_SECTIONS, PREDICTION_SECTIONS, SyncConfig
@@ -438,89 +438,51 @@ def _train(labelled: Any, config: SyncConfig, out: Path, progress: Progress | No
         raise DataError(f"training wrote no checkpoint at {out}")
 
 
+def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
+    """The :class:`~qupath_rkd.inference.InferenceConfig` of sync's settings: tiles read as
+    they were labelled for training (``labels.tile_px`` at ``labels.mpp``)."""
+    from qupath_rkd.inference.predict import InferenceConfig
+
+    inf = config.section("inference")
+    return InferenceConfig(
+        mpp=float(config.get("labels.mpp")),
+        tile_px=int(config.get("labels.tile_px")),
+        stride_px=None if inf["stride_px"] == "auto" else int(inf["stride_px"]),
+        min_tissue_fraction=float(config.get("labels.min_tissue_fraction")),
+        threshold=None if inf["threshold"] == "auto" else float(inf["threshold"]),
+        min_lesion_um=float(inf["min_lesion_um"]),
+        slide_mpp=slide_mpp,
+        batch_size=int(inf["batch_size"]),
+        num_workers=int(config.get("sync.num_workers")),
+    )
+
+
 def _predict_entry(
     entry: Any, model: Any, region: Any, config: SyncConfig
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Predict one image: (GeoJSON features for the backend, summary for the report)."""
+    """Predict one image: (GeoJSON features for the backend, summary for the report).
+
+    The features are those ``qupath-rkd predict`` writes (:mod:`qupath_rkd.inference.write`):
+    lesions as ``Tumor`` detections, and with ``inference.heatmap_tiles`` every scored tile as
+    a QuPath tile carrying its probability; their UUIDs derive from the inference key (model
+    id + settings) and the entry, so the same prediction gives the same bytes.
+    """
     from qupath_rkd.inference import predict_slide
-    from qupath_rkd.qupath.geojson import make_feature, stable_feature_id
+    from qupath_rkd.inference.write import lesion_features, tile_features
 
-    inf = config.section("inference")
-    stride = None if inf["stride_px"] == "auto" else int(inf["stride_px"])
-    prediction = predict_slide(
-        entry.path,
-        model,
-        mpp=entry.mpp,
-        stride_px=stride,
-        batch_size=int(inf["batch_size"]),
-        num_workers=int(config.get("sync.num_workers")),
-        region=region,
-    )
-    threshold = model.threshold if inf["threshold"] == "auto" else float(inf["threshold"])
-    lesions = prediction.lesions
-    if inf["threshold"] != "auto" or float(inf["min_lesion_um"]) != 200.0:
-        from qupath_rkd.lesions import extract_lesions
-
-        lesions = extract_lesions(
-            prediction.heatmap, threshold, min_major_axis_um=float(inf["min_lesion_um"])
-        )
-    features: list[dict[str, Any]] = []
-    for index, lesion in enumerate(lesions):
-        features.append(
-            make_feature(
-                lesion.polygon,
-                object_type="detection",
-                class_name="Tumor",
-                name=f"{TOOL_TAG} lesion {index + 1}",
-                measurements={
-                    "Tumor probability (max)": float(lesion.max_probability),
-                    "Tumor probability (mean)": float(lesion.mean_probability),
-                    "Area µm^2": float(lesion.area_um2),
-                    "Major axis µm": float(lesion.major_axis_um),
-                    "Peak x px": float(lesion.peak_xy_px[0]),
-                    "Peak y px": float(lesion.peak_xy_px[1]),
-                },
-                feature_id=stable_feature_id(
-                    TOOL_TAG, entry.entry_id, model.model_id, "lesion", index
-                ),
-            )
-        )
-    if inf["heatmap_tiles"]:
-        features.extend(_tile_features(entry, prediction, model))
-    area_mm2 = sum(float(lesion.area_um2) for lesion in lesions) / 1e6
+    cfg = inference_config(config, entry.mpp)
+    prediction = predict_slide(entry.path, model, region=region, config=cfg)
+    key = prediction.config.key(model.model_id)
+    slide_id = f"entry-{entry.entry_id}"
+    features = lesion_features(prediction, key, slide_id)
+    if config.get("inference.heatmap_tiles"):
+        features.extend(tile_features(prediction, key, slide_id))
+    area_mm2 = sum(float(lesion.area_um2) for lesion in prediction.lesions) / 1e6
     summary = {
         "tumor_score": round(float(prediction.slide_score), 6),
-        "lesions": len(lesions),
+        "lesions": len(prediction.lesions),
         "lesion_area_mm2": round(area_mm2, 6),
     }
+    if prediction.note:
+        summary["note"] = prediction.note
     return features, summary
-
-
-def _tile_features(entry: Any, prediction: Any, model: Any) -> list[dict[str, Any]]:
-    """The heatmap as QuPath tiles with a probability measurement (Measure › Show measurement
-    maps): one square per scored grid cell, the cell's footprint (stride side, centred on the
-    tile centre) in level-0 px."""
-    import numpy as np
-    from shapely.geometry import box
-
-    from qupath_rkd.qupath.geojson import make_feature, stable_feature_id
-
-    heatmap = prediction.heatmap
-    prob = heatmap.probability
-    rows, cols = np.nonzero(np.isfinite(prob))
-    xs, ys = heatmap.to_level0_xy(rows, cols)
-    half = 0.5 * float(heatmap.stride_level0_px)
-    out = []
-    for r, c, x, y in zip(rows.tolist(), cols.tolist(), xs.tolist(), ys.tolist(), strict=True):
-        out.append(
-            make_feature(
-                box(x - half, y - half, x + half, y + half),
-                object_type="tile",
-                name=f"{TOOL_TAG} tile",
-                measurements={"Tumor probability": float(prob[r, c])},
-                feature_id=stable_feature_id(
-                    TOOL_TAG, entry.entry_id, model.model_id, "tile", r, c
-                ),
-            )
-        )
-    return out

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from sync_helpers import FAST, copy_demo, snapshot
 
 from qupath_rkd.cli import cli
+from qupath_rkd.inference.write import MEASURE_PROBABILITY
 from qupath_rkd.qupath.geojson import read_geojson
 from qupath_rkd.sync.commit import FAULT_ENV
 from qupath_rkd.sync.config import load_config
@@ -71,12 +72,12 @@ def test_first_sync_writes_what_qupath_imports(synced: Path, small_demo) -> None
         objects = read_geojson(path)
         tiles = [o for o in objects if o.object_type == "tile"]
         assert tiles, "the heatmap is written as scored tiles"
-        assert all(0.0 <= o.measurements["Tumor probability"] <= 1.0 for o in tiles)
+        assert all(0.0 <= o.measurements[MEASURE_PROBABILITY] <= 1.0 for o in tiles)
         assert all(o.geometry.is_valid for o in objects)
         row = next(r for r in report["slides"] if r["entry_id"] == str(slide.entry_id))
         lesions = [o for o in objects if o.object_type == "detection"]
         assert row["lesions"] == len(lesions)
-        area_mm2 = sum(o.measurements["Area µm^2"] for o in lesions) / 1e6
+        area_mm2 = sum(o.measurements["qupath-rkd area µm^2"] for o in lesions) / 1e6
         assert row["lesion_area_mm2"] == pytest.approx(area_mm2, abs=1e-5)
         assert 0.0 <= row["tumor_score"] <= 1.0
 
