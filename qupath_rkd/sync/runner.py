@@ -186,7 +186,8 @@ def _sync_locked(
     # 2. the model
     model_file = project.path / MODEL_RELPATH
     model_hash = config.digest(MODEL_SECTIONS)
-    reason = model_stale_reason(state, model_file, labelled.sha256, model_hash)
+    training_key = _training_data_key(labelled)
+    reason = model_stale_reason(state, model_file, training_key, model_hash)
     outcome.train_reason = reason
     tx = Transaction(project.path)
     if outcome.dry_run:
@@ -211,7 +212,7 @@ def _sync_locked(
             outcome.model_id = model_id
             new_state.model = ModelRecord(
                 model_id=model_id,
-                dataset_hash=labelled.sha256,
+                dataset_hash=training_key,
                 config_hash=model_hash,
                 path="model/model.pt",
             )
@@ -363,6 +364,15 @@ def build_labelled_set(
         LabelConfig.from_config(labels),
         require_trainable=True,
     )
+
+
+def _training_data_key(labelled: Any) -> str:
+    """The labelled set's hash combined with the fingerprints of the slide files its tiles
+    come from: a re-scanned or replaced training slide retrains too."""
+    digest = hashlib.sha256(labelled.sha256.encode())
+    for path in sorted({item.slide_path for item in labelled.items}):
+        digest.update(f"\n{slide_fingerprint(path)}".encode())
+    return digest.hexdigest()
 
 
 def _label_summary(labelled: Any) -> dict[str, dict[str, int]]:
