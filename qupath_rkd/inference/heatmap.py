@@ -112,6 +112,16 @@ class Heatmap:
             tile_level0_px=self.tile_level0_px,
         )
 
+    def cell_at(self, x_px: np.ndarray, y_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grid ``(row, col)`` (int64) whose footprint holds level-0 points ``(x, y)``.
+
+        The inverse of :meth:`to_level0_xy` for footprints; may fall outside the grid.
+        """
+        x0, y0 = self.to_level0_xy(-0.5, -0.5)  # top-left of cell (0, 0)'s footprint
+        col = np.floor((np.asarray(x_px, np.float64) - x0) / self.stride_level0_px)
+        row = np.floor((np.asarray(y_px, np.float64) - y0) / self.stride_level0_px)
+        return row.astype(np.int64), col.astype(np.int64)
+
     # --- files --------------------------------------------------------------------------
     def save(self, stem: str | Path) -> tuple[Path, Path]:
         """Write ``<stem>.npy`` (the probability array) and ``<stem>.json`` (geometry + meta).

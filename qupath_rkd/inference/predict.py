@@ -1,0 +1,529 @@
+"""Streaming whole-slide inference: tissue tiles → model → calibrated heatmap → lesions.
+
+The slide's tissue grid is streamed through the model in batches. Tiles are read by DataLoader
+workers, each of which opens its own slide handle in ``worker_init_fn`` (OpenSlide handles are
+not shared across processes); the main process only runs the model, so reading overlaps with
+compute. Memory holds one batch per worker in flight plus ``O(N)`` small arrays for the ``N``
+tile positions and scores: it does not grow with the slide's pixel count. On CUDA the model runs
+in mixed precision with channels-last input (as configured in the checkpoint) and batches are
+copied from pinned memory.
+
+Frames: tile positions are level-0 ``(x, y)`` px in QuPath's frame; the heatmap is ``(row, col)``
+on the tile grid; :func:`qupath_rkd.inference.heatmap.cell_to_level0_xy` converts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qupath_rkd.errors import ModelError, QupathRkdError, ResolutionError
+from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.lesions import Lesion, extract_lesions
+
+if TYPE_CHECKING:
+    import torch
+    from shapely.geometry.base import BaseGeometry
+
+    from qupath_rkd.slides import Slide, TileGrid
+    from qupath_rkd.training.checkpoint import TrainedModel
+
+logger = logging.getLogger(__name__)
+
+#: How the slide score is made from the tile probabilities.
+SLIDE_SCORES = ("max", "mean_above")
+
+#: Progress callback: (tiles done, tiles total).
+Progress = Callable[[int, int], None]
+
+
+class NonFiniteScoresError(ModelError, ValueError):
+    """The model produced NaN or infinite scores."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """What defines a prediction (everything here enters the skip-if-done key).
+
+    Attributes:
+        mpp: µm/px at which tiles are read; ``None`` = the model's training µm/px.
+        tile_px: tile side in pixels at ``mpp``; ``None`` = the model's input size.
+        stride_px: grid step in pixels at ``mpp``; ``None`` = ``tile_px`` (no overlap). FW-RD's
+            dense grid is 64 px at level 0 (0.243 µm/px): ``stride_px=16`` at 0.972 µm/px.
+        min_tissue_fraction: a tile is scored when at least this share of it is tissue.
+        threshold: lesion probability threshold; ``None`` = the model's calibrated default.
+        slide_score: ``max`` (highest tile probability) or ``mean_above`` (FW-RD: mean of the
+            tile probabilities ``>= threshold``, 0 when none).
+        min_lesion_um: lesions whose major axis is under this are dropped (ITC limit).
+        simplify_um: polygon simplification tolerance (``None``: half a heatmap cell).
+        slide_mpp: level-0 µm/px of the slide when its metadata has none.
+        batch_size, num_workers: streaming (do not change results, so not in the key).
+    """
+
+    mpp: float | None = None
+    tile_px: int | None = None
+    stride_px: int | None = None
+    min_tissue_fraction: float = 0.5
+    threshold: float | None = None
+    slide_score: str = "max"
+    min_lesion_um: float = 200.0
+    simplify_um: float | None = None
+    slide_mpp: float | None = None
+    batch_size: int = 32
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.slide_score not in SLIDE_SCORES:
+            raise ValueError(f"slide_score must be one of {SLIDE_SCORES}, not {self.slide_score!r}")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+
+    def resolved(self, model: TrainedModel) -> InferenceConfig:
+        """A copy with the model's defaults filled in; raises when the tile µm/px is unknown."""
+        mpp = self.mpp if self.mpp is not None else model.mpp
+        if mpp is None:
+            raise ResolutionError(
+                f"model {model.model_id[:12]} records no µm/px and none was given",
+                hint="pass --mpp with the µm/px of the patches the model was trained on",
+            )
+        tile_px = self.tile_px if self.tile_px is not None else int(model.input_px)
+        threshold = self.threshold if self.threshold is not None else float(model.threshold)
+        return dataclasses.replace(self, mpp=float(mpp), tile_px=tile_px, threshold=threshold)
+
+    def key(self, model_id: str) -> str:
+        """sha256 of the model id and every field that changes the outputs."""
+        fields = dataclasses.asdict(self)
+        for streaming_only in ("batch_size", "num_workers"):
+            fields.pop(streaming_only)
+        text = json.dumps({"model_id": model_id, **fields}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TileScores:
+    """Every scored tile of a slide.
+
+    Attributes:
+        xy_px: ``(N, 2)`` int64 level-0 top-left ``(x, y)``, QuPath frame.
+        rc: ``(N, 2)`` int64 grid ``(row, col)``.
+        size_level0_px: tile side in level-0 pixels.
+        score: ``(N,)`` float32 raw model score.
+        probability: ``(N,)`` float32 calibrated tumour probability.
+    """
+
+    xy_px: np.ndarray
+    rc: np.ndarray
+    size_level0_px: float
+    score: np.ndarray
+    probability: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.xy_px.shape[0])
+
+
+@dataclass
+class SlidePrediction:
+    """Everything predicted for one slide.
+
+    Attributes:
+        slide_path: the slide.
+        heatmap: calibrated probability on the tile grid (NaN off tissue).
+        slide_score: one number per slide (see :attr:`InferenceConfig.slide_score`).
+        lesions: lesions, highest probability first.
+        tiles: the scored tiles.
+        note: why the result is empty or unusual (e.g. no tissue), else ``None``.
+        config: the resolved configuration used.
+        model_id: sha256 of the model checkpoint.
+        slide_mpp: level-0 µm/px of the slide.
+        slide_size_px: level-0 ``(width, height)``, QuPath frame.
+        seconds: wall time of the prediction.
+    """
+
+    slide_path: Path
+    heatmap: Heatmap
+    slide_score: float
+    lesions: list[Lesion]
+    tiles: TileScores
+    note: str | None
+    config: InferenceConfig
+    model_id: str
+    slide_mpp: float
+    slide_size_px: tuple[int, int]
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --- tile streaming -----------------------------------------------------------------------
+class TileDataset:
+    """Map-style dataset of tiles of one slide; each process opens its own slide handle.
+
+    Items are ``(index, tile)``: ``tile`` is a ``(tile_px, tile_px, 3)`` uint8 tensor read at
+    ``mpp`` from level-0 top-left ``xy_px[index]``.
+    """
+
+    def __init__(
+        self,
+        slide_path: Path,
+        xy_px: np.ndarray,
+        tile_px: int,
+        mpp: float,
+        slide_mpp: float | None,
+    ) -> None:
+        self.slide_path = slide_path
+        self.xy_px = xy_px
+        self.tile_px = tile_px
+        self.mpp = mpp
+        self.slide_mpp = slide_mpp
+        self._slide: Slide | None = None
+
+    def open(self) -> None:
+        """Open this process's slide handle (called by ``worker_init_fn`` in each worker)."""
+        if self._slide is None:
+            from qupath_rkd.slides import open_slide
+
+            self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+    def __len__(self) -> int:
+        return int(self.xy_px.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        import torch
+
+        self.open()
+        assert self._slide is not None
+        x, y = self.xy_px[index]
+        tile = self._slide.read_tile(float(x), float(y), self.tile_px, self.mpp)
+        return index, torch.from_numpy(tile)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_slide"] = None  # never ship an OpenSlide handle to a worker
+        return state
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        import torch as _torch
+
+        _torch.set_num_threads(1)  # readers decode; the model owns the cores
+        info.dataset.open()
+
+
+def tile_loader(dataset: TileDataset, batch_size: int, num_workers: int, pin_memory: bool) -> Any:
+    """DataLoader yielding ``(indices (B,), tiles (B, H, W, 3) uint8)`` in grid order."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers > 0 else None,
+        persistent_workers=False,
+    )
+
+
+def score_tiles(
+    model: TrainedModel,
+    dataset: TileDataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Raw model scores ``(N,)`` float32 of every tile of ``dataset``, in its order.
+
+    Raises:
+        NonFiniteScoresError: the model returned NaN or infinite scores (names the model).
+    """
+    import torch
+
+    n = len(dataset)
+    scores = np.full(n, np.nan, dtype=np.float32)
+    if n == 0:
+        return scores
+    loader = tile_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
+    done = 0
+    with torch.inference_mode():
+        for indices, tiles in loader:
+            raw = model.raw_scores(model.preprocess(tiles)).float().cpu().numpy()
+            bad = ~np.isfinite(raw)
+            if bad.any():
+                first = int(indices[int(np.argmax(bad))])
+                x, y = dataset.xy_px[first]
+                raise NonFiniteScoresError(
+                    f"model {model.model_id[:12]} ({model.teacher}) gave {int(bad.sum())} "
+                    f"non-finite score(s) on {dataset.slide_path.name}, first at tile x={x}, y={y}",
+                    hint="the checkpoint is damaged or was trained into NaN; retrain it",
+                )
+            scores[indices.numpy()] = raw
+            done += len(indices)
+            if progress is not None:
+                progress(done, n)
+    dataset.close()
+    return scores
+
+
+# --- one slide ----------------------------------------------------------------------------
+def slide_score_of(probability: np.ndarray, how: str, threshold: float) -> float:
+    """The slide score from tile probabilities ``(N,)``: ``max`` or ``mean_above`` (FW-RD)."""
+    p = probability[np.isfinite(probability)]
+    if p.size == 0:
+        return 0.0
+    if how == "max":
+        return float(p.max())
+    above = p[p >= threshold]
+    return float(above.mean()) if above.size else 0.0
+
+
+def _check_resolution(slide: Slide, model: TrainedModel, mpp: float) -> None:
+    try:
+        slide.downsample_for(mpp)
+    except ResolutionError as exc:
+        raise ResolutionError(
+            f"model {model.model_id[:12]} reads tiles at {mpp:g} µm/px but {slide.path.name} "
+            f"has {slide.mpp:g} µm/px at level 0: it would have to be upsampled "
+            f"{slide.mpp / mpp:.2f}×",
+            hint="use a slide scanned at the model's magnification or higher, or a model "
+            "trained at a coarser µm/px",
+        ) from exc
+
+
+def predict_slide(
+    slide_path: str | Path,
+    model: TrainedModel,
+    *,
+    mpp: float | None = None,
+    stride_px: int | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    region: BaseGeometry | None = None,
+    config: InferenceConfig | None = None,
+    progress: Progress | None = None,
+) -> SlidePrediction:
+    """Heatmap, slide score and lesions of one slide.
+
+    Args:
+        slide_path: any slide OpenSlide reads.
+        model: a loaded model (:func:`qupath_rkd.training.checkpoint.load_model`).
+        mpp, stride_px, batch_size, num_workers: shortcuts that override ``config``'s fields.
+        region: optional shapely geometry (level-0 px, QuPath frame); only tiles whose centre
+            lies inside it are scored.
+        config: everything else (:class:`InferenceConfig`); defaults from the model.
+        progress: called with ``(tiles done, tiles total)`` after each batch.
+
+    Returns:
+        A :class:`SlidePrediction`. A slide with no tissue gives an empty result with a note.
+
+    Raises:
+        SlideError: the slide cannot be opened or read (incl. unknown µm/px).
+        ResolutionError: neither the model nor ``mpp`` gives the tile µm/px, or the slide is
+            coarser than the model's µm/px.
+        NonFiniteScoresError: the model produced NaN/inf.
+    """
+    from qupath_rkd.slides import open_slide, tile_grid
+
+    started = time.perf_counter()
+    base = config or InferenceConfig()
+    overrides = {
+        k: v
+        for k, v in {
+            "mpp": mpp,
+            "stride_px": stride_px,
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+        }.items()
+        if v is not None
+    }
+    cfg = dataclasses.replace(base, **overrides).resolved(model)
+    assert cfg.mpp is not None and cfg.tile_px is not None and cfg.threshold is not None
+    path = Path(slide_path)
+    timings: dict[str, float] = {}
+    with open_slide(path, mpp=cfg.slide_mpp) as slide:
+        slide_mpp = slide.mpp
+        _check_resolution(slide, model, cfg.mpp)
+        t0 = time.perf_counter()
+        grid: TileGrid = tile_grid(
+            slide,
+            cfg.tile_px,
+            cfg.mpp,
+            stride_px=cfg.stride_px,
+            min_tissue_fraction=cfg.min_tissue_fraction,
+            region=region,
+        )
+        timings["grid_s"] = time.perf_counter() - t0
+        size = (slide.width_px, slide.height_px)
+    note = None
+    if len(grid) == 0:
+        note = (
+            "no tissue found: nothing scored"
+            if region is None
+            else "no tissue tile inside the given region: nothing scored"
+        )
+        logger.info("%s: %s", path.name, note)
+    t0 = time.perf_counter()
+    dataset = TileDataset(path, grid.xy_px, cfg.tile_px, cfg.mpp, cfg.slide_mpp)
+    scores = score_tiles(
+        model, dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, progress=progress
+    )
+    timings["score_s"] = time.perf_counter() - t0
+    probability = (
+        np.asarray(model.calibrate(scores), dtype=np.float32)
+        if scores.size
+        else np.zeros(0, np.float32)
+    )
+    rows, cols = grid.grid_shape
+    heat = np.full((rows, cols), np.nan, dtype=np.float32)
+    if len(grid):
+        heat[grid.rc[:, 0], grid.rc[:, 1]] = probability
+    heatmap = Heatmap(
+        probability=heat,
+        origin_xy_px=(0.0, 0.0),
+        stride_level0_px=float(grid.stride_level0_px),
+        tile_level0_px=float(grid.tile_level0_px),
+        mpp=float(slide_mpp),
+        meta={
+            "model_id": model.model_id,
+            "tile_mpp": cfg.mpp,
+            "tile_px": cfg.tile_px,
+            "stride_px": grid.stride_px,
+            "threshold": cfg.threshold,
+            "slide": path.name,
+        },
+    )
+    t0 = time.perf_counter()
+    lesions = extract_lesions(
+        heatmap, cfg.threshold, min_major_axis_um=cfg.min_lesion_um, simplify_um=cfg.simplify_um
+    )
+    timings["lesions_s"] = time.perf_counter() - t0
+    return SlidePrediction(
+        slide_path=path,
+        heatmap=heatmap,
+        slide_score=slide_score_of(probability, cfg.slide_score, cfg.threshold),
+        lesions=lesions,
+        tiles=TileScores(grid.xy_px, grid.rc, float(grid.tile_level0_px), scores, probability),
+        note=note,
+        config=cfg,
+        model_id=model.model_id,
+        slide_mpp=float(slide_mpp),
+        slide_size_px=size,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+    )
+
+
+# --- many slides --------------------------------------------------------------------------
+@dataclass
+class SlideRun:
+    """Outcome of one slide in :func:`predict_slides`: ``status`` is ok | skipped | failed."""
+
+    slide_path: Path
+    slide_id: str
+    status: str
+    slide_score: float | None = None
+    n_tiles: int = 0
+    n_lesions: int = 0
+    note: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def predict_slides(
+    slide_paths: list[Path],
+    model: TrainedModel,
+    out_dir: str | Path,
+    *,
+    config: InferenceConfig | None = None,
+    overwrite: bool = False,
+    progress_factory: Callable[[str], Progress] | None = None,
+    on_slide_done: Callable[[SlideRun], None] | None = None,
+) -> list[SlideRun]:
+    """Predict every slide and write its outputs (see :mod:`qupath_rkd.inference.outputs`).
+
+    A slide whose ``done.json`` matches the model and config is skipped (unless ``overwrite``);
+    a slide that fails is reported and the others go on. ``slide_scores.csv`` is rewritten
+    after every slide, so an interrupted run keeps what it finished.
+
+    Args:
+        progress_factory: ``slide name -> progress callback`` (the CLI's progress bars).
+        on_slide_done: called with each :class:`SlideRun` as it finishes.
+    """
+    from qupath_rkd.inference.outputs import SlideOutputs, slide_id_for
+    from qupath_rkd.inference.write import (
+        read_done,
+        slide_is_done,
+        write_run_json,
+        write_slide_outputs,
+        write_slide_scores,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = (config or InferenceConfig()).resolved(model)
+    key = cfg.key(model.model_id)
+    ids = [slide_id_for(p) for p in slide_paths]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise QupathRkdError(
+            f"several slides would share the output name {dupes[0]!r}",
+            hint="give slides with distinct file names",
+        )
+    write_run_json(out, model, cfg, slide_paths)
+    runs: list[SlideRun] = []
+    for path, slide_id in zip(slide_paths, ids, strict=True):
+        outputs = SlideOutputs(out, slide_id)
+        if not overwrite and slide_is_done(outputs, key, Path(path)):
+            done = read_done(outputs)
+            run = SlideRun(
+                Path(path),
+                slide_id,
+                "skipped",
+                slide_score=done.get("slide_score"),
+                n_tiles=int(done.get("n_tiles", 0)),
+                n_lesions=int(done.get("n_lesions", 0)),
+                note=done.get("note"),
+            )
+        else:
+            try:
+                progress = progress_factory(Path(path).name) if progress_factory else None
+                pred = predict_slide(path, model, config=cfg, progress=progress)
+                write_slide_outputs(outputs, pred, key)
+                run = SlideRun(
+                    Path(path),
+                    slide_id,
+                    "ok",
+                    slide_score=pred.slide_score,
+                    n_tiles=len(pred.tiles),
+                    n_lesions=len(pred.lesions),
+                    note=pred.note,
+                    seconds=pred.seconds,
+                )
+            except (QupathRkdError, OSError, RuntimeError) as exc:
+                # A failed slide is reported; the batch goes on. NaN scores fail the slide too.
+                message = exc.one_line() if isinstance(exc, QupathRkdError) else f"{exc}"
+                logger.warning("%s failed: %s", path, message)
+                run = SlideRun(Path(path), slide_id, "failed", error=message.splitlines()[0])
+        runs.append(run)
+        write_slide_scores(out, runs)
+        if on_slide_done is not None:
+            on_slide_done(run)
+    return runs

@@ -1,0 +1,376 @@
+"""Writing a slide's prediction: QuPath GeoJSON, heatmap files, PNG overlay, CSVs, done marker.
+
+Every file is written atomically (:mod:`qupath_rkd.io_utils`); ``done.json`` is written last,
+so its presence with a matching key means the slide's outputs are complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qupath_rkd import __version__
+from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.inference.outputs import (
+    RUN_JSON,
+    SLIDE_SCORES_CSV,
+    SLIDE_SCORES_HEADER,
+    SlideOutputs,
+)
+from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction, SlideRun
+    from qupath_rkd.training.checkpoint import TrainedModel
+
+logger = logging.getLogger(__name__)
+
+#: Measurement names written on QuPath objects (the same names ``sync`` writes, see
+#: docs/architecture.md); tiles carry them for Measure › Show measurement maps.
+MEASURE_PROBABILITY = "Tumor probability"
+MEASURE_SCORE = "Raw score"
+LESION_MEASUREMENTS = (
+    "Tumor probability (max)",
+    "Tumor probability (mean)",
+    "Area µm^2",
+    "Major axis µm",
+    "Peak x px",
+    "Peak y px",
+)
+LESION_CLASS = "Tumor"
+
+# viridis anchors (perceptually uniform, colour-blind safe)
+_CMAP_ANCHORS = np.array(
+    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
+)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """``(...)`` values in [0, 1] -> ``(..., 3)`` uint8 RGB (viridis-like); NaN -> 0."""
+    v = np.clip(np.nan_to_num(np.asarray(values, np.float64), nan=0.0), 0.0, 1.0)
+    pos = v * (len(_CMAP_ANCHORS) - 1)
+    lo = np.minimum(np.floor(pos).astype(int), len(_CMAP_ANCHORS) - 2)
+    frac = (pos - lo)[..., None]
+    rgb = _CMAP_ANCHORS[lo] * (1 - frac) + _CMAP_ANCHORS[lo + 1] * frac
+    return np.round(rgb).astype(np.uint8)
+
+
+def overlay_png(
+    thumbnail: np.ndarray,
+    downsample: float,
+    heatmap: Heatmap,
+    *,
+    threshold: float,
+    title: str,
+    alpha: float = 0.55,
+) -> bytes:
+    """PNG bytes: the heatmap blended over the slide thumbnail, with a colour bar.
+
+    Args:
+        thumbnail: ``(h, w, 3)`` uint8, the slide at ``downsample`` level-0 px per pixel.
+        heatmap: probabilities; cells without a value (NaN) leave the thumbnail as it is.
+        threshold: marked on the colour bar (the lesion threshold).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = thumbnail.shape[:2]
+    jj, ii = np.meshgrid(np.arange(w), np.arange(h))
+    rows, cols = heatmap.cell_at((jj + 0.5) * downsample, (ii + 0.5) * downsample)
+    hr, hc = heatmap.shape
+    inside = (rows >= 0) & (rows < hr) & (cols >= 0) & (cols < hc)
+    values = np.full((h, w), np.nan, dtype=np.float32)
+    values[inside] = heatmap.probability[rows[inside], cols[inside]]
+    shown = np.isfinite(values)
+    blended = thumbnail.astype(np.float32).copy()
+    blended[shown] = (1 - alpha) * blended[shown] + alpha * colormap(values[shown])
+    bar_w, margin_top = 110, 28
+    canvas = Image.new("RGB", (w + bar_w, max(h, 220) + margin_top), "white")
+    canvas.paste(Image.fromarray(blended.astype(np.uint8)), (0, margin_top))
+    d = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    d.text((4, 6), title, fill="black", font=font)
+    bar_h = max(min(h, 400) - 20, 100)
+    x0, y0 = w + 20, margin_top + 10
+    gradient = colormap(np.linspace(1, 0, bar_h))[:, None, :].repeat(20, axis=1)
+    canvas.paste(Image.fromarray(gradient), (x0, y0))
+    d.rectangle([(x0, y0), (x0 + 19, y0 + bar_h - 1)], outline="black")
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = y0 + round((1 - v) * (bar_h - 1))
+        d.line([(x0 + 20, y), (x0 + 24, y)], fill="black")
+        d.text((x0 + 27, y - 6), f"{v:.2f}", fill="black", font=font)
+    ty = y0 + round((1 - min(max(threshold, 0.0), 1.0)) * (bar_h - 1))
+    d.line([(x0 - 4, ty), (x0 + 23, ty)], fill=(220, 0, 0), width=2)
+    d.text(
+        (x0 - 16, y0 + bar_h + 6), f"p(tumour); threshold {threshold:.2f}", fill="black", font=font
+    )
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def lesion_features(pred: SlidePrediction, key: str, slide_id: str) -> list[dict[str, Any]]:
+    """The lesions as QuPath detections of class Tumor with their measurements."""
+    from qupath_rkd.qupath.geojson import TOOL_NAME_PREFIX, make_feature, stable_feature_id
+
+    feats = []
+    for k, les in enumerate(pred.lesions, start=1):
+        values = (
+            les.max_probability,
+            les.mean_probability,
+            les.area_um2,
+            les.major_axis_um,
+            les.peak_xy_px[0],
+            les.peak_xy_px[1],
+        )
+        feats.append(
+            make_feature(
+                les.polygon,
+                object_type="detection",
+                class_name=LESION_CLASS,
+                name=f"{TOOL_NAME_PREFIX} lesion {k}",
+                feature_id=stable_feature_id(key, slide_id, "lesion", k),
+                measurements=dict(zip(LESION_MEASUREMENTS, values, strict=True)),
+            )
+        )
+    return feats
+
+
+def tile_features(pred: SlidePrediction, key: str, slide_id: str) -> list[dict[str, Any]]:
+    """Every scored tile as a QuPath tile object with its probability and raw score.
+
+    The geometry is the tile's heatmap cell (the stride square around the tile centre), so
+    dense grids give a gap-free, non-overlapping measurement map; without overlap it is the
+    tile itself.
+    """
+    from shapely.geometry import box
+
+    from qupath_rkd.qupath.geojson import TOOL_NAME_PREFIX, make_feature, stable_feature_id
+
+    t = pred.tiles
+    hm = pred.heatmap
+    x0, y0 = hm.to_level0_xy(t.rc[:, 0] - 0.5, t.rc[:, 1] - 0.5)
+    side = hm.stride_level0_px
+    feats = []
+    for i in range(len(t)):
+        x, y = float(x0[i]), float(y0[i])
+        feats.append(
+            make_feature(
+                box(x, y, x + side, y + side),
+                object_type="tile",
+                name=f"{TOOL_NAME_PREFIX} tile",
+                feature_id=stable_feature_id(key, slide_id, "tile", i),
+                measurements={
+                    MEASURE_PROBABILITY: float(t.probability[i]),
+                    MEASURE_SCORE: float(t.score[i]),
+                },
+            )
+        )
+    return feats
+
+
+def submission_csv(pred: SlidePrediction) -> str:
+    """Camelyon16 submission: ``prob,X,Y`` per lesion peak (level-0 px, integers), no header,
+    as the organisers' script reads it."""
+    lines = [
+        f"{les.max_probability:.6f},{round(les.peak_xy_px[0])},{round(les.peak_xy_px[1])}"
+        for les in pred.lesions
+    ]
+    return "".join(line + "\n" for line in lines)
+
+
+def tiles_csv(pred: SlidePrediction) -> str:
+    """The scored tiles as data: level-0 rectangle, grid position, raw score, probability."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["x_px", "y_px", "width_px", "height_px", "row", "col", "score", "probability"])
+    t = pred.tiles
+    side = f"{t.size_level0_px:.6g}"
+    for i in range(len(t)):
+        w.writerow(
+            [
+                int(t.xy_px[i, 0]),
+                int(t.xy_px[i, 1]),
+                side,
+                side,
+                int(t.rc[i, 0]),
+                int(t.rc[i, 1]),
+                f"{float(t.score[i]):.6g}",
+                f"{float(t.probability[i]):.6g}",
+            ]
+        )
+    return buf.getvalue()
+
+
+def _slide_identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"slide_bytes": st.st_size, "slide_mtime_ns": st.st_mtime_ns}
+
+
+def write_slide_outputs(outputs: SlideOutputs, pred: SlidePrediction, key: str) -> None:
+    """Write every output of one slide; ``done.json`` last."""
+    from qupath_rkd.qupath.geojson import write_geojson
+    from qupath_rkd.slides import open_slide
+
+    outputs.folder.mkdir(parents=True, exist_ok=True)
+    outputs.submission_csv.parent.mkdir(parents=True, exist_ok=True)
+    slide_id = outputs.slide_id
+    pred.heatmap.save(outputs.heatmap_stem)
+    write_geojson(outputs.lesions_geojson, lesion_features(pred, key, slide_id))
+    write_geojson(outputs.tiles_geojson, tile_features(pred, key, slide_id))
+    atomic_write_text(outputs.tiles_csv, tiles_csv(pred))
+    atomic_write_text(outputs.submission_csv, submission_csv(pred))
+    with open_slide(pred.slide_path, mpp=pred.config.slide_mpp) as slide:
+        thumb, ds = slide.thumbnail(max_px=1024)
+    title = (
+        f"{pred.slide_path.name}: slide score {pred.slide_score:.3f}, {len(pred.lesions)} lesion(s)"
+    )
+    if pred.note:
+        title += f" ({pred.note})"
+    assert pred.config.threshold is not None
+    atomic_write_bytes(
+        outputs.heatmap_png,
+        overlay_png(thumb, ds, pred.heatmap, threshold=pred.config.threshold, title=title),
+    )
+    atomic_write_json(
+        outputs.done_json,
+        {
+            "key": key,
+            "model_id": pred.model_id,
+            "slide": str(pred.slide_path),
+            **_slide_identity(pred.slide_path),
+            "slide_mpp": pred.slide_mpp,
+            "slide_size_px": list(pred.slide_size_px),
+            "slide_score": pred.slide_score,
+            "probability_max": _max_or_none(pred.tiles.probability),
+            "n_tiles": len(pred.tiles),
+            "n_lesions": len(pred.lesions),
+            "note": pred.note,
+            "seconds": round(pred.seconds, 3),
+            "config": _config_dict(pred.config),
+            "finished_utc": _now(),
+        },
+    )
+
+
+def _max_or_none(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else None
+
+
+def _config_dict(cfg: InferenceConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_done(outputs: SlideOutputs) -> dict[str, Any]:
+    """The slide's ``done.json`` ({} when missing or unreadable)."""
+    try:
+        data = json.loads(outputs.done_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def slide_is_done(outputs: SlideOutputs, key: str, slide_path: Path) -> bool:
+    """Whether the outputs exist for this model + config and this very slide file."""
+    done = read_done(outputs)
+    if done.get("key") != key:
+        return False
+    try:
+        if {k: done.get(k) for k in ("slide_bytes", "slide_mtime_ns")} != _slide_identity(
+            slide_path
+        ):
+            return False
+    except OSError:
+        return False
+    needed = (
+        outputs.lesions_geojson,
+        outputs.tiles_geojson,
+        outputs.tiles_csv,
+        outputs.heatmap_json,
+        outputs.heatmap_png,
+        outputs.submission_csv,
+    )
+    return all(p.is_file() for p in needed)
+
+
+def write_slide_scores(out_dir: Path, runs: Sequence[SlideRun]) -> Path:
+    """Update ``slide_scores.csv``: this run's slides replace their rows, other rows stay."""
+    path = out_dir / SLIDE_SCORES_CSV
+    rows: dict[str, dict[str, str]] = {}
+    if path.is_file():
+        with path.open(encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("slide"):
+                    rows[row["slide"]] = {k: row.get(k) or "" for k in SLIDE_SCORES_HEADER}
+    for run in runs:
+        score = run.slide_score
+        prob_max = ""
+        if run.status != "failed":
+            done = _done_for(out_dir, run.slide_id)
+            prob_max = (
+                "" if done.get("probability_max") is None else f"{done['probability_max']:.6g}"
+            )
+        rows[run.slide_id] = {
+            "slide": run.slide_id,
+            "score": "" if score is None or not math.isfinite(score) else f"{score:.6g}",
+            "probability_max": prob_max,
+            "n_tiles": str(run.n_tiles) if run.status != "failed" else "",
+            "n_lesions": str(run.n_lesions) if run.status != "failed" else "",
+            "note": (f"failed: {run.error}" if run.status == "failed" else run.note or ""),
+        }
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(SLIDE_SCORES_HEADER), lineterminator="\n")
+    writer.writeheader()
+    for slide_id in sorted(rows):
+        writer.writerow(rows[slide_id])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def _done_for(out_dir: Path, slide_id: str) -> dict[str, Any]:
+    return read_done(SlideOutputs(out_dir, slide_id))
+
+
+def write_run_json(
+    out_dir: Path, model: TrainedModel, cfg: InferenceConfig, slide_paths: Sequence[Path]
+) -> Path:
+    """``run.json``: what was run, with which model, config and versions."""
+    import openslide
+    import torch
+
+    return atomic_write_json(
+        out_dir / RUN_JSON,
+        {
+            "tool": "qupath-rkd predict",
+            "qupath_rkd_version": __version__,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "torch": str(torch.__version__),
+            "openslide": str(openslide.__library_version__),
+            "model_id": model.model_id,
+            "model_teacher": model.teacher,
+            "model_mpp": model.mpp,
+            "device": str(model.device),
+            "config": _config_dict(cfg),
+            "config_key": cfg.key(model.model_id),
+            "slides": [str(p) for p in slide_paths],
+            "started_utc": _now(),
+            "argv": sys.argv,
+        },
+    )

@@ -1,0 +1,176 @@
+"""`qupath-rkd predict` end to end: files written, skipped when done, failures isolated,
+and `evaluate` reading what `predict` wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from qupath_rkd.cli import cli
+from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.inference.outputs import SlideOutputs
+from qupath_rkd.qupath.geojson import read_geojson
+
+from .conftest import median_threshold
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory, model_path, semireal, model, shared_data):
+    """One predict run over a good slide, a blank slide and an unreadable file."""
+    from qupath_rkd.inference import predict_slide
+
+    folder = tmp_path_factory.mktemp("predict")
+    blank = folder / "blank.tif"
+    from qupath_rkd.slides import build_semireal_slide, demo_patch_dirs
+
+    normal, tumour = demo_patch_dirs()
+    build_semireal_slide(
+        blank,
+        normal_dir=normal,
+        tumor_dir=tumour,
+        width_px=640,
+        height_px=480,
+        tissue_fraction=0.0,
+        max_patches=10,
+    )
+    broken = folder / "kidney-48-5.tif"
+    shutil.copy(shared_data / "slides" / "kidney-48-5.tif", broken)  # OpenSlide refuses it
+    first = predict_slide(semireal.path, model, num_workers=0)
+    thr = median_threshold(first.tiles.probability)
+    out = folder / "out"
+    args = [
+        "predict",
+        str(model_path),
+        str(semireal.path),
+        str(blank),
+        str(broken),
+        "--out",
+        str(out),
+        "--threshold",
+        f"{thr:.6f}",
+        "--min-lesion-um",
+        "0",
+        "--workers",
+        "0",
+    ]
+    result = run(*args)
+    return {
+        "out": out,
+        "result": result,
+        "args": args,
+        "thr": thr,
+        "slide": semireal,
+        "first": first,
+    }
+
+
+def test_a_failed_slide_is_reported_and_the_others_go_on(predicted) -> None:
+    res = predicted["result"]
+    assert res.exit_code == 1
+    assert "kidney-48-5.tif" in res.output and "Traceback" not in res.output
+    assert "2 of 3 slide(s) predicted" in res.output
+    rows = {r["slide"]: r for r in csv.DictReader((predicted["out"] / "slide_scores.csv").open())}
+    assert set(rows) == {"semireal_a", "blank", "kidney-48-5"}
+    assert rows["kidney-48-5"]["score"] == "" and rows["kidney-48-5"]["note"].startswith("failed")
+    assert rows["blank"]["score"] == "0" and "no tissue" in rows["blank"]["note"]
+    assert float(rows["semireal_a"]["score"]) == pytest.approx(
+        float(predicted["first"].tiles.probability.max()), rel=1e-5
+    )
+
+
+def test_outputs_of_a_slide(predicted) -> None:
+    out, first = predicted["out"], predicted["first"]
+    o = SlideOutputs(out, "semireal_a")
+    # heatmap files round-trip and hold the calibrated probabilities
+    hm = Heatmap.load(o.heatmap_json)
+    np.testing.assert_allclose(hm.probability, first.heatmap.probability, rtol=1e-6, equal_nan=True)
+    assert hm.meta["model_id"] == first.model_id and hm.mpp == pytest.approx(first.slide_mpp)
+    # lesions as QuPath detections; Camelyon16 CSV = one line per lesion peak
+    lesions = read_geojson(o.lesions_geojson)
+    assert lesions and all(
+        obj.object_type == "detection" and obj.class_name == "Tumor" for obj in lesions
+    )
+    assert all(obj.is_tool_object for obj in lesions)
+    lines = o.submission_csv.read_text().splitlines()
+    probs = sorted((float(line.split(",")[0]) for line in lines), reverse=True)
+    maxima = sorted((obj.measurements["Tumor probability (max)"] for obj in lesions), reverse=True)
+    # (a MultiPolygon lesion is split into several detections that share its measurements)
+    assert all(min(abs(p - m) for m in maxima) < 1e-6 for p in probs)
+    assert all(min(abs(p - m) for p in probs) < 1e-6 for m in maxima)
+    for line in lines:
+        _p, x, y = line.split(",")
+        assert x.isdigit() and y.isdigit()  # integers, as the organisers' reader expects
+    # tiles: one QuPath tile per scored tile with the probability measurement
+    tiles = read_geojson(o.tiles_geojson)
+    assert len(tiles) == len(first.tiles)
+    probs_geo = np.array([t.measurements["Tumor probability"] for t in tiles])
+    np.testing.assert_allclose(np.sort(probs_geo), np.sort(first.tiles.probability), rtol=1e-5)
+    minx, _, maxx, _ = tiles[0].geometry.bounds
+    assert maxx - minx == pytest.approx(first.heatmap.stride_level0_px, abs=0.01)
+    rows = list(csv.DictReader(o.tiles_csv.open()))
+    assert len(rows) == len(first.tiles)
+    # PNG overlay: thumbnail + colour bar
+    with Image.open(o.heatmap_png) as img:
+        assert img.format == "PNG" and img.width > 110
+    done = json.loads(o.done_json.read_text())
+    assert done["n_tiles"] == len(first.tiles) and done["model_id"] == first.model_id
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["model_id"] == first.model_id and "torch" in run_json
+
+
+def test_second_run_skips_finished_slides_and_a_new_setting_reruns(predicted) -> None:
+    out = predicted["out"]
+    o = SlideOutputs(out, "semireal_a")
+    before = o.done_json.read_text()
+    res = run(*predicted["args"])
+    assert "skipped  semireal_a" in res.output and "skipped  blank" in res.output
+    assert "FAILED" in res.output  # the unreadable file is tried again and fails again
+    assert o.done_json.read_text() == before
+    args = [a for a in predicted["args"] if a != str(out.parent / "kidney-48-5.tif")]
+    k = args.index("--threshold")
+    args[k + 1] = f"{min(predicted['thr'] + 0.001, 1.0):.6f}"
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    assert "done     semireal_a" in res.output
+    assert o.done_json.read_text() != before
+
+
+def test_evaluate_reads_predict_outputs(predicted, tmp_path) -> None:
+    out, slide = predicted["out"], predicted["slide"]
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    (truth / "semireal_a.geojson").write_text(json.dumps(slide.lesions_geojson()))
+    (truth / "blank.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    (out / "camelyon16" / "kidney-48-5.csv").unlink(missing_ok=True)
+    res = CliRunner().invoke(
+        cli, ["evaluate", "--truth", str(truth), "--pred", str(out), "--out", str(tmp_path / "ev")]
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert summary["n_slides"] == 2 and summary["n_lesions"] == 1
+    assert 0.0 <= summary["froc_score"] <= 1.0
+    # the only tumour slide scores above the blank one (0): AUC 1
+    assert summary["slide_auc"] == pytest.approx(1.0)
+
+
+def test_model_without_mpp_needs_mpp(tmp_path, semireal) -> None:
+    from .conftest import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "nompp.pt", mpp=None)
+    res = CliRunner().invoke(
+        cli,
+        ["predict", str(ckpt), str(semireal.path), "--out", str(tmp_path / "o"), "--workers", "0"],
+    )
+    assert res.exit_code == 1
+    assert "records no µm/px" in res.output and "--mpp" in res.output
+    assert "Traceback" not in res.output
