@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from qupath_rkd import __version__
@@ -33,6 +32,7 @@ from qupath_rkd.model.rd import ReverseDistillation
 from qupath_rkd.model.teachers import build_teacher
 from qupath_rkd.training.calibration import Calibration
 from qupath_rkd.training.config import TrainConfig
+from qupath_rkd.training.datasets import resize_255
 from qupath_rkd.training.device import amp_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -63,11 +63,10 @@ def preprocess_batch(
     """
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise DataError(f"expected a (B, H, W, 3) uint8 batch, got shape {tuple(batch.shape)}")
-    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     if x.shape[-2:] != (input_px, input_px):
-        x = F.interpolate(
-            x, size=(input_px, input_px), mode="bilinear", align_corners=False, antialias=True
-        )
+        x = resize_255(x, input_px)
+    x = x.div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std

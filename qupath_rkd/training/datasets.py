@@ -121,7 +121,7 @@ class PatchFolderDataset(Dataset):
         try:
             return read_image(self.paths[index]), label
         except DataError as exc:
-            logger.warning("%s", exc)
+            logger.debug("%s", exc)
             return EMPTY_IMAGE, label
 
     def fingerprint(self) -> str:
@@ -187,15 +187,22 @@ class IndexedDataset(Dataset):
         return index, image, label
 
 
-def resize_uint8(image: torch.Tensor, size_px: int) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> ``(size_px, size_px, 3)`` uint8, bilinear with antialiasing."""
-    if image.shape[0] == size_px and image.shape[1] == size_px:
-        return image
-    x = image.permute(2, 0, 1)[None].float()
+def resize_255(x: torch.Tensor, size_px: int) -> torch.Tensor:
+    """``(B, 3, H, W)`` float in [0, 255] -> ``(B, 3, size_px, size_px)``, bilinear with
+    antialiasing, rounded to whole grey levels: resizing one image or a batch, before or after
+    collation, gives the same pixels, so training and scoring see identical inputs."""
     x = F.interpolate(
         x, size=(size_px, size_px), mode="bilinear", align_corners=False, antialias=True
     )
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+    return x.round().clamp(0, 255)
+
+
+def resize_uint8(image: torch.Tensor, size_px: int) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(size_px, size_px, 3)`` uint8 via :func:`resize_255`."""
+    if image.shape[0] == size_px and image.shape[1] == size_px:
+        return image
+    x = resize_255(image.permute(2, 0, 1)[None].float(), size_px)
+    return x[0].permute(1, 2, 0).to(torch.uint8)
 
 
 class PatchBatch:

@@ -14,9 +14,12 @@ gives the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,6 +91,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def swapped_labels_warning(val_auroc: float | None) -> str | None:
+    """The warning for a validation AUROC below 0.5 (tumour scoring as more normal than normal)."""
+    if val_auroc is None or math.isnan(val_auroc) or val_auroc >= 0.5:
+        return None
+    return (
+        f"validation AUROC is {val_auroc:.3f} (< 0.5): tumour patches score as more normal than "
+        "normal ones — were the tumour and normal folders swapped?"
+    )
+
+
 def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % (2**32)
     np.random.seed(seed)
@@ -118,13 +131,30 @@ def _counts(labels: np.ndarray) -> dict[str, int]:
     }
 
 
+class EpochSampler(Sampler[int]):
+    """A seeded permutation of ``range(n)`` that can start ``skip`` samples in (resume)."""
+
+    def __init__(self, n: int, seed: int, skip: int = 0) -> None:
+        self.n, self.seed, self.skip = n, seed, skip
+
+    def __len__(self) -> int:
+        return max(0, self.n - self.skip)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed)
+        yield from torch.randperm(self.n, generator=g)[self.skip :].tolist()
+
+
 class BalancedBatchSampler(Sampler[list[int]]):
     """Batches of half tumour, half normal indices (both cycled through seeded permutations).
 
-    ``len(labels) // batch_size`` batches per epoch (at least one).
+    ``len(labels) // batch_size`` batches per epoch (at least one); the first ``skip_batches``
+    are drawn but not yielded (resume).
     """
 
-    def __init__(self, labels: np.ndarray, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, labels: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0
+    ) -> None:
         self.tumor = np.flatnonzero(labels == LABEL_TUMOR)
         self.normal = np.flatnonzero(labels == LABEL_NORMAL)
         if len(self.tumor) == 0 or len(self.normal) == 0:
@@ -132,9 +162,10 @@ class BalancedBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.n_batches = max(1, len(labels) // batch_size)
         self.seed = seed
+        self.skip_batches = skip_batches
 
     def __len__(self) -> int:
-        return self.n_batches
+        return max(0, self.n_batches - self.skip_batches)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng(self.seed)
@@ -142,9 +173,11 @@ class BalancedBatchSampler(Sampler[list[int]]):
         n_n = self.batch_size - n_t
         t_stream = self._stream(self.tumor, rng)
         n_stream = self._stream(self.normal, rng)
-        for _ in range(self.n_batches):
+        for b in range(self.n_batches):
             batch = [next(t_stream) for _ in range(n_t)] + [next(n_stream) for _ in range(n_n)]
-            yield [int(i) for i in rng.permutation(batch)]
+            batch = [int(i) for i in rng.permutation(batch)]
+            if b >= self.skip_batches:
+                yield batch
 
     @staticmethod
     def _stream(indices: np.ndarray, rng: np.random.Generator) -> Iterator[int]:
@@ -152,10 +185,18 @@ class BalancedBatchSampler(Sampler[list[int]]):
             yield from rng.permutation(indices).tolist()
 
 
-def augment_batch(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment_draws(generator: torch.Generator, batch_size: int) -> tuple[list[int], list[int]]:
+    """Rotations (0-3 quarter turns) and flips (0/1) for one batch; always ``batch_size`` of
+    each, so the stream does not depend on how many images of a batch were readable."""
+    ks = torch.randint(0, 4, (batch_size,), generator=generator).tolist()
+    flips = torch.randint(0, 2, (batch_size,), generator=generator).tolist()
+    return ks, flips
+
+
+def augment_batch(batch: torch.Tensor, generator: torch.Generator, batch_size: int) -> torch.Tensor:
     """Random 90° rotation and horizontal flip per sample of a ``(B, H, W, 3)`` batch (H == W)."""
-    ks = torch.randint(0, 4, (batch.shape[0],), generator=generator).tolist()
-    flips = torch.randint(0, 2, (batch.shape[0],), generator=generator).tolist()
+    ks, flips = augment_draws(generator, max(batch_size, batch.shape[0]))
+    ks, flips = ks[: batch.shape[0]], flips[: batch.shape[0]]
     out = []
     for img, k, flip in zip(batch, ks, flips, strict=True):
         img = torch.rot90(img, k, dims=(0, 1))
@@ -205,6 +246,7 @@ class _Run:
             idx = np.sort(rng.choice(n, size=min(n, _CALIBRATION_SUBSET), replace=False))
             valid_set = Subset(train_set, idx.tolist())
             self.valid_labels = self.train_labels[idx]
+            self._valid_index: np.ndarray | None = idx
         else:
             self.valid_labels = _labels_of(valid_set, "validation")
             if cfg.max_valid is not None and cfg.max_valid < len(self.valid_labels):
@@ -212,6 +254,9 @@ class _Run:
                 idx = np.sort(rng.choice(len(self.valid_labels), size=cfg.max_valid, replace=False))
                 valid_set = Subset(valid_set, idx.tolist())
                 self.valid_labels = self.valid_labels[idx]
+                self._valid_index = idx
+            else:
+                self._valid_index = None
         self.valid_set = valid_set
         both = all(v > 0 for v in _counts(self.valid_labels).values())
         if self.valid_source == "train":
@@ -249,9 +294,12 @@ class _Run:
         self.nonfinite_steps = 0
         self._loss_sum = 0.0
         self._loss_n = 0
+        self.epoch_in_progress = 0  # epoch interrupted part-way (0: none)
+        self.batches_done = 0  # batches of that epoch already consumed
+        self.stop_requested = False  # set by the SIGINT handler; checked between steps
 
     # ---- data ----------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, *, epoch: int | None) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, epoch: int | None, skip_batches: int = 0) -> DataLoader:
         cfg = self.cfg
         common: dict[str, Any] = {
             "num_workers": cfg.num_workers,
@@ -264,18 +312,24 @@ class _Run:
             return DataLoader(indexed, batch_size=cfg.batch_size, shuffle=False, **common)
         seed = cfg.seed * 100_003 + epoch
         if cfg.balance_batches:
-            sampler = BalancedBatchSampler(self.train_labels, cfg.batch_size, seed)
+            sampler = BalancedBatchSampler(self.train_labels, cfg.batch_size, seed, skip_batches)
             return DataLoader(indexed, batch_sampler=sampler, **common)
-        g = torch.Generator().manual_seed(seed)
-        drop_last = len(self.train_labels) > cfg.batch_size
+        n = len(self.train_labels)
+        drop_last = n > cfg.batch_size
         return DataLoader(
             indexed,
             batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=g,
+            sampler=EpochSampler(n, seed, skip_batches * cfg.batch_size),
             drop_last=drop_last,
             **common,
         )
+
+    def batches_per_epoch(self) -> int:
+        """Optimiser steps in a full epoch (before ``max_steps_per_epoch``)."""
+        if self.cfg.balance_batches:
+            return max(1, len(self.train_labels) // self.cfg.batch_size)
+        n, b = len(self.train_labels), self.cfg.batch_size
+        return n // b if n > b else 1
 
     # ---- one step ------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -286,8 +340,13 @@ class _Run:
     def _step(self, batch: PatchBatch, aug_gen: torch.Generator | None) -> None:
         self.skipped_train.update(batch.skipped)
         if len(batch) < 2:  # BatchNorm needs two samples; a batch emptied by bad files is skipped
+            if aug_gen is not None:
+                augment_draws(aug_gen, self.cfg.batch_size)
             return
-        images = augment_batch(batch.images, aug_gen) if aug_gen is not None else batch.images
+        if aug_gen is not None:
+            images = augment_batch(batch.images, aug_gen, self.cfg.batch_size)
+        else:
+            images = batch.images
         x = preprocess_batch(images, int(self.cfg.input_px), self.device, self.cfg.channels_last)  # type: ignore[arg-type]
         labels = batch.labels.to(self.device, non_blocking=True)
         with self._autocast():
@@ -312,7 +371,7 @@ class _Run:
         scores, labels, loss_sum, n = [], [], 0.0, 0
         with torch.inference_mode():
             for batch in self._loader(self.valid_set, epoch=None):
-                self.skipped_valid.update(batch.skipped)
+                self.skipped_valid.update(self._base_index(batch.skipped))
                 if len(batch) == 0:
                     continue
                 x = preprocess_batch(
@@ -334,6 +393,19 @@ class _Run:
         if n == 0:
             raise DataError(f"no readable {self.valid_source} patches to validate on")
         return np.concatenate(scores), np.concatenate(labels), loss_sum / n
+
+    def _base_index(self, indices: list[int]) -> list[int]:
+        """Indices into the (possibly subsetted) validation set -> its base dataset's."""
+        if self._valid_index is None:
+            return list(indices)
+        return [int(self._valid_index[i]) for i in indices]
+
+    def n_skipped(self) -> int:
+        """Unusable images seen, each counted once (the calibration subset of the training set
+        is the same images as the training set)."""
+        if self.valid_source == "train":
+            return len(self.skipped_train | self.skipped_valid)
+        return len(self.skipped_train) + len(self.skipped_valid)
 
     def validate(self, epoch: int, limit: int | None = None) -> dict[str, Any]:
         scores, labels, val_loss = self._score_valid(limit)
@@ -384,6 +456,10 @@ class _Run:
             "config": _plain(self.cfg.to_dict()),
             "dataset_hash": self.dataset_hash,
             "epoch_done": self.epoch_done,
+            "epoch_in_progress": self.epoch_in_progress,
+            "batches_done": self.batches_done,
+            "loss_sum": self._loss_sum,
+            "loss_n": self._loss_n,
             "global_step": self.global_step,
             "best_value": self.best_value,
             "best": _plain(self.best),
@@ -441,6 +517,10 @@ class _Run:
         self.opt.load_state_dict(obj["optimizer"])
         self.scaler.load_state_dict(obj["scaler"])
         self.epoch_done = int(obj["epoch_done"])
+        self.epoch_in_progress = int(obj.get("epoch_in_progress", 0))
+        self.batches_done = int(obj.get("batches_done", 0))
+        self._loss_sum = float(obj.get("loss_sum", 0.0))
+        self._loss_n = int(obj.get("loss_n", 0))
         self.global_step = int(obj["global_step"])
         self.best_value = obj.get("best_value")
         self.best = dict(obj.get("best") or {})
@@ -457,14 +537,20 @@ class _Run:
 
     # ---- the loop ------------------------------------------------------------------------
     def run_epochs(self) -> None:
+        """Epochs ``epoch_done + 1 .. epochs``; a resumed epoch skips its first
+        ``batches_done`` batches (same seeded order), so resuming is exact."""
         cfg = self.cfg
         self.net.train()
         for epoch in range(self.epoch_done + 1, cfg.epochs + 1):
-            loader = self._loader(self.train_set, epoch=epoch)
-            aug_gen = (
-                torch.Generator().manual_seed(cfg.seed * 7919 + epoch) if cfg.augment else None
-            )
-            n_steps = len(loader)
+            skip = self.batches_done if epoch == self.epoch_in_progress else 0
+            self.epoch_in_progress, self.batches_done = epoch, skip
+            loader = self._loader(self.train_set, epoch=epoch, skip_batches=skip)
+            aug_gen = None
+            if cfg.augment:
+                aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+                for _ in range(skip):
+                    augment_draws(aug_gen, cfg.batch_size)
+            n_steps = self.batches_per_epoch()
             if cfg.max_steps_per_epoch is not None:
                 n_steps = min(n_steps, cfg.max_steps_per_epoch)
             bar = None
@@ -472,27 +558,74 @@ class _Run:
                 from tqdm import tqdm
 
                 bar = tqdm(
-                    total=n_steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False
+                    total=n_steps,
+                    initial=skip,
+                    desc=f"epoch {epoch}/{cfg.epochs}",
+                    unit="batch",
+                    leave=False,
                 )
-            validated_at = -1
-            for i, batch in enumerate(loader):
-                if i >= n_steps:
+            validated_at = self.history[-1]["step"] if self.history else -1
+            every = cfg.validate_every_steps
+            for batch in _stoppable(loader, self):
+                if self.batches_done >= n_steps:
                     break
                 self._step(batch, aug_gen)
+                self.batches_done += 1
+                if self.stop_requested:
+                    raise KeyboardInterrupt
                 if bar is not None:
                     bar.update(1)
                     if self._loss_n:
                         bar.set_postfix(loss=f"{self._loss_sum / self._loss_n:.4f}")
-                every = cfg.validate_every_steps
-                if every and self.global_step % every == 0 and i + 1 < n_steps:
+                due = every and self.global_step % every == 0 and self.global_step != validated_at
+                if due and self.batches_done < n_steps:
                     self.validate(epoch)
                     validated_at = self.global_step
             if bar is not None:
                 bar.close()
-            if validated_at != self.global_step:
+            if validated_at != self.global_step or not self.history:
                 self.validate(epoch)
-            self.epoch_done = epoch
+            self.epoch_done, self.epoch_in_progress, self.batches_done = epoch, 0, 0
             self.save_resume()
+
+
+def _stoppable(loader: DataLoader, run: _Run) -> Iterator[PatchBatch]:
+    """Iterate ``loader``; if its workers died from the Ctrl-C the user sent (workers get
+    SIGINT too), stop as for Ctrl-C instead of failing."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if run.stop_requested:
+                raise KeyboardInterrupt from None
+            raise
+        yield batch
+
+
+@contextlib.contextmanager
+def _deferred_sigint(run: _Run) -> Iterator[None]:
+    """First Ctrl-C: finish the current step, then stop cleanly; a second one stops at once.
+
+    Only in the main thread (signal handlers cannot be set elsewhere).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if run.stop_requested:
+            raise KeyboardInterrupt
+        run.stop_requested = True
+        logger.warning("Ctrl-C: stopping after this step (press again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train(
@@ -544,7 +677,8 @@ def train(
     )
     interrupted = False
     try:
-        run.run_epochs()
+        with _deferred_sigint(run):
+            run.run_epochs()
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("interrupted: saving a resume file and a usable checkpoint")
@@ -553,26 +687,19 @@ def train(
             run.validate(run.epoch_done + 1, limit=256)
 
     warnings: list[str] = []
-    n_skipped = len(run.skipped_train) + len(run.skipped_valid)
+    n_skipped = run.n_skipped()
     if n_skipped:
         warnings.append(f"{n_skipped} unreadable or malformed images were skipped")
     if run.nonfinite_steps:
         warnings.append(f"{run.nonfinite_steps} steps had a non-finite loss and were skipped")
     if run.valid_source == "train":
         warnings.append("no validation set: kept the last epoch and calibrated on training patches")
-    best_auc = run.best.get("val_auroc")
-    if (
-        run.valid_source == "valid"
-        and best_auc is not None
-        and not math.isnan(best_auc)
-        and best_auc < 0.5
-    ):
-        warnings.append(
-            f"validation AUROC is {best_auc:.3f} (< 0.5): tumour patches score as more normal than "
-            "normal ones — were the tumour and normal folders swapped?"
-        )
-    for w in warnings:
-        logger.warning("%s", w)
+    if run.valid_source == "valid":
+        swapped = swapped_labels_warning(run.best.get("val_auroc"))
+        if swapped:
+            warnings.append(swapped)
+    for w in warnings:  # the caller shows TrainResult.warnings; logged for the record
+        logger.info("%s", w)
     if not interrupted and run.resume_path.exists():
         run.resume_path.unlink()
     return TrainResult(

@@ -1,0 +1,240 @@
+"""`qupath-rkd train-patches`: train the RD model on folders of normal (and tumour) patches."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from qupath_rkd.errors import DataError
+
+TEACHER_NAMES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
+
+
+def _default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@click.command("train-patches")
+@click.option(
+    "--normal",
+    "normal_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of normal patches (repeatable).",
+)
+@click.option(
+    "--tumor",
+    "tumor_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder of tumour patches (repeatable; none = one-class RD).",
+)
+@click.option(
+    "--valid-normal",
+    "valid_normal_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Validation folder of normal patches.",
+)
+@click.option(
+    "--valid-tumor",
+    "valid_tumor_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Validation folder of tumour patches (selects the best epoch by AUROC).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Checkpoint to write (MODEL.pt).",
+)
+@click.option(
+    "--teacher",
+    type=click.Choice(TEACHER_NAMES),
+    default="efficientnet_lite0",
+    show_default=True,
+    help="Frozen pretrained teacher.",
+)
+@click.option(
+    "--teacher-weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="State-dict file with the teacher's ImageNet weights (offline use).",
+)
+@click.option(
+    "--input-px",
+    type=click.IntRange(32),
+    help="Network input side (multiple of 32; "
+    "default 96 for efficientnet_lite0, 128 for resnet18, 256 for wide_resnet50_2).",
+)
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
+@click.option("--max-tumor", type=click.IntRange(0), help="Use at most N tumour patches.")
+@click.option("--max-normal", type=click.IntRange(0), help="Use at most N normal patches.")
+@click.option(
+    "--mpp",
+    "mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="UM_PER_PX",
+    help="Physical pixel size of the patches (PatchCamelyon: 0.972).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Adam learning rate.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    default=None,
+    help="DataLoader worker processes [default: CPUs - 1, at most 4].",
+)
+@click.option(
+    "--balance/--no-balance",
+    default=False,
+    show_default=True,
+    help="Half tumour, half normal in every batch.",
+)
+@click.option(
+    "--augment/--no-augment",
+    default=False,
+    show_default=True,
+    help="Random flips and 90° rotations.",
+)
+@click.option(
+    "--shortcut",
+    type=click.Choice(("conv3x3", "conv1x1")),
+    default="conv3x3",
+    show_default=True,
+    help="OCBE shortcut: conv3x3 (FW-RD) or conv1x1 (RD4AD).",
+)
+@click.option(
+    "--score-reduction",
+    type=click.Choice(("mean", "max")),
+    default="mean",
+    show_default=True,
+    help="Patch score: mean (FW-RD) or max of the anomaly map.",
+)
+@click.option(
+    "--max-steps-per-epoch", type=click.IntRange(1), help="Cap optimiser steps per epoch."
+)
+@click.option("--validate-every-steps", type=click.IntRange(1), help="Also validate every N steps.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.resume).")
+def train_patches(
+    normal_dirs: tuple[Path, ...],
+    tumor_dirs: tuple[Path, ...],
+    valid_normal_dirs: tuple[Path, ...],
+    valid_tumor_dirs: tuple[Path, ...],
+    out: Path,
+    teacher: str,
+    teacher_weights: Path | None,
+    input_px: int | None,
+    epochs: int,
+    batch_size: int,
+    max_tumor: int | None,
+    max_normal: int | None,
+    mpp: float | None,
+    seed: int,
+    device: str,
+    lr: float,
+    workers: int | None,
+    balance: bool,
+    augment: bool,
+    shortcut: str,
+    score_reduction: str,
+    max_steps_per_epoch: int | None,
+    validate_every_steps: int | None,
+    resume: bool,
+) -> None:
+    """Train the reverse-distillation model on folders of patches (PNG/JPEG/TIFF, any size).
+
+    Example: qupath-rkd train-patches --normal pcam/train/0 --tumor pcam/train/1 --max-tumor 100
+    --valid-normal pcam/valid/0 --valid-tumor pcam/valid/1 --mpp 0.972 --out model.pt
+    """
+    from qupath_rkd.training.config import TrainConfig
+    from qupath_rkd.training.datasets import PatchFolderDataset
+    from qupath_rkd.training.device import resolve_device
+    from qupath_rkd.training.trainer import train
+
+    resolve_device(device)  # fail fast on --device cuda without CUDA
+    if not out.parent.is_dir():
+        raise click.UsageError(f"the folder of --out {out} does not exist")
+    train_set = PatchFolderDataset(normal_dirs, tumor_dirs, max_normal, max_tumor, seed=seed)
+    n_normal = int((train_set.labels == 0).sum())
+    n_tumor = int((train_set.labels == 1).sum())
+    if n_normal == 0:
+        raise DataError(
+            f"no PNG/JPEG/TIFF patches found under --normal {', '.join(map(str, normal_dirs))}"
+        )
+    if tumor_dirs and n_tumor == 0 and max_tumor != 0:
+        raise DataError(
+            f"no PNG/JPEG/TIFF patches found under --tumor {', '.join(map(str, tumor_dirs))}"
+        )
+    valid_set = None
+    if valid_normal_dirs or valid_tumor_dirs:
+        valid_set = PatchFolderDataset(valid_normal_dirs, valid_tumor_dirs)
+        if len(valid_set) == 0:
+            raise DataError("no PNG/JPEG/TIFF patches found in the validation folders")
+    config = TrainConfig(
+        teacher=teacher,
+        teacher_weights=str(teacher_weights) if teacher_weights else None,
+        input_px=input_px,
+        epochs=epochs,
+        batch_size=batch_size,
+        mpp=mpp,
+        seed=seed,
+        device=device,
+        lr=lr,
+        num_workers=_default_workers() if workers is None else workers,
+        balance_batches=balance,
+        augment=augment,
+        shortcut=shortcut,
+        score_reduction=score_reduction,
+        max_steps_per_epoch=max_steps_per_epoch,
+        validate_every_steps=validate_every_steps,
+    )
+    click.echo(
+        f"Training on {n_normal} normal + {n_tumor} tumour patches"
+        + (f", validating on {len(valid_set)}" if valid_set is not None else ", no validation set")
+        + f" ({teacher} teacher).",
+        err=True,
+    )
+    result = train(
+        train_set,
+        valid_set,
+        config,
+        out,
+        train_set.fingerprint(),
+        progress=sys.stderr.isatty(),
+        resume=resume,
+    )
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    if mpp is None:
+        click.echo(
+            "Note: no --mpp given: the checkpoint records an unknown µm/px and whole-slide "
+            "commands will ask for it.",
+            err=True,
+        )
+    m = result.best_metrics
+    auc = m.get("val_auroc")
+    auc_text = "n/a" if auc is None or auc != auc else f"{auc:.4f}"
+    loss = m.get("val_loss", float("nan"))
+    click.echo(
+        f"Wrote {out} (epoch {result.best_epoch}, step {result.best_step}, selected by "
+        f"{result.selected_by}; validation AUROC {auc_text}, loss {loss:.4f}; "
+        f"calibration {result.calibration.get('method', 'none')})."
+    )
+    if result.interrupted:
+        click.echo(
+            f"Interrupted: {out} is usable; continue with the same command plus --resume.", err=True
+        )
+        sys.exit(130)
