@@ -66,7 +66,7 @@ def test_train_writes_a_calibrated_checkpoint_that_scores(tmp_path, pcam_small) 
     assert model.info["dataset_hash"] == tr.fingerprint()
     scores, probs = model.score_images(np.stack([va[i][0] for i in range(len(va))]))
     assert np.isfinite(scores).all() and ((probs >= 0) & (probs <= 1)).all()
-    assert 0.0 <= scores.min() and scores.max() <= 6.0
+    assert scores.min() >= 0.0 and scores.max() <= 6.0
     # the validation AUROC recorded is the one of the stored model on the validation set
     from qupath_rkd.training.calibration import auroc
 
