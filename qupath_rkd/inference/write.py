@@ -111,9 +111,8 @@ def overlay_png(
         d.text((x0 + 27, y - 6), f"{v:.2f}", fill="black", font=font)
     ty = y0 + round((1 - min(max(threshold, 0.0), 1.0)) * (bar_h - 1))
     d.line([(x0 - 4, ty), (x0 + 23, ty)], fill=(220, 0, 0), width=2)
-    d.text(
-        (x0 - 16, y0 + bar_h + 6), f"p(tumour); threshold {threshold:.2f}", fill="black", font=font
-    )
+    d.text((x0 - 16, y0 + bar_h + 6), "p(tumour)", fill="black", font=font)
+    d.text((x0 - 16, y0 + bar_h + 20), f"threshold {threshold:.2f}", fill=(220, 0, 0), font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
