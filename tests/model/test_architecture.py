@@ -158,3 +158,20 @@ def test_teacher_weights_file_is_used_and_checked(tmp_path) -> None:
     torch.save({"layer1.0.conv1.weight": torch.zeros(1)}, wrong)
     with pytest.raises(TeacherWeightsError):
         build_teacher("resnet18", wrong)
+
+
+@pytest.mark.slow
+def test_wide_resnet50_2_real_forward_and_backward_at_64_px() -> None:
+    torch.manual_seed(0)
+    net = ReverseDistillation(
+        build_teacher("wide_resnet50_2", random_weights_for_tests=True), shortcut="conv1x1"
+    ).train()
+    from qupath_rkd.model import focal_similarity_loss
+
+    t, s = net(torch.randn(2, 3, 64, 64))
+    loss = focal_similarity_loss(t, s, torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in net.teacher.parameters())
+    assert net.student.layer3[-1].conv3.weight.grad is not None
+    assert net.bottleneck.bn_layer[0].shortcut[0].weight.grad is not None
