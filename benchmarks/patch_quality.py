@@ -150,6 +150,35 @@ def finetune(x_tr, y_tr, x_va, y_va, epochs: int, seed: int, max_steps: int | No
     return best
 
 
+def rescore(checkpoints: list[Path], x_va: np.ndarray, y_va: np.ndarray) -> list[dict]:
+    """AUROC of stored RD models with other patch scores: mean / max of the whole anomaly map
+    and of its centre (PCam labels describe the centre 32x32 px of a 96 px patch)."""
+    from qupath_rkd.training.checkpoint import load_model
+
+    rows = []
+    for path in checkpoints:
+        model = load_model(path, device="cpu")
+        maps = []
+        for i in range(0, len(x_va), 128):
+            x = model.preprocess(torch.from_numpy(x_va[i : i + 128]))
+            maps.append(model.anomaly_maps(x).numpy())
+        m = np.concatenate(maps)
+        px = m.shape[-1]
+        lo, hi = px // 3, px - px // 3  # the centre third: 32 px of 96
+        c = m[:, lo:hi, lo:hi]
+        row = {"checkpoint": path.name}
+        for name, s in (
+            ("mean", m.mean(axis=(1, 2))),
+            ("max", m.max(axis=(1, 2))),
+            ("centre_mean", c.mean(axis=(1, 2))),
+            ("centre_max", c.max(axis=(1, 2))),
+        ):
+            row[name] = auroc(y_va, s)
+        log.info("rescore %s", row)
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -170,6 +199,13 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-max-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--rescore",
+        nargs="*",
+        type=Path,
+        default=None,
+        help="only re-score these RD checkpoints on valid with other patch scores",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "patch_quality.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -177,6 +213,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
+    if args.rescore:
+        va_paths, va_labels = load_split(args.pcam, "valid", dedupe=False)
+        rows = rescore(args.rescore, read_all(va_paths), va_labels)
+        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "rescore": rows}, indent=2))
+        return
     tr_paths, tr_labels = load_split(args.pcam, "train", dedupe=True)
     va_paths, va_labels = load_split(args.pcam, "valid", dedupe=False)
     log.info("reading %d train + %d valid patches", len(tr_paths), len(va_paths))

@@ -102,6 +102,8 @@ def swapped_labels_warning(val_auroc: float | None) -> str | None:
 
 
 def _worker_init(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: workers ignore it, the main process stops cleanly
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % (2**32)
     np.random.seed(seed)
     random.seed(seed)
