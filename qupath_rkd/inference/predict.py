@@ -14,12 +14,13 @@ on the tile grid; :func:`qupath_rkd.inference.heatmap.cell_to_level0_xy` convert
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,10 +204,21 @@ class TileDataset:
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         import torch
 
+        from qupath_rkd.errors import SlideReadError
+
         self.open()
         assert self._slide is not None
         x, y = self.xy_px[index]
-        tile = self._slide.read_tile(float(x), float(y), self.tile_px, self.mpp)
+        try:
+            tile = self._slide.read_tile(float(x), float(y), self.tile_px, self.mpp)
+        except QupathRkdError:
+            raise
+        except Exception as exc:  # OpenSlideError, OSError: the file broke while being read
+            raise SlideReadError(
+                f"{self.slide_path}: reading the tile at x={int(x)}, y={int(y)} failed "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                hint="the file may be incomplete, corrupt or on a connection that dropped",
+            ) from exc
         return index, torch.from_numpy(tile)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -263,7 +275,7 @@ def score_tiles(
         return scores
     loader = tile_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
     done = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _worker_errors_as_one_line():
         for indices, tiles in loader:
             raw = model.raw_scores(model.preprocess(tiles)).float().cpu().numpy()
             bad = ~np.isfinite(raw)
@@ -281,6 +293,21 @@ def score_tiles(
                 progress(done, n)
     dataset.close()
     return scores
+
+
+@contextlib.contextmanager
+def _worker_errors_as_one_line() -> Iterator[None]:
+    """Re-raise our errors from DataLoader workers with their own message, not the worker's
+    whole traceback (which torch folds into the message)."""
+    try:
+        yield
+    except QupathRkdError as exc:
+        if "Original Traceback" not in exc.message:
+            raise
+        lines = [line for line in exc.message.strip().splitlines() if line.strip()]
+        last = lines[-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+        raise type(exc)(message) from exc
 
 
 # --- one slide ----------------------------------------------------------------------------
@@ -517,10 +544,14 @@ def predict_slides(
                     note=pred.note,
                     seconds=pred.seconds,
                 )
-            except (QupathRkdError, OSError, RuntimeError) as exc:
-                # A failed slide is reported; the batch goes on. NaN scores fail the slide too.
-                message = exc.one_line() if isinstance(exc, QupathRkdError) else f"{exc}"
-                logger.warning("%s failed: %s", path, message)
+            except Exception as exc:
+                # A failed slide is reported and the batch goes on (NaN scores fail it too).
+                if isinstance(exc, QupathRkdError):
+                    message = exc.one_line()
+                    logger.warning("%s failed: %s", path, message)
+                else:
+                    message = f"{type(exc).__name__}: {exc}"
+                    logger.warning("%s failed: %s", path, message, exc_info=True)
                 run = SlideRun(Path(path), slide_id, "failed", error=message.splitlines()[0])
         runs.append(run)
         write_slide_scores(out, runs)

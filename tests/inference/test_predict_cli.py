@@ -174,3 +174,34 @@ def test_model_without_mpp_needs_mpp(tmp_path, semireal) -> None:
     assert res.exit_code == 1
     assert "records no µm/px" in res.output and "--mpp" in res.output
     assert "Traceback" not in res.output
+
+
+def test_a_slide_breaking_mid_way_fails_alone(tmp_path, semireal, blank_slide, model) -> None:
+    """The file is cut short while its tiles are being read by two workers: that slide is
+    reported with a one-line reason, the next slide is still predicted."""
+    import os
+
+    from qupath_rkd.inference import InferenceConfig, predict_slides
+
+    victim = tmp_path / "victim.tif"
+    shutil.copy(semireal.path, victim)
+
+    def progress_factory(name: str):
+        def update(done: int, total: int) -> None:
+            if name == victim.name and done >= 8:
+                os.truncate(victim, 50_000)
+
+        return update
+
+    cfg = InferenceConfig(num_workers=2, batch_size=8)
+    runs = predict_slides(
+        [victim, blank_slide],
+        model,
+        tmp_path / "out",
+        config=cfg,
+        progress_factory=progress_factory,
+    )
+    assert [r.status for r in runs] == ["failed", "ok"]
+    assert "victim.tif: reading the tile at" in runs[0].error
+    assert "Traceback" not in runs[0].error and "\n" not in runs[0].error
+    assert runs[1].note and "no tissue" in runs[1].note
