@@ -125,10 +125,14 @@ def predict(
 ) -> None:
     """Heatmaps, lesions and slide scores for SLIDE... (files or folders) with MODEL.
 
-    Per slide, OUT/<slide>/ gets lesions.geojson (QuPath detections), tiles.geojson and
-    tiles.csv (scored tiles for measurement maps), heatmap.npy/.json/.png; OUT/camelyon16/
-    <slide>.csv is the Camelyon16 submission (prob,X,Y per lesion) and OUT/slide_scores.csv has
-    one row per slide. Slides already predicted with the same model and settings are skipped.
+    \b
+    Per slide:
+      OUT/<slide>/lesions.geojson     lesions as QuPath detections (class Tumor)
+      OUT/<slide>/tiles.geojson       scored tiles for QuPath measurement maps (+ tiles.csv)
+      OUT/<slide>/heatmap.npy/.json   calibrated probability on the tile grid (+ heatmap.png)
+      OUT/camelyon16/<slide>.csv      Camelyon16 submission: prob,X,Y per lesion peak
+      OUT/slide_scores.csv            one row per slide
+    Slides already predicted with the same model and settings are skipped.
     """
     from qupath_rkd.inference.predict import InferenceConfig, SlideRun, predict_slides
     from qupath_rkd.training.checkpoint import load_model
