@@ -85,14 +85,16 @@ def overlay_png(
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = thumbnail.shape[:2]
-    jj, ii = np.meshgrid(np.arange(w), np.arange(h))
-    rows, cols = heatmap.cell_at((jj + 0.5) * downsample, (ii + 0.5) * downsample)
+    # grid cell under the centre of each thumbnail row / column (the grid is axis-aligned)
+    rows, _ = heatmap.cell_at(np.zeros(h), (np.arange(h) + 0.5) * downsample)
+    _, cols = heatmap.cell_at((np.arange(w) + 0.5) * downsample, np.zeros(w))
     hr, hc = heatmap.shape
-    inside = (rows >= 0) & (rows < hr) & (cols >= 0) & (cols < hc)
+    ok_r = (rows >= 0) & (rows < hr)
+    ok_c = (cols >= 0) & (cols < hc)
     values = np.full((h, w), np.nan, dtype=np.float32)
-    values[inside] = heatmap.probability[rows[inside], cols[inside]]
+    values[np.ix_(ok_r, ok_c)] = heatmap.probability[np.ix_(rows[ok_r], cols[ok_c])]
     shown = np.isfinite(values)
-    blended = thumbnail.astype(np.float32).copy()
+    blended = thumbnail.astype(np.float32)
     blended[shown] = (1 - alpha) * blended[shown] + alpha * colormap(values[shown])
     bar_w, margin_top = 110, 28
     canvas = Image.new("RGB", (w + bar_w, max(h, 220) + margin_top), "white")
