@@ -404,10 +404,11 @@ def build_demo_project(
 
 
 # --- running the demo ---------------------------------------------------------------------
-#: Lesion measurements written by :func:`qupath_rkd.inference.write.lesion_features`.
-MAX_PROBABILITY = "qupath-rkd max probability"
-PEAK_X_UM = "qupath-rkd peak x µm"
-PEAK_Y_UM = "qupath-rkd peak y µm"
+#: Lesion measurements (docs/architecture.md, written by
+#: :func:`qupath_rkd.inference.write.lesion_features`).
+MAX_PROBABILITY = "Tumor probability (max)"
+PEAK_X_PX = "Peak x px"
+PEAK_Y_PX = "Peak y px"
 
 #: Marker written last by :func:`build_demo_project`: a folder holding it is a finished demo.
 DEMO_MARKER = "demo.json"
@@ -511,11 +512,16 @@ def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tupl
         lesions = [
             o
             for o in (read_geojson(pred_file) if pred_file.is_file() else [])
-            if o.object_type == "detection" and PEAK_X_UM in o.measurements
+            if o.object_type == "detection" and PEAK_X_PX in o.measurements
         ]
-        probs = np.asarray([o.measurements[MAX_PROBABILITY] for o in lesions])
-        xs = np.asarray([o.measurements[PEAK_X_UM] / slide.mpp for o in lesions])
-        ys = np.asarray([o.measurements[PEAK_Y_UM] / slide.mpp for o in lesions])
+        # one detection per lesion (the parts of a lesion split on writing share its peak)
+        peaks = {
+            (o.name, o.measurements[PEAK_X_PX], o.measurements[PEAK_Y_PX]): o.measurements
+            for o in lesions
+        }
+        probs = np.asarray([m[MAX_PROBABILITY] for m in peaks.values()])
+        xs = np.asarray([m[PEAK_X_PX] for m in peaks.values()])
+        ys = np.asarray([m[PEAK_Y_PX] for m in peaks.values()])
         mask = (
             evaluation_mask(
                 slide.lesions, mpp=slide.mpp, slide_size_px=(slide.width_px, slide.height_px)

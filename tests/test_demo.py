@@ -9,8 +9,8 @@ import pytest
 
 from qupath_rkd.demo import (
     MAX_PROBABILITY,
-    PEAK_X_UM,
-    PEAK_Y_UM,
+    PEAK_X_PX,
+    PEAK_Y_PX,
     DemoSlideSpec,
     build_demo_project,
     demo_froc,
@@ -104,8 +104,8 @@ def _predictions(demo, entry_id: int, points: list[tuple[float, float, float]]) 
             name="qupath-rkd lesion",
             measurements={
                 MAX_PROBABILITY: p,
-                PEAK_X_UM: x * demo.slides[0].mpp,
-                PEAK_Y_UM: y * demo.slides[0].mpp,
+                PEAK_X_PX: x,
+                PEAK_Y_PX: y,
             },
             feature_id=stable_feature_id("test", entry_id, i),
         )
