@@ -28,8 +28,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--slides", type=int, default=10, help="half tumour, half normal")
-    parser.add_argument("--size-px", type=int, default=1600)
+    parser.add_argument("--size-px", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument(
+        "--mpp", type=float, default=None, help="tile µm/px when the checkpoint records none"
+    )
     args = parser.parse_args()
 
     from qupath_rkd.evaluation.metrics import roc_auc
@@ -54,8 +57,8 @@ def main() -> None:
             tumor_dir=SHARED / "1",
             width_px=args.size_px,
             height_px=args.size_px,
-            n_lesions=(1 + k % 3) if tumour else 0,
-            lesion_diameters_um=(500.0, 300.0, 800.0),
+            n_lesions=(1 + (k // 2) % 2) if tumour else 0,
+            lesion_diameters_um=(600.0, 350.0),
             seed=100 + k,
             max_patches=1500,
         )
@@ -65,7 +68,9 @@ def main() -> None:
     model = load_model(args.model, device="cpu")
     pred_dir = OUT / "pred"
     t0 = time.perf_counter()
-    runs = predict_slides(paths, model, pred_dir, config=InferenceConfig(num_workers=args.workers))
+    runs = predict_slides(
+        paths, model, pred_dir, config=InferenceConfig(num_workers=args.workers, mpp=args.mpp)
+    )
     seconds = time.perf_counter() - t0
     assert all(r.status in ("ok", "skipped") for r in runs), [r.error for r in runs]
     report = evaluate(truth_dir, pred_dir)

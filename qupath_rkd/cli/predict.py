@@ -70,10 +70,11 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
 )
 @click.option(
     "--slide-score",
-    type=click.Choice(["max", "mean_above"]),
-    default="max",
+    type=click.Choice(["mean_above", "max"]),
+    default="mean_above",
     show_default=True,
-    help="Slide score: highest tile probability, or FW-RD's mean of those above the threshold.",
+    help="Slide score: FW-RD's mean of the tile probabilities above the threshold (chosen by "
+    "measurement, docs/benchmarks.md), or the highest tile probability.",
 )
 @click.option(
     "--min-lesion-um",

@@ -83,9 +83,10 @@ def test_a_failed_slide_is_reported_and_the_others_go_on(predicted) -> None:
     assert set(rows) == {"semireal_a", "blank", "kidney-48-5"}
     assert rows["kidney-48-5"]["score"] == "" and rows["kidney-48-5"]["note"].startswith("failed")
     assert rows["blank"]["score"] == "0" and "no tissue" in rows["blank"]["note"]
-    assert float(rows["semireal_a"]["score"]) == pytest.approx(
-        float(predicted["first"].tiles.probability.max()), rel=1e-5
-    )
+    # default slide score: mean of the tile probabilities >= the threshold given
+    prob = predicted["first"].tiles.probability
+    want = float(prob[prob >= float(f"{predicted['thr']:.6f}")].mean())
+    assert float(rows["semireal_a"]["score"]) == pytest.approx(want, rel=1e-5)
 
 
 def test_outputs_of_a_slide(predicted) -> None:

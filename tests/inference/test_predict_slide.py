@@ -49,13 +49,15 @@ def test_heatmap_cells_hold_the_scores_of_their_own_tiles(prediction, semireal, 
 
 def test_slide_score_and_lesions_follow_the_config(prediction, semireal, model) -> None:
     t = prediction.tiles
-    assert prediction.slide_score == pytest.approx(float(t.probability.max()))
+    thr0 = prediction.config.threshold  # the default rule: mean of the tiles above threshold
+    above0 = t.probability[t.probability >= thr0]
+    want0 = float(above0.mean()) if above0.size else 0.0
+    assert prediction.slide_score == pytest.approx(want0)
     thr = median_threshold(t.probability)
-    cfg = InferenceConfig(threshold=thr, slide_score="mean_above", min_lesion_um=0.0, num_workers=0)
+    cfg = InferenceConfig(threshold=thr, slide_score="max", min_lesion_um=0.0, num_workers=0)
     pred = predict_slide(semireal.path, model, config=cfg)
     np.testing.assert_array_equal(pred.tiles.score, t.score)  # same tiles, same scores
-    above = t.probability[t.probability >= thr]
-    assert pred.slide_score == pytest.approx(float(above.mean()))
+    assert pred.slide_score == pytest.approx(float(t.probability.max()))
     assert len(pred.lesions) >= 1
     want = extract_lesions(pred.heatmap, thr, min_major_axis_um=0.0)
     assert [les.peak_xy_px for les in pred.lesions] == [les.peak_xy_px for les in want]
