@@ -46,15 +46,15 @@ def froc_png(result: FROCResult, title: str = "Camelyon16 lesion FROC") -> bytes
     d.text((_W // 2 - 90, _H - 30), "average false positives per slide", fill="black", font=font)
     d.text((10, _TOP - 30), "sensitivity", fill="black", font=font)
     d.text((_LEFT, 12), f"{title}: FROC score {result.score:.3f}", fill="black", font=font)
-    # the curve as a step plot, in ascending FP order
+    # the curve as the score reads it: linear in FPs between the points (np.interp), drawn
+    # with sub-steps so that straight segments bend correctly on the log axis
     fps = result.fps_per_slide[::-1]
     sens = result.sensitivity[::-1]
     pts: list[tuple[float, float]] = []
-    for k in range(fps.size):
-        x, y = _x_of(float(fps[k])), _y_of(float(sens[k]))
-        if pts:
-            pts.append((x, pts[-1][1]))
-        pts.append((x, y))
+    for k in range(fps.size - 1):
+        for f in np.linspace(fps[k], fps[k + 1], 24):
+            s = float(np.interp(f, fps, sens)) if fps[k + 1] > fps[k] else float(sens[k + 1])
+            pts.append((_x_of(float(f)), _y_of(s)))
     if len(pts) >= 2:
         d.line(pts, fill=(31, 119, 180), width=2)
     for fp in FROC_FPS_PER_SLIDE:
