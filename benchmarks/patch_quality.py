@@ -194,6 +194,9 @@ def main() -> None:
     ap.add_argument("--validate-every-steps", type=int, default=100)
     ap.add_argument("--score-reduction", default="mean")
     ap.add_argument("--skip-rd", action="store_true")
+    ap.add_argument("--balance", action="store_true", help="RD with half-tumour batches")
+    ap.add_argument("--augment", action="store_true", help="RD with flips and 90° rotations")
+    ap.add_argument("--tag", default="", help="suffix of the RD checkpoint names")
     ap.add_argument("--linear-probe", default="0,10,100,1000,all", help="budgets ('' = none)")
     ap.add_argument("--finetune", default="", help="budgets for the fine-tuned classifier")
     ap.add_argument("--finetune-epochs", type=int, default=2)
@@ -261,16 +264,25 @@ def main() -> None:
                     max_steps_per_epoch=args.max_steps_per_epoch,
                     validate_every_steps=args.validate_every_steps,
                     score_reduction=args.score_reduction,
+                    balance_batches=args.balance and b != "0",
+                    augment=args.augment,
                     device="cpu",
                 )
                 t1 = time.time()
                 res = train(
-                    ds, valid, cfg, args.out.parent / f"rd_b{b}_s{seed}.pt", f"pcam-b{b}-s{seed}"
+                    ds,
+                    valid,
+                    cfg,
+                    args.out.parent / f"rd_b{b}_s{seed}{args.tag}.pt",
+                    f"pcam-b{b}-s{seed}",
                 )
                 results["rd"].append(
                     {
                         "budget": b,
                         "seed": seed,
+                        "balance": cfg.balance_batches,
+                        "augment": cfg.augment,
+                        "lr": cfg.lr,
                         "auroc": res.best_metrics.get("val_auroc"),
                         "best_epoch": res.best_epoch,
                         "best_step": res.best_step,

@@ -99,9 +99,9 @@ def _default_workers() -> int:
 )
 @click.option(
     "--balance/--no-balance",
-    default=False,
+    default=True,
     show_default=True,
-    help="Half tumour, half normal in every batch.",
+    help="Half tumour, half normal in every batch (when there are tumour patches).",
 )
 @click.option(
     "--augment/--no-augment",

@@ -236,8 +236,7 @@ class _Run:
                 "the training set has no normal patches",
                 hint="reverse distillation learns normal tissue: give normal patches",
             )
-        if cfg.balance_batches and _counts(self.train_labels)["tumor"] == 0:
-            raise ConfigError("balanced batches need tumour training patches")
+        self.balance = cfg.balance_batches and _counts(self.train_labels)["tumor"] > 0
 
         # validation set (or, without one, a subset of the training set for calibration only)
         self.valid_source = "valid"
@@ -313,7 +312,7 @@ class _Run:
         if epoch is None:
             return DataLoader(indexed, batch_size=cfg.batch_size, shuffle=False, **common)
         seed = cfg.seed * 100_003 + epoch
-        if cfg.balance_batches:
+        if self.balance:
             sampler = BalancedBatchSampler(self.train_labels, cfg.batch_size, seed, skip_batches)
             return DataLoader(indexed, batch_sampler=sampler, **common)
         n = len(self.train_labels)
@@ -328,7 +327,7 @@ class _Run:
 
     def batches_per_epoch(self) -> int:
         """Optimiser steps in a full epoch (before ``max_steps_per_epoch``)."""
-        if self.cfg.balance_batches:
+        if self.balance:
             return max(1, len(self.train_labels) // self.cfg.batch_size)
         n, b = len(self.train_labels), self.cfg.batch_size
         return n // b if n > b else 1
