@@ -100,9 +100,9 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="Tile-reading worker processes (each opens its own slide handle).",
+    default=None,
+    help="Tile-reading worker processes, each with its own slide handle "
+    "[default: CPU cores - 1, at most 8].",
 )
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--overwrite", is_flag=True, help="Predict again even where outputs exist.")
@@ -120,7 +120,7 @@ def predict(
     simplify_um: float | None,
     min_tissue: float,
     batch_size: int,
-    workers: int,
+    workers: int | None,
     device: str,
     overwrite: bool,
 ) -> None:

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +52,11 @@ class NonFiniteScoresError(ModelError, ValueError):
     """The model produced NaN or infinite scores."""
 
 
+def default_num_workers() -> int:
+    """Tile-reading workers when none are asked for: cores - 1, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """What defines a prediction (everything here enters the skip-if-done key).
@@ -69,6 +75,8 @@ class InferenceConfig:
         simplify_um: polygon simplification tolerance (``None``: half a heatmap cell).
         slide_mpp: level-0 µm/px of the slide when its metadata has none.
         batch_size, num_workers: streaming (do not change results, so not in the key).
+            ``num_workers=None`` (default): one fewer than the CPU cores, at most 8 (0 on one
+            core): on 2 cores the one reader keeps the model fed (docs/benchmarks.md).
     """
 
     mpp: float | None = None
@@ -81,12 +89,12 @@ class InferenceConfig:
     simplify_um: float | None = None
     slide_mpp: float | None = None
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.slide_score not in SLIDE_SCORES:
             raise ValueError(f"slide_score must be one of {SLIDE_SCORES}, not {self.slide_score!r}")
-        if self.batch_size < 1 or self.num_workers < 0:
+        if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
 
     def resolved(self, model: TrainedModel) -> InferenceConfig:
@@ -99,7 +107,10 @@ class InferenceConfig:
             )
         tile_px = self.tile_px if self.tile_px is not None else int(model.input_px)
         threshold = self.threshold if self.threshold is not None else float(model.threshold)
-        return dataclasses.replace(self, mpp=float(mpp), tile_px=tile_px, threshold=threshold)
+        workers = self.num_workers if self.num_workers is not None else default_num_workers()
+        return dataclasses.replace(
+            self, mpp=float(mpp), tile_px=tile_px, threshold=threshold, num_workers=workers
+        )
 
     def key(self, model_id: str) -> str:
         """sha256 of the model id and every field that changes the outputs."""
@@ -411,7 +422,11 @@ def predict_slide(
     t0 = time.perf_counter()
     dataset = TileDataset(path, grid.xy_px, cfg.tile_px, cfg.mpp, cfg.slide_mpp)
     scores = score_tiles(
-        model, dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, progress=progress
+        model,
+        dataset,
+        batch_size=cfg.batch_size,
+        num_workers=int(cfg.num_workers or 0),
+        progress=progress,
     )
     timings["score_s"] = time.perf_counter() - t0
     probability = (
