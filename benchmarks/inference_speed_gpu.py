@@ -105,7 +105,7 @@ def main() -> None:
         # the region holding exactly the first --tiles tissue tiles (row-major)
         last = grid.xy_px[args.tiles - 1]
         side = grid.tile_level0_px
-        region = box(0, 0, s.width_px, float(last[1]) + side / 2)  # whole rows up to that one
+        region = box(0, 0, s.width_px, float(last[1]) + 0.75 * side)  # whole rows up to it
         n_ref = min(args.model_only_tiles, len(grid))
         pick = np.linspace(0, len(grid) - 1, n_ref).astype(int)
         tiles = np.stack(
