@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qupath_rkd.errors import ModelError, QupathRkdError, ResolutionError
+from qupath_rkd.errors import ModelError, QupathRkdError, ResolutionError, UnknownResolutionError
 from qupath_rkd.inference.heatmap import Heatmap
 from qupath_rkd.lesions import Lesion, extract_lesions
 
@@ -398,7 +398,13 @@ def predict_slide(
     path = Path(slide_path)
     timings: dict[str, float] = {}
     with open_slide(path, mpp=cfg.slide_mpp) as slide:
-        slide_mpp = slide.mpp
+        try:
+            slide_mpp = slide.mpp
+        except UnknownResolutionError as exc:
+            raise UnknownResolutionError(
+                exc.message,
+                hint="give the slide's level-0 µm/px with --slide-mpp (InferenceConfig.slide_mpp)",
+            ) from exc
         _check_resolution(slide, model, cfg.mpp)
         t0 = time.perf_counter()
         grid: TileGrid = tile_grid(

@@ -206,3 +206,36 @@ def test_a_slide_breaking_mid_way_fails_alone(tmp_path, semireal, blank_slide, m
     assert "victim.tif: reading the tile at" in runs[0].error
     assert "Traceback" not in runs[0].error and "\n" not in runs[0].error
     assert runs[1].note and "no tissue" in runs[1].note
+
+
+def test_real_svs_without_pixel_size_needs_slide_mpp(tmp_path, model_path, shared_data) -> None:
+    """A real Aperio slide whose metadata has no µm/px: that slide fails with the flag to use;
+    with --slide-mpp it is predicted."""
+    svs = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        cli, ["predict", str(model_path), str(svs), "--out", str(out), "--workers", "0"]
+    )
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "--slide-mpp" in res.output
+    # 0.25 µm/px (40x, a guess for the test; the model reads at 1.944 µm/px)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(model_path),
+            str(svs),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--slide-mpp",
+            "0.25",
+            "--min-tissue",
+            "0.9",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    done = json.loads(SlideOutputs(out, "tcga-cr-7395-01a-01-ts1").done_json.read_text())
+    assert done["slide_mpp"] == 0.25 and done["n_tiles"] > 0
+    assert done["slide_size_px"] == [4443, 3567]
