@@ -11,6 +11,10 @@ Layout of an output folder ``OUT``::
     OUT/<slide>/heatmap.npy / .json    calibrated probability on the tile grid + its geometry
     OUT/<slide>/heatmap.png            the heatmap over the slide thumbnail, with a colour bar
     OUT/<slide>/done.json              written last: model id + config key; a match skips the slide
+
+All coordinates are level-0 pixels in QuPath's frame, which is OpenSlide's frame for slides
+without ``openslide.bounds-x/y`` (every Camelyon16 TIFF); for e.g. MRXS files with bounds, add
+the bounds offset to compare the Camelyon16 CSV with OpenSlide-frame annotations.
 """
 
 from __future__ import annotations
