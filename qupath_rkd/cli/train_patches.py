@@ -126,7 +126,12 @@ def _default_workers() -> int:
 @click.option(
     "--max-steps-per-epoch", type=click.IntRange(1), help="Cap optimiser steps per epoch."
 )
-@click.option("--validate-every-steps", type=click.IntRange(1), help="Also validate every N steps.")
+@click.option(
+    "--validate-every-steps",
+    type=click.IntRange(1),
+    help="Also validate every N steps (with few tumour patches the model overfits within tens "
+    "of steps: 25-50 is a good choice).",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.resume).")
 def train_patches(
     normal_dirs: tuple[Path, ...],

@@ -22,8 +22,9 @@ class TrainConfig:
 
     Defaults follow FW-RD (He & Li, MIDL 2023) where the paper is specific (Adam with betas
     (0.5, 0.999), batch 32, alpha 0.1, gamma 2, no augmentation, mean tile score), except the
-    learning rate: the paper's 1e-6 does not train a freshly initialised bottleneck and decoder
-    in our measurements (docs/benchmarks.md), 1e-3 does.
+    learning rate (the paper's 1e-6 did not train a freshly initialised bottleneck and decoder
+    in the measurements of ../shared/DESIGN.md; 1e-3 to 5e-3 did) and balanced batches (on:
+    measured in docs/benchmarks.md).
 
     Attributes:
         teacher: ``wide_resnet50_2`` | ``resnet18`` | ``efficientnet_lite0``.
