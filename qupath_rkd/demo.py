@@ -82,7 +82,7 @@ class DemoSlideSpec:
 
 #: The demo's slides. Lesion sizes straddle the 200 µm / 275 µm limits the FROC cares about.
 DEMO_SLIDES: tuple[DemoSlideSpec, ...] = (
-    DemoSlideSpec("LN-01 tumour annotated.tif", (900.0, 700.0), "annotated", 11),
+    DemoSlideSpec("LN-01 tumour annotated.tif", (1100.0, 900.0), "annotated", 11),
     DemoSlideSpec("LN-02 tumour-free.tif", (), "tumor-free", 12),
     DemoSlideSpec("LN-03.tif", (1000.0, 600.0), "unlabelled", 13),
     DemoSlideSpec("LN-04.tif", (800.0, 400.0), "unlabelled", 14),

@@ -128,6 +128,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lr": Key(3e-3, "float", "Adam learning rate", minimum=0.0),
         "alpha": Key(0.1, "float", "focal-loss weight of normal tiles", minimum=0.0, maximum=1.0),
         "gamma": Key(2.0, "float", "focal-loss focusing parameter", minimum=0.0),
+        "balance_batches": Key(
+            True, "bool", "half tumour, half normal tiles in every batch (when both exist)"
+        ),
         "valid_fraction": Key(
             0.2,
             "float",

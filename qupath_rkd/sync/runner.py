@@ -404,6 +404,7 @@ def _train_config(config: SyncConfig, n_train: int) -> Any:
         lr=float(t["lr"]),
         alpha=float(t["alpha"]),
         gamma=float(t["gamma"]),
+        balance_batches=bool(t["balance_batches"]),
         seed=int(t["seed"]),
         device=config.get("sync.device"),
         num_workers=int(config.get("sync.num_workers")),
