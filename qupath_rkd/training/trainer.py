@@ -91,10 +91,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def swapped_labels_warning(val_auroc: float | None) -> str | None:
-    """The warning for a validation AUROC below 0.5 (tumour scoring as more normal than normal)."""
+def swapped_labels_warning(val_auroc: float | None, n_train_tumor: int = 1) -> str | None:
+    """The warning for a validation AUROC below 0.5 (tumour scoring as more normal than normal).
+
+    With tumour training patches the likely cause is swapped folders; one-class RD (no tumour
+    training patches) can genuinely score below 0.5 (measured on PCam, docs/benchmarks.md).
+    """
     if val_auroc is None or math.isnan(val_auroc) or val_auroc >= 0.5:
         return None
+    if n_train_tumor == 0:
+        return (
+            f"validation AUROC is {val_auroc:.3f} (< 0.5): trained on normal patches only, the "
+            "model finds these tumour patches more normal than the normal ones — add tumour "
+            "patches (--tumor), or check that the validation folders are not swapped"
+        )
     return (
         f"validation AUROC is {val_auroc:.3f} (< 0.5): tumour patches score as more normal than "
         "normal ones — were the tumour and normal folders swapped?"
@@ -696,7 +706,9 @@ def train(
     if run.valid_source == "train":
         warnings.append("no validation set: kept the last epoch and calibrated on training patches")
     if run.valid_source == "valid":
-        swapped = swapped_labels_warning(run.best.get("val_auroc"))
+        swapped = swapped_labels_warning(
+            run.best.get("val_auroc"), _counts(run.train_labels)["tumor"]
+        )
         if swapped:
             warnings.append(swapped)
     for w in warnings:  # the caller shows TrainResult.warnings; logged for the record

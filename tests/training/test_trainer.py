@@ -183,3 +183,4 @@ def test_balanced_batches_are_half_tumour() -> None:
 def test_swapped_folders_warning() -> None:
     assert swapped_labels_warning(0.31) is not None and "swapped" in swapped_labels_warning(0.31)
     assert swapped_labels_warning(0.5) is None and swapped_labels_warning(float("nan")) is None
+    assert "normal patches only" in swapped_labels_warning(0.44, n_train_tumor=0)
