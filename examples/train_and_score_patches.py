@@ -53,6 +53,8 @@ def main() -> None:
         print("warning:", warning)
 
     model = load_model(out_dir / "model.pt")
+    # another draw from valid (it may share patches with the selection set above: an example,
+    # not an evaluation; benchmarks/patch_quality.py is the measurement)
     test = PatchFolderDataset(
         [pcam / "valid" / "0"], [pcam / "valid" / "1"], max_normal=100, max_tumor=100, seed=1
     )
