@@ -542,9 +542,17 @@ def run_demo(
     overrides: dict[str, Any] | None = None,
     progress: Any = None,
     echo: Callable[[str], None] | None = None,
+    steps: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Build the demo project in ``out_dir`` (or reuse the one there), run ``sync`` on it
     with the offline teacher, and score the lesions against the truth.
+
+    Args:
+        out_dir: the demo folder (built when missing or empty, reused when it holds a demo).
+        overrides: configuration overrides (``{"section.key": value}``).
+        progress: sync's progress callback (``(stage, done, total)``).
+        echo: one-line remarks and the labelled-set summary.
+        steps: one line per build step (the CLI passes it on a terminal only).
 
     Raises:
         ProjectError: ``out_dir`` is a non-empty folder that is not a finished demo.
@@ -557,7 +565,7 @@ def run_demo(
     demo = _load_demo(root) if root.is_dir() else None
     built = demo is None
     if demo is None:
-        demo = build_demo_project(root, progress=say)
+        demo = build_demo_project(root, progress=steps)
         config = load_config(demo.project_dir, {**DEMO_SETTINGS, **(overrides or {})})
         write_config(demo.project_dir, config, only_non_default=True)
         _write_marker(demo)

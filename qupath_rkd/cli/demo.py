@@ -53,6 +53,7 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
         overrides=values,
         progress=progress,
         echo=lambda line: click.echo(line, err=True),
+        steps=(lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else None,
     )
     outcome = result.outcome
     click.echo("")

@@ -270,8 +270,6 @@ def _sync_locked(
             result = next(s for s in outcome.slides if s.entry_id == entry.entry_id)
             if progress:
                 progress(f"predicting {entry.name}", index, len(to_predict))
-            if echo:
-                echo(f"predicting {entry.name} ({index + 1}/{len(to_predict)})")
             try:
                 features, summary = _predict_entry(entry, model, region, config)
             except QupathRkdError as exc:
