@@ -20,9 +20,9 @@ SMALL_SLIDES = (
 FAST = {
     "training.teacher": "efficientnet_lite0",
     "training.input_px": 64,
-    "training.steps": 8,
+    "training.steps": 4,
     "training.batch_size": 8,
-    "labels.max_tiles_per_class": 64,
+    "labels.max_tiles_per_class": 32,
     "inference.batch_size": 64,
     "sync.backend": "geojson",
     "sync.device": "cpu",
