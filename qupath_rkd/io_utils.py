@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path.
 
@@ -26,6 +33,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            # mkstemp creates 0600; give the file the mode an ordinary open() would (0666 & ~umask)
+            # so that QuPath run by a colleague, or a shared project folder, can read it
+            os.fchmod(fh.fileno(), 0o666 & ~_current_umask())
             os.fsync(fh.fileno())
         os.replace(tmp_name, target)
     except BaseException:
