@@ -20,7 +20,7 @@ def _cuda_available() -> bool:
 
 def _qupath_available() -> tuple[bool, str]:
     try:
-        from paquo.jpype_backend import find_qupath  # noqa: F401  (import starts nothing)
+        from paquo.jpype_backend import find_qupath
     except Exception as exc:  # paquo missing or broken
         return False, f"paquo unusable: {exc}"
     try:
@@ -46,7 +46,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The project's real data folder (../shared/data); tests that need it skip without it."""
+    """The project's real data folder (../shared/data); tests that need it fail without it."""
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: tests need the project's shared data beside the checkout")
+        pytest.fail(
+            f"{SHARED_DATA} is missing: tests need the project's shared data beside the checkout"
+        )
     return SHARED_DATA
