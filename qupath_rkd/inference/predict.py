@@ -570,7 +570,7 @@ def predict_slides(
                 # A failed slide is reported and the batch goes on (NaN scores fail it too).
                 if isinstance(exc, QupathRkdError):
                     message = exc.one_line()
-                    logger.warning("%s failed: %s", path, message)
+                    logger.info("%s failed: %s", path, message)  # the caller reports it
                 else:
                     message = f"{type(exc).__name__}: {exc}"
                     logger.warning("%s failed: %s", path, message, exc_info=True)
