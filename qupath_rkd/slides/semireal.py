@@ -206,6 +206,8 @@ def _place_lesions(
     mpp: float,
     rng: np.random.Generator,
 ) -> list[Any]:
+    from shapely.geometry import Point
+
     lesions: list[Any] = []
     if specs is not None:
         for spec in specs:
@@ -225,8 +227,6 @@ def _place_lesions(
             minx, miny, maxx, maxy = inner.bounds
             cx, cy = rng.uniform(minx, maxx), rng.uniform(miny, maxy)
             candidate = irregular_polygon((cx, cy), radius_px, rng)
-            from shapely.geometry import Point
-
             if inner.contains(Point(cx, cy)) and all(
                 candidate.distance(o) > radius_px * 0.5 for o in lesions
             ):
