@@ -47,13 +47,13 @@ def test_doctor_reports_each_component() -> None:
         assert "torchvision's cache" in line or "--teacher-weights FILE" in line
 
 
-def test_slide_info_on_a_real_svs(shared_data: Path, tmp_path: Path) -> None:
+def test_slide_info_on_a_real_svs(real_data: Path, tmp_path: Path) -> None:
     thumb = tmp_path / "thumb.png"
     result = CliRunner().invoke(
         cli,
         [
             "slide-info",
-            str(shared_data / "slides" / "cmu-1-small-region.svs"),
+            str(real_data / "slides" / "cmu-1-small-region.svs"),
             "--thumbnail",
             str(thumb),
         ],
@@ -78,9 +78,9 @@ def test_slide_info_on_a_real_svs(shared_data: Path, tmp_path: Path) -> None:
     ],
 )
 def test_slide_info_bad_input_is_one_line_without_traceback(
-    shared_data: Path, name: str, expected: str
+    real_data: Path, name: str, expected: str
 ) -> None:
-    path = shared_data / "slides" / name
+    path = real_data / "slides" / name
     result = subprocess.run(
         [sys.executable, "-m", "qupath_rkd", "slide-info", str(path)],
         capture_output=True,
@@ -93,8 +93,8 @@ def test_slide_info_bad_input_is_one_line_without_traceback(
     assert str(path.resolve().name) in result.stderr or str(path) in result.stderr
 
 
-def test_slide_info_without_mpp_says_how_to_give_it(shared_data: Path) -> None:
-    path = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+def test_slide_info_without_mpp_says_how_to_give_it(real_data: Path) -> None:
+    path = real_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     result = CliRunner().invoke(cli, ["slide-info", str(path)])
     assert result.exit_code == 0
     assert "unknown" in result.output and "--mpp" in result.output

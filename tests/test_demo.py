@@ -43,8 +43,8 @@ def _keys(obj: object) -> object:
     return type(obj).__name__
 
 
-def test_project_has_the_layout_of_a_real_qupath_051_project(demo, shared_data: Path) -> None:  # type: ignore[no-untyped-def]
-    real_dir = shared_data / "qupath-projects" / "qupath-0.5.1"
+def test_project_has_the_layout_of_a_real_qupath_051_project(demo, real_data: Path) -> None:  # type: ignore[no-untyped-def]
+    real_dir = real_data / "qupath-projects" / "qupath-0.5.1"
     real = json.loads((real_dir / "project.qpproj").read_text())
     ours = json.loads((demo.project_dir / "project.qpproj").read_text())
     assert ours["version"] == real["version"] == "0.5.1"

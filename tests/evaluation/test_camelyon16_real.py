@@ -1,4 +1,4 @@
-"""The evaluation mask and the ITC rule on real Camelyon16 lesion polygons (shared data)."""
+"""The evaluation mask and the ITC rule on real Camelyon16 lesion polygons (tests/data)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ DS = 32.0
 SLIDES = ["Tumor_006", "Tumor_008", "Tumor_017", "Tumor_019", "Tumor_023"]
 
 
-def truth(shared_data, slide_id):
-    return load_truth(shared_data / "camelyon16-annotations" / "train" / f"{slide_id}.json")
+def truth(real_data, slide_id):
+    return load_truth(real_data / "camelyon16-annotations" / "train" / f"{slide_id}.json")
 
 
 def vector_tumour(t):
@@ -34,17 +34,17 @@ def centres(mask):
     return mask.origin_xy_px[0] + (cc + 0.5) * DS, mask.origin_xy_px[1] + (rr + 0.5) * DS
 
 
-def test_camelyon16_json_is_read_with_its_resolution(shared_data) -> None:
-    t = truth(shared_data, "Tumor_021")
+def test_camelyon16_json_is_read_with_its_resolution(real_data) -> None:
+    t = truth(real_data, "Tumor_021")
     assert t.format == "camelyon16-json" and t.mpp == MPP
     assert len(t.tumor) == 16 and len(t.exclude) == 19
     assert t.is_tumor and t.slide_id == "Tumor_021"
-    all_truth = load_truth_dir(shared_data / "camelyon16-annotations" / "valid")
+    all_truth = load_truth_dir(real_data / "camelyon16-annotations" / "valid")
     assert len(all_truth) == 10 and all(v.is_tumor for v in all_truth.values())
 
 
-def test_rasterisation_samples_pixel_centres_exactly(shared_data) -> None:
-    t = truth(shared_data, "Tumor_017")  # valid polygons: even-odd = shapely
+def test_rasterisation_samples_pixel_centres_exactly(real_data) -> None:
+    t = truth(real_data, "Tumor_017")  # valid polygons: even-odd = shapely
     assert all(p.is_valid for p in t.tumor)
     mask = evaluation_mask(t.tumor, t.exclude, mpp=MPP)
     xs, ys = centres(mask)
@@ -56,8 +56,8 @@ def test_rasterisation_samples_pixel_centres_exactly(shared_data) -> None:
 
 
 @pytest.mark.parametrize("slide_id", SLIDES)
-def test_instances_and_itc_rule_on_real_lesions(shared_data, slide_id) -> None:
-    t = truth(shared_data, slide_id)
+def test_instances_and_itc_rule_on_real_lesions(real_data, slide_id) -> None:
+    t = truth(real_data, slide_id)
     mask = evaluation_mask(t.tumor, t.exclude, mpp=MPP)
     assert mask.downsample == 32.0  # level 5 of a 0.243 µm/px slide
     # Instances = connected parts of the tumour grown by 37.5 µm, computed on vectors.
@@ -87,11 +87,11 @@ def test_instances_and_itc_rule_on_real_lesions(shared_data, slide_id) -> None:
         assert math.hypot(maxx - minx, maxy - miny) * MPP > 275.0
 
 
-def test_itc_counts_on_real_slides(shared_data) -> None:
+def test_itc_counts_on_real_slides(real_data) -> None:
     # Tumor_017 holds only two tiny lesions (both ITC); Tumor_008 one real lesion and ITCs.
-    m17 = evaluation_mask(*_pair(truth(shared_data, "Tumor_017")), mpp=MPP)
+    m17 = evaluation_mask(*_pair(truth(real_data, "Tumor_017")), mpp=MPP)
     assert m17.n_instances == 2 and m17.n_lesions == 0
-    m8 = evaluation_mask(*_pair(truth(shared_data, "Tumor_008")), mpp=MPP)
+    m8 = evaluation_mask(*_pair(truth(real_data, "Tumor_008")), mpp=MPP)
     assert m8.n_lesions == 1 and len(m8.itc_labels) == m8.n_instances - 1
 
 
@@ -99,8 +99,8 @@ def _pair(t):
     return t.tumor, t.exclude
 
 
-def test_labels_hit_by_level0_points_as_the_organisers_index(shared_data) -> None:
-    t = truth(shared_data, "Tumor_008")
+def test_labels_hit_by_level0_points_as_the_organisers_index(real_data) -> None:
+    t = truth(real_data, "Tumor_008")
     mask = evaluation_mask(t.tumor, t.exclude, mpp=MPP)
     minx, miny, maxx, maxy = shapely.union_all([shapely.make_valid(p) for p in t.tumor]).bounds
     # the whole-slide mask, as the organisers build it, of a slide reaching past the lesions

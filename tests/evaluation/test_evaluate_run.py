@@ -27,11 +27,11 @@ def lesion_point(mask, want_itc: bool) -> tuple[float, float]:
 
 
 @pytest.fixture()
-def case(tmp_path, shared_data):
+def case(tmp_path, real_data):
     """Truth: Tumor_008 (1 lesion + 3 ITC), Tumor_017 (2 ITC) as Camelyon16 JSON, Tumor_019 as
     QuPath GeoJSON (+ a Stroma annotation that must be ignored), and one normal slide without a
     truth file. Predictions: a hit, an ITC hit, FPs."""
-    src = shared_data / "camelyon16-annotations" / "train"
+    src = real_data / "camelyon16-annotations" / "train"
     truth, pred = tmp_path / "truth", tmp_path / "pred"
     (pred / "camelyon16").mkdir(parents=True)
     truth.mkdir()

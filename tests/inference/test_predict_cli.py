@@ -25,7 +25,7 @@ def run(*args: str):
 
 
 @pytest.fixture(scope="module")
-def predicted(tmp_path_factory, model_path, semireal, model, shared_data):
+def predicted(tmp_path_factory, model_path, semireal, model, real_data):
     """One predict run over a good slide, a blank slide and an unreadable file."""
     from qupath_rkd.inference import predict_slide
 
@@ -44,7 +44,7 @@ def predicted(tmp_path_factory, model_path, semireal, model, shared_data):
         max_patches=10,
     )
     broken = folder / "kidney-48-5.tif"
-    shutil.copy(shared_data / "slides" / "kidney-48-5.tif", broken)  # OpenSlide refuses it
+    shutil.copy(real_data / "slides" / "kidney-48-5.tif", broken)  # OpenSlide refuses it
     first = predict_slide(semireal.path, model, num_workers=0)
     thr = median_threshold(first.tiles.probability)
     out = folder / "out"
@@ -208,10 +208,10 @@ def test_a_slide_breaking_mid_way_fails_alone(tmp_path, semireal, blank_slide, m
     assert runs[1].note and "no tissue" in runs[1].note
 
 
-def test_real_svs_without_pixel_size_needs_slide_mpp(tmp_path, model_path, shared_data) -> None:
+def test_real_svs_without_pixel_size_needs_slide_mpp(tmp_path, model_path, real_data) -> None:
     """A real Aperio slide whose metadata has no µm/px: that slide fails with the flag to use;
     with --slide-mpp it is predicted."""
-    svs = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    svs = real_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     out = tmp_path / "out"
     res = CliRunner().invoke(
         cli, ["predict", str(model_path), str(svs), "--out", str(out), "--workers", "0"]

@@ -55,10 +55,10 @@ def semireal(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     return tumour, clean
 
 
-def _project(shared_data: Path, root: Path, slides: list[Path], metadata: list[dict]) -> Path:
+def _project(real_data: Path, root: Path, slides: list[Path], metadata: list[dict]) -> Path:
     """A copy of the real QuPath 0.5.1 project whose entries point at ``slides``."""
     project = root / "project"
-    shutil.copytree(shared_data / "qupath-projects" / "qupath-0.5.1", project)
+    shutil.copytree(real_data / "qupath-projects" / "qupath-0.5.1", project)
     for p in [project, *project.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     data = json.loads((project / "project.qpproj").read_text())
@@ -88,10 +88,10 @@ def _export(project: Path, entry_id: int, features: list[dict]) -> None:
     )
 
 
-def test_labels_from_a_project_on_real_tiles(semireal, shared_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_labels_from_a_project_on_real_tiles(semireal, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     tumour, clean = semireal
     project_dir = _project(
-        shared_data,
+        real_data,
         tmp_path,
         [tumour.path, clean.path],
         [{FULLY_ANNOTATED_KEY: "true"}, {TUMOR_FREE_KEY: "true"}],
@@ -129,10 +129,10 @@ def test_labels_from_a_project_on_real_tiles(semireal, shared_data: Path, tmp_pa
 
 
 def test_a_different_file_than_qupaths_is_refused(
-    semireal, shared_data: Path, tmp_path: Path
+    semireal, real_data: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     tumour, _ = semireal
-    project_dir = _project(shared_data, tmp_path, [tumour.path], [{TUMOR_FREE_KEY: "true"}])
+    project_dir = _project(real_data, tmp_path, [tumour.path], [{TUMOR_FREE_KEY: "true"}])
     data = json.loads((project_dir / "project.qpproj").read_text())
     data["images"][0]["serverBuilder"]["metadata"]["width"] = WIDTH + 64
     (project_dir / "project.qpproj").write_text(json.dumps(data))

@@ -30,9 +30,9 @@ from qupath_rkd.qupath.project import open_project
 
 
 @pytest.fixture()
-def project_dir(shared_data: Path, tmp_path: Path) -> Path:
+def project_dir(real_data: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "project"
-    shutil.copytree(shared_data / "qupath-projects" / "qupath-0.5.1", dst)
+    shutil.copytree(real_data / "qupath-projects" / "qupath-0.5.1", dst)
     for p in [dst, *dst.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dst
@@ -179,13 +179,13 @@ def test_read_only_project_is_a_clear_error(project_dir: Path) -> None:
 
 
 @pytest.mark.qupath
-def test_paquo_backend_reads_and_writes_a_real_project(shared_data: Path, tmp_path: Path) -> None:
+def test_paquo_backend_reads_and_writes_a_real_project(real_data: Path, tmp_path: Path) -> None:
     """Only where QuPath is installed: a project made by QuPath (through paquo) round trip."""
     from paquo.classes import QuPathPathClass
     from paquo.projects import QuPathProject
 
     slide = tmp_path / "slide.svs"
-    shutil.copy(shared_data / "slides" / "cmu-1-small-region.svs", slide)
+    shutil.copy(real_data / "slides" / "cmu-1-small-region.svs", slide)
     with QuPathProject(tmp_path / "p", mode="x") as qp:
         image = qp.add_image(slide)
         image.hierarchy.add_annotation(box(100, 100, 400, 400), QuPathPathClass("Tumor"))

@@ -248,9 +248,9 @@ def test_tool_objects_are_detections_named_by_the_tool() -> None:
     assert not is_tool_object("detection", None)
 
 
-def test_real_camelyon16_polygons_round_trip(shared_data: Path, tmp_path: Path) -> None:
+def test_real_camelyon16_polygons_round_trip(real_data: Path, tmp_path: Path) -> None:
     """Real lesion outlines (Camelyon16, level-0 px) survive write + read as QuPath GeoJSON."""
-    folder = shared_data / "camelyon16-annotations" / "train"
+    folder = real_data / "camelyon16-annotations" / "train"
     polygons = []
     for name in ("Tumor_001.json", "Tumor_002.json", "Tumor_016.json"):
         data = json.loads((folder / name).read_text())

@@ -25,8 +25,8 @@ from qupath_rkd.qupath.project import (
 
 
 @pytest.fixture()
-def real_project(shared_data: Path) -> Path:
-    return shared_data / "qupath-projects" / "qupath-0.5.1"
+def real_project(real_data: Path) -> Path:
+    return real_data / "qupath-projects" / "qupath-0.5.1"
 
 
 @pytest.fixture()

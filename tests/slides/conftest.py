@@ -37,26 +37,27 @@ def write_pyramid_tiff(path: Path, level0: np.ndarray, mpp: float, n_levels: int
     return path
 
 
-def pcam_mosaic(shared_data: Path, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """A (rows*96, cols*96, 3) uint8 mosaic of real PCam normal patches (not the builder's)."""
+def pcam_mosaic(folder: Path, rows: int, cols: int) -> np.ndarray:
+    """A (rows*96, cols*96, 3) uint8 mosaic of the first rows*cols real PCam patches in
+    ``folder`` (name order, row by row), not the builder's."""
     from PIL import Image
 
-    files = sorted((shared_data / "pcam" / "train" / "0").glob("*.jpg"))
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(len(files), size=rows * cols, replace=False)
+    files = sorted(folder.glob("*.jpg"))[: rows * cols]
+    assert len(files) == rows * cols, f"{folder}: {len(files)} patches, need {rows * cols}"
     out = np.empty((rows * 96, cols * 96, 3), dtype=np.uint8)
-    for index, pick in enumerate(picks):
+    for index, path in enumerate(files):
         r, c = divmod(index, cols)
         out[r * 96 : (r + 1) * 96, c * 96 : (c + 1) * 96] = np.asarray(
-            Image.open(files[pick]).convert("RGB")
+            Image.open(path).convert("RGB")
         )
     return out
 
 
 @pytest.fixture(scope="session")
-def real_pixels(shared_data: Path) -> np.ndarray:
-    """768 × 1152 px of real H&E (a mosaic of PCam patches)."""
-    return pcam_mosaic(shared_data, 8, 12)
+def real_pixels(real_data: Path) -> np.ndarray:
+    """768 × 1152 px of real H&E: a mosaic of 96 PCam normal patches (tests/data/pcam-mosaic,
+    drawn once at random from PCam's train/0)."""
+    return pcam_mosaic(real_data / "pcam-mosaic", 8, 12)
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from qupath_rkd.errors import (
 from qupath_rkd.slides import open_slide, tissue_mask
 
 
-def test_cmu_small_region_opens_with_size_and_mpp(shared_data: Path) -> None:
-    with open_slide(shared_data / "slides" / "cmu-1-small-region.svs") as slide:
+def test_cmu_small_region_opens_with_size_and_mpp(real_data: Path) -> None:
+    with open_slide(real_data / "slides" / "cmu-1-small-region.svs") as slide:
         assert (slide.width_px, slide.height_px) == (2220, 2967)
         assert slide.format == "aperio"
         assert slide.mpp == pytest.approx(0.499, abs=5e-4)
@@ -29,8 +29,8 @@ def test_cmu_small_region_opens_with_size_and_mpp(shared_data: Path) -> None:
         assert 0.2 < mask.fraction < 0.7
 
 
-def test_missing_mpp_is_a_clear_error_unless_overridden(shared_data: Path) -> None:
-    path = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+def test_missing_mpp_is_a_clear_error_unless_overridden(real_data: Path) -> None:
+    path = real_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     with open_slide(path) as slide:
         assert slide.mpp_or_none is None
         with pytest.raises(UnknownResolutionError, match=r"tcga-cr-7395.*--mpp"):
@@ -43,14 +43,14 @@ def test_missing_mpp_is_a_clear_error_unless_overridden(shared_data: Path) -> No
         assert tile.shape == (64, 64, 3) and tile.dtype == np.uint8
 
 
-def test_72_dpi_default_resolution_is_not_taken_as_a_pixel_size(shared_data: Path) -> None:
-    with open_slide(shared_data / "slides" / "openslide-python-boxes.tiff") as slide:
+def test_72_dpi_default_resolution_is_not_taken_as_a_pixel_size(real_data: Path) -> None:
+    with open_slide(real_data / "slides" / "openslide-python-boxes.tiff") as slide:
         assert slide.mpp_or_none is None
 
 
-def test_unreadable_format_is_a_clear_error(shared_data: Path) -> None:
+def test_unreadable_format_is_a_clear_error(real_data: Path) -> None:
     with pytest.raises(SlideReadError, match=r"kidney-48-5\.tif: cannot read"):
-        open_slide(shared_data / "slides" / "kidney-48-5.tif")
+        open_slide(real_data / "slides" / "kidney-48-5.tif")
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

@@ -144,12 +144,10 @@ def test_changed_labels_retrain_and_repredict(synced_copy: Path) -> None:
     assert annotations.read_bytes() == drawn  # never rewritten
 
 
-def test_failing_slide_is_reported_and_the_others_go_on(
-    synced_copy: Path, shared_data: Path
-) -> None:
+def test_failing_slide_is_reported_and_the_others_go_on(synced_copy: Path, real_data: Path) -> None:
     # D.tif (entry 4, nothing drawn on it) replaced by a TIFF that OpenSlide refuses
     slide = synced_copy.parent / "slides" / "D.tif"
-    shutil.copyfile(shared_data / "slides" / "kidney-48-5.tif", slide)
+    shutil.copyfile(real_data / "slides" / "kidney-48-5.tif", slide)
     code, out = _sync_cli(synced_copy)
     assert code == 1
     assert "Traceback" not in out

@@ -8,26 +8,20 @@ from pathlib import Path
 import pytest
 
 
-def _copy(src: Path, dst: Path, n: int, offset: int = 0) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in sorted(src.glob("*.jpg"))[offset : offset + n]:
-        shutil.copy(path, dst / path.name)
-
-
 @pytest.fixture(scope="session")
-def pcam_small(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``train_normal`` (24), ``train_tumor`` (8), ``valid_normal`` (12), ``valid_tumor`` (12)."""
+def pcam_small(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``train_normal`` (24), ``train_tumor`` (8), ``valid_normal`` (12), ``valid_tumor`` (12):
+    fresh copies of tests/data/pcam-small (real PCam patches from train/ and valid/)."""
     root = tmp_path_factory.mktemp("pcam_small")
-    pcam = shared_data / "pcam"
-    dirs = {
-        "train_normal": (pcam / "train" / "0", 24),
-        "train_tumor": (pcam / "train" / "1", 8),
-        "valid_normal": (pcam / "valid" / "0", 12),
-        "valid_tumor": (pcam / "valid" / "1", 12),
-    }
     out = {}
-    for name, (src, n) in dirs.items():
-        _copy(src, root / name, n, offset=100)
+    for name, n in (
+        ("train_normal", 24),
+        ("train_tumor", 8),
+        ("valid_normal", 12),
+        ("valid_tumor", 12),
+    ):
+        shutil.copytree(real_data / "pcam-small" / name, root / name)
+        assert len(list((root / name).glob("*.jpg"))) == n
         out[name] = root / name
     return out
 
