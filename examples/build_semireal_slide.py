@@ -3,7 +3,8 @@
     python examples/build_semireal_slide.py [OUT_DIR]
 
 Writes ``semireal.tif`` (pyramidal JPEG TIFF that OpenSlide reads) and ``semireal-truth.geojson``
-(the lesions as QuPath annotations, level-0 pixels) into OUT_DIR (default: a temporary folder).
+(the lesions as QuPath annotations, level-0 pixels) into OUT_DIR (default: a temporary folder,
+removed when the example ends).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from qupath_rkd.slides import build_semireal_slide, demo_patch_dirs, open_slide
 
 
 def main(argv: list[str]) -> None:
-    out_dir = Path(argv[0]) if argv else Path(tempfile.mkdtemp())
+    if argv:
+        build(Path(argv[0]))
+    else:
+        with tempfile.TemporaryDirectory(prefix="qupath-rkd-example-") as tmp:
+            build(Path(tmp))
+            print("(a temporary folder, removed now: pass OUT_DIR to keep the files)")
+
+
+def build(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     normal_dir, tumor_dir = demo_patch_dirs()  # real patches shipped with the package
     slide = build_semireal_slide(

@@ -43,12 +43,17 @@ def stand_in_model(path: Path) -> Path:
 
 
 def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="qupath-rkd-example-") as tmp:
+        run(Path(tmp))
+        print("(all of it in a temporary folder, removed now)")
+
+
+def run(work: Path) -> None:
     from qupath_rkd.evaluation.run import evaluate, write_report
     from qupath_rkd.inference import InferenceConfig, predict_slide, predict_slides
     from qupath_rkd.slides import LesionSpec, build_semireal_slide, demo_patch_dirs
     from qupath_rkd.training.checkpoint import load_model
 
-    work = Path(tempfile.mkdtemp(prefix="qupath-rkd-example-"))
     normal, tumour = demo_patch_dirs()
     slide = build_semireal_slide(
         work / "example_slide.tif",

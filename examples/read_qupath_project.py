@@ -88,10 +88,14 @@ def make_small_project(root: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     if argv:
-        project_path = Path(argv[0])
-    else:
-        project_path = make_small_project(Path(tempfile.mkdtemp(prefix="qupath-rkd-example-")))
-        print(f"built a small project in {project_path}")
+        return show(Path(argv[0]), argv)
+    with tempfile.TemporaryDirectory(prefix="qupath-rkd-example-") as tmp:
+        project_path = make_small_project(Path(tmp))
+        print(f"built a small project in {project_path} (a temporary folder, removed at the end)")
+        return show(project_path, argv)
+
+
+def show(project_path: Path, argv: list[str]) -> int:
     slide_root = argv[1] if len(argv) > 1 else None
     try:
         project = open_project(project_path, slide_root=slide_root)

@@ -23,20 +23,27 @@ from qupath_rkd.slides import (
 
 def main(argv: list[str]) -> None:
     if argv:
-        slide_path = Path(argv[0])
-    else:
-        shared = (
-            Path(__file__).resolve().parents[1].parent / "shared/data/slides/cmu-1-small-region.svs"
+        show(Path(argv[0]))
+        return
+    shared = (
+        Path(__file__).resolve().parents[1].parent / "shared/data/slides/cmu-1-small-region.svs"
+    )
+    if shared.exists():
+        show(shared)
+        return
+    normal, tumor = demo_patch_dirs()
+    with tempfile.TemporaryDirectory(prefix="qupath-rkd-example-") as tmp:
+        slide = build_semireal_slide(
+            Path(tmp) / "semi.tif",
+            normal_dir=normal,
+            tumor_dir=tumor,
+            width_px=1500,
+            height_px=1200,
         )
-        if shared.exists():
-            slide_path = shared
-        else:
-            normal, tumor = demo_patch_dirs()
-            tmp = Path(tempfile.mkdtemp())
-            slide_path = build_semireal_slide(
-                tmp / "semi.tif", normal_dir=normal, tumor_dir=tumor, width_px=1500, height_px=1200
-            ).path
+        show(slide.path)
 
+
+def show(slide_path: Path) -> None:
     with open_slide(slide_path) as slide:
         print(slide)
         mask = tissue_mask(slide)
