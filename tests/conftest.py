@@ -40,7 +40,29 @@ def _qupath_available() -> tuple[bool, str]:
     return True, ""
 
 
+#: What a test reads that a fresh clone may lack: these fixtures, and the examples' own data.
+_DATA_FIXTURES = {"real_data", "shared_data"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--real-data-only",
+        action="store_true",
+        help="run only the tests that read real data files (fixtures real_data, shared_data, "
+        "and the examples): with QUPATH_RKD_SHARED_DATA=/nonexistent, what a fresh clone checks",
+    )
+
+
+def _reads_real_data(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    return bool(names & _DATA_FIXTURES) or item.path.name == "test_examples.py"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--real-data-only"):
+        kept = [item for item in items if _reads_real_data(item)]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
     # Markers, not keywords: a test in tests/qupath/ has the keyword "qupath" (its folder's
     # name) without being marked, and must not be skipped for want of a QuPath installation.
     need_gpu = any(item.get_closest_marker("gpu") for item in items)
