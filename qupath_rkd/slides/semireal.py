@@ -90,6 +90,32 @@ class SemiRealSlide:
         ]
         return {"type": "FeatureCollection", "features": features}
 
+    def lesions_camelyon16(self) -> dict[str, Any]:
+        """The lesions in the Camelyon16 JSON layout (as NCRF converted the official XML).
+
+        ``positive`` holds every outline, ``negative`` every hole (non-tumour island), in this
+        slide's level-0 px (``self.mpp`` µm/px, not Camelyon16's 0.243: ``qupath-rkd evaluate``
+        takes the µm/px from the prediction's heatmap metadata or ``--mpp``).
+        """
+        positive: list[dict[str, Any]] = []
+        negative: list[dict[str, Any]] = []
+        for polygon in self.lesions:
+            for part in getattr(polygon, "geoms", [polygon]):
+                positive.append(
+                    {
+                        "name": f"_{len(positive)}",
+                        "vertices": [[round(x, 2), round(y, 2)] for x, y in part.exterior.coords],
+                    }
+                )
+                for hole in part.interiors:
+                    negative.append(
+                        {
+                            "name": f"_{len(negative)}",
+                            "vertices": [[round(x, 2), round(y, 2)] for x, y in hole.coords],
+                        }
+                    )
+        return {"positive": positive, "negative": negative}
+
 
 def _load_patches(folder: Path, limit: int | None, rng: np.random.Generator) -> np.ndarray:
     """Real patches from a folder -> (n, 96, 96, 3) uint8 (other sizes are resized)."""
@@ -146,21 +172,28 @@ def _rasterise(polygons: Sequence[Any], x0: int, y0: int, width: int, height: in
     """Boolean (height, width) mask of pixels whose centre is inside any polygon.
 
     Pixel (r, c) of the strip is level-0 pixel (x0 + c, y0 + r) with centre (x0+c+0.5, y0+r+0.5).
+    The polygons should not overlap. Parts are drawn largest outline first, so a polygon lying
+    in another's hole (a tumour island inside a non-tumour island) is not erased by that hole.
     """
     from PIL import Image, ImageDraw
+    from shapely.geometry import Polygon
 
     image = Image.new("1", (width, height), 0)
     draw = ImageDraw.Draw(image)
-    for polygon in polygons:
-        if polygon.is_empty or not polygon.intersects(_box(x0, y0, width, height)):
-            continue
-        parts = getattr(polygon, "geoms", [polygon])
-        for part in parts:
-            # PIL fills pixel (c, r) when its centre-ish lies inside; shift by -0.5 for centres
-            ring = [(x - x0 - 0.5, y - y0 - 0.5) for x, y in part.exterior.coords]
-            draw.polygon(ring, fill=1)
-            for hole in part.interiors:
-                draw.polygon([(x - x0 - 0.5, y - y0 - 0.5) for x, y in hole.coords], fill=0)
+    strip = _box(x0, y0, width, height)
+    parts = [
+        part
+        for polygon in polygons
+        if not polygon.is_empty and polygon.intersects(strip)
+        for part in getattr(polygon, "geoms", [polygon])
+    ]
+    parts.sort(key=lambda part: -Polygon(part.exterior).area)
+    for part in parts:
+        # PIL fills pixel (c, r) when its centre-ish lies inside; shift by -0.5 for centres
+        ring = [(x - x0 - 0.5, y - y0 - 0.5) for x, y in part.exterior.coords]
+        draw.polygon(ring, fill=1)
+        for hole in part.interiors:
+            draw.polygon([(x - x0 - 0.5, y - y0 - 0.5) for x, y in hole.coords], fill=0)
     return np.asarray(image, dtype=bool)
 
 
@@ -298,6 +331,8 @@ def build_semireal_slide(
     height_px: int,
     lesions: Sequence[LesionSpec] | None = None,
     n_lesions: int = 0,
+    lesion_polygons: Sequence[Any] | None = None,
+    tissue: Any | None = None,
     lesion_diameters_um: Sequence[float] = (1000.0,),
     tissue_fraction: float = 0.6,
     mpp: float = PCAM_MPP,
@@ -315,6 +350,11 @@ def build_semireal_slide(
         width_px, height_px: level-0 size.
         lesions: explicit lesions (centre in level-0 px, diameter in µm); or ``n_lesions``
             placed at random inside the tissue with diameters cycling ``lesion_diameters_um``.
+        lesion_polygons: or explicit lesion geometry (shapely polygons in level-0 px, holes
+            allowed), e.g. real Camelyon16 lesions from :mod:`.camelyon_lesions`; they must lie
+            inside the tissue.
+        tissue: explicit tissue geometry (level-0 px, holes allowed: fat, tears); default an
+            irregular blob covering about ``tissue_fraction`` of the slide.
         tissue_fraction: approximate share of the slide covered by tissue (0 gives a blank slide).
         mpp: level-0 µm/px written to the resolution tags. At PCam's own 0.972 (the default)
             the patches' pixels are stored unchanged; at another µm/px each patch is resized
@@ -336,10 +376,12 @@ def build_semireal_slide(
     rng = np.random.default_rng(seed)
     normal = _load_patches(Path(normal_dir), max_patches, rng)
     tumour = (
-        _load_patches(Path(tumor_dir), max_patches, rng) if (lesions or n_lesions) else normal[:1]
+        _load_patches(Path(tumor_dir), max_patches, rng)
+        if (lesions or n_lesions or lesion_polygons)
+        else normal[:1]
     )
 
-    if tissue_fraction > 0:
+    if tissue is None and tissue_fraction > 0:
         # an ellipse-like irregular blob whose area is about tissue_fraction of the slide
         radius = math.sqrt(tissue_fraction * width_px * height_px / math.pi)
         blob = irregular_polygon((width_px / 2, height_px / 2), radius, rng, roughness=0.12)
@@ -351,13 +393,24 @@ def build_semireal_slide(
         tissue = blob.intersection(
             Polygon([(0, 0), (width_px, 0), (width_px, height_px), (0, height_px)])
         )
-    else:
+    elif tissue is None:
         tissue = Polygon()
-    lesion_polygons = (
-        _place_lesions(tissue, lesions, n_lesions, lesion_diameters_um, mpp, rng)
-        if not tissue.is_empty
-        else []
-    )
+    if lesion_polygons is not None:
+        lesion_polygons = [p for p in lesion_polygons if not p.is_empty]
+        cover = tissue.buffer(1e-6)
+        outside = [k for k, p in enumerate(lesion_polygons) if not cover.covers(p)]
+        if outside:
+            raise DataError(
+                f"{len(outside)} lesion polygon(s) lie partly outside the tissue "
+                f"(first: #{outside[0]}); their truth would not match the pixels",
+                hint="make the tissue cover every lesion",
+            )
+    else:
+        lesion_polygons = (
+            _place_lesions(tissue, lesions, n_lesions, lesion_diameters_um, mpp, rng)
+            if not tissue.is_empty
+            else []
+        )
 
     cell_px = max(8, round(PCAM_PATCH_PX * PCAM_MPP / mpp))
     if cell_px != PCAM_PATCH_PX:
