@@ -66,8 +66,9 @@ def build_slide(size_px: int) -> Path:
 def build_model() -> Path:
     import torch
 
-    from qupath_rkd.training.calibration import Calibration
-    from qupath_rkd.training.checkpoint import build_network, save_checkpoint
+    from qupath_rkd.model.calibration import Calibration
+    from qupath_rkd.model.checkpoint import save_checkpoint
+    from qupath_rkd.model.scorer import build_network
     from qupath_rkd.training.config import TrainConfig
 
     path = OUT / "inference-speed-model.pt"
@@ -106,8 +107,8 @@ def speed(args: argparse.Namespace) -> dict:
     import torch
 
     from qupath_rkd.inference import InferenceConfig, predict_slides
+    from qupath_rkd.model.scorer import load_model
     from qupath_rkd.slides import open_slide, tile_grid
-    from qupath_rkd.training.checkpoint import load_model
 
     slide = build_slide(args.size_px)
     model = load_model(build_model(), device=args.device)

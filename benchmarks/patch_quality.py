@@ -35,7 +35,7 @@ DEFAULT_PCAM = REPO.parent / "shared" / "data" / "pcam"
 sys.path.insert(0, str(REPO))
 
 from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR  # noqa: E402
-from qupath_rkd.training.calibration import auroc  # noqa: E402
+from qupath_rkd.model.calibration import auroc  # noqa: E402
 from qupath_rkd.training.config import TrainConfig  # noqa: E402
 from qupath_rkd.training.datasets import ArrayDataset, read_image  # noqa: E402
 from qupath_rkd.training.trainer import train  # noqa: E402
@@ -86,7 +86,7 @@ def effnet(num_classes: int = 1000) -> torch.nn.Module:
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
-    from qupath_rkd.training.checkpoint import preprocess_batch
+    from qupath_rkd.model.scorer import preprocess_batch
 
     return preprocess_batch(torch.from_numpy(images), images.shape[1], torch.device("cpu"))
 
@@ -153,7 +153,7 @@ def finetune(x_tr, y_tr, x_va, y_va, epochs: int, seed: int, max_steps: int | No
 def rescore(checkpoints: list[Path], x_va: np.ndarray, y_va: np.ndarray) -> list[dict]:
     """AUROC of stored RD models with other patch scores: mean / max of the whole anomaly map
     and of its centre (PCam labels describe the centre 32x32 px of a 96 px patch)."""
-    from qupath_rkd.training.checkpoint import load_model
+    from qupath_rkd.model.scorer import load_model
 
     rows = []
     for path in checkpoints:

@@ -40,8 +40,8 @@ def main() -> None:
     from qupath_rkd.inference import Heatmap, InferenceConfig, predict_slides
     from qupath_rkd.inference.outputs import SlideOutputs
     from qupath_rkd.inference.predict import slide_score_of
+    from qupath_rkd.model.scorer import load_model
     from qupath_rkd.slides import build_semireal_slide
-    from qupath_rkd.training.checkpoint import load_model
 
     OUT.mkdir(parents=True, exist_ok=True)
     slides_dir, truth_dir = OUT / "slides", OUT / "truth"

@@ -30,8 +30,9 @@ import numpy as np
 def stand_in_model(path: Path) -> Path:
     import torch
 
-    from qupath_rkd.training.calibration import Calibration
-    from qupath_rkd.training.checkpoint import build_network, save_checkpoint
+    from qupath_rkd.model.calibration import Calibration
+    from qupath_rkd.model.checkpoint import save_checkpoint
+    from qupath_rkd.model.scorer import build_network
     from qupath_rkd.training.config import TrainConfig
 
     cfg = TrainConfig(teacher="efficientnet_lite0", input_px=96, mpp=0.972).resolved()
@@ -51,8 +52,8 @@ def main() -> None:
 def run(work: Path) -> None:
     from qupath_rkd.evaluation.run import evaluate, write_report
     from qupath_rkd.inference import InferenceConfig, predict_slide, predict_slides
+    from qupath_rkd.model.scorer import load_model
     from qupath_rkd.slides import LesionSpec, build_semireal_slide, demo_patch_dirs
-    from qupath_rkd.training.checkpoint import load_model
 
     normal, tumour = demo_patch_dirs()
     slide = build_semireal_slide(

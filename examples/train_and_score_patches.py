@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from qupath_rkd.constants import PCAM_MPP
-from qupath_rkd.training.calibration import auroc
-from qupath_rkd.training.checkpoint import load_model
+from qupath_rkd.model.calibration import auroc
+from qupath_rkd.model.scorer import load_model
 from qupath_rkd.training.config import TrainConfig
 from qupath_rkd.training.datasets import PatchFolderDataset
 

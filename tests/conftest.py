@@ -11,6 +11,7 @@ or hides it (``QUPATH_RKD_SHARED_DATA=/nonexistent``) to check what a fresh clon
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,21 @@ def shared_data() -> Path:
             "files under tests/data/ are enough for every other test)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pcam_small(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``train_normal`` (24), ``train_tumor`` (8), ``valid_normal`` (12), ``valid_tumor`` (12):
+    fresh copies of tests/data/pcam-small (real PCam patches from train/ and valid/)."""
+    root = tmp_path_factory.mktemp("pcam_small")
+    out = {}
+    for name, n in (
+        ("train_normal", 24),
+        ("train_tumor", 8),
+        ("valid_normal", 12),
+        ("valid_tumor", 12),
+    ):
+        shutil.copytree(real_data / "pcam-small" / name, root / name)
+        assert len(list((root / name).glob("*.jpg"))) == n
+        out[name] = root / name
+    return out

@@ -136,7 +136,7 @@ def predict(
     Slides already predicted with the same model and settings are skipped.
     """
     from qupath_rkd.inference.predict import InferenceConfig, SlideRun, predict_slides
-    from qupath_rkd.training.checkpoint import load_model
+    from qupath_rkd.model.scorer import load_model
 
     paths = _expand(slides)
     trained = load_model(model, device=device)

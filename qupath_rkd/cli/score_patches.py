@@ -37,7 +37,7 @@ def score_patches(
     Unreadable files are skipped and reported.
     """
     from qupath_rkd.io_utils import atomic_write_text
-    from qupath_rkd.training.checkpoint import load_model
+    from qupath_rkd.model.scorer import load_model
     from qupath_rkd.training.scoring import score_folders
 
     if not out.parent.is_dir():

@@ -164,9 +164,9 @@ def train_patches(
     Example: qupath-rkd train-patches --normal pcam/train/0 --tumor pcam/train/1 --max-tumor 100
     --valid-normal pcam/valid/0 --valid-tumor pcam/valid/1 --mpp 0.972 --out model.pt
     """
+    from qupath_rkd.model.device import resolve_device
     from qupath_rkd.training.config import TrainConfig
     from qupath_rkd.training.datasets import PatchFolderDataset
-    from qupath_rkd.training.device import resolve_device
     from qupath_rkd.training.trainer import train
 
     resolve_device(device)  # fail fast on --device cuda without CUDA

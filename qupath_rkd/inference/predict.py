@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     import torch
     from shapely.geometry.base import BaseGeometry
 
+    from qupath_rkd.model.scorer import TrainedModel
     from qupath_rkd.slides import Slide, TileGrid
-    from qupath_rkd.training.checkpoint import TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def predict_slide(
 
     Args:
         slide_path: any slide OpenSlide reads.
-        model: a loaded model (:func:`qupath_rkd.training.checkpoint.load_model`).
+        model: a loaded model (:func:`qupath_rkd.model.scorer.load_model`).
         mpp, stride_px, batch_size, num_workers: shortcuts that override ``config``'s fields.
         region: optional shapely geometry (level-0 px, QuPath frame); only tiles whose centre
             lies inside it are scored.

@@ -32,7 +32,7 @@ from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_wr
 
 if TYPE_CHECKING:
     from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction, SlideRun
-    from qupath_rkd.training.checkpoint import TrainedModel
+    from qupath_rkd.model.scorer import TrainedModel
 
 logger = logging.getLogger(__name__)
 

@@ -263,7 +263,7 @@ def _sync_locked(
         if outcome.dry_run:
             return
         if to_predict:
-            from qupath_rkd.training.checkpoint import load_model
+            from qupath_rkd.model.scorer import load_model
 
             model = load_model(model_path, device=config.get("sync.device"))
         for index, (entry, slide_fp, region_hash, region, _why) in enumerate(to_predict):

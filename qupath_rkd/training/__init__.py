@@ -1,5 +1,6 @@
-"""Training, patch datasets, checkpoints and calibration of the RD model.
+"""Training and patch datasets of the RD model.
 
-Import from the submodules (``qupath_rkd.training.trainer``, ``.checkpoint``, ``.datasets``,
-``.calibration``, ``.config``); this package imports nothing heavy itself.
+Import from the submodules (``qupath_rkd.training.trainer``, ``.datasets``, ``.config``,
+``.scoring``); this package imports nothing heavy itself. The checkpoint format, the scorer and
+the calibration live in :mod:`qupath_rkd.model`.
 """

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
 from qupath_rkd.errors import DataError
+from qupath_rkd.model.scorer import resize_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -185,24 +185,6 @@ class IndexedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, np.ndarray, int]:
         image, label = self.base[index]
         return index, image, label
-
-
-def resize_255(x: torch.Tensor, size_px: int) -> torch.Tensor:
-    """``(B, 3, H, W)`` float in [0, 255] -> ``(B, 3, size_px, size_px)``, bilinear with
-    antialiasing, rounded to whole grey levels: resizing one image or a batch, before or after
-    collation, gives the same pixels, so training and scoring see identical inputs."""
-    x = F.interpolate(
-        x, size=(size_px, size_px), mode="bilinear", align_corners=False, antialias=True
-    )
-    return x.round().clamp(0, 255)
-
-
-def resize_uint8(image: torch.Tensor, size_px: int) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> ``(size_px, size_px, 3)`` uint8 via :func:`resize_255`."""
-    if image.shape[0] == size_px and image.shape[1] == size_px:
-        return image
-    x = resize_255(image.permute(2, 0, 1)[None].float(), size_px)
-    return x[0].permute(1, 2, 0).to(torch.uint8)
 
 
 class PatchBatch:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from qupath_rkd.constants import LABEL_NORMAL
 from qupath_rkd.errors import DataError
-from qupath_rkd.training.checkpoint import TrainedModel
+from qupath_rkd.model.scorer import TrainedModel
 from qupath_rkd.training.datasets import (
     EMPTY_IMAGE,
     Collate,

@@ -34,13 +34,14 @@ from qupath_rkd import __version__
 from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
 from qupath_rkd.errors import CheckpointError, ConfigError, DataError
 from qupath_rkd.model.anomaly_map import anomaly_map, patch_scores
+from qupath_rkd.model.calibration import Calibration, auroc, fit_calibration
+from qupath_rkd.model.checkpoint import save_checkpoint
+from qupath_rkd.model.device import amp_dtype, resolve_device
 from qupath_rkd.model.loss import focal_similarity_loss
 from qupath_rkd.model.rd import ReverseDistillation
-from qupath_rkd.training.calibration import Calibration, auroc, fit_calibration
-from qupath_rkd.training.checkpoint import build_network, preprocess_batch, save_checkpoint
+from qupath_rkd.model.scorer import build_network, preprocess_batch
 from qupath_rkd.training.config import TrainConfig
 from qupath_rkd.training.datasets import Collate, IndexedDataset, PatchBatch
-from qupath_rkd.training.device import amp_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -459,7 +460,7 @@ class _Run:
 
     # ---- resume --------------------------------------------------------------------------
     def _resume_payload(self) -> dict[str, Any]:
-        from qupath_rkd.training.checkpoint import _plain
+        from qupath_rkd.model.checkpoint import _plain
 
         return {
             "format": RESUME_FORMAT,
@@ -540,7 +541,7 @@ class _Run:
         self.skipped_train = set(obj.get("skipped_train") or [])
         self.skipped_valid = set(obj.get("skipped_valid") or [])
         if self.best_value is not None and self.out.is_file():
-            from qupath_rkd.training.checkpoint import read_checkpoint
+            from qupath_rkd.model.checkpoint import read_checkpoint
 
             payload, _ = read_checkpoint(self.out)
             self.calibration = Calibration.from_dict(dict(payload["calibration"]))

@@ -20,8 +20,9 @@ INPUT_PX = 32
 def make_checkpoint(path: Path, *, mpp: float | None = MODEL_MPP, nan: bool = False) -> Path:
     import torch
 
-    from qupath_rkd.training.calibration import Calibration
-    from qupath_rkd.training.checkpoint import build_network, save_checkpoint
+    from qupath_rkd.model.calibration import Calibration
+    from qupath_rkd.model.checkpoint import save_checkpoint
+    from qupath_rkd.model.scorer import build_network
     from qupath_rkd.training.config import TrainConfig
 
     cfg = TrainConfig(
@@ -49,7 +50,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def model(model_path: Path):
-    from qupath_rkd.training.checkpoint import load_model
+    from qupath_rkd.model.scorer import load_model
 
     return load_model(model_path, device="cpu")
 

@@ -119,7 +119,7 @@ def test_no_tissue_gives_an_empty_result_with_a_note(blank_slide, model) -> None
 
 
 def test_nan_scores_are_refused_naming_the_model(semireal, tmp_path) -> None:
-    from qupath_rkd.training.checkpoint import load_model
+    from qupath_rkd.model.scorer import load_model
 
     bad = load_model(make_checkpoint(tmp_path / "nan.pt", nan=True), device="cpu")
     with pytest.raises(NonFiniteScoresError, match=bad.model_id[:12]) as info:
@@ -128,7 +128,7 @@ def test_nan_scores_are_refused_naming_the_model(semireal, tmp_path) -> None:
 
 
 def test_resolution_refusals(semireal, tmp_path) -> None:
-    from qupath_rkd.training.checkpoint import load_model
+    from qupath_rkd.model.scorer import load_model
 
     unknown = load_model(make_checkpoint(tmp_path / "nompp.pt", mpp=None), device="cpu")
     with pytest.raises(ResolutionError, match="records no µm/px"):

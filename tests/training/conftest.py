@@ -1,29 +1,8 @@
-"""Small folders of real PatchCamelyon patches for training and CLI tests."""
+"""Fixtures for the training tests (``pcam_small`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
-
-
-@pytest.fixture(scope="session")
-def pcam_small(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``train_normal`` (24), ``train_tumor`` (8), ``valid_normal`` (12), ``valid_tumor`` (12):
-    fresh copies of tests/data/pcam-small (real PCam patches from train/ and valid/)."""
-    root = tmp_path_factory.mktemp("pcam_small")
-    out = {}
-    for name, n in (
-        ("train_normal", 24),
-        ("train_tumor", 8),
-        ("valid_normal", 12),
-        ("valid_tumor", 12),
-    ):
-        shutil.copytree(real_data / "pcam-small" / name, root / name)
-        assert len(list((root / name).glob("*.jpg"))) == n
-        out[name] = root / name
-    return out
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import torch
 
 from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
 from qupath_rkd.errors import ConfigError, DataError
-from qupath_rkd.training.checkpoint import load_model
+from qupath_rkd.model.scorer import load_model
 from qupath_rkd.training.config import TrainConfig
 from qupath_rkd.training.datasets import ArrayDataset, PatchFolderDataset
 from qupath_rkd.training.trainer import BalancedBatchSampler, swapped_labels_warning, train
@@ -68,7 +68,7 @@ def test_train_writes_a_calibrated_checkpoint_that_scores(tmp_path, pcam_small) 
     assert np.isfinite(scores).all() and ((probs >= 0) & (probs <= 1)).all()
     assert scores.min() >= 0.0 and scores.max() <= 6.0
     # the validation AUROC recorded is the one of the stored model on the validation set
-    from qupath_rkd.training.calibration import auroc
+    from qupath_rkd.model.calibration import auroc
 
     assert auroc(va.labels, scores) == pytest.approx(res.best_metrics["val_auroc"], abs=1e-6)
 

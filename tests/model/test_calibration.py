@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qupath_rkd.errors import DataError
-from qupath_rkd.training.calibration import (
+from qupath_rkd.model.calibration import (
     Calibration,
     auroc,
     fit_calibration,

@@ -1,48 +1,34 @@
-"""Checkpoints: save a trained model, load it back as a :class:`TrainedModel` (the scorer).
-
-A checkpoint is one ``torch.save`` file holding only tensors and plain Python values (it loads
-with ``weights_only=True``): the weights of the whole network *including the frozen teacher*
-(so it scores offline, whatever weights the teacher came from), the full training config, the
-calibration, package and torch versions, the teacher name, the µm/px of the training patches
-and the hash of the training set. ``model_id`` is the sha256 of the file.
-"""
+"""The scorer: build the network, preprocess patches, load a checkpoint as a
+:class:`TrainedModel` (the interface other stages use). The file format is
+:mod:`qupath_rkd.model.checkpoint`."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import io
 import logging
-import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from qupath_rkd import __version__
 from qupath_rkd.constants import IMAGENET_MEAN, IMAGENET_STD
 from qupath_rkd.errors import CheckpointError, DataError, ModelError
-from qupath_rkd.io_utils import atomic_write_bytes
 from qupath_rkd.model.anomaly_map import anomaly_map, patch_scores
+from qupath_rkd.model.calibration import Calibration
+from qupath_rkd.model.checkpoint import NetworkConfig, StoredConfig, read_checkpoint
+from qupath_rkd.model.device import amp_dtype, resolve_device
 from qupath_rkd.model.rd import ReverseDistillation
 from qupath_rkd.model.teachers import build_teacher
-from qupath_rkd.training.calibration import Calibration
-from qupath_rkd.training.config import TrainConfig
-from qupath_rkd.training.datasets import resize_255
-from qupath_rkd.training.device import amp_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "qupath-rkd-model"
-FORMAT_VERSION = 1
-
 
 def build_network(
-    config: TrainConfig, *, weights_from_checkpoint: bool = False
+    config: NetworkConfig, *, weights_from_checkpoint: bool = False
 ) -> ReverseDistillation:
     """The untrained network for ``config`` (teacher with ImageNet weights unless
     ``weights_from_checkpoint``, in which case a checkpoint will overwrite every weight)."""
@@ -52,6 +38,24 @@ def build_network(
         random_weights_for_tests=weights_from_checkpoint or config.teacher_random_weights_for_tests,
     )
     return ReverseDistillation(teacher, shortcut=config.shortcut)
+
+
+def resize_255(x: torch.Tensor, size_px: int) -> torch.Tensor:
+    """``(B, 3, H, W)`` float in [0, 255] -> ``(B, 3, size_px, size_px)``, bilinear with
+    antialiasing, rounded to whole grey levels: resizing one image or a batch, before or after
+    collation, gives the same pixels, so training and scoring see identical inputs."""
+    x = F.interpolate(
+        x, size=(size_px, size_px), mode="bilinear", align_corners=False, antialias=True
+    )
+    return x.round().clamp(0, 255)
+
+
+def resize_uint8(image: torch.Tensor, size_px: int) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(size_px, size_px, 3)`` uint8 via :func:`resize_255`."""
+    if image.shape[0] == size_px and image.shape[1] == size_px:
+        return image
+    x = resize_255(image.permute(2, 0, 1)[None].float(), size_px)
+    return x[0].permute(1, 2, 0).to(torch.uint8)
 
 
 def preprocess_batch(
@@ -88,7 +92,7 @@ class TrainedModel:
     def __init__(
         self,
         net: ReverseDistillation,
-        config: TrainConfig,
+        config: NetworkConfig,
         calibration: Calibration,
         threshold: float,
         model_id: str,
@@ -147,8 +151,6 @@ class TrainedModel:
             if isinstance(chunk, np.ndarray):
                 batch = torch.from_numpy(np.ascontiguousarray(chunk))
             else:
-                from qupath_rkd.training.datasets import resize_uint8
-
                 batch = torch.stack(
                     [
                         resize_uint8(torch.from_numpy(np.ascontiguousarray(a)), self.input_px)
@@ -169,86 +171,6 @@ class TrainedModel:
         )
 
 
-def _plain(value: Any) -> Any:
-    """Make metadata safe for ``weights_only`` loading (floats, ints, str, lists, dicts)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return None if math.isnan(v) else v
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
-        return int(value)
-    if value is None or isinstance(value, (str, bool)):
-        return value
-    return str(value)
-
-
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    net: ReverseDistillation,
-    config: TrainConfig,
-    calibration: Calibration,
-    dataset_hash: str,
-    metrics: dict[str, Any] | None = None,
-) -> str:
-    """Write the checkpoint atomically; returns its sha256 (the ``model_id``)."""
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "torch_version": str(torch.__version__),
-        "teacher": config.teacher,
-        "input_px": int(config.input_px or net.spec.default_input_px),
-        "mpp": config.mpp,
-        "config": _plain(config.to_dict()),
-        "dataset_hash": str(dataset_hash),
-        "calibration": calibration.to_dict(),
-        "threshold": float(config.threshold),
-        "metrics": _plain(metrics or {}),
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()},
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
-    """Load and check the checkpoint's envelope; returns ``(payload, sha256)``."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"model file {p} not found")
-    data = p.read_bytes()
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{p} is not a readable qupath-rkd checkpoint ({type(exc).__name__})",
-            hint="train one with `qupath-rkd train-patches` or `qupath-rkd sync`",
-        ) from exc
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{p} is not a qupath-rkd model checkpoint")
-    version = obj.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{p} was written by qupath-rkd {obj.get('package_version')} (checkpoint format "
-            f"{version}); this is qupath-rkd {__version__} (format {FORMAT_VERSION})",
-            hint="upgrade qupath-rkd or retrain the model",
-        )
-    if obj.get("package_version") != __version__:
-        logger.warning(
-            "%s was written by qupath-rkd %s; this is %s (same checkpoint format, loading it)",
-            p,
-            obj.get("package_version"),
-            __version__,
-        )
-    return obj, hashlib.sha256(data).hexdigest()
-
-
 def load_model(
     path: str | os.PathLike[str],
     device: str | torch.device = "auto",
@@ -264,7 +186,7 @@ def load_model(
     """
     obj, model_id = read_checkpoint(path)
     try:
-        config = TrainConfig.from_dict(dict(obj["config"]))
+        config = StoredConfig.from_dict(dict(obj["config"]))
         calibration = Calibration.from_dict(dict(obj["calibration"]))
         state = obj["state_dict"]
     except (KeyError, TypeError, ValueError) as exc:

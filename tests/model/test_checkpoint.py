@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from qupath_rkd.errors import CheckpointError, DeviceError
-from qupath_rkd.training.calibration import Calibration
-from qupath_rkd.training.checkpoint import build_network, load_model, save_checkpoint
+from qupath_rkd.model.calibration import Calibration
+from qupath_rkd.model.checkpoint import save_checkpoint
+from qupath_rkd.model.scorer import build_network, load_model
 from qupath_rkd.training.config import TrainConfig
 from qupath_rkd.training.datasets import read_image
 

@@ -1,0 +1,186 @@
+"""The checkpoint format: write a trained network, read a checkpoint's envelope back.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python values (it loads
+with ``weights_only=True``): the weights of the whole network *including the frozen teacher*
+(so it scores offline, whatever weights the teacher came from), the full training config, the
+calibration, package and torch versions, the teacher name, the µm/px of the training patches
+and the hash of the training set. ``model_id`` is the sha256 of the file. Loading it as a scorer
+is :func:`qupath_rkd.model.scorer.load_model`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from qupath_rkd import __version__
+from qupath_rkd.errors import CheckpointError
+from qupath_rkd.io_utils import atomic_write_bytes
+from qupath_rkd.model.calibration import Calibration
+from qupath_rkd.model.rd import ReverseDistillation
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "qupath-rkd-model"
+FORMAT_VERSION = 1
+
+
+class NetworkConfig(Protocol):
+    """The fields of a training config that building, saving and running the network read
+    (``qupath_rkd.training.config.TrainConfig`` has them; so has :class:`StoredConfig`)."""
+
+    @property
+    def teacher(self) -> str: ...
+    @property
+    def teacher_weights(self) -> str | None: ...
+    @property
+    def teacher_random_weights_for_tests(self) -> bool: ...
+    @property
+    def shortcut(self) -> str: ...
+    @property
+    def input_px(self) -> int | None: ...
+    @property
+    def mpp(self) -> float | None: ...
+    @property
+    def score_reduction(self) -> str: ...
+    @property
+    def sigma_px(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def amp(self) -> bool: ...
+    @property
+    def channels_last(self) -> bool: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class StoredConfig:
+    """A checkpoint's stored training config, read as the :class:`NetworkConfig` fields.
+
+    :meth:`from_dict` raises ``KeyError`` when a field is missing (every checkpoint of format 1
+    stores them all); :meth:`to_dict` gives the stored dict back.
+    """
+
+    teacher: str
+    teacher_weights: str | None
+    teacher_random_weights_for_tests: bool
+    shortcut: str
+    input_px: int | None
+    mpp: float | None
+    score_reduction: str
+    sigma_px: float
+    threshold: float
+    amp: bool
+    channels_last: bool
+    stored: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoredConfig:
+        names = (
+            "teacher",
+            "teacher_weights",
+            "teacher_random_weights_for_tests",
+            "shortcut",
+            "input_px",
+            "mpp",
+            "score_reduction",
+            "sigma_px",
+            "threshold",
+            "amp",
+            "channels_last",
+        )
+        return cls(**{name: d[name] for name in names}, stored=dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.stored)
+
+
+def _plain(value: Any) -> Any:
+    """Make metadata safe for ``weights_only`` loading (floats, ints, str, lists, dicts)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return None if math.isnan(v) else v
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return int(value)
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    return str(value)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    net: ReverseDistillation,
+    config: NetworkConfig,
+    calibration: Calibration,
+    dataset_hash: str,
+    metrics: dict[str, Any] | None = None,
+) -> str:
+    """Write the checkpoint atomically; returns its sha256 (the ``model_id``)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "torch_version": str(torch.__version__),
+        "teacher": config.teacher,
+        "input_px": int(config.input_px or net.spec.default_input_px),
+        "mpp": config.mpp,
+        "config": _plain(config.to_dict()),
+        "dataset_hash": str(dataset_hash),
+        "calibration": calibration.to_dict(),
+        "threshold": float(config.threshold),
+        "metrics": _plain(metrics or {}),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """Load and check the checkpoint's envelope; returns ``(payload, sha256)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file {p} not found")
+    data = p.read_bytes()
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{p} is not a readable qupath-rkd checkpoint ({type(exc).__name__})",
+            hint="train one with `qupath-rkd train-patches` or `qupath-rkd sync`",
+        ) from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a qupath-rkd model checkpoint")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} was written by qupath-rkd {obj.get('package_version')} (checkpoint format "
+            f"{version}); this is qupath-rkd {__version__} (format {FORMAT_VERSION})",
+            hint="upgrade qupath-rkd or retrain the model",
+        )
+    if obj.get("package_version") != __version__:
+        logger.warning(
+            "%s was written by qupath-rkd %s; this is %s (same checkpoint format, loading it)",
+            p,
+            obj.get("package_version"),
+            __version__,
+        )
+    return obj, hashlib.sha256(data).hexdigest()
