@@ -37,7 +37,8 @@ def main() -> None:
 
     from qupath_rkd.evaluation.metrics import roc_auc
     from qupath_rkd.evaluation.run import evaluate, write_report
-    from qupath_rkd.inference import Heatmap, InferenceConfig, predict_slides
+    from qupath_rkd.heatmap import Heatmap
+    from qupath_rkd.inference import InferenceConfig, predict_slides
     from qupath_rkd.inference.outputs import SlideOutputs
     from qupath_rkd.inference.predict import slide_score_of
     from qupath_rkd.model.scorer import load_model

@@ -1,22 +1,18 @@
 """Streaming whole-slide inference: a slide's tissue tiles through a model into a heatmap.
 
-``from qupath_rkd.inference import predict_slide, Heatmap, SlidePrediction``. The heavy parts
-(torch, OpenSlide) are imported only when :func:`predict_slide` is first used, so importing
-:mod:`qupath_rkd.inference.heatmap` (as ``lesions/`` does) stays light.
+``from qupath_rkd.inference import predict_slide, SlidePrediction``. The heavy parts (torch,
+OpenSlide) are imported only when :func:`predict_slide` is first used. The heatmap it produces
+is :class:`qupath_rkd.heatmap.Heatmap` (below inference/, lesions/ and evaluation/).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from qupath_rkd.inference.heatmap import Heatmap, cell_to_level0_xy
-
 __all__ = [
-    "Heatmap",
     "InferenceConfig",
     "SlidePrediction",
     "TileScores",
-    "cell_to_level0_xy",
     "predict_slide",
     "predict_slides",
 ]

@@ -9,7 +9,7 @@ in mixed precision with channels-last input (as configured in the checkpoint) an
 copied from pinned memory.
 
 Frames: tile positions are level-0 ``(x, y)`` px in QuPath's frame; the heatmap is ``(row, col)``
-on the tile grid; :func:`qupath_rkd.inference.heatmap.cell_to_level0_xy` converts.
+on the tile grid; :func:`qupath_rkd.heatmap.cell_to_level0_xy` converts.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qupath_rkd.errors import ModelError, QupathRkdError, ResolutionError, UnknownResolutionError
-from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.lesions import Lesion, extract_lesions
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qupath_rkd import __version__
-from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.inference.outputs import (
     RUN_JSON,
     SLIDE_SCORES_CSV,

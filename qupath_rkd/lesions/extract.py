@@ -6,7 +6,7 @@ pixels → simplified with a tolerance in µm. Each lesion carries its maximum a
 its area in µm² and the level-0 location of its peak.
 
 Frames: the heatmap is indexed ``(row, col)``; polygons and peaks are level-0 ``(x, y)`` pixels in
-QuPath's frame. The only conversion is :func:`qupath_rkd.inference.heatmap.cell_to_level0_xy`
+QuPath's frame. The only conversion is :func:`qupath_rkd.heatmap.cell_to_level0_xy`
 (a cell's value sits at its tile centre; its footprint is the grid-spacing square around it).
 """
 
@@ -21,7 +21,7 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 
-from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.heatmap import Heatmap
 
 logger = logging.getLogger(__name__)
 

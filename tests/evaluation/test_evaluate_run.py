@@ -15,7 +15,7 @@ from qupath_rkd.errors import EvaluationError
 from qupath_rkd.evaluation.camelyon16 import evaluation_mask
 from qupath_rkd.evaluation.run import evaluate, read_submission_csv
 from qupath_rkd.evaluation.truth import load_truth
-from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.qupath.geojson import make_feature, write_geojson
 
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.inference.write import colormap, overlay_png
 
 

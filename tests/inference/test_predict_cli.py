@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from qupath_rkd.cli import cli
-from qupath_rkd.inference.heatmap import Heatmap
+from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.inference.outputs import SlideOutputs
 from qupath_rkd.qupath.geojson import read_geojson
 
