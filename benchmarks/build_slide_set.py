@@ -63,13 +63,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from qupath_rkd.constants import PCAM_MPP
-    from qupath_rkd.errors import DataError, EvaluationError
-    from qupath_rkd.evaluation.truth import load_truth_dir
-    from qupath_rkd.slides.camelyon_lesions import (
+    from qupath_rkd.demo.camelyon_lesions import (
         build_real_lesion_slide,
         load_camelyon16_lesions,
         place_lesion_cluster,
     )
+    from qupath_rkd.errors import DataError, EvaluationError
+    from qupath_rkd.evaluation.truth import load_truth_dir
 
     for folder in (args.patches / "0", args.patches / "1", args.annotations):
         if not folder.is_dir():

@@ -44,7 +44,7 @@ MPP = 0.972
 
 
 def build_slide(size_px: int) -> Path:
-    from qupath_rkd.slides import build_semireal_slide
+    from qupath_rkd.demo import build_semireal_slide
 
     path = OUT / f"inference-semireal-{size_px}.tif"
     if not path.exists():

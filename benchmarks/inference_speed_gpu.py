@@ -45,11 +45,12 @@ def main() -> None:
     import torch
     from shapely.geometry import box
 
+    from qupath_rkd.demo import build_semireal_slide
     from qupath_rkd.inference import InferenceConfig, predict_slides
     from qupath_rkd.model.calibration import Calibration
     from qupath_rkd.model.checkpoint import save_checkpoint
     from qupath_rkd.model.scorer import build_network, load_model
-    from qupath_rkd.slides import build_semireal_slide, open_slide, tile_grid
+    from qupath_rkd.slides import open_slide, tile_grid
     from qupath_rkd.training.config import TrainConfig
 
     if args.smoke:

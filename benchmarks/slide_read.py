@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from qupath_rkd.slides import build_semireal_slide, open_slide, tile_grid
+from qupath_rkd.demo import build_semireal_slide
+from qupath_rkd.slides import open_slide, tile_grid
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam" / "train"
 

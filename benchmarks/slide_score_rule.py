@@ -35,6 +35,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from qupath_rkd.demo import build_semireal_slide
     from qupath_rkd.evaluation.metrics import roc_auc
     from qupath_rkd.evaluation.run import evaluate, write_report
     from qupath_rkd.heatmap import Heatmap
@@ -42,7 +43,6 @@ def main() -> None:
     from qupath_rkd.inference.outputs import SlideOutputs
     from qupath_rkd.inference.predict import slide_score_of
     from qupath_rkd.model.scorer import load_model
-    from qupath_rkd.slides import build_semireal_slide
 
     OUT.mkdir(parents=True, exist_ok=True)
     slides_dir, truth_dir = OUT / "slides", OUT / "truth"

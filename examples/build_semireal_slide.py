@@ -14,7 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qupath_rkd.slides import build_semireal_slide, demo_patch_dirs, open_slide
+from qupath_rkd.demo import build_semireal_slide, demo_patch_dirs
+from qupath_rkd.slides import open_slide
 
 
 def main(argv: list[str]) -> None:

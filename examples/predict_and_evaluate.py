@@ -50,10 +50,10 @@ def main() -> None:
 
 
 def run(work: Path) -> None:
+    from qupath_rkd.demo import LesionSpec, build_semireal_slide, demo_patch_dirs
     from qupath_rkd.evaluation.run import evaluate, write_report
     from qupath_rkd.inference import InferenceConfig, predict_slide, predict_slides
     from qupath_rkd.model.scorer import load_model
-    from qupath_rkd.slides import LesionSpec, build_semireal_slide, demo_patch_dirs
 
     normal, tumour = demo_patch_dirs()
     slide = build_semireal_slide(

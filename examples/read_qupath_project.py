@@ -34,7 +34,7 @@ from qupath_rkd.qupath.project import file_uri, open_project
 
 def make_small_project(root: Path) -> Path:
     """A one-image project shaped like QuPath 0.5's, with one exported Tumor annotation."""
-    from qupath_rkd.slides import build_semireal_slide, demo_patch_dirs
+    from qupath_rkd.demo import build_semireal_slide, demo_patch_dirs
 
     normal_dir, tumor_dir = demo_patch_dirs()
     slide = build_semireal_slide(

@@ -12,13 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qupath_rkd.slides import (
-    build_semireal_slide,
-    demo_patch_dirs,
-    open_slide,
-    tile_grid,
-    tissue_mask,
-)
+from qupath_rkd.demo import build_semireal_slide, demo_patch_dirs
+from qupath_rkd.slides import open_slide, tile_grid, tissue_mask
 
 
 def main(argv: list[str]) -> None:

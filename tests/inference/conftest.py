@@ -58,7 +58,7 @@ def model(model_path: Path):
 @pytest.fixture(scope="session")
 def semireal(tmp_path_factory: pytest.TempPathFactory):
     """A 1200 × 900 px semi-real slide at 0.972 µm/px with one ~450 µm lesion."""
-    from qupath_rkd.slides import LesionSpec, build_semireal_slide, demo_patch_dirs
+    from qupath_rkd.demo import LesionSpec, build_semireal_slide, demo_patch_dirs
 
     normal, tumour = demo_patch_dirs()
     folder = tmp_path_factory.mktemp("slides")
@@ -77,7 +77,7 @@ def semireal(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def blank_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A slide of bare glass (no tissue)."""
-    from qupath_rkd.slides import build_semireal_slide, demo_patch_dirs
+    from qupath_rkd.demo import build_semireal_slide, demo_patch_dirs
 
     normal, tumour = demo_patch_dirs()
     folder = tmp_path_factory.mktemp("blank")

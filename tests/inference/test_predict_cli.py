@@ -31,7 +31,7 @@ def predicted(tmp_path_factory, model_path, semireal, model, real_data):
 
     folder = tmp_path_factory.mktemp("predict")
     blank = folder / "blank.tif"
-    from qupath_rkd.slides import build_semireal_slide, demo_patch_dirs
+    from qupath_rkd.demo import build_semireal_slide, demo_patch_dirs
 
     normal, tumour = demo_patch_dirs()
     build_semireal_slide(

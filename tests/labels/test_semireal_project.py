@@ -30,7 +30,7 @@ WIDTH, HEIGHT = 2048, 1536
 
 @pytest.fixture(scope="module")
 def semireal(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from qupath_rkd.slides import build_semireal_slide, demo_patch_dirs
+    from qupath_rkd.demo import build_semireal_slide, demo_patch_dirs
 
     normal_dir, tumor_dir = demo_patch_dirs()
     folder = tmp_path_factory.mktemp("slides")

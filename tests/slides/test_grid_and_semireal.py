@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 import shapely
 
-from qupath_rkd.slides import (
-    build_semireal_slide,
-    demo_patch_dirs,
-    open_slide,
-    tile_grid,
-    tissue_mask,
-)
+from qupath_rkd.demo import build_semireal_slide, demo_patch_dirs
+from qupath_rkd.slides import open_slide, tile_grid, tissue_mask
 from qupath_rkd.slides.tissue import tissue_mask_from_rgb
 
 
@@ -140,7 +135,7 @@ def test_pyramid_levels_built_strip_by_strip_equal_a_whole_image_downsample(
     OOM-killed); they are now built in strips, which must give the same pixels."""
     import tifffile
 
-    from qupath_rkd.slides import semireal
+    from qupath_rkd.demo import semireal
 
     monkeypatch.setattr(semireal, "_STRIP_ROWS", 64)
     normal, tumor = demo_patch_dirs()

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import shapely
 
-from qupath_rkd.evaluation.camelyon16 import evaluation_mask
-from qupath_rkd.evaluation.truth import load_truth
-from qupath_rkd.slides import demo_patch_dirs, open_slide
-from qupath_rkd.slides.camelyon_lesions import (
+from qupath_rkd.demo import demo_patch_dirs
+from qupath_rkd.demo.camelyon_lesions import (
     SOURCE_MPP,
     build_real_lesion_slide,
     load_camelyon16_lesions,
     place_lesion_cluster,
 )
+from qupath_rkd.evaluation.camelyon16 import evaluation_mask
+from qupath_rkd.evaluation.truth import load_truth
+from qupath_rkd.slides import open_slide
 
 ANNOTATIONS = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ANNOTATIONS = ANNOTATIONS / "camelyon16-annotations"

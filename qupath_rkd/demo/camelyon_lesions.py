@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from qupath_rkd.constants import PCAM_MPP
+from qupath_rkd.demo.semireal import SemiRealSlide, build_semireal_slide, irregular_polygon
 from qupath_rkd.errors import DataError
-from qupath_rkd.slides.semireal import SemiRealSlide, build_semireal_slide, irregular_polygon
 
 #: Camelyon16 level-0 µm/px (the annotations' frame).
 SOURCE_MPP = 0.243

@@ -3,7 +3,7 @@
 :func:`build_demo_project` writes, in a folder of the user's choice:
 
 - ``slides/``: five semi-real slides — mosaics of the real PatchCamelyon patches shipped in
-  the package (see :mod:`qupath_rkd.slides.semireal`; they are *mosaics*, not scans), with
+  the package (see :mod:`qupath_rkd.demo.semireal`; they are *mosaics*, not scans), with
   tumour lesions of known shape on three of them;
 - ``project/``: a QuPath project as QuPath 0.5 writes it (``project.qpproj`` with
   ``serverBuilder`` + metadata per entry, ``data/<id>/server.json`` and ``summary.json``,
@@ -128,7 +128,7 @@ def qupath_file_uri(path: Path) -> str:
 def _split_patch_pools(workdir: Path) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
     """Split the shipped patches in two disjoint halves: ((normal, tumour) to learn from,
     (normal, tumour) to judge on)."""
-    from qupath_rkd.slides import demo_patch_dirs
+    from qupath_rkd.demo.semireal import demo_patch_dirs
 
     normal_dir, tumor_dir = demo_patch_dirs()
     pools = []
@@ -350,7 +350,8 @@ def build_demo_project(
     Raises:
         ProjectError: ``out_dir`` exists and is not empty.
     """
-    from qupath_rkd.slides import build_semireal_slide, open_slide
+    from qupath_rkd.demo.semireal import build_semireal_slide
+    from qupath_rkd.slides import open_slide
 
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
