@@ -29,18 +29,6 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _qupath_available() -> tuple[bool, str]:
-    try:
-        from paquo.jpype_backend import find_qupath
-    except Exception as exc:  # paquo missing or broken
-        return False, f"paquo unusable: {exc}"
-    try:
-        find_qupath()
-    except Exception as exc:
-        return False, f"no QuPath installation: {exc}"
-    return True, ""
-
-
 #: What a test reads that a fresh clone may lack: these fixtures, and the examples' own data.
 _DATA_FIXTURES = {"real_data", "shared_data"}
 
@@ -69,7 +57,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     need_gpu = any(item.get_closest_marker("gpu") for item in items)
     need_qupath = any(item.get_closest_marker("qupath") for item in items)
     gpu_ok = _cuda_available() if need_gpu else True
-    qupath_ok, qupath_why = _qupath_available() if need_qupath else (True, "")
+    from qupath_rkd.qupath.backends.paquo_backend import paquo_available
+
+    qupath_ok, qupath_why = paquo_available() if need_qupath else (True, "")
     for item in items:
         if item.get_closest_marker("gpu") and not gpu_ok:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))

@@ -45,11 +45,15 @@ def doctor() -> None:
     except Exception as exc:
         _check("openslide", False, f"{exc} — pip install openslide-python openslide-bin")
 
-    from qupath_rkd.qupath_check import qupath_status
+    from qupath_rkd.qupath.backends.paquo_backend import paquo_available
 
-    found, detail = qupath_status()
+    found, detail = paquo_available()
     # not a failure: without QuPath the GeoJSON exchange backend is used
-    _check("QuPath (paquo)", True if found else None, detail)
+    _check(
+        "QuPath (paquo)",
+        True if found else None,
+        detail if found else f"{detail}; without it qupath-rkd uses the GeoJSON exchange folder",
+    )
 
     try:
         from qupath_rkd.model.teachers import teacher_availability

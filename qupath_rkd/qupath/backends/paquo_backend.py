@@ -33,22 +33,34 @@ __all__ = ["PaquoBackend", "paquo_available"]
 
 
 def paquo_available() -> tuple[bool, str]:
-    """Whether paquo can find a QuPath installation, without starting a JVM.
+    """Whether paquo can find a QuPath installation, without starting a JVM: the one probe, used
+    by ``get_backend(kind="auto")`` and ``qupath-rkd doctor`` alike.
 
-    Returns ``(True, "")`` or ``(False, one-line reason)``.
+    Asks paquo's own finder with paquo's public settings (``paquo.settings``: the
+    ``PAQUO_QUPATH_DIR`` environment variable, ``.paquo.toml``, the defaults). Returns
+    ``(True, "found at <QuPath folder>")`` or ``(False, one-line reason and fix)``.
     """
     try:
-        from paquo._config import settings, to_kwargs
+        from paquo import settings
         from paquo.jpype_backend import find_qupath
     except Exception as exc:  # paquo missing or broken
-        return False, f"paquo is not usable ({type(exc).__name__}: {exc})"
+        return False, f"paquo is not usable ({type(exc).__name__}: {exc}); pip install paquo"
     try:
-        find_qupath(**to_kwargs(settings))
+        qupath_dir, *_ = find_qupath(
+            qupath_dir=settings.qupath_dir or None,
+            qupath_search_dirs=settings.qupath_search_dirs,
+            qupath_search_dir_regex=settings.qupath_search_dir_regex,
+            qupath_search_conda=settings.qupath_search_conda,
+            qupath_prefer_conda=settings.qupath_prefer_conda,
+            java_opts=settings.java_opts,
+            jvm_path_override=settings.jvm_path_override or None,
+        )
     except Exception as exc:
         return False, (
-            f"paquo found no QuPath installation ({exc}); set PAQUO_QUPATH_DIR to use it"
+            f"paquo found no QuPath installation ({exc}); set PAQUO_QUPATH_DIR=/path/to/QuPath "
+            "(or run `paquo get_qupath --install-path DIR 0.5.1`) to use it"
         )
-    return True, ""
+    return True, f"found at {qupath_dir}"
 
 
 def _path_class(class_name: str, color: Sequence[int] | None) -> Any:
