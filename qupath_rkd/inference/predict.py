@@ -31,9 +31,9 @@ import numpy as np
 from qupath_rkd.errors import ModelError, QupathRkdError, ResolutionError, UnknownResolutionError
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.lesions import Lesion, extract_lesions
+from qupath_rkd.slides.tiles_dataset import TileDataset
 
 if TYPE_CHECKING:
-    import torch
     from shapely.geometry.base import BaseGeometry
 
     from qupath_rkd.model.scorer import TrainedModel
@@ -176,69 +176,6 @@ class SlidePrediction:
 
 
 # --- tile streaming -----------------------------------------------------------------------
-class TileDataset:
-    """Map-style dataset of tiles of one slide; each process opens its own slide handle.
-
-    Items are ``(index, tile)``: ``tile`` is a ``(tile_px, tile_px, 3)`` uint8 tensor read at
-    ``mpp`` from level-0 top-left ``xy_px[index]``.
-    """
-
-    def __init__(
-        self,
-        slide_path: Path,
-        xy_px: np.ndarray,
-        tile_px: int,
-        mpp: float,
-        slide_mpp: float | None,
-    ) -> None:
-        self.slide_path = slide_path
-        self.xy_px = xy_px
-        self.tile_px = tile_px
-        self.mpp = mpp
-        self.slide_mpp = slide_mpp
-        self._slide: Slide | None = None
-
-    def open(self) -> None:
-        """Open this process's slide handle (called by ``worker_init_fn`` in each worker)."""
-        if self._slide is None:
-            from qupath_rkd.slides import open_slide
-
-            self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
-
-    def close(self) -> None:
-        if self._slide is not None:
-            self._slide.close()
-            self._slide = None
-
-    def __len__(self) -> int:
-        return int(self.xy_px.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        import torch
-
-        from qupath_rkd.errors import SlideReadError
-
-        self.open()
-        assert self._slide is not None
-        x, y = self.xy_px[index]
-        try:
-            tile = self._slide.read_tile(float(x), float(y), self.tile_px, self.mpp)
-        except QupathRkdError:
-            raise
-        except Exception as exc:  # OpenSlideError, OSError: the file broke while being read
-            raise SlideReadError(
-                f"{self.slide_path}: reading the tile at x={int(x)}, y={int(y)} failed "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                hint="the file may be incomplete, corrupt or on a connection that dropped",
-            ) from exc
-        return index, torch.from_numpy(tile)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_slide"] = None  # never ship an OpenSlide handle to a worker
-        return state
-
-
 def _worker_init(_worker_id: int) -> None:
     import torch.utils.data
 

@@ -2,7 +2,7 @@
 
 The labelled set is torch-free: :attr:`LabelledSet.items` is a list of
 ``(slide_path, x_px, y_px, label)`` (level-0 top-left of the tile, QuPath's frame;
-``LABEL_TUMOR`` / ``LABEL_NORMAL``) that :class:`qupath_rkd.sync.tiles_dataset.SlideTileDataset`
+``LABEL_TUMOR`` / ``LABEL_NORMAL``) that :class:`qupath_rkd.slides.tiles_dataset.SlideTileDataset`
 reads at :attr:`LabelledSet.mpp` with tiles of :attr:`LabelledSet.tile_px`.
 :attr:`LabelledSet.sha256` changes exactly when the tiles, their labels, the class mapping or
 the label config change (it does not depend on where the project or the slides are), so sync

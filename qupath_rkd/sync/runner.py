@@ -413,7 +413,7 @@ def _train(labelled: Any, config: SyncConfig, out: Path, progress: Progress | No
     """Train on the labelled set; the checkpoint is written to ``out``."""
     import numpy as np
 
-    from qupath_rkd.sync.tiles_dataset import SlideTileDataset, split_by_label
+    from qupath_rkd.slides.tiles_dataset import SlideTileDataset, split_by_label
     from qupath_rkd.training.trainer import train
 
     dataset = SlideTileDataset(
