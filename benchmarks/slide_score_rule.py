@@ -40,9 +40,9 @@ def main() -> None:
     from qupath_rkd.evaluation.run import evaluate, write_report
     from qupath_rkd.heatmap import Heatmap
     from qupath_rkd.inference import InferenceConfig, predict_slides
-    from qupath_rkd.inference.outputs import SlideOutputs
     from qupath_rkd.inference.predict import slide_score_of
     from qupath_rkd.model.scorer import load_model
+    from qupath_rkd.outputs import SlideOutputs
 
     OUT.mkdir(parents=True, exist_ok=True)
     slides_dir, truth_dir = OUT / "slides", OUT / "truth"

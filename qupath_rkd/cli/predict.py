@@ -135,7 +135,8 @@ def predict(
       OUT/slide_scores.csv            one row per slide
     Slides already predicted with the same model and settings are skipped.
     """
-    from qupath_rkd.inference.predict import InferenceConfig, SlideRun, predict_slides
+    from qupath_rkd.inference.batch import predict_slides
+    from qupath_rkd.inference.predict import InferenceConfig, SlideRun
     from qupath_rkd.model.scorer import load_model
 
     paths = _expand(slides)

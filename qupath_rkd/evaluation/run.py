@@ -1,6 +1,6 @@
 """``evaluate``: ground truth + predictions → Camelyon16 lesion FROC, slide AUC, files.
 
-Predictions are read from a ``predict`` output folder (see :mod:`qupath_rkd.inference.outputs`):
+Predictions are read from a ``predict`` output folder (see :mod:`qupath_rkd.outputs`):
 ``camelyon16/<slide>.csv`` submission files and ``slide_scores.csv``. A folder of bare
 ``<slide>.csv`` submission files (the organisers' layout) works too; the slide score is then the
 highest detection probability (0 for a slide without detections).
@@ -29,8 +29,8 @@ from qupath_rkd.evaluation.camelyon16 import (
 )
 from qupath_rkd.evaluation.metrics import roc_auc
 from qupath_rkd.evaluation.truth import SlideTruth, load_truth_dir
-from qupath_rkd.inference.outputs import SLIDE_SCORES_CSV, SUBMISSION_DIR, SlideOutputs
 from qupath_rkd.io_utils import atomic_write_json, atomic_write_text
+from qupath_rkd.outputs import SLIDE_SCORES_CSV, SUBMISSION_DIR, SlideOutputs
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ class SlideTruth:
 
 
 def _truth_slide_id(path: Path) -> str:
-    from qupath_rkd.inference.outputs import slide_id_for
+    from qupath_rkd.outputs import slide_id_for
 
     return slide_id_for(path)
 

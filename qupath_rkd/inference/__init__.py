@@ -19,7 +19,7 @@ __all__ = [
 
 _LAZY = {
     "predict_slide": "qupath_rkd.inference.predict",
-    "predict_slides": "qupath_rkd.inference.predict",
+    "predict_slides": "qupath_rkd.inference.batch",
     "SlidePrediction": "qupath_rkd.inference.predict",
     "TileScores": "qupath_rkd.inference.predict",
     "InferenceConfig": "qupath_rkd.inference.predict",

@@ -22,13 +22,13 @@ import numpy as np
 
 from qupath_rkd import __version__
 from qupath_rkd.heatmap import Heatmap
-from qupath_rkd.inference.outputs import (
+from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from qupath_rkd.outputs import (
     RUN_JSON,
     SLIDE_SCORES_CSV,
     SLIDE_SCORES_HEADER,
     SlideOutputs,
 )
-from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction, SlideRun

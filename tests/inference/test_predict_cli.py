@@ -14,7 +14,7 @@ from PIL import Image
 
 from qupath_rkd.cli import cli
 from qupath_rkd.heatmap import Heatmap
-from qupath_rkd.inference.outputs import SlideOutputs
+from qupath_rkd.outputs import SlideOutputs
 from qupath_rkd.qupath.geojson import read_geojson
 
 from .conftest import median_threshold
