@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from qupath_rkd.constants import PROJECT_SUBDIR
-from qupath_rkd.errors import DataError, ProjectError, QupathRkdError
+from qupath_rkd.errors import (
+    CheckpointError,
+    DataError,
+    ProjectError,
+    QupathRkdError,
+    SyncInterruptedError,
+)
 from qupath_rkd.sync.commit import Transaction, ensure_writable, fault_point, recover
 from qupath_rkd.sync.config import MODEL_SECTIONS, PREDICTION_SECTIONS, SyncConfig
 from qupath_rkd.sync.lock import ProjectLock
@@ -60,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_RELPATH = f"{PROJECT_SUBDIR}/model/model.pt"
 _STAGED_MODEL = "model.pt"
+#: Where an interrupted training's resume file (and its best checkpoint so far) is kept until
+#: a later sync continues it: outside ``.pending``, which every sync discards.
+RESUME_RELDIR = f"{PROJECT_SUBDIR}/resume"
+_RESUME_KEY = "resume.json"
 
 #: Progress callback: ``(stage, done, total)``; the CLI draws it on a tty.
 Progress = Callable[[str, int, int], None]
@@ -198,10 +208,26 @@ def _sync_locked(
     model_path = model_file
     try:
         if reason is not None and not outcome.dry_run:
-            if echo:
-                echo(f"training: {reason} ({len(labelled.items)} labelled tiles)")
             model_path = tx.staged_path(_STAGED_MODEL)
-            _train(labelled, config, model_path, progress)
+            resume_key = {"training_key": training_key, "config_hash": model_hash}
+            resumed = _restore_resume(project.path, model_path, resume_key)
+            if echo:
+                more = ", continuing the interrupted training" if resumed else ""
+                echo(f"training: {reason} ({len(labelled.items)} labelled tiles{more})")
+            try:
+                result = _train(labelled, config, model_path, progress, resume=resumed)
+            except KeyboardInterrupt:  # a second Ctrl-C, outside the trainer's own handling
+                result = None
+            if result is None or getattr(result, "interrupted", False):
+                kept = _keep_resume(project.path, model_path, resume_key)
+                again = f"run `qupath-rkd sync {project.path}` again"
+                raise SyncInterruptedError(
+                    "training interrupted (Ctrl-C): no model, prediction or state was changed",
+                    hint=f"{again} to continue the training (kept in "
+                    f"{project.path / RESUME_RELDIR})"
+                    if kept
+                    else f"{again} to train",
+                )
             fault_point("after-train")
             tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
             outcome.trained = True
@@ -313,6 +339,8 @@ def _sync_locked(
         tx.digests_into = (f"{PROJECT_SUBDIR}/state.json", ["predictions"])
         tx.set_json(report_path(project.path), report_json(outcome))
         tx.commit(writer)
+        if outcome.trained:
+            _drop_resume(project.path)
     except BaseException:
         if not outcome.dry_run:
             tx.abort()
@@ -409,8 +437,78 @@ def _train_config(config: SyncConfig, n_train: int) -> Any:
     )
 
 
-def _train(labelled: Any, config: SyncConfig, out: Path, progress: Progress | None) -> None:
-    """Train on the labelled set; the checkpoint is written to ``out``."""
+def _resume_files(model_path: Path) -> list[Path]:
+    """The trainer's files of a run writing ``model_path``: the resume file, the best
+    checkpoint so far (the resume file refers to it)."""
+    return [model_path.with_name(model_path.name + ".resume"), model_path]
+
+
+def _keep_resume(project_dir: Path, model_path: Path, key: Mapping[str, str]) -> bool:
+    """Move an interrupted training's files out of ``.pending`` into ``RESUME_RELDIR``, with
+    ``key`` (what was being trained), so that the next sync can continue it. Returns whether
+    there was a resume file to keep."""
+    from qupath_rkd.io_utils import atomic_write_json
+
+    resume, checkpoint = _resume_files(model_path)
+    if not resume.is_file():
+        return False
+    folder = project_dir / RESUME_RELDIR
+    _drop_resume(project_dir)
+    folder.mkdir(parents=True)
+    for path in (resume, checkpoint):
+        if path.is_file():
+            path.replace(folder / path.name)
+    atomic_write_json(folder / _RESUME_KEY, dict(key))
+    return True
+
+
+def _restore_resume(project_dir: Path, model_path: Path, key: Mapping[str, str]) -> bool:
+    """Put a kept resume file back next to ``model_path`` when it is for the same training
+    (``key``); a resume file for other labels or settings is discarded. Returns whether the
+    training can continue from it."""
+    import shutil
+
+    folder = project_dir / RESUME_RELDIR
+    if not folder.is_dir():
+        return False
+    try:
+        same = json.loads((folder / _RESUME_KEY).read_text(encoding="utf-8")) == dict(key)
+    except (OSError, ValueError):
+        same = False
+    names = [path.name for path in _resume_files(model_path)]
+    if not same or not (folder / names[0]).is_file():
+        _drop_resume(project_dir)
+        return False
+    for name in names:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, model_path.with_name(name))
+    return True
+
+
+def _drop_resume(project_dir: Path) -> None:
+    """Remove a kept resume file (its training finished, or cannot be continued)."""
+    import shutil
+
+    shutil.rmtree(project_dir / RESUME_RELDIR, ignore_errors=True)
+
+
+def _train(
+    labelled: Any,
+    config: SyncConfig,
+    out: Path,
+    progress: Progress | None,
+    *,
+    resume: bool = False,
+) -> Any:
+    """Train on the labelled set; the checkpoint is written to ``out``.
+
+    With ``resume``, continue from ``<out>.resume`` (an interrupted sync's training); a resume
+    file the trainer refuses is dropped and the training starts over.
+
+    Returns:
+        The trainer's :class:`~qupath_rkd.training.trainer.TrainResult` (check
+        ``interrupted``: a Ctrl-C gives a partial model that must not be used).
+    """
     import numpy as np
 
     from qupath_rkd.sync.tiles_dataset import SlideTileDataset, split_by_label
@@ -431,20 +529,36 @@ def _train(labelled: Any, config: SyncConfig, out: Path, progress: Progress | No
     valid_set = dataset.subset(valid_idx) if len(valid_idx) else dataset.subset(np.asarray([], int))
     started = time.perf_counter()
     train_config = _train_config(config, len(train_set))
-    result = train(
-        train_set,
-        valid_set,
-        train_config,
-        out,
-        dataset_hash=labelled.sha256,
-        progress=progress is not None,
-    )
+
+    def run(resume_from: bool) -> Any:
+        return train(
+            train_set,
+            valid_set,
+            train_config,
+            out,
+            dataset_hash=labelled.sha256,
+            progress=progress is not None,
+            resume=resume_from,
+        )
+
+    try:
+        result = run(resume)
+    except CheckpointError as exc:
+        if not resume:
+            raise
+        logger.warning("cannot continue the interrupted training (%s): starting over", exc)
+        for path in _resume_files(out):
+            path.unlink(missing_ok=True)
+        result = run(False)
     logger.info("trained in %.1f s: %s", time.perf_counter() - started, result)
+    if getattr(result, "interrupted", False):
+        return result
     checkpoint = Path(getattr(result, "checkpoint", out))
     if checkpoint != out and checkpoint.is_file():
         checkpoint.replace(out)
     if not out.is_file():
         raise DataError(f"training wrote no checkpoint at {out}")
+    return result
 
 
 def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
