@@ -463,6 +463,16 @@ def _parse_entry(
     entry_id = raw.get("entryID")
     if entry_id is None:  # QuPath 0.1 had no IDs; fall back to the position
         entry_id = i + 1
+    # QuPath writes a whole number; anything else (a string, "../x", a float, a list) would
+    # name other files than QuPath's, or files outside the project
+    if isinstance(entry_id, bool) or not isinstance(entry_id, int) or entry_id < 0:
+        plain = isinstance(entry_id, (str, int, float))
+        shown = repr(entry_id)[:60] if plain else f"of type {type(entry_id).__name__}"
+        raise ProjectFormatError(
+            f"{qpproj}: image {i} ({raw.get('imageName')!r}) has entryID {shown}, "
+            "not the whole number QuPath writes",
+            hint="restore the project file from a backup, or remove and re-add the image in QuPath",
+        )
     builder = raw.get("serverBuilder")
     if builder is None and isinstance(raw.get("path"), str):  # QuPath 0.1 form
         builder = {"builderType": "uri", "uri": raw["path"]}

@@ -31,6 +31,7 @@ from typing import Any
 
 from qupath_rkd.constants import PROJECT_SUBDIR
 from qupath_rkd.errors import (
+    AnnotationError,
     CheckpointError,
     DataError,
     ProjectError,
@@ -183,7 +184,7 @@ def _sync_locked(
         raise ProjectError(f"{project.qpproj_path}: the project has no images")
 
     # 1. annotations (read-only) and the labelled set
-    annotation_sets = {e.entry_id: backend.read_annotations(e) for e in entries}
+    annotation_sets = _read_annotations(backend, entries)
     for aset in annotation_sets.values():
         for line in getattr(aset, "repairs", []):
             _say(outcome.notes, f"repaired: {line}", echo)
@@ -345,6 +346,34 @@ def _sync_locked(
         if not outcome.dry_run:
             tx.abort()
         raise
+
+
+def _read_annotations(backend: Any, entries: Sequence[Any]) -> dict[str, Any]:
+    """Every image's annotations (read only), keyed by entry ID.
+
+    An image without an export is an error, never "no annotations": a deleted export would
+    otherwise turn an outlined tumour into normal tissue. The export script writes an empty
+    collection for an image with no annotations, which is the only way to have none.
+
+    Raises:
+        AnnotationError: images have no export (all of them named, with the fix), or an
+            export is unusable.
+    """
+    sets = {e.entry_id: backend.read_annotations(e) for e in entries}
+    missing = [e for e in entries if not getattr(sets[e.entry_id], "exported", True)]
+    if missing:
+        layout = getattr(backend, "layout", None)
+        where = f" in {layout.annotations_dir}" if layout is not None else ""
+        names = ", ".join(
+            f"{e.name!r} (entry {e.entry_id}: no {e.entry_id}.geojson)" for e in missing[:5]
+        )
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise AnnotationError(
+            f"{len(missing)} image(s) have no annotation export{where}: {names}{more}",
+            hint="in QuPath run groovy/export_annotations.groovy with Run for project "
+            "(every image; an image without annotations is exported as an empty file)",
+        )
+    return sets
 
 
 def _same_json(path: Path, obj: Any) -> bool:

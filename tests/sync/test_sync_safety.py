@@ -120,3 +120,60 @@ def test_ctrl_c_escaping_the_trainer_changes_nothing(
     assert code == 130, out
     assert "training interrupted" in _one_error_line(out)
     assert snapshot(root) == before
+
+
+def _break_export(project: Path, how: str) -> str:
+    """Make entry 1's annotation export (the outlined tumour slide) unusable in one of the
+    ways a careful user found; returns what the one error line must name."""
+    folder = project / "qupath-rkd" / "annotations"
+    export = folder / "1.geojson"
+    if how == "no-folder":
+        for path in sorted(folder.iterdir()):
+            path.unlink()
+        folder.rmdir()
+        return "no annotation export"
+    export.unlink()
+    if how == "deleted":
+        return "no annotation export"
+    if how == "folder":
+        export.mkdir()
+        return "is a folder"
+    if how == "dangling-link":
+        export.symlink_to(folder / "gone.geojson")
+        return "does not exist"
+    assert how == "dev-zero"
+    export.symlink_to("/dev/zero")
+    return "not a regular file"
+
+
+@pytest.mark.parametrize("how", ["deleted", "folder", "dangling-link", "dev-zero", "no-folder"])
+def test_missing_export_is_an_error_never_zero_annotations(synced_copy: Path, how: str) -> None:
+    """A missing or unreadable export never turns the outlined tumour into normal tissue: one
+    line naming the image's export and the fix, exit 1, nothing written (no retraining)."""
+    needle = _break_export(synced_copy, how)
+    root = synced_copy.parent
+    before = snapshot(root)
+    code, out = _sync(str(synced_copy), *_fast())
+    assert code == 1, out
+    line = _one_error_line(out)
+    assert needle in line and "export_annotations.groovy" in line
+    assert "1.geojson" in line
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("entry_id", ["../../evil", "a/b", "3", 3.0, -3, True, [3], {"id": 3}])
+def test_entry_id_not_written_by_qupath_is_one_error(synced_copy: Path, entry_id: object) -> None:
+    """Only the whole-number entry IDs QuPath writes are accepted where the project is read:
+    a path, a string, a float, a list... is one line naming project.qpproj and the image,
+    exit 1, nothing written anywhere (in the project folder or next to it)."""
+    qpproj = synced_copy / "project.qpproj"
+    data = json.loads(qpproj.read_text())
+    data["images"][2]["entryID"] = entry_id
+    qpproj.write_text(json.dumps(data, indent=2))
+    root = synced_copy.parent
+    before = snapshot(root.parent)
+    code, out = _sync(str(synced_copy), *_fast())
+    assert code == 1, out
+    line = _one_error_line(out)
+    assert str(qpproj) in line and ("entryID" in line or "entry ID" in line)
+    assert snapshot(root.parent) == before
