@@ -441,6 +441,10 @@ def _load_qpproj(qpproj: Path) -> dict[str, Any]:
             f"{qpproj}: corrupt project file ({exc.msg} at line {exc.lineno} column {exc.colno})",
             hint=restore,
         ) from None
+    except RecursionError:
+        raise ProjectFormatError(
+            f"{qpproj}: corrupt project file (JSON nested too deeply)", hint=restore
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("images", []), list):
         raise ProjectFormatError(
             f"{qpproj}: not a QuPath project file (no 'images' list)", hint=restore

@@ -177,3 +177,61 @@ def test_entry_id_not_written_by_qupath_is_one_error(synced_copy: Path, entry_id
     line = _one_error_line(out)
     assert str(qpproj) in line and ("entryID" in line or "entry ID" in line)
     assert snapshot(root.parent) == before
+
+
+_BOX = [[[100, 100], [400, 100], [400, 400], [100, 400], [100, 100]]]
+
+
+def _tumour(coords: object, color: object = (200, 0, 0)) -> str:
+    """One Tumor annotation as JSON text (``json.dumps`` writes NaN/Infinity as such)."""
+    feature = {
+        "type": "Feature",
+        "id": "0e0e0e0e-0000-4000-8000-000000000001",
+        "geometry": {"type": "Polygon", "coordinates": coords},
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": "Tumor", "color": color},
+        },
+    }
+    return json.dumps({"type": "FeatureCollection", "features": [feature]})
+
+
+_DEEP = "[" * 200_000 + "]" * 200_000
+_BAD_ANNOTATIONS = {
+    "nan-coordinate": (_tumour([[*_BOX[0][:2], [float("nan"), 400], *_BOX[0][3:]]]), "not finite"),
+    "infinite-coordinate": (
+        _tumour([[*_BOX[0][:2], [400, float("inf")], *_BOX[0][3:]]]),
+        "not finite",
+    ),
+    "colour-strings": (_tumour(_BOX, ["a", "b", "c"]), "colour"),
+    "colour-nan": (_tumour(_BOX, [float("nan"), 0, 0]), "colour"),
+    "colour-overflow": (_tumour(_BOX, [1, 0, 0]).replace("[1, 0, 0]", "[1e400, 0, 0]"), "colour"),
+    "deep-nesting": (_DEEP, "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_ANNOTATIONS))
+def test_bad_annotation_values_are_one_line(synced_copy: Path, case: str) -> None:
+    """NaN/Infinity coordinates, colours that are not numbers, JSON nested 200,000 deep: one
+    line naming the file (and feature), exit 1, nothing written."""
+    text, needle = _BAD_ANNOTATIONS[case]
+    export = synced_copy / "qupath-rkd" / "annotations" / "1.geojson"
+    export.write_text(text)
+    root = synced_copy.parent
+    before = snapshot(root)
+    code, out = _sync(str(synced_copy), *_fast())
+    assert code == 1, out
+    line = _one_error_line(out)
+    assert needle in line and str(export) in line
+    assert snapshot(root) == before
+
+
+def test_deeply_nested_project_file_is_one_line(synced_copy: Path) -> None:
+    qpproj = synced_copy / "project.qpproj"
+    qpproj.write_text(_DEEP)
+    root = synced_copy.parent
+    before = snapshot(root)
+    code, out = _sync(str(synced_copy), *_fast())
+    assert code == 1, out
+    assert "nested too deeply" in _one_error_line(out)
+    assert snapshot(root) == before

@@ -96,6 +96,10 @@ class GeojsonBackend:
                 f"{path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
                 hint=_EXPORT_AGAIN,
             ) from None
+        except RecursionError:
+            raise AnnotationError(
+                f"{path}: JSON nested too deeply to be QuPath's GeoJSON", hint=_EXPORT_AGAIN
+            ) from None
         shift = (float(entry.bounds_offset_px[0]), float(entry.bounds_offset_px[1]))
         objects = parse_features(parsed, source=str(path), shift_px=shift)
         kept = [o for o in objects if not o.is_tool_object]
