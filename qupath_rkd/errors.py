@@ -96,6 +96,13 @@ class LockError(QupathRkdError, RuntimeError):
     """Another qupath-rkd process holds the project's lock."""
 
 
+class SyncInterruptedError(QupathRkdError, RuntimeError):
+    """A sync was stopped (Ctrl-C) before its commit: nothing was written to the project."""
+
+    #: the shell's convention for a process stopped by SIGINT
+    exit_code = 130
+
+
 class EvaluationError(QupathRkdError, ValueError):
     """Ground truth or predictions for evaluation are unusable."""
 

@@ -73,7 +73,7 @@ class LazyGroup(click.Group):
 
             if isinstance(exc, QupathRkdError) and not os.environ.get("QUPATH_RKD_DEBUG"):
                 click.echo(f"Error: {exc.one_line()}", err=True)
-                ctx.exit(1)
+                ctx.exit(int(getattr(exc, "exit_code", 1)))
             raise
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import shapely
 import shapely.affinity
 from shapely.geometry import mapping, shape
@@ -215,13 +216,35 @@ def repair_geometry(geom: BaseGeometry) -> tuple[BaseGeometry, str | None]:
 
 
 # --- reading ------------------------------------------------------------------------------
-def _color_from(value: Any) -> tuple[int, int, int] | None:
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (not a bool, NaN, Infinity or a float overflowing to it)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _color_from(value: Any, where: str = "<geojson>") -> tuple[int, int, int] | None:
+    """An RGB colour from ``[r, g, b]`` or a packed int; ``None`` when absent.
+
+    Raises:
+        AnnotationError: a colour that is not finite numbers from 0 to 255.
+    """
+    if value is None:
+        return None
     if isinstance(value, (list, tuple)) and len(value) >= 3:
-        return (int(value[0]), int(value[1]), int(value[2]))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if all(_is_number(c) and 0 <= c <= 255 for c in value[:3]):
+            return (int(value[0]), int(value[1]), int(value[2]))
+    elif _is_number(value):
         packed = int(value) & 0xFFFFFF
         return ((packed >> 16) & 0xFF, (packed >> 8) & 0xFF, packed & 0xFF)
-    return None
+    shown = json.dumps(value)[:60] if _is_json_scalar_list(value) else type(value).__name__
+    raise AnnotationError(
+        f"{where}: classification colour {shown} is not three numbers from 0 to 255",
+        hint='set "color": [r, g, b] (0-255) in the classification, or export again from QuPath',
+    )
+
+
+def _is_json_scalar_list(value: Any) -> bool:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return all(isinstance(v, (str, int, float, bool)) or v is None for v in items)
 
 
 def _classification(
@@ -253,7 +276,7 @@ def _classification(
             f"{where}: classification {json.dumps(raw)} has no 'name'",
             hint="give the classification a name or remove it",
         )
-    color = _color_from(raw.get("color")) or _color_from(raw.get("colorRGB"))
+    color = _color_from(raw.get("color"), where) or _color_from(raw.get("colorRGB"), where)
     if color is None:
         raise AnnotationError(
             f"{where}: classification {': '.join(parts)!r} has no colour "
@@ -385,6 +408,11 @@ def parse_features(
                 f"{where}: unreadable geometry ({exc})",
                 hint="fix or delete this object in QuPath and export again",
             ) from None
+        if not np.isfinite(shapely.get_coordinates(geom)).all():
+            raise AnnotationError(
+                f"{where}: coordinates that are not finite numbers (NaN or Infinity)",
+                hint="fix or delete this object in QuPath and export again",
+            )
         geom, note = repair_geometry(geom)
         if note:
             logger.warning("%s: %s", where, note)
@@ -445,6 +473,11 @@ def read_geojson(
     except json.JSONDecodeError as exc:
         raise AnnotationError(
             f"{p}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+            hint="export the annotations again with groovy/export_annotations.groovy",
+        ) from None
+    except RecursionError:
+        raise AnnotationError(
+            f"{p}: JSON nested too deeply to be QuPath's GeoJSON",
             hint="export the annotations again with groovy/export_annotations.groovy",
         ) from None
     return parse_features(data, source=str(p), shift_px=shift_px)

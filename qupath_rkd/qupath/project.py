@@ -441,6 +441,10 @@ def _load_qpproj(qpproj: Path) -> dict[str, Any]:
             f"{qpproj}: corrupt project file ({exc.msg} at line {exc.lineno} column {exc.colno})",
             hint=restore,
         ) from None
+    except RecursionError:
+        raise ProjectFormatError(
+            f"{qpproj}: corrupt project file (JSON nested too deeply)", hint=restore
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("images", []), list):
         raise ProjectFormatError(
             f"{qpproj}: not a QuPath project file (no 'images' list)", hint=restore
@@ -463,6 +467,16 @@ def _parse_entry(
     entry_id = raw.get("entryID")
     if entry_id is None:  # QuPath 0.1 had no IDs; fall back to the position
         entry_id = i + 1
+    # QuPath writes a whole number; anything else (a string, "../x", a float, a list) would
+    # name other files than QuPath's, or files outside the project
+    if isinstance(entry_id, bool) or not isinstance(entry_id, int) or entry_id < 0:
+        plain = isinstance(entry_id, (str, int, float))
+        shown = repr(entry_id)[:60] if plain else f"of type {type(entry_id).__name__}"
+        raise ProjectFormatError(
+            f"{qpproj}: image {i} ({raw.get('imageName')!r}) has entryID {shown}, "
+            "not the whole number QuPath writes",
+            hint="restore the project file from a backup, or remove and re-add the image in QuPath",
+        )
     builder = raw.get("serverBuilder")
     if builder is None and isinstance(raw.get("path"), str):  # QuPath 0.1 form
         builder = {"builderType": "uri", "uri": raw["path"]}

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from qupath_rkd.constants import PROJECT_SUBDIR
-from qupath_rkd.errors import DataError, ProjectError, QupathRkdError
+from qupath_rkd.errors import (
+    AnnotationError,
+    CheckpointError,
+    DataError,
+    ProjectError,
+    QupathRkdError,
+    SyncInterruptedError,
+)
 from qupath_rkd.sync.commit import Transaction, ensure_writable, fault_point, recover
 from qupath_rkd.sync.config import MODEL_SECTIONS, PREDICTION_SECTIONS, SyncConfig
 from qupath_rkd.sync.lock import ProjectLock
@@ -60,6 +67,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_RELPATH = f"{PROJECT_SUBDIR}/model/model.pt"
 _STAGED_MODEL = "model.pt"
+#: Where an interrupted training's resume file (and its best checkpoint so far) is kept until
+#: a later sync continues it: outside ``.pending``, which every sync discards.
+RESUME_RELDIR = f"{PROJECT_SUBDIR}/resume"
+_RESUME_KEY = "resume.json"
 
 #: Progress callback: ``(stage, done, total)``; the CLI draws it on a tty.
 Progress = Callable[[str, int, int], None]
@@ -173,7 +184,7 @@ def _sync_locked(
         raise ProjectError(f"{project.qpproj_path}: the project has no images")
 
     # 1. annotations (read-only) and the labelled set
-    annotation_sets = {e.entry_id: backend.read_annotations(e) for e in entries}
+    annotation_sets = _read_annotations(backend, entries)
     for aset in annotation_sets.values():
         for line in getattr(aset, "repairs", []):
             _say(outcome.notes, f"repaired: {line}", echo)
@@ -198,10 +209,26 @@ def _sync_locked(
     model_path = model_file
     try:
         if reason is not None and not outcome.dry_run:
-            if echo:
-                echo(f"training: {reason} ({len(labelled.items)} labelled tiles)")
             model_path = tx.staged_path(_STAGED_MODEL)
-            _train(labelled, config, model_path, progress)
+            resume_key = {"training_key": training_key, "config_hash": model_hash}
+            resumed = _restore_resume(project.path, model_path, resume_key)
+            if echo:
+                more = ", continuing the interrupted training" if resumed else ""
+                echo(f"training: {reason} ({len(labelled.items)} labelled tiles{more})")
+            try:
+                result = _train(labelled, config, model_path, progress, resume=resumed)
+            except KeyboardInterrupt:  # a second Ctrl-C, outside the trainer's own handling
+                result = None
+            if result is None or getattr(result, "interrupted", False):
+                kept = _keep_resume(project.path, model_path, resume_key)
+                again = f"run `qupath-rkd sync {project.path}` again"
+                raise SyncInterruptedError(
+                    "training interrupted (Ctrl-C): no model, prediction or state was changed",
+                    hint=f"{again} to continue the training (kept in "
+                    f"{project.path / RESUME_RELDIR})"
+                    if kept
+                    else f"{again} to train",
+                )
             fault_point("after-train")
             tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
             outcome.trained = True
@@ -313,10 +340,40 @@ def _sync_locked(
         tx.digests_into = (f"{PROJECT_SUBDIR}/state.json", ["predictions"])
         tx.set_json(report_path(project.path), report_json(outcome))
         tx.commit(writer)
+        if outcome.trained:
+            _drop_resume(project.path)
     except BaseException:
         if not outcome.dry_run:
             tx.abort()
         raise
+
+
+def _read_annotations(backend: Any, entries: Sequence[Any]) -> dict[str, Any]:
+    """Every image's annotations (read only), keyed by entry ID.
+
+    An image without an export is an error, never "no annotations": a deleted export would
+    otherwise turn an outlined tumour into normal tissue. The export script writes an empty
+    collection for an image with no annotations, which is the only way to have none.
+
+    Raises:
+        AnnotationError: images have no export (all of them named, with the fix), or an
+            export is unusable.
+    """
+    sets = {e.entry_id: backend.read_annotations(e) for e in entries}
+    missing = [e for e in entries if not getattr(sets[e.entry_id], "exported", True)]
+    if missing:
+        layout = getattr(backend, "layout", None)
+        where = f" in {layout.annotations_dir}" if layout is not None else ""
+        names = ", ".join(
+            f"{e.name!r} (entry {e.entry_id}: no {e.entry_id}.geojson)" for e in missing[:5]
+        )
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise AnnotationError(
+            f"{len(missing)} image(s) have no annotation export{where}: {names}{more}",
+            hint="in QuPath run groovy/export_annotations.groovy with Run for project "
+            "(every image; an image without annotations is exported as an empty file)",
+        )
+    return sets
 
 
 def _same_json(path: Path, obj: Any) -> bool:
@@ -409,8 +466,78 @@ def _train_config(config: SyncConfig, n_train: int) -> Any:
     )
 
 
-def _train(labelled: Any, config: SyncConfig, out: Path, progress: Progress | None) -> None:
-    """Train on the labelled set; the checkpoint is written to ``out``."""
+def _resume_files(model_path: Path) -> list[Path]:
+    """The trainer's files of a run writing ``model_path``: the resume file, the best
+    checkpoint so far (the resume file refers to it)."""
+    return [model_path.with_name(model_path.name + ".resume"), model_path]
+
+
+def _keep_resume(project_dir: Path, model_path: Path, key: Mapping[str, str]) -> bool:
+    """Move an interrupted training's files out of ``.pending`` into ``RESUME_RELDIR``, with
+    ``key`` (what was being trained), so that the next sync can continue it. Returns whether
+    there was a resume file to keep."""
+    from qupath_rkd.io_utils import atomic_write_json
+
+    resume, checkpoint = _resume_files(model_path)
+    if not resume.is_file():
+        return False
+    folder = project_dir / RESUME_RELDIR
+    _drop_resume(project_dir)
+    folder.mkdir(parents=True)
+    for path in (resume, checkpoint):
+        if path.is_file():
+            path.replace(folder / path.name)
+    atomic_write_json(folder / _RESUME_KEY, dict(key))
+    return True
+
+
+def _restore_resume(project_dir: Path, model_path: Path, key: Mapping[str, str]) -> bool:
+    """Put a kept resume file back next to ``model_path`` when it is for the same training
+    (``key``); a resume file for other labels or settings is discarded. Returns whether the
+    training can continue from it."""
+    import shutil
+
+    folder = project_dir / RESUME_RELDIR
+    if not folder.is_dir():
+        return False
+    try:
+        same = json.loads((folder / _RESUME_KEY).read_text(encoding="utf-8")) == dict(key)
+    except (OSError, ValueError):
+        same = False
+    names = [path.name for path in _resume_files(model_path)]
+    if not same or not (folder / names[0]).is_file():
+        _drop_resume(project_dir)
+        return False
+    for name in names:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, model_path.with_name(name))
+    return True
+
+
+def _drop_resume(project_dir: Path) -> None:
+    """Remove a kept resume file (its training finished, or cannot be continued)."""
+    import shutil
+
+    shutil.rmtree(project_dir / RESUME_RELDIR, ignore_errors=True)
+
+
+def _train(
+    labelled: Any,
+    config: SyncConfig,
+    out: Path,
+    progress: Progress | None,
+    *,
+    resume: bool = False,
+) -> Any:
+    """Train on the labelled set; the checkpoint is written to ``out``.
+
+    With ``resume``, continue from ``<out>.resume`` (an interrupted sync's training); a resume
+    file the trainer refuses is dropped and the training starts over.
+
+    Returns:
+        The trainer's :class:`~qupath_rkd.training.trainer.TrainResult` (check
+        ``interrupted``: a Ctrl-C gives a partial model that must not be used).
+    """
     import numpy as np
 
     from qupath_rkd.slides.tiles_dataset import SlideTileDataset, split_by_label
@@ -431,20 +558,36 @@ def _train(labelled: Any, config: SyncConfig, out: Path, progress: Progress | No
     valid_set = dataset.subset(valid_idx) if len(valid_idx) else dataset.subset(np.asarray([], int))
     started = time.perf_counter()
     train_config = _train_config(config, len(train_set))
-    result = train(
-        train_set,
-        valid_set,
-        train_config,
-        out,
-        dataset_hash=labelled.sha256,
-        progress=progress is not None,
-    )
+
+    def run(resume_from: bool) -> Any:
+        return train(
+            train_set,
+            valid_set,
+            train_config,
+            out,
+            dataset_hash=labelled.sha256,
+            progress=progress is not None,
+            resume=resume_from,
+        )
+
+    try:
+        result = run(resume)
+    except CheckpointError as exc:
+        if not resume:
+            raise
+        logger.warning("cannot continue the interrupted training (%s): starting over", exc)
+        for path in _resume_files(out):
+            path.unlink(missing_ok=True)
+        result = run(False)
     logger.info("trained in %.1f s: %s", time.perf_counter() - started, result)
+    if getattr(result, "interrupted", False):
+        return result
     checkpoint = Path(getattr(result, "checkpoint", out))
     if checkpoint != out and checkpoint.is_file():
         checkpoint.replace(out)
     if not out.is_file():
         raise DataError(f"training wrote no checkpoint at {out}")
+    return result
 
 
 def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:

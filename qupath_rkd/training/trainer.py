@@ -578,6 +578,12 @@ class _Run:
                 )
             validated_at = self.history[-1]["step"] if self.history else -1
             every = cfg.validate_every_steps
+            pending = every and self.global_step % every == 0 and validated_at != self.global_step
+            if skip and pending:
+                # a Ctrl-C right after a step stops before its validation: do it now, as the
+                # uninterrupted run did, so that resuming keeps the same best model
+                self.validate(epoch)
+                validated_at = self.global_step
             for batch in _stoppable(loader, self):
                 if self.batches_done >= n_steps:
                     break

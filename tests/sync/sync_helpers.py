@@ -56,3 +56,11 @@ def copy_demo(source_root: Path, target_root: Path) -> Path:
     for path in files:
         path.write_text(path.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
     return project
+
+
+def one_error_line(output: str) -> str:
+    """The single ``Error:`` line of a command's output (and no traceback anywhere)."""
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert "Traceback" not in output
+    return errors[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sync_helpers import FAST, snapshot
+from sync_helpers import one_error_line as _one_error_line
 
 from qupath_rkd.cli import cli
 from qupath_rkd.sync.lock import ProjectLock
@@ -24,13 +25,6 @@ def _sync(*args: str) -> tuple[int, str]:
 
 def _fast() -> list[str]:
     return [arg for k, v in FAST.items() for arg in ("--set", f"{k}={v}")]
-
-
-def _one_error_line(output: str) -> str:
-    errors = [line for line in output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, output
-    assert "Traceback" not in output
-    return errors[0]
 
 
 def test_not_a_project(tmp_path: Path) -> None:

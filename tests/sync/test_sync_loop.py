@@ -38,21 +38,6 @@ def _sync_cli(project: Path, *extra: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.fixture(scope="session")
-def synced(small_demo, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    """The small demo after one complete sync (its project folder)."""
-    root = tmp_path_factory.mktemp("synced") / "demo"
-    copy_demo(small_demo.root, root)
-    outcome = run_sync(root / "project", _config(root / "project"))
-    assert outcome.trained and outcome.exit_code == 0, outcome.slides
-    return root / "project"
-
-
-@pytest.fixture
-def synced_copy(synced: Path, tmp_path: Path) -> Path:
-    return copy_demo(synced.parent, tmp_path / "demo")
-
-
 def test_first_sync_writes_what_qupath_imports(synced: Path, small_demo) -> None:  # type: ignore[no-untyped-def]
     tool = synced / "qupath-rkd"
     report = json.loads((tool / "report.json").read_text())

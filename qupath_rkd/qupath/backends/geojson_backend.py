@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from qupath_rkd.errors import AnnotationError
@@ -61,8 +63,13 @@ class GeojsonBackend:
         Geometry is shifted by ``entry.bounds_offset_px`` into the slide layer's frame.
         Detections/tiles that qupath-rkd created are left out. The file is never modified.
 
+        ``exported`` is False when the file does not exist (never exported, or deleted after
+        the export); the export script writes an empty collection for an image without
+        annotations, so only that file means "no annotations".
+
         Raises:
-            AnnotationError: the file is not JSON, not GeoJSON, or has a classification
+            AnnotationError: the file is not a regular file (a folder, a device, a dangling
+                link), cannot be read, is not JSON, not GeoJSON, or has a classification
                 without colour (the message names the file and the feature).
         """
         path = self.layout.annotations_file(entry.entry_id)
@@ -73,20 +80,25 @@ class GeojsonBackend:
         if record is not None and isinstance(record.get("metadata"), Mapping):
             metadata.update({str(k): str(v) for k, v in record["metadata"].items()})
         metadata.update(entry.metadata)
-        if not path.is_file():
-            return AnnotationSet(entry.entry_id, [], exported=record is not None, metadata=metadata)
-        data = path.read_bytes()
+        if not path.exists() and not path.is_symlink():
+            # never exported, or its export was deleted (the manifest may still list it)
+            return AnnotationSet(entry.entry_id, [], exported=False, metadata=metadata)
+        data = _read_export(path)
         try:
             parsed = json.loads(data.decode("utf-8-sig"))
         except UnicodeDecodeError as exc:
             raise AnnotationError(
                 f"{path}: not a text file ({exc.reason})",
-                hint="run groovy/export_annotations.groovy again for this image",
+                hint=_EXPORT_AGAIN,
             ) from None
         except json.JSONDecodeError as exc:
             raise AnnotationError(
                 f"{path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-                hint="run groovy/export_annotations.groovy again for this image",
+                hint=_EXPORT_AGAIN,
+            ) from None
+        except RecursionError:
+            raise AnnotationError(
+                f"{path}: JSON nested too deeply to be QuPath's GeoJSON", hint=_EXPORT_AGAIN
             ) from None
         shift = (float(entry.bounds_offset_px[0]), float(entry.bounds_offset_px[1]))
         objects = parse_features(parsed, source=str(path), shift_px=shift)
@@ -119,3 +131,30 @@ class GeojsonBackend:
         if written:
             logger.info("%s: wrote %d features", target, len(features))
         return PredictionWrite(entry.entry_id, target, written, backup, len(features))
+
+
+_EXPORT_AGAIN = "run groovy/export_annotations.groovy again for this image"
+
+
+def _read_export(path: Path) -> bytes:
+    """The bytes of an annotation export that exists (or is a link); only a regular file is
+    read (never a folder, a device such as ``/dev/zero`` or a named pipe).
+
+    Raises:
+        AnnotationError: not a regular file, or unreadable (one line naming it).
+    """
+    if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            what = f"a link to {os.readlink(path)}, which does not exist"
+        elif path.is_dir():
+            what = "a folder"
+        else:
+            what = "not a regular file"
+        raise AnnotationError(f"{path}: the annotation export is {what}", hint=_EXPORT_AGAIN)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AnnotationError(
+            f"{path}: the annotation export cannot be read ({exc.strerror or exc})",
+            hint=_EXPORT_AGAIN,
+        ) from None
