@@ -7,7 +7,8 @@
  * Reads <project>/qupath-rkd/predictions/N.geojson (N = this image's entry ID), a GeoJSON
  * FeatureCollection of detections in level-0 pixel coordinates:
  *   - lesions: detections classified (e.g. Tumor) with measurements such as the maximum and mean
- *     tumour probability and the area;
+ *     tumour probability and the area; one object per lesion (a lesion in several parts is a
+ *     MultiPolygon, which PathIO reads as one object), named "qupath-rkd lesion N", unique;
  *   - optionally the heatmap: tile detections carrying a probability measurement; show it with
  *     Measure > Show measurement maps. Set IMPORT_HEATMAP_TILES = false to skip them.
  * Every object qupath-rkd writes is a detection whose name starts with "qupath-rkd". Before

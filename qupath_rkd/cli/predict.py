@@ -87,7 +87,8 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     "--simplify-um",
     type=click.FloatRange(min=0),
     default=None,
-    help="Polygon simplification tolerance in µm [default: half a heatmap cell; 0 = exact].",
+    help="Lesion outline tolerance in µm; outlines follow tile edges exactly, so any value gives "
+    "the same outline.",
 )
 @click.option(
     "--min-tissue",

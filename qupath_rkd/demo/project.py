@@ -515,14 +515,10 @@ def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tupl
             for o in (read_geojson(pred_file) if pred_file.is_file() else [])
             if o.object_type == "detection" and PEAK_X_PX in o.measurements
         ]
-        # one detection per lesion (the parts of a lesion split on writing share its peak)
-        peaks = {
-            (o.name, o.measurements[PEAK_X_PX], o.measurements[PEAK_Y_PX]): o.measurements
-            for o in lesions
-        }
-        probs = np.asarray([m[MAX_PROBABILITY] for m in peaks.values()])
-        xs = np.asarray([m[PEAK_X_PX] for m in peaks.values()])
-        ys = np.asarray([m[PEAK_Y_PX] for m in peaks.values()])
+        # one detection per lesion (a lesion in parts is one MultiPolygon object)
+        probs = np.asarray([o.measurements[MAX_PROBABILITY] for o in lesions])
+        xs = np.asarray([o.measurements[PEAK_X_PX] for o in lesions])
+        ys = np.asarray([o.measurements[PEAK_Y_PX] for o in lesions])
         mask = (
             evaluation_mask(
                 slide.lesions, mpp=slide.mpp, slide_size_px=(slide.width_px, slide.height_px)

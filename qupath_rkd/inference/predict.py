@@ -57,6 +57,11 @@ def default_num_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+#: Enters :meth:`InferenceConfig.key`: outputs written before lesions became one object each,
+#: outlined on tile edges, are predicted again instead of being kept as done.
+LESION_OUTLINE_VERSION = "one-object-tile-edges"
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """What defines a prediction (everything here enters the skip-if-done key).
@@ -72,7 +77,8 @@ class InferenceConfig:
             when none; the default: slide AUC 0.76 against 0.60 for ``max`` with the same tiles,
             docs/benchmarks.md) or ``max`` (highest tile probability).
         min_lesion_um: lesions whose major axis is under this are dropped (ITC limit).
-        simplify_um: polygon simplification tolerance (``None``: half a heatmap cell).
+        simplify_um: lesion outline tolerance in µm; outlines always follow tile edges, so every
+            value gives the same outline (see :func:`qupath_rkd.lesions.extract_lesions`).
         slide_mpp: level-0 µm/px of the slide when its metadata has none.
         batch_size, num_workers: streaming (do not change results, so not in the key).
             ``num_workers=None`` (default): one fewer than the CPU cores, at most 8 (0 on one
@@ -117,6 +123,7 @@ class InferenceConfig:
         fields = dataclasses.asdict(self)
         for streaming_only in ("batch_size", "num_workers"):
             fields.pop(streaming_only)
+        fields["lesion_outline"] = LESION_OUTLINE_VERSION
         text = json.dumps({"model_id": model_id, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

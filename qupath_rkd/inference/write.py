@@ -121,7 +121,14 @@ def overlay_png(
 
 
 def lesion_features(pred: SlidePrediction, key: str, slide_id: str) -> list[dict[str, Any]]:
-    """The lesions as QuPath detections of class Tumor with their measurements."""
+    """The lesions as QuPath detections of class Tumor: one feature per lesion.
+
+    A lesion in several parts is one ``MultiPolygon`` feature (QuPath imports it as one
+    object), so its name ``"qupath-rkd lesion N"`` (N = rank by maximum probability, from 1) is
+    unique on the slide and its measurements (:data:`LESION_MEASUREMENTS`: probabilities, area
+    in µm² of the whole geometry, major axis in µm, level-0 peak px inside the geometry) are
+    stated once. Geometry in level-0 ``(x, y)`` px, QuPath frame.
+    """
     from qupath_rkd.qupath.geojson import TOOL_NAME_PREFIX, make_feature, stable_feature_id
 
     feats = []

@@ -1,9 +1,13 @@
 """Heatmap → lesion polygons.
 
 threshold → 8-connected components → holes filled → components whose major axis is under the
-minimum (default 200 µm, the isolated-tumour-cell limit) dropped → polygons in level-0 ``(x, y)``
-pixels → simplified with a tolerance in µm. Each lesion carries its maximum and mean probability,
-its area in µm² and the level-0 location of its peak.
+minimum (default 200 µm, the isolated-tumour-cell limit) dropped → one outline per lesion in
+level-0 ``(x, y)`` pixels: the exact union of its cells' footprints, so every edge lies on a tile
+edge (axis-aligned, never a diagonal across a tile); vertices in the middle of a straight edge are
+dropped, nothing else. A lesion whose cells touch only at corners is one ``MultiPolygon`` (one
+QuPath object), never several objects. Each lesion carries its maximum and mean probability, its
+area in µm² (the area of that outline) and the level-0 location of its peak, which lies inside
+the outline.
 
 Frames: the heatmap is indexed ``(row, col)``; polygons and peaks are level-0 ``(x, y)`` pixels in
 QuPath's frame. The only conversion is :func:`qupath_rkd.heatmap.cell_to_level0_xy`
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 from scipy import ndimage
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import MultiPolygon, Point, Polygon
 
 from qupath_rkd.heatmap import Heatmap
 
@@ -37,11 +41,14 @@ class Lesion:
 
     Attributes:
         polygon: ``Polygon`` (or ``MultiPolygon`` when parts touch only at a corner, which a valid
-            single polygon cannot express) in level-0 ``(x, y)`` pixels, QuPath frame; holes filled.
+            single polygon cannot express) in level-0 ``(x, y)`` pixels, QuPath frame; holes
+            filled; every vertex on the tile grid (``origin + (k - 1/2) * stride`` ± half a tile,
+            see :func:`component_polygon`). The whole lesion: one object, however many parts.
         max_probability: highest calibrated probability of its cells above the threshold.
         mean_probability: mean calibrated probability of its cells above the threshold.
-        area_um2: area of ``polygon`` in µm².
-        peak_xy_px: level-0 ``(x, y)`` of the centre of its highest cell (the Camelyon16 point).
+        area_um2: area of ``polygon`` in µm² (= ``n_cells`` × cell side², all parts together).
+        peak_xy_px: level-0 ``(x, y)`` of the centre of its highest cell (the Camelyon16 point);
+            inside ``polygon`` (a cell's centre is inside its own footprint square).
         major_axis_um: major axis of the ellipse with the same second moments as its footprint.
         n_cells: heatmap cells in the component after hole filling.
     """
@@ -82,6 +89,9 @@ def component_polygon(
 ) -> Polygon | MultiPolygon:
     """Exact union of the footprints of the ``True`` cells of ``component``, in level-0 px.
 
+    Every edge lies on a tile edge (the footprint of cell ``(r, c)`` is the stride square
+    centred on its tile centre); vertices in the middle of a straight edge are removed.
+
     Args:
         component: ``(h, w)`` bool, a crop of the grid whose cell ``(0, 0)`` is grid
             ``offset_rc``.
@@ -103,7 +113,9 @@ def component_polygon(
             shapely.box(x_lo[k], float(y_lo), x_hi[k], float(y_hi)) for k in range(starts.size)
         )
     merged = shapely.union_all(boxes)
-    merged = shapely.normalize(merged)
+    # Tolerance 0 drops only vertices exactly on the straight line through their neighbours:
+    # the outline keeps every corner of the staircase, so it never cuts across a tile.
+    merged = shapely.normalize(shapely.simplify(merged, 0.0, preserve_topology=True))
     if isinstance(merged, (Polygon, MultiPolygon)):
         return merged
     raise AssertionError(f"union of cell squares gave {merged.geom_type}")  # pragma: no cover
@@ -123,9 +135,12 @@ def extract_lesions(
         threshold: a cell belongs to a lesion when its probability is ``>= threshold``.
         min_major_axis_um: components whose major axis (:func:`major_axis_cells` × cell side) is
             under this are dropped (default 200 µm: isolated tumour cells). 0 keeps all.
-        simplify_um: Douglas–Peucker tolerance in µm (topology preserved). ``None``: half a
-            heatmap cell, which turns the grid staircase into the outline it approximates;
-            0: exact cell outlines.
+        simplify_um: outline tolerance in µm, ``>= 0`` or ``None``. Outlines always follow tile
+            edges: the only simplification that keeps them there is dropping vertices on a
+            straight edge, which moves nothing, so every tolerance gives the exact tile outline
+            (a Douglas–Peucker tolerance, as before, cut diagonally across tiles and made the
+            area and the peak disagree with the outline). Kept so that ``--simplify-um`` still
+            parses.
 
     Returns:
         Lesions; an empty list when nothing reaches the threshold.
@@ -139,8 +154,9 @@ def extract_lesions(
     # Background is 4-connected (the default cross), the complement of 8-connected foreground.
     filled = ndimage.binary_fill_holes(above)
     labels, n = ndimage.label(filled, structure=_EIGHT_CONNECTED)
+    if simplify_um is not None and not (math.isfinite(simplify_um) and simplify_um >= 0):
+        raise ValueError(f"simplify_um must be a length >= 0 in µm, got {simplify_um}")
     cell_um = heatmap.cell_um
-    tol_px = 0.5 * heatmap.stride_level0_px if simplify_um is None else simplify_um / heatmap.mpp
     lesions: list[Lesion] = []
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:  # pragma: no cover - labels are consecutive
@@ -158,10 +174,8 @@ def extract_lesions(
             sl[0].start + hot_r[i_peak], sl[1].start + hot_c[i_peak]
         )
         poly = component_polygon(comp, heatmap, (sl[0].start, sl[1].start))
-        if tol_px > 0:
-            simplified = poly.simplify(tol_px, preserve_topology=True)
-            if simplified.is_valid and not simplified.is_empty:
-                poly = shapely.normalize(simplified)
+        if not poly.contains(Point(float(peak_x), float(peak_y))):  # pragma: no cover
+            raise AssertionError(f"lesion peak ({peak_x}, {peak_y}) outside its outline")
         lesions.append(
             Lesion(
                 polygon=poly,

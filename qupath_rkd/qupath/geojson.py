@@ -20,9 +20,10 @@ an :class:`~qupath_rkd.errors.AnnotationError` naming the file and the feature.
 
 Written form (QuPath 0.4+ import): a ``FeatureCollection`` in which every feature has a UUID
 ``id``, ``properties.objectType``, a classification ``{"name", "color": [r, g, b]}`` when
-classified and a ``measurements`` map of floats. MultiPolygons are split into one feature per
-polygon (QuPath would otherwise make a single object of them); holes are kept; invalid polygons
-are repaired with ``shapely.make_valid`` and the repair is reported.
+classified and a ``measurements`` map of floats. One feature is one QuPath object: a
+MultiPolygon stays one feature (QuPath imports it as one object, so a lesion in several parts
+keeps one name and one set of measurements); holes are kept; invalid polygons are repaired with
+``shapely.make_valid`` and the repair is reported.
 """
 
 from __future__ import annotations
@@ -513,8 +514,8 @@ def make_feature(
 
     Args:
         geometry: shapely geometry, level-0 ``(x, y)`` px in QuPath's frame. Invalid
-            polygons are repaired (logged). A MultiPolygon stays one feature here and is
-            split into one feature per polygon by :func:`write_geojson`.
+            polygons are repaired (logged). A MultiPolygon stays one feature, holes kept
+            (QuPath imports it as one object).
         object_type: ``detection`` (default), ``tile`` or ``annotation``.
         class_name: classification name (``"Tumor"``; ``"A: B"`` for a derived class).
         color: RGB of the classification; default :func:`color_for_class`.
@@ -566,23 +567,6 @@ def make_feature(
     }
 
 
-def _split_multipolygons(features: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One feature per polygon: MultiPolygon features are split, parts get derived IDs."""
-    out: list[dict[str, Any]] = []
-    for feat in features:
-        geom = feat.get("geometry") or {}
-        if geom.get("type") != "MultiPolygon":
-            out.append(dict(feat))
-            continue
-        base_id = str(feat.get("id") or uuid.uuid4())
-        for k, rings in enumerate(geom["coordinates"]):
-            part = dict(feat)
-            part["geometry"] = {"type": "Polygon", "coordinates": rings}
-            part["id"] = base_id if k == 0 else stable_feature_id(base_id, k)
-            out.append(part)
-    return out
-
-
 def _shift_features(
     features: Sequence[Mapping[str, Any]], shift_px: tuple[float, float]
 ) -> list[dict[str, Any]]:
@@ -603,7 +587,7 @@ def features_to_json(
     feats = list(features)
     if shift_px != (0.0, 0.0) and shift_px != (0, 0):
         feats = _shift_features(feats, shift_px)
-    collection = {"type": "FeatureCollection", "features": _split_multipolygons(feats)}
+    collection = {"type": "FeatureCollection", "features": [dict(f) for f in feats]}
     return json.dumps(collection, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
 
 
@@ -615,8 +599,8 @@ def write_geojson(
 ) -> Path:
     """Write features as one FeatureCollection, atomically (temp file + rename).
 
-    MultiPolygons are split into one feature per polygon. ``shift_px`` is added to every
-    coordinate before writing (level-0 px). The folder must exist. Returns the path.
+    Each feature stays one feature (a MultiPolygon is one QuPath object). ``shift_px`` is added
+    to every coordinate before writing (level-0 px). The folder must exist. Returns the path.
     """
     return atomic_write_text(path, features_to_json(features, shift_px=shift_px))
 
@@ -627,7 +611,9 @@ def qupath_import_problems(data: Any) -> list[str]:
     Checks the rules of QuPath's reader (``PathObjectTypeAdapters``) and the facts in
     ``../shared/DESIGN.md``: a FeatureCollection of Features, each with a geometry, a UUID
     ``id`` used once, an ``objectType``, a classification with a name and an RGB colour,
-    numeric finite measurements in a map, and no MultiPolygon (it would become one object).
+    numeric finite measurements in a map, and no two detections with one name (one lesion
+    written as several objects would repeat its name and measurements). A MultiPolygon is
+    fine: QuPath imports it as one object.
     Returns one line per problem; ``[]`` when QuPath imports it as intended.
     """
     problems: list[str] = []
@@ -637,6 +623,7 @@ def qupath_import_problems(data: Any) -> list[str]:
     if not isinstance(features, list):
         return ["FeatureCollection without a 'features' list"]
     seen: set[str] = set()
+    detection_names: set[str] = set()
     for i, feat in enumerate(features):
         where = f"feature {i}"
         if not isinstance(feat, Mapping) or feat.get("type") != "Feature":
@@ -655,12 +642,15 @@ def qupath_import_problems(data: Any) -> list[str]:
         geom = feat.get("geometry")
         if not isinstance(geom, Mapping) or "type" not in geom:
             problems.append(f"{where}: no geometry")
-        elif geom["type"] == "MultiPolygon":
-            problems.append(f"{where}: a MultiPolygon imports as a single object")
         props = feat.get("properties")
         if not isinstance(props, Mapping):
             problems.append(f"{where}: no properties")
             continue
+        name = props.get("name")
+        if props.get("objectType") == "detection" and isinstance(name, str):
+            if name in detection_names:
+                problems.append(f"{where}: a second detection named {name!r}")
+            detection_names.add(name)
         if props.get("objectType") not in OBJECT_TYPES - {"root"}:
             problems.append(
                 f"{where}: objectType {props.get('objectType')!r} (missing imports "

@@ -155,16 +155,79 @@ def test_major_axis_of_a_filled_disc_is_its_diameter() -> None:
     assert major_axis_cells(line_r, line_c) == pytest.approx(4 * math.sqrt(100 / 12))
 
 
-def test_default_simplification_keeps_a_valid_close_outline() -> None:
+def on_tile_grid(geom: Polygon | MultiPolygon, hm: Heatmap) -> bool:
+    """Whether every vertex of ``geom`` lies on the grid of cell footprint corners and every
+    edge is axis-aligned (level-0 px; corners at ``to_level0_xy(r - 1/2, c - 1/2)``)."""
+    x0, y0 = hm.to_level0_xy(-0.5, -0.5)
+    step = hm.stride_level0_px
+    parts = list(geom.geoms) if isinstance(geom, MultiPolygon) else [geom]
+    for part in parts:
+        for ring in [part.exterior, *part.interiors]:
+            xy = np.asarray(ring.coords)
+            k = (xy - [float(x0), float(y0)]) / step
+            if not np.allclose(k, np.round(k), atol=1e-9):
+                return False
+            d = np.diff(xy, axis=0)
+            if not np.all((np.abs(d[:, 0]) < 1e-9) | (np.abs(d[:, 1]) < 1e-9)):
+                return False
+    return True
+
+
+def test_default_outline_is_the_exact_tile_outline_without_diagonals() -> None:
     rr, cc = np.mgrid[0:40, 0:40]
     p = ((rr - 20) ** 2 + (cc - 20) ** 2 <= 15**2).astype(np.float32)
     hm = make_heatmap(p)
     (raw,) = exact(hm)
-    (simple,) = extract_lesions(hm, 0.5)
-    assert simple.polygon.is_valid
-    assert len(simple.polygon.exterior.coords) < len(raw.polygon.exterior.coords)
-    assert simple.area_um2 == pytest.approx(raw.area_um2, rel=0.05)
-    assert simple.polygon.hausdorff_distance(raw.polygon) <= 50.0 + 1e-9
+    for simplify_um in (None, 50.0, 500.0):
+        (les,) = extract_lesions(hm, 0.5, simplify_um=simplify_um)
+        assert les.polygon.is_valid and les.polygon.equals(raw.polygon)
+        assert on_tile_grid(les.polygon, hm)
+        assert les.area_um2 == pytest.approx(les.n_cells * hm.cell_um**2)
+    # Collinear vertices are dropped: a 2 x 3 block is a rectangle of 4 corners.
+    q = np.zeros((4, 5), np.float32)
+    q[1:3, 1:4] = 0.9
+    (block,) = exact(make_heatmap(q))
+    assert len(block.polygon.exterior.coords) == 5
+    with pytest.raises(ValueError, match="simplify_um"):
+        extract_lesions(hm, 0.5, simplify_um=-1.0)
+
+
+def ragged_lesion() -> np.ndarray:
+    """One 8-connected lesion of ten blocks touching only at corners (the LN-03 case: one
+    lesion traced as ten polygons), plus a ring whose hole is filled and a separate blob."""
+    p = np.zeros((40, 40), np.float32)
+    for k in range(10):  # 2 x 2 blocks along a diagonal, each touching the next at a corner
+        p[2 * k : 2 * k + 2, 2 * k : 2 * k + 2] = 0.6 + 0.03 * k
+    p[30:37, 2:9] = 0.7  # a ring ...
+    p[32:35, 4:7] = 0.1  # ... around a low hole ...
+    p[33, 5] = 0.99  # ... holding the slide's peak
+    p[2:5, 30:36] = 0.8  # a plain block
+    return p
+
+
+@pytest.mark.parametrize("simplify_um", [None, 0.0, 150.0])
+def test_lesion_in_several_parts_is_one_multipolygon_with_its_peak_inside(
+    simplify_um: float | None,
+) -> None:
+    hm = make_heatmap(ragged_lesion(), stride=50.0, tile=100.0, mpp=0.5)
+    lesions = extract_lesions(hm, 0.5, simplify_um=simplify_um, min_major_axis_um=0.0)
+    assert len(lesions) == 3
+    ring, chain, _block = lesions  # by maximum probability: 0.99, 0.87, 0.8
+    assert chain.max_probability == pytest.approx(0.87)
+    assert isinstance(chain.polygon, MultiPolygon) and len(chain.polygon.geoms) == 10
+    assert isinstance(ring.polygon, Polygon) and not ring.polygon.interiors  # hole filled
+    assert ring.n_cells == 49 and ring.max_probability == pytest.approx(0.99)
+    cell_area_um2 = hm.cell_um**2
+    for les in lesions:
+        assert les.polygon.is_valid
+        assert on_tile_grid(les.polygon, hm)
+        assert les.polygon.contains(shapely.Point(les.peak_xy_px))
+        # The area is that of the whole object: all its parts, once.
+        assert les.area_um2 == pytest.approx(les.polygon.area * hm.mpp**2)
+        assert les.area_um2 == pytest.approx(les.n_cells * cell_area_um2)
+    assert chain.n_cells == 40
+    # The peak is the centre of the highest tile, which is inside the outline.
+    assert ring.peak_xy_px == tuple(float(v) for v in hm.to_level0_xy(33, 5))
 
 
 def test_inputs_are_not_modified() -> None:

@@ -30,15 +30,15 @@ QUPATH_TYPES = {"annotation", "detection", "tile", "cell", "tmaCore"}
 def assert_qupath_importable(collection: dict[str, Any]) -> None:
     """What QuPath 0.4+'s GeoJSON import needs (qupath-core PathObjectTypeAdapters): a
     FeatureCollection of Features with a UUID id, a geometry, objectType, a classification
-    with a name and an RGB colour, measurements as a map of numbers; no MultiPolygons (they
-    would import as one object)."""
+    with a name and an RGB colour, measurements as a map of numbers. A MultiPolygon is one
+    object (QuPath imports it as one), as each qupath-rkd lesion is."""
     assert collection["type"] == "FeatureCollection"
     ids = set()
     for feat in collection["features"]:
         assert feat["type"] == "Feature"
         assert str(uuid.UUID(feat["id"])) == feat["id"]
         ids.add(feat["id"])
-        assert feat["geometry"]["type"] in {"Polygon", "Point", "LineString"}
+        assert feat["geometry"]["type"] in {"Polygon", "MultiPolygon", "Point", "LineString"}
         props = feat["properties"]
         assert props["objectType"] in QUPATH_TYPES
         if "classification" in props:
@@ -73,20 +73,29 @@ def test_round_trip_keeps_holes_class_and_measurements(tmp_path: Path) -> None:
     assert obj.object_id == feat["id"] and obj.repair is None
 
 
-def test_multipolygons_are_split_into_one_feature_each(tmp_path: Path) -> None:
+def test_a_multipolygon_stays_one_feature_with_its_holes(tmp_path: Path) -> None:
+    # One lesion in parts is one QuPath object: split, each part repeated the lesion's name
+    # and measurements (LN-03: 9 lesions became 29 objects, Area summed 6x too large).
     multi = shapely.MultiPolygon(
         [box(0, 0, 10, 10), Polygon(box(20, 0, 40, 20).exterior, [box(25, 5, 30, 10).exterior])]
     )
-    feat = make_feature(multi, object_type="detection", class_name="Tumor", name="qupath-rkd x")
+    feat = make_feature(
+        multi,
+        object_type="detection",
+        class_name="Tumor",
+        name="qupath-rkd lesion 1",
+        measurements={"Area µm^2": multi.area},
+    )
     path = tmp_path / "m.geojson"
     write_geojson(path, [feat])
     collection = json.loads(path.read_text())
     assert_qupath_importable(collection)
-    objs = read_geojson(path)
-    assert len(objs) == 2
-    assert shapely.union_all([o.geometry for o in objs]).equals(multi)
-    assert len(objs[1].geometry.interiors) == 1  # the hole survives the split
-    assert objs[0].object_id == feat["id"] and objs[1].object_id != feat["id"]
+    assert len(collection["features"]) == 1
+    assert collection["features"][0]["geometry"]["type"] == "MultiPolygon"
+    (obj,) = read_geojson(path)
+    assert obj.geometry.equals(multi) and obj.object_id == feat["id"]
+    assert len(obj.geometry.geoms[1].interiors) == 1  # the hole is kept
+    assert obj.measurements["Area µm^2"] == pytest.approx(obj.geometry.area)
 
 
 def test_invalid_polygons_are_repaired_and_reported(
@@ -290,7 +299,7 @@ def test_qupath_import_problems_finds_what_qupath_would_refuse() -> None:
     bad["features"][1]["id"] = bad["features"][0]["id"]
     del bad["features"][0]["properties"]["classification"]["color"]
     bad["features"][0]["properties"]["measurements"]["q"] = "high"
-    del bad["features"][2]["properties"]["objectType"]
+    del bad["features"][1]["properties"]["objectType"]
     bad["features"].append(
         {
             "type": "Feature",
@@ -304,6 +313,9 @@ def test_qupath_import_problems_finds_what_qupath_would_refuse() -> None:
     assert "feature 0: classification without an RGB colour" in text
     assert "feature 0: measurement 'q'" in text
     assert "feature 1: id" in text and "used twice" in text
-    assert "feature 2: objectType None" in text
-    assert "feature 3: id 'x' is not a UUID" in text and "feature 3: a MultiPolygon" in text
+    assert "feature 1: objectType None" in text
+    assert "feature 2: id 'x' is not a UUID" in text and "MultiPolygon" not in text
+    twice = json.loads(json.dumps(good))
+    twice["features"].append(dict(twice["features"][1], id=str(uuid.uuid4())))
+    assert qupath_import_problems(twice) == ["feature 2: a second detection named 'qupath-rkd b'"]
     assert qupath_import_problems([]) == ["not a FeatureCollection"]
