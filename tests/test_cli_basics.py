@@ -100,3 +100,19 @@ def test_slide_info_without_mpp_says_how_to_give_it(real_data: Path) -> None:
     assert "unknown" in result.output and "--mpp" in result.output
     result = CliRunner().invoke(cli, ["slide-info", str(path), "--mpp", "0.25"])
     assert "0.25 (override)" in result.output
+
+
+@pytest.mark.parametrize("px", ["0", "-5"])
+def test_slide_info_thumbnail_px_below_one_is_refused(
+    real_data: Path, tmp_path: Path, px: str
+) -> None:
+    """Regression: 0 gave a ZeroDivisionError traceback, -5 a full-resolution thumbnail."""
+    thumb = tmp_path / "thumb.png"
+    slide = real_data / "slides" / "cmu-1-small-region.svs"
+    result = CliRunner().invoke(
+        cli, ["slide-info", str(slide), "--thumbnail", str(thumb), "--thumbnail-px", px]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "--thumbnail-px" in result.output and "x>=1" in result.output
+    assert not thumb.exists()

@@ -19,7 +19,11 @@ import click
     help="Write a PNG thumbnail with the tissue mask outlined in green.",
 )
 @click.option(
-    "--thumbnail-px", type=int, default=1024, show_default=True, help="Thumbnail's longer side."
+    "--thumbnail-px",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Thumbnail's longer side in pixels (at least 1).",
 )
 def slide_info(slide: Path, mpp: float | None, thumbnail: Path | None, thumbnail_px: int) -> None:
     """Describe a whole-slide image: format, pyramid levels, size, µm/px and tissue fraction."""
