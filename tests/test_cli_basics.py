@@ -116,3 +116,48 @@ def test_slide_info_thumbnail_px_below_one_is_refused(
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "--thumbnail-px" in result.output and "x>=1" in result.output
     assert not thumb.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "magic", "pil_format"),
+    [
+        ("thumb.jpg", b"\xff\xd8\xff", "JPEG"),
+        ("thumb.JPEG", b"\xff\xd8\xff", "JPEG"),
+        ("thumb.png", b"\x89PNG", "PNG"),
+        ("thumb.tif", b"II*\x00", "TIFF"),
+    ],
+)
+def test_slide_info_thumbnail_format_follows_the_suffix(
+    real_data: Path, tmp_path: Path, name: str, magic: bytes, pil_format: str
+) -> None:
+    """Regression: ``--thumbnail x.jpg`` wrote PNG bytes into a .jpg."""
+    from PIL import Image
+
+    thumb = tmp_path / name
+    slide = real_data / "slides" / "cmu-1-small-region.svs"
+    result = CliRunner().invoke(
+        cli, ["slide-info", str(slide), "--thumbnail", str(thumb), "--thumbnail-px", "64"]
+    )
+    assert result.exit_code == 0, result.output
+    assert thumb.read_bytes().startswith(magic)
+    with Image.open(thumb) as image:
+        assert image.format == pil_format and max(image.size) == 64
+
+
+@pytest.mark.parametrize("name", ["thumb.gif", "thumb"])
+def test_slide_info_thumbnail_unknown_suffix_is_one_line_before_reading(
+    real_data: Path, tmp_path: Path, name: str
+) -> None:
+    thumb = tmp_path / name
+    slide = real_data / "slides" / "cmu-1-small-region.svs"
+    result = subprocess.run(
+        [sys.executable, "-m", "qupath_rkd", "slide-info", str(slide), "--thumbnail", str(thumb)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(error) == 1 and str(thumb) in error[0] and ".png" in error[0], result.stderr
+    assert result.stdout == ""  # refused before the slide is read
+    assert not thumb.exists()
