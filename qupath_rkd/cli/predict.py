@@ -177,9 +177,9 @@ def predict(
             click.echo(f"FAILED   {run.slide_path}: {run.error}", err=True)
             return
         verb = "skipped " if run.status == "skipped" else "done    "
+        score = "-" if run.slide_score is None else f"{run.slide_score:.3f}"
         line = (
-            f"{verb} {run.slide_id}: score {run.slide_score:.3f}, {run.n_tiles} tiles, "
-            f"{run.n_lesions} lesion(s)"
+            f"{verb} {run.slide_id}: score {score}, {run.n_tiles} tiles, {run.n_lesions} lesion(s)"
         )
         if run.status == "ok":
             line += f", {run.seconds:.1f} s"
