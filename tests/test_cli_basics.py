@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -161,3 +162,32 @@ def test_slide_info_thumbnail_unknown_suffix_is_one_line_before_reading(
     assert len(error) == 1 and str(thumb) in error[0] and ".png" in error[0], result.stderr
     assert result.stdout == ""  # refused before the slide is read
     assert not thumb.exists()
+
+
+def _all_commands() -> list[tuple[str, click.Command]]:
+    import importlib
+
+    from qupath_rkd.cli import _COMMANDS
+
+    out = []
+    for name, (target, _) in sorted(_COMMANDS.items()):
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(module), attr)
+        subs = command.commands.values() if isinstance(command, click.Group) else [command]
+        out.extend((f"{name} {sub.name}" if sub is not command else name, sub) for sub in subs)
+    return out
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    """Regression: --epochs, --batch-size and --seed had no help."""
+    missing = [
+        f"{name} {'/'.join(param.opts)}"
+        for name, command in _all_commands()
+        for param in command.params
+        if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()
+    ]
+    assert not missing, f"options without help: {missing}"
+    result = CliRunner().invoke(cli, ["train-patches", "--help"])
+    text = " ".join(result.output.split())
+    assert "--epochs INTEGER RANGE Passes over the training patches." in text
+    assert "--seed INTEGER Seeds" in text

@@ -96,7 +96,13 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     show_default=True,
     help="Score a tile when at least this share of it is tissue.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Tiles scored at once; lower it if memory runs out.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
