@@ -191,3 +191,19 @@ def test_every_option_of_every_command_has_help() -> None:
     text = " ".join(result.output.split())
     assert "--epochs INTEGER RANGE Passes over the training patches." in text
     assert "--seed INTEGER Seeds" in text
+
+
+def test_72_dpi_warning_is_one_sentence_naming_the_file(real_data: Path) -> None:
+    """Regression: it was a raw logger line, 'WARNING qupath_rkd.slides.reader: ignoring
+    implausible pixel size 352.8 x 352.8 µm/px', naming neither the file nor the fix."""
+    path = real_data / "slides" / "openslide-python-boxes.tiff"
+    result = subprocess.run(
+        [sys.executable, "-m", "qupath_rkd", "slide-info", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Warning: {path}: ignoring the pixel size")
+    assert "--mpp" in lines[0] and "qupath_rkd.slides" not in lines[0]
