@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -100,3 +101,109 @@ def test_slide_info_without_mpp_says_how_to_give_it(real_data: Path) -> None:
     assert "unknown" in result.output and "--mpp" in result.output
     result = CliRunner().invoke(cli, ["slide-info", str(path), "--mpp", "0.25"])
     assert "0.25 (override)" in result.output
+
+
+@pytest.mark.parametrize("px", ["0", "-5"])
+def test_slide_info_thumbnail_px_below_one_is_refused(
+    real_data: Path, tmp_path: Path, px: str
+) -> None:
+    """Regression: 0 gave a ZeroDivisionError traceback, -5 a full-resolution thumbnail."""
+    thumb = tmp_path / "thumb.png"
+    slide = real_data / "slides" / "cmu-1-small-region.svs"
+    result = CliRunner().invoke(
+        cli, ["slide-info", str(slide), "--thumbnail", str(thumb), "--thumbnail-px", px]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "--thumbnail-px" in result.output and "x>=1" in result.output
+    assert not thumb.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "magic", "pil_format"),
+    [
+        ("thumb.jpg", b"\xff\xd8\xff", "JPEG"),
+        ("thumb.JPEG", b"\xff\xd8\xff", "JPEG"),
+        ("thumb.png", b"\x89PNG", "PNG"),
+        ("thumb.tif", b"II*\x00", "TIFF"),
+    ],
+)
+def test_slide_info_thumbnail_format_follows_the_suffix(
+    real_data: Path, tmp_path: Path, name: str, magic: bytes, pil_format: str
+) -> None:
+    """Regression: ``--thumbnail x.jpg`` wrote PNG bytes into a .jpg."""
+    from PIL import Image
+
+    thumb = tmp_path / name
+    slide = real_data / "slides" / "cmu-1-small-region.svs"
+    result = CliRunner().invoke(
+        cli, ["slide-info", str(slide), "--thumbnail", str(thumb), "--thumbnail-px", "64"]
+    )
+    assert result.exit_code == 0, result.output
+    assert thumb.read_bytes().startswith(magic)
+    with Image.open(thumb) as image:
+        assert image.format == pil_format and max(image.size) == 64
+
+
+@pytest.mark.parametrize("name", ["thumb.gif", "thumb"])
+def test_slide_info_thumbnail_unknown_suffix_is_one_line_before_reading(
+    real_data: Path, tmp_path: Path, name: str
+) -> None:
+    thumb = tmp_path / name
+    slide = real_data / "slides" / "cmu-1-small-region.svs"
+    result = subprocess.run(
+        [sys.executable, "-m", "qupath_rkd", "slide-info", str(slide), "--thumbnail", str(thumb)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(error) == 1 and str(thumb) in error[0] and ".png" in error[0], result.stderr
+    assert result.stdout == ""  # refused before the slide is read
+    assert not thumb.exists()
+
+
+def _all_commands() -> list[tuple[str, click.Command]]:
+    import importlib
+
+    from qupath_rkd.cli import _COMMANDS
+
+    out = []
+    for name, (target, _) in sorted(_COMMANDS.items()):
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(module), attr)
+        subs = command.commands.values() if isinstance(command, click.Group) else [command]
+        out.extend((f"{name} {sub.name}" if sub is not command else name, sub) for sub in subs)
+    return out
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    """Regression: --epochs, --batch-size and --seed had no help."""
+    missing = [
+        f"{name} {'/'.join(param.opts)}"
+        for name, command in _all_commands()
+        for param in command.params
+        if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()
+    ]
+    assert not missing, f"options without help: {missing}"
+    result = CliRunner().invoke(cli, ["train-patches", "--help"])
+    text = " ".join(result.output.split())
+    assert "--epochs INTEGER RANGE Passes over the training patches." in text
+    assert "--seed INTEGER Seeds" in text
+
+
+def test_72_dpi_warning_is_one_sentence_naming_the_file(real_data: Path) -> None:
+    """Regression: it was a raw logger line, 'WARNING qupath_rkd.slides.reader: ignoring
+    implausible pixel size 352.8 x 352.8 µm/px', naming neither the file nor the fix."""
+    path = real_data / "slides" / "openslide-python-boxes.tiff"
+    result = subprocess.run(
+        [sys.executable, "-m", "qupath_rkd", "slide-info", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Warning: {path}: ignoring the pixel size")
+    assert "--mpp" in lines[0] and "qupath_rkd.slides" not in lines[0]

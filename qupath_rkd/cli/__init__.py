@@ -5,12 +5,14 @@ and ``--version`` stay instant and never start torch, OpenSlide or a JVM. Each s
 in its own module of this package; register it in ``_COMMANDS`` below.
 
 Library errors (:class:`qupath_rkd.errors.QupathRkdError`) become one line on stderr and exit
-code 1; no traceback reaches the user unless ``QUPATH_RKD_DEBUG=1`` is set.
+code 1; no traceback reaches the user unless ``QUPATH_RKD_DEBUG=1`` is set. Logged warnings
+read as ``Warning: <sentence>`` on a line of their own (with ``-v``: level and logger name too).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Any
@@ -77,6 +79,36 @@ class LazyGroup(click.Group):
             raise
 
 
+#: Log line format with ``-v`` (and for levels other than WARNING without it).
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class UserFormatter(logging.Formatter):
+    """Log lines for a user: a warning is one line ``Warning: <message>`` (a traceback logged
+    with it shows with ``-v`` only), other levels keep the level and the logger's name
+    (``ERROR qupath_rkd.sync.runner: ...``)."""
+
+    def __init__(self) -> None:
+        super().__init__(_LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.WARNING:
+            return "Warning: " + record.getMessage()
+        return super().format(record)
+
+
+def _configure_logging(verbose: int) -> None:
+    """Log to stderr: warnings only by default, INFO with ``-v``, DEBUG with ``-vv``."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    if root.handlers:  # configured already (by an embedding program): as logging.basicConfig
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(UserFormatter() if verbose == 0 else logging.Formatter(_LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="qupath-rkd")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -86,10 +118,7 @@ def cli(verbose: int) -> None:
     Reverse knowledge distillation with a focal similarity loss (He & Li, MIDL 2023).
     Start with `qupath-rkd demo`, then `qupath-rkd sync PROJECT` on your own project.
     """
-    import logging
-
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(verbose)
 
 
 def main() -> None:

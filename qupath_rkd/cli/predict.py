@@ -97,7 +97,13 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     show_default=True,
     help="Score a tile when at least this share of it is tissue.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Tiles scored at once; lower it if memory runs out.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
@@ -178,9 +184,9 @@ def predict(
             click.echo(f"FAILED   {run.slide_path}: {run.error}", err=True)
             return
         verb = "skipped " if run.status == "skipped" else "done    "
+        score = "-" if run.slide_score is None else f"{run.slide_score:.3f}"
         line = (
-            f"{verb} {run.slide_id}: score {run.slide_score:.3f}, {run.n_tiles} tiles, "
-            f"{run.n_lesions} lesion(s)"
+            f"{verb} {run.slide_id}: score {score}, {run.n_tiles} tiles, {run.n_lesions} lesion(s)"
         )
         if run.status == "ok":
             line += f", {run.seconds:.1f} s"

@@ -19,7 +19,13 @@ import click
     type=click.Path(dir_okay=False, path_type=Path),
     help="CSV to write: path,score,probability.",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Patches scored at once; lower it if memory runs out.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option(
     "--workers",

@@ -16,15 +16,21 @@ import click
     "--thumbnail",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write a PNG thumbnail with the tissue mask outlined in green.",
+    help="Write a thumbnail with the tissue mask outlined in green; the suffix (.png, .jpg, "
+    ".jpeg, .tif, .tiff) sets the format.",
 )
 @click.option(
-    "--thumbnail-px", type=int, default=1024, show_default=True, help="Thumbnail's longer side."
+    "--thumbnail-px",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Thumbnail's longer side in pixels (at least 1).",
 )
 def slide_info(slide: Path, mpp: float | None, thumbnail: Path | None, thumbnail_px: int) -> None:
     """Describe a whole-slide image: format, pyramid levels, size, µm/px and tissue fraction."""
     from qupath_rkd.slides import open_slide, tissue_mask
 
+    image_format = None if thumbnail is None else _thumbnail_format(thumbnail)
     with open_slide(slide, mpp=mpp) as wsi:
         click.echo(f"file          {wsi.path}")
         click.echo(f"format        {wsi.format}")
@@ -50,12 +56,46 @@ def slide_info(slide: Path, mpp: float | None, thumbnail: Path | None, thumbnail
         mask = tissue_mask(wsi)
         click.echo(f"tissue        {100 * mask.fraction:.1f} % of the slide")
         if thumbnail is not None:
-            _write_thumbnail(wsi, mask, thumbnail, thumbnail_px)
+            assert image_format is not None
+            _write_thumbnail(wsi, mask, thumbnail, thumbnail_px, image_format)
             click.echo(f"thumbnail     {thumbnail}")
 
 
-def _write_thumbnail(wsi, mask, out: Path, max_px: int) -> None:  # type: ignore[no-untyped-def]
-    """Thumbnail PNG with the tissue mask's outline drawn in green, written atomically."""
+#: Thumbnail file suffix -> the PIL format written.
+_THUMBNAIL_FORMATS: dict[str, str] = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+
+def _thumbnail_format(out: Path) -> str:
+    """The PIL format ``out``'s suffix names; a usage error (before any slide is read) if none.
+
+    Raises:
+        click.BadParameter: the suffix is not one of ``_THUMBNAIL_FORMATS`` or the folder does
+            not exist.
+    """
+    image_format = _THUMBNAIL_FORMATS.get(out.suffix.lower())
+    if image_format is None:
+        raise click.BadParameter(
+            f"{out}: unknown image suffix {out.suffix or '(none)'!r}; "
+            f"end the file name with one of {', '.join(_THUMBNAIL_FORMATS)}",
+            param_hint="--thumbnail",
+        )
+    if not out.parent.is_dir():
+        raise click.BadParameter(
+            f"{out.parent}: folder does not exist; create it or choose another path",
+            param_hint="--thumbnail",
+        )
+    return image_format
+
+
+def _write_thumbnail(wsi, mask, out: Path, max_px: int, image_format: str) -> None:  # type: ignore[no-untyped-def]
+    """Thumbnail (``image_format``: PNG, JPEG or TIFF) with the tissue mask's outline drawn in
+    green, written atomically."""
     import io
 
     import numpy as np
@@ -73,9 +113,5 @@ def _write_thumbnail(wsi, mask, out: Path, max_px: int) -> None:  # type: ignore
     out_rgb = rgb.copy()
     out_rgb[edge] = (0, 200, 0)
     buffer = io.BytesIO()
-    Image.fromarray(out_rgb).save(buffer, format="PNG")
-    if not out.parent.is_dir():
-        raise click.UsageError(
-            f"{out.parent}: folder does not exist; create it or choose another path"
-        )
+    Image.fromarray(out_rgb).save(buffer, format=image_format)
     atomic_write_bytes(out, buffer.getvalue())

@@ -71,8 +71,20 @@ def _default_workers() -> int:
     help="Network input side (multiple of 32; "
     "default 96 for efficientnet_lite0, 128 for resnet18, 256 for wide_resnet50_2).",
 )
-@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Passes over the training patches.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(2),
+    default=32,
+    show_default=True,
+    help="Patches per training step (at least 2, for BatchNorm); lower it if memory runs out.",
+)
 @click.option("--max-tumor", type=click.IntRange(0), help="Use at most N tumour patches.")
 @click.option("--max-normal", type=click.IntRange(0), help="Use at most N normal patches.")
 @click.option(
@@ -82,7 +94,14 @@ def _default_workers() -> int:
     metavar="UM_PER_PX",
     help="Physical pixel size of the patches (PatchCamelyon: 0.972).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds the patch subsets (--max-*), the data order and the weights: the same seed "
+    "gives the same model on the CPU.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option(
     "--lr",

@@ -449,6 +449,39 @@ class DemoResult:
     built: bool
 
 
+def _build_or_leave_nothing(
+    root: Path, overrides: dict[str, Any], steps: Callable[[str], None] | None
+) -> DemoProject:
+    """Build the demo in ``root`` (missing or empty) with its config and marker; on any
+    failure or Ctrl-C remove what was built, leaving ``root`` as it was (missing or empty, and
+    the folders above it that this created removed too)."""
+    from qupath_rkd.sync.config import load_config, write_config
+
+    existed = root.is_dir()
+    if existed and any(root.iterdir()):
+        # not ours to clean up: build_demo_project refuses it with the message
+        return build_demo_project(root, progress=steps)
+    created = root  # the topmost folder this build creates
+    while not created.parent.exists():
+        created = created.parent
+    try:
+        demo = build_demo_project(root, progress=steps)
+        config = load_config(demo.project_dir, {**DEMO_SETTINGS, **overrides})
+        write_config(demo.project_dir, config, only_non_default=True)
+        _write_marker(demo)
+    except BaseException:
+        if existed:
+            for child in list(root.iterdir()) if root.is_dir() else []:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return demo
+
+
 def _load_demo(root: Path) -> DemoProject | None:
     """The demo in ``root`` if one was finished there before, else ``None``."""
     marker = root / DEMO_MARKER
@@ -553,8 +586,11 @@ def run_demo(
 
     Raises:
         ProjectError: ``out_dir`` is a non-empty folder that is not a finished demo.
+        DeviceError: the device asked for (``sync.device``) is not usable here; checked before
+            anything is built.
     """
-    from qupath_rkd.sync.config import load_config, write_config
+    from qupath_rkd.model.device import resolve_device
+    from qupath_rkd.sync.config import load_config
     from qupath_rkd.sync.runner import run_sync
 
     root = Path(out_dir)
@@ -562,13 +598,13 @@ def run_demo(
     demo = _load_demo(root) if root.is_dir() else None
     built = demo is None
     if demo is None:
-        demo = build_demo_project(root, progress=steps)
-        config = load_config(demo.project_dir, {**DEMO_SETTINGS, **(overrides or {})})
-        write_config(demo.project_dir, config, only_non_default=True)
-        _write_marker(demo)
+        # the device first: building the slides takes minutes and must not end in "no CUDA"
+        resolve_device(str({**DEMO_SETTINGS, **(overrides or {})}.get("sync.device", "auto")))
+        demo = _build_or_leave_nothing(root, overrides or {}, steps)
     else:
         say(f"reusing the demo project in {root}")
     config = load_config(demo.project_dir, overrides or {})
+    resolve_device(str(config.get("sync.device")))
     say("running: qupath-rkd sync " + str(demo.project_dir))
     outcome = run_sync(demo.project_dir, config, progress=progress, echo=say)
     result, _ = demo_froc(demo)

@@ -157,7 +157,8 @@ class SlidePrediction:
     Attributes:
         slide_path: the slide.
         heatmap: calibrated probability on the tile grid (NaN off tissue).
-        slide_score: one number per slide (see :attr:`InferenceConfig.slide_score`).
+        slide_score: one number per slide (see :attr:`InferenceConfig.slide_score`);
+            ``None`` when no tile was scored (no tissue, see ``note``).
         lesions: lesions, highest probability first.
         tiles: the scored tiles.
         note: why the result is empty or unusual (e.g. no tissue), else ``None``.
@@ -170,7 +171,7 @@ class SlidePrediction:
 
     slide_path: Path
     heatmap: Heatmap
-    slide_score: float
+    slide_score: float | None
     lesions: list[Lesion]
     tiles: TileScores
     note: str | None
@@ -267,11 +268,15 @@ def _worker_errors_as_one_line() -> Iterator[None]:
 
 
 # --- one slide ----------------------------------------------------------------------------
-def slide_score_of(probability: np.ndarray, how: str, threshold: float) -> float:
-    """The slide score from tile probabilities ``(N,)``: ``max`` or ``mean_above`` (FW-RD)."""
+def slide_score_of(probability: np.ndarray, how: str, threshold: float) -> float | None:
+    """The slide score from tile probabilities ``(N,)``: ``max`` or ``mean_above`` (FW-RD).
+
+    ``None`` when no tile was scored (no tissue): there is nothing to call benign or tumour,
+    and a 0 would read as "benign".
+    """
     p = probability[np.isfinite(probability)]
     if p.size == 0:
-        return 0.0
+        return None
     if how == "max":
         return float(p.max())
     above = p[p >= threshold]

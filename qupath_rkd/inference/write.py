@@ -240,9 +240,8 @@ def write_slide_outputs(outputs: SlideOutputs, pred: SlidePrediction, key: str) 
     atomic_write_text(outputs.submission_csv, submission_csv(pred))
     with open_slide(pred.slide_path, mpp=pred.config.slide_mpp) as slide:
         thumb, ds = slide.thumbnail(max_px=1024)
-    title = (
-        f"{pred.slide_path.name}: slide score {pred.slide_score:.3f}, {len(pred.lesions)} lesion(s)"
-    )
+    score = "no slide score" if pred.slide_score is None else f"slide score {pred.slide_score:.3f}"
+    title = f"{pred.slide_path.name}: {score}, {len(pred.lesions)} lesion(s)"
     if pred.note:
         title += f" ({pred.note})"
     assert pred.config.threshold is not None

@@ -44,13 +44,16 @@ _BACKGROUND_RGB = (255, 255, 255)
 #: Level-0 µm/px outside this range is not a microscope's: e.g. 352.8 µm/px is the 72 dpi that
 #: many TIFF writers put in by default. Such metadata is treated as unknown.
 PLAUSIBLE_MPP_RANGE = (0.02, 100.0)
+#: Files whose implausible pixel size was already reported (once per file and process).
+_WARNED_IMPLAUSIBLE: set[str] = set()
 
 
-def _mpp_from_properties(props: dict[str, str]) -> tuple[float, float] | None:
+def _mpp_from_properties(props: dict[str, str], name: str = "slide") -> tuple[float, float] | None:
     """Level-0 µm/px (x, y) from OpenSlide properties, or None when unknown.
 
     Uses ``openslide.mpp-x/y`` first, then the TIFF resolution tags (``tiff.XResolution`` with
-    ``tiff.ResolutionUnit`` in centimetres or inches).
+    ``tiff.ResolutionUnit`` in centimetres or inches). An implausible value (e.g. a TIFF
+    writer's 72 dpi default) is treated as unknown, with one warning per file (``name``).
     """
 
     def _positive(value: str | None) -> float | None:
@@ -64,7 +67,16 @@ def _mpp_from_properties(props: dict[str, str]) -> tuple[float, float] | None:
         low, high = PLAUSIBLE_MPP_RANGE
         if low <= mpp_x <= high and low <= mpp_y <= high:
             return mpp_x, mpp_y
-        logger.warning("ignoring implausible pixel size %.4g x %.4g µm/px", mpp_x, mpp_y)
+        if name not in _WARNED_IMPLAUSIBLE:
+            _WARNED_IMPLAUSIBLE.add(name)
+            logger.warning(
+                "%s: ignoring the pixel size in its metadata (%.4g × %.4g µm/px: not a "
+                "microscope's, likely a TIFF writer's default 72 dpi); give the slide's level-0 "
+                "µm/px (--mpp in slide-info and evaluate, --slide-mpp in predict)",
+                name,
+                mpp_x,
+                mpp_y,
+            )
         return None
 
     mpp_x = _positive(props.get("openslide.mpp-x"))
@@ -120,7 +132,7 @@ class Slide:
             self._mpp_xy: tuple[float, float] | None = (mpp_override, mpp_override)
             self.mpp_source = "override"
         else:
-            self._mpp_xy = _mpp_from_properties(props)
+            self._mpp_xy = _mpp_from_properties(props, str(self.path))
             self.mpp_source = "metadata" if self._mpp_xy else "unknown"
 
     # -- resolution -------------------------------------------------------------------------

@@ -37,10 +37,12 @@ class SlideResult:
         entry_id: QuPath's ``entryID`` (as a string).
         image_name: QuPath's ``imageName``.
         status: one of the ``STATUS_*`` values.
-        tumor_score: slide-level tumour probability in [0, 1] (``None`` when failed/pending).
+        tumor_score: slide-level tumour probability in [0, 1] (``None`` when failed/pending, or
+            when no tissue was scored: see ``note``).
         lesions: number of predicted lesions.
         lesion_area_mm2: total area of the predicted lesions in mm².
         reason: why it was (re)predicted, or the error of a failed slide.
+        note: why the result is empty or unusual (e.g. "no tissue found: nothing scored").
     """
 
     entry_id: str
@@ -50,11 +52,14 @@ class SlideResult:
     lesions: int | None = None
     lesion_area_mm2: float | None = None
     reason: str = ""
+    note: str = ""
 
     def report_row(self) -> dict[str, Any]:
         """The row as stored in report.json: the result, not what this run did."""
         row = asdict(self)
         row.pop("reason")
+        if not self.note:
+            row.pop("note")
         row["status"] = "failed" if self.status == STATUS_FAILED else "ok"
         if self.status == STATUS_FAILED:
             row["error"] = self.reason
@@ -152,7 +157,7 @@ def format_table(slides: list[SlideResult]) -> str:
             _fmt(s.tumor_score, ".3f"),
             _fmt(s.lesions, "d"),
             _fmt(s.lesion_area_mm2, ".3f"),
-            s.status + (f" ({s.reason})" if s.reason else ""),
+            s.status + (f" ({s.reason})" if s.reason else "") + (f"; {s.note}" if s.note else ""),
         )
         for s in slides
     ]

@@ -395,6 +395,7 @@ def _fill_from_record(result: SlideResult, record: PredictionRecord) -> None:
     result.tumor_score = summary.get("tumor_score")
     result.lesions = summary.get("lesions")
     result.lesion_area_mm2 = summary.get("lesion_area_mm2")
+    result.note = str(summary.get("note") or "")
 
 
 # --- the seams to the other stages ----------------------------------------------------------
@@ -631,7 +632,11 @@ def _predict_entry(
         features.extend(tile_features(prediction, key, slide_id))
     area_mm2 = sum(float(lesion.area_um2) for lesion in prediction.lesions) / 1e6
     summary = {
-        "tumor_score": round(float(prediction.slide_score), 6),
+        # None (empty in the table, no number in QuPath) when no tissue was scored: 0 would
+        # read as "benign"; the note says why
+        "tumor_score": (
+            None if prediction.slide_score is None else round(float(prediction.slide_score), 6)
+        ),
         "lesions": len(prediction.lesions),
         "lesion_area_mm2": round(area_mm2, 6),
     }

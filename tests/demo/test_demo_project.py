@@ -135,3 +135,59 @@ def test_file_uri_is_percent_encoded_as_in_qupath_projects(tmp_path: Path) -> No
     uri = qupath_file_uri(path)
     assert uri.startswith("file:/") and not uri.startswith("file://")
     assert "a%20b/%C3%A9.tif" in uri
+
+
+def _no_build(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("the demo was built before the device was checked")
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_demo_checks_the_device_before_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    """Regression: ``demo --device cuda`` without CUDA built every slide, then failed."""
+    import torch
+    from click.testing import CliRunner
+
+    from qupath_rkd.cli import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("qupath_rkd.demo.project.build_demo_project", _no_build)
+    root = tmp_path / "demo"
+    if exists:
+        root.mkdir()
+    result = CliRunner().invoke(cli, ["demo", str(root), "--device", "cuda"])
+    assert result.exit_code == 1, result.output
+    assert "CUDA is not available" in result.output and "--device cpu" in result.output
+    assert "Traceback" not in result.output
+    assert root.is_dir() == exists and (not exists or not any(root.iterdir()))
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_failed_demo_build_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    from qupath_rkd.demo import run_demo, semireal
+
+    calls = []
+
+    def build_then_fail(path: Path, **kwargs: object) -> object:
+        if calls:
+            raise KeyboardInterrupt  # Ctrl-C on the second slide
+        calls.append(path)
+        kwargs.update(width_px=256, height_px=256, lesion_diameters_um=(100.0,), n_lesions=1)
+        return real_build(path, **kwargs)
+
+    real_build = semireal.build_semireal_slide
+    monkeypatch.setattr(semireal, "build_semireal_slide", build_then_fail)
+    parent = tmp_path / "new parent"
+    root = parent / "demo"
+    if exists:
+        root.mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(root, overrides={"sync.device": "cpu"})
+    assert calls and calls[0].is_relative_to(root)
+    if exists:
+        assert root.is_dir() and not any(root.iterdir())
+    else:
+        assert not parent.exists()

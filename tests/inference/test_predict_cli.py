@@ -82,7 +82,9 @@ def test_a_failed_slide_is_reported_and_the_others_go_on(predicted) -> None:
     rows = {r["slide"]: r for r in csv.DictReader((predicted["out"] / "slide_scores.csv").open())}
     assert set(rows) == {"semireal_a", "blank", "kidney-48-5"}
     assert rows["kidney-48-5"]["score"] == "" and rows["kidney-48-5"]["note"].startswith("failed")
-    assert rows["blank"]["score"] == "0" and "no tissue" in rows["blank"]["note"]
+    # regression: a slide with no tissue scored 0, which reads as "benign"
+    assert rows["blank"]["score"] == "" and "no tissue found" in rows["blank"]["note"]
+    assert "blank: score -, 0 tiles" in res.output and "no tissue found" in res.output
     # default slide score: mean of the tile probabilities >= the threshold given
     prob = predicted["first"].tiles.probability
     want = float(prob[prob >= float(f"{predicted['thr']:.6f}")].mean())
@@ -161,7 +163,7 @@ def test_evaluate_reads_predict_outputs(predicted, tmp_path) -> None:
     summary = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert summary["n_slides"] == 2 and summary["n_lesions"] == 1
     assert 0.0 <= summary["froc_score"] <= 1.0
-    # the only tumour slide scores above the blank one (0): AUC 1
+    # the only tumour slide scores above the blank one (no score: its empty submission's 0)
     assert summary["slide_auc"] == pytest.approx(1.0)
 
 

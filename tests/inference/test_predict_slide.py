@@ -73,7 +73,9 @@ def test_slide_score_rules() -> None:
     assert slide_score_of(p, "max", 0.5) == pytest.approx(0.8)
     assert slide_score_of(p, "mean_above", 0.5) == pytest.approx(0.7)
     assert slide_score_of(p, "mean_above", 0.9) == 0.0
-    assert slide_score_of(np.zeros(0, np.float32), "max", 0.5) == 0.0
+    # nothing scored: no score (0 would read as "benign")
+    assert slide_score_of(np.zeros(0, np.float32), "max", 0.5) is None
+    assert slide_score_of(np.full(3, np.nan, np.float32), "mean_above", 0.5) is None
 
 
 def test_workers_open_their_own_handles_and_give_identical_results(
@@ -113,8 +115,8 @@ def test_dense_stride_and_region(semireal, model) -> None:
 def test_no_tissue_gives_an_empty_result_with_a_note(blank_slide, model) -> None:
     pred = predict_slide(blank_slide, model, num_workers=0)
     assert len(pred.tiles) == 0 and pred.lesions == []
-    assert pred.slide_score == 0.0
-    assert pred.note and "no tissue" in pred.note
+    assert pred.slide_score is None  # regression: it was 0, which reads as "benign"
+    assert pred.note and "no tissue found" in pred.note
     assert np.isnan(pred.heatmap.probability).all()
 
 

@@ -160,3 +160,20 @@ def test_thumbnail_has_the_slide_aspect_and_content(
     assert thumb.shape == (192, 288, 3)
     expected = _box_mean(real_pixels, 4)
     assert np.abs(thumb.astype(np.float64) - expected).mean() < 3.0
+
+
+def test_72_dpi_warning_names_the_file_and_the_fix_once(
+    real_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from qupath_rkd.slides import reader
+
+    path = real_data / "slides" / "openslide-python-boxes.tiff"
+    reader._WARNED_IMPLAUSIBLE.discard(str(path))
+    with caplog.at_level("WARNING", logger="qupath_rkd.slides.reader"):
+        for _ in range(3):  # predict opens a slide many times: one warning
+            with open_slide(path):
+                pass
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith(f"{path}: ignoring the pixel size")
+    assert "352.8" in messages[0] and "72 dpi" in messages[0] and "--slide-mpp" in messages[0]
