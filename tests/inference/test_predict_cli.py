@@ -83,9 +83,13 @@ def test_a_failed_slide_is_reported_and_the_others_go_on(predicted) -> None:
     assert set(rows) == {"semireal_a", "blank", "kidney-48-5"}
     assert rows["kidney-48-5"]["score"] == "" and rows["kidney-48-5"]["note"].startswith("failed")
     assert rows["blank"]["score"] == "0" and "no tissue" in rows["blank"]["note"]
-    # default slide score: mean of the tile probabilities >= the threshold given
-    prob = predicted["first"].tiles.probability
-    want = float(prob[prob >= float(f"{predicted['thr']:.6f}")].mean())
+    # default slide score: the highest value of the smoothed heatmap (default sigma, in µm)
+    from qupath_rkd.constants import DEFAULT_SMOOTH_SIGMA_UM
+    from qupath_rkd.lesions.postprocess import smooth_heatmap
+
+    smoothed = smooth_heatmap(predicted["first"].heatmap, DEFAULT_SMOOTH_SIGMA_UM)
+    want = float(np.nanmax(smoothed.probability))
+    assert want < float(np.nanmax(predicted["first"].heatmap.probability))  # it is smoothed
     assert float(rows["semireal_a"]["score"]) == pytest.approx(want, rel=1e-5)
 
 
