@@ -66,9 +66,11 @@ class OperatingPoint:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON values for ``report.json`` / ``run.json``."""
+        """Plain JSON values for ``report.json`` / ``run.json`` (the threshold unrounded: it is
+        just above a heatmap value, and rounding could bring that value back in)."""
         d = asdict(self)
-        for key in ("threshold", "slide_equivalents", "false_lesions_per_slide"):
+        d["threshold"] = float(self.threshold)
+        for key in ("slide_equivalents", "false_lesions_per_slide"):
             if d[key] is not None:
                 d[key] = round(float(d[key]), 6)
         return d
