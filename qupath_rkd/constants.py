@@ -25,8 +25,9 @@ PROJECT_SUBDIR: Final[str] = "qupath-rkd"
 TOOL_TAG: Final[str] = "qupath-rkd"
 
 #: Lesion post-processing defaults (qupath_rkd.lesions; here so the CLI need not import numpy).
-#: Gaussian sigma of the heatmap smoothing in µm, measured in docs/benchmarks.md.
-DEFAULT_SMOOTH_SIGMA_UM: Final[float] = 24.0
+#: Gaussian sigma of the heatmap smoothing in µm: off by default, since on the perfect heatmap
+#: (± noise) every sigma tried lost small lesions (docs/benchmarks.md, benchmarks/slide_quality.py).
+DEFAULT_SMOOTH_SIGMA_UM: Final[float] = 0.0
 #: Extent threshold of the hysteresis as a fraction of the seed threshold.
 DEFAULT_EXTENT_RATIO: Final[float] = 0.5
 #: False lesions per tumour-free slide allowed at the operating point.

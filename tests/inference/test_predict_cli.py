@@ -89,7 +89,6 @@ def test_a_failed_slide_is_reported_and_the_others_go_on(predicted) -> None:
 
     smoothed = smooth_heatmap(predicted["first"].heatmap, DEFAULT_SMOOTH_SIGMA_UM)
     want = float(np.nanmax(smoothed.probability))
-    assert want < float(np.nanmax(predicted["first"].heatmap.probability))  # it is smoothed
     assert float(rows["semireal_a"]["score"]) == pytest.approx(want, rel=1e-5)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from shapely.geometry import box
 
 from qupath_rkd.errors import ResolutionError
 from qupath_rkd.inference import InferenceConfig, predict_slide
-from qupath_rkd.inference.predict import NonFiniteScoresError, slide_score_of
+from qupath_rkd.inference.predict import NonFiniteScoresError, apply_threshold, slide_score_of
 from qupath_rkd.lesions import extract_lesions
 from qupath_rkd.lesions.postprocess import smooth_heatmap
 from qupath_rkd.slides import open_slide
@@ -52,7 +54,6 @@ def test_slide_score_and_lesions_follow_the_config(prediction, semireal, model) 
     t = prediction.tiles
     # the default rule: the highest value of the heatmap smoothed with the default sigma (µm)
     smoothed = smooth_heatmap(prediction.heatmap, prediction.config.smooth_sigma_um)
-    assert prediction.config.smooth_sigma_um > 0
     assert prediction.smoothed is not None
     np.testing.assert_array_equal(prediction.smoothed.probability, smoothed.probability)
     assert prediction.slide_score == pytest.approx(float(np.nanmax(smoothed.probability)))
@@ -81,6 +82,12 @@ def test_slide_score_and_lesions_follow_the_config(prediction, semireal, model) 
     assert pred.slide_score == pytest.approx(float(t.probability.max()))
     assert len(pred.lesions) >= 1
     want = extract_lesions(pred.heatmap, thr, min_major_axis_um=0.0)
+    # with smoothing asked for (µm), the score and lesions come from the smoothed heatmap
+    smooth_cfg = dataclasses.replace(pred.config, smooth_sigma_um=150.0, slide_score="max_smoothed")
+    smoothed_pred = apply_threshold(dataclasses.replace(pred, config=smooth_cfg), thr)
+    want_smoothed = smooth_heatmap(pred.heatmap, 150.0).probability
+    assert smoothed_pred.slide_score == pytest.approx(float(np.nanmax(want_smoothed)))
+    assert smoothed_pred.slide_score < float(np.nanmax(pred.heatmap.probability))
     assert [les.peak_xy_px for les in pred.lesions] == [les.peak_xy_px for les in want]
     # each lesion's peak is the centre of a tile whose probability is the lesion's maximum
     centres = t.xy_px + pred.heatmap.tile_level0_px / 2
