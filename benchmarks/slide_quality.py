@@ -300,7 +300,12 @@ def main() -> None:
     parser.add_argument("--splits", default="valid,train")
     parser.add_argument("--annotations", type=Path, default=SHARED / "camelyon16-annotations")
     parser.add_argument("--tile-px", type=int, default=96, help="tile side (level-0 px)")
-    parser.add_argument("--strides", default="96,48", help="grid strides (level-0 px)")
+    parser.add_argument(
+        "--strides",
+        default="96,48",
+        help="grid strides: level-0 px for the perfect heatmap, px at the model's µm/px with "
+        "--model (its tile is the model's input size)",
+    )
     parser.add_argument("--sigmas-um", default="0,48,96", help="smoothing sigmas (µm)")
     parser.add_argument("--extent-ratios", default="1,0.5", help="hysteresis extent ratios")
     parser.add_argument("--noise-sd", default="0,0.2", help="noise on the perfect heatmap")
