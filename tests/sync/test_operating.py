@@ -50,6 +50,7 @@ def test_tumour_free_images_and_normal_regions_are_the_sources() -> None:
         Entry("2", "with normal"),
         Entry("3", "tumour only"),
         Entry("4", "nothing"),
+        Entry("5", "fully annotated", {"qupath-rkd.fully-annotated": "true"}),
     ]
     sets = {
         "1": AnnotationSet([]),
@@ -58,9 +59,11 @@ def test_tumour_free_images_and_normal_regions_are_the_sources() -> None:
         ),
         "3": AnnotationSet([annotation(box(0, 0, 100, 100), "Tumor")]),
         "4": AnnotationSet([]),
+        "5": AnnotationSet([annotation(box(100, 100, 300, 300), "Tumor")]),
     }
     sources = negative_sources(entries, sets, CLASSES)
-    assert set(sources) == {"1", "2"}
+    assert set(sources) == {"1", "2", "5"}
+    assert sources["5"].fully_annotated and sources["5"].tumor.area == pytest.approx(40_000)
     assert sources["1"].tumor_free and sources["1"].normal is None
     assert not sources["2"].tumor_free and sources["2"].normal.area == pytest.approx(400_000)
     key = operating_key(sources, {"1": "fp1", "2": "fp2"})
@@ -95,3 +98,17 @@ def test_inference_settings_reach_the_inference_config(tmp_path: Path) -> None:
     cfg = inference_config(config, None)
     assert (cfg.smooth_sigma_um, cfg.extent_ratio, cfg.slide_score) == (30.0, 0.8, "largest_area")
     assert config.get("inference.target_fp_per_slide") == 0.25
+
+
+def test_fully_annotated_slides_count_away_from_their_tumour() -> None:
+    from qupath_rkd.sync.operating import NegativeSource
+
+    hm = Heatmap(np.zeros((6, 6), np.float32), (0.0, 0.0), 100.0, 100.0, 0.5)
+    src = NegativeSource("5", False, None, box(210, 210, 290, 290))  # inside cell (2, 2)
+    mask = negative_heatmap(src, hm, "f").mask
+    want = np.ones((6, 6), bool)
+    want[2, 2] = False  # only the tile holding the tumour touches it
+    np.testing.assert_array_equal(mask, want)
+    src = NegativeSource("5", False, None, box(180, 180, 290, 290))  # reaches cells (1, 1)...
+    want[1:3, 1:3] = False
+    np.testing.assert_array_equal(negative_heatmap(src, hm, "f").mask, want)
