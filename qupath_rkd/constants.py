@@ -23,3 +23,21 @@ IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
 PROJECT_SUBDIR: Final[str] = "qupath-rkd"
 #: Marker put on every object qupath-rkd writes into QuPath, so only those are ever replaced.
 TOOL_TAG: Final[str] = "qupath-rkd"
+
+#: Lesion post-processing defaults (qupath_rkd.lesions; here so the CLI need not import numpy).
+#: Gaussian sigma of the heatmap smoothing in µm: off by default, since on the perfect heatmap
+#: (± noise) every sigma tried lost small lesions (docs/benchmarks.md, benchmarks/slide_quality.py).
+DEFAULT_SMOOTH_SIGMA_UM: Final[float] = 0.0
+#: Extent threshold of the hysteresis as a fraction of the seed threshold.
+DEFAULT_EXTENT_RATIO: Final[float] = 0.5
+#: False lesions per tumour-free slide allowed at the operating point.
+DEFAULT_TARGET_FP_PER_SLIDE: Final[float] = 0.25
+#: Slide-score rules (qupath_rkd.lesions.slide_score), the default first.
+SLIDE_SCORE_RULES: Final[tuple[str, ...]] = (
+    "max_smoothed",
+    "max",
+    "mean_above",
+    "largest_area",
+    "largest_mass",
+)
+DEFAULT_SLIDE_SCORE: Final[str] = "max_smoothed"

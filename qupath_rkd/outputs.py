@@ -26,7 +26,18 @@ from pathlib import Path
 RUN_JSON = "run.json"
 SLIDE_SCORES_CSV = "slide_scores.csv"
 SUBMISSION_DIR = "camelyon16"
-SLIDE_SCORES_HEADER = ("slide", "score", "probability_max", "n_tiles", "n_lesions", "note")
+SLIDE_SCORES_HEADER = (
+    "slide",
+    "score",
+    "probability_max",
+    "n_tiles",
+    "n_lesions",
+    "positive",
+    "tumor_area_mm2",
+    "largest_lesion_major_axis_um",
+    "burden_category",
+    "note",
+)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -8,6 +8,14 @@ from typing import Any
 
 import click
 
+from qupath_rkd.constants import (
+    DEFAULT_EXTENT_RATIO,
+    DEFAULT_SLIDE_SCORE,
+    DEFAULT_SMOOTH_SIGMA_UM,
+    DEFAULT_TARGET_FP_PER_SLIDE,
+    SLIDE_SCORE_RULES,
+)
+
 #: File suffixes taken when a folder is given instead of slide files.
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif"}
 
@@ -66,15 +74,47 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     "--threshold",
     type=click.FloatRange(0, 1),
     default=None,
-    help="Lesion probability threshold [default: the model's calibrated threshold].",
+    help="Seed threshold of the lesions [default: set from --tumor-free slides, else the "
+    "model's calibrated threshold].",
+)
+@click.option(
+    "--tumor-free",
+    "tumor_free",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="A slide (or folder of slides) you know is tumour-free (repeatable). The threshold "
+    "becomes the lowest one at which these hold at most --target-fp-per-slide false lesions.",
+)
+@click.option(
+    "--target-fp-per-slide",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TARGET_FP_PER_SLIDE,
+    show_default=True,
+    help="False lesions per tumour-free slide allowed at the threshold --tumor-free sets.",
 )
 @click.option(
     "--slide-score",
-    type=click.Choice(["mean_above", "max"]),
-    default="mean_above",
+    type=click.Choice(list(SLIDE_SCORE_RULES)),
+    default=DEFAULT_SLIDE_SCORE,
     show_default=True,
-    help="Slide score: FW-RD's mean of the tile probabilities above the threshold (chosen by "
-    "measurement, docs/benchmarks.md), or the highest tile probability.",
+    help="Slide score: the highest value of the smoothed heatmap (max_smoothed), the highest "
+    "tile probability, FW-RD's mean above the threshold, or the largest lesion's area / "
+    "probability mass in mm².",
+)
+@click.option(
+    "--smooth-um",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_SMOOTH_SIGMA_UM,
+    show_default=True,
+    help="Gaussian sigma in µm of the heatmap smoothing before lesions are found (0 = none).",
+)
+@click.option(
+    "--extent-ratio",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULT_EXTENT_RATIO,
+    show_default=True,
+    help="Hysteresis: a lesion extends over cells >= this × the threshold that touch a cell "
+    ">= the threshold (1 = one threshold).",
 )
 @click.option(
     "--min-lesion-um",
@@ -122,7 +162,11 @@ def predict(
     tile_px: int | None,
     stride_px: int | None,
     threshold: float | None,
+    tumor_free: tuple[Path, ...],
+    target_fp_per_slide: float,
     slide_score: str,
+    smooth_um: float,
+    extent_ratio: float,
     min_lesion_um: float,
     simplify_um: float | None,
     min_tissue: float,
@@ -156,6 +200,8 @@ def predict(
         threshold=threshold,
         slide_score=slide_score,
         min_lesion_um=min_lesion_um,
+        smooth_sigma_um=smooth_um,
+        extent_ratio=extent_ratio,
         simplify_um=simplify_um,
         slide_mpp=slide_mpp,
         batch_size=batch_size,
@@ -202,8 +248,11 @@ def predict(
         overwrite=overwrite,
         progress_factory=progress_factory,
         on_slide_done=report,
+        tumor_free=_expand(tumor_free) if tumor_free else (),
+        target_fp_per_slide=target_fp_per_slide,
     )
     failed = [r for r in runs if r.status == "failed"]
+    _echo_operating_point(out_dir)
     click.echo(
         f"{len(runs) - len(failed)} of {len(runs)} slide(s) predicted into {out_dir}"
         + (f"; {len(failed)} failed" if failed else "")
@@ -212,3 +261,21 @@ def predict(
         raise click.ClickException(
             f"{len(failed)} slide(s) failed: " + ", ".join(str(r.slide_path.name) for r in failed)
         )
+
+
+def _echo_operating_point(out_dir: Path) -> None:
+    """Print the threshold in use and how it was found (from run.json)."""
+    import json
+
+    from qupath_rkd.outputs import RUN_JSON
+
+    try:
+        op = json.loads((out_dir / RUN_JSON).read_text(encoding="utf-8"))["operating_point"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(op, dict):
+        return
+    line = f"Threshold {op.get('threshold')} ({op.get('method')}"
+    if op.get("false_lesions_per_slide") is not None:
+        line += f": {op['false_lesions_per_slide']:.3g} false lesion(s) per tumour-free slide"
+    click.echo(line + f"; {op.get('note', '')})")

@@ -5,19 +5,35 @@ do not import each other: this one imports both.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qupath_rkd.errors import QupathRkdError
-from qupath_rkd.inference.predict import InferenceConfig, Progress, SlideRun, predict_slide
+from qupath_rkd.inference.predict import (
+    InferenceConfig,
+    Progress,
+    SlidePrediction,
+    SlideRun,
+    apply_threshold,
+    predict_slide,
+)
 from qupath_rkd.inference.write import (
     read_done,
     slide_is_done,
     write_run_json,
     write_slide_outputs,
     write_slide_scores,
+)
+from qupath_rkd.lesions.operating_point import (
+    DEFAULT_TARGET_FP_PER_SLIDE,
+    NegativeHeatmap,
+    OperatingPoint,
+    choose_operating_point,
+    fallback,
+    given,
 )
 from qupath_rkd.outputs import SlideOutputs, slide_id_for
 
@@ -36,6 +52,8 @@ def predict_slides(
     overwrite: bool = False,
     progress_factory: Callable[[str], Progress] | None = None,
     on_slide_done: Callable[[SlideRun], None] | None = None,
+    tumor_free: Sequence[Path] = (),
+    target_fp_per_slide: float = DEFAULT_TARGET_FP_PER_SLIDE,
 ) -> list[SlideRun]:
     """Predict every slide and write its outputs (see :mod:`qupath_rkd.outputs`).
 
@@ -46,10 +64,35 @@ def predict_slides(
     Args:
         progress_factory: ``slide name -> progress callback`` (the CLI's progress bars).
         on_slide_done: called with each :class:`SlideRun` as it finishes.
+        tumor_free: slides the user knows are tumour-free (they may also be in
+            ``slide_paths``). They are scored first and the seed threshold becomes the lowest one
+            (>= the model's calibrated threshold) at which they hold at most
+            ``target_fp_per_slide`` false lesions per slide
+            (:func:`~qupath_rkd.lesions.operating_point.choose_operating_point`); it is written
+            into ``run.json`` with how it was found. Not allowed with a threshold in ``config``.
+
+    Raises:
+        QupathRkdError: ``tumor_free`` together with a given threshold, or a tumour-free slide
+            that cannot be predicted.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = (config or InferenceConfig()).resolved(model)
+    base = config or InferenceConfig()
+    if tumor_free and base.threshold is not None:
+        raise QupathRkdError(
+            "a threshold and tumour-free slides were both given",
+            hint="drop --threshold: with --tumor-free the threshold is set from those slides",
+        )
+    cfg = base.resolved(model)
+    assert cfg.threshold is not None
+    cached: dict[Path, SlidePrediction] = {}
+    if tumor_free:
+        op, cached = _operating_point(tumor_free, model, cfg, target_fp_per_slide)
+        cfg = dataclasses.replace(cfg, threshold=op.threshold)
+    elif base.threshold is not None:
+        op = given(cfg.threshold)
+    else:
+        op = fallback(target_fp_per_slide, cfg.threshold)
     key = cfg.key(model.model_id)
     ids = [slide_id_for(p) for p in slide_paths]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -58,7 +101,7 @@ def predict_slides(
             f"several slides would share the output name {dupes[0]!r}",
             hint="give slides with distinct file names",
         )
-    write_run_json(out, model, cfg, slide_paths)
+    write_run_json(out, model, cfg, slide_paths, op)
     runs: list[SlideRun] = []
     for path, slide_id in zip(slide_paths, ids, strict=True):
         outputs = SlideOutputs(out, slide_id)
@@ -76,7 +119,12 @@ def predict_slides(
         else:
             try:
                 progress = progress_factory(Path(path).name) if progress_factory else None
-                pred = predict_slide(path, model, config=cfg, progress=progress)
+                earlier = cached.get(Path(path).resolve())
+                pred = (
+                    apply_threshold(earlier, cfg.threshold)
+                    if earlier is not None
+                    else predict_slide(path, model, config=cfg, progress=progress)
+                )
                 write_slide_outputs(outputs, pred, key)
                 run = SlideRun(
                     Path(path),
@@ -102,3 +150,35 @@ def predict_slides(
         if on_slide_done is not None:
             on_slide_done(run)
     return runs
+
+
+def _operating_point(
+    tumor_free: Sequence[Path],
+    model: TrainedModel,
+    cfg: InferenceConfig,
+    target_fp_per_slide: float,
+) -> tuple[OperatingPoint, dict[Path, SlidePrediction]]:
+    """Score the tumour-free slides and choose the seed threshold on them.
+
+    Returns the operating point and the predictions by resolved path (reused when a tumour-free
+    slide is also predicted).
+    """
+    preds: dict[Path, SlidePrediction] = {}
+    for path in tumor_free:
+        try:
+            pred = predict_slide(path, model, config=cfg)
+        except QupathRkdError as exc:
+            raise QupathRkdError(
+                f"tumour-free slide {path}: {exc.message}",
+                hint=exc.hint or "fix or drop it from --tumor-free",
+            ) from exc
+        preds[Path(path).resolve()] = pred
+    assert cfg.threshold is not None
+    op = choose_operating_point(
+        [NegativeHeatmap(p.heatmap, None, p.slide_path.name) for p in preds.values()],
+        cfg.post_processing(),
+        target_fp_per_slide=target_fp_per_slide,
+        floor=float(cfg.threshold),
+    )
+    logger.info("operating point: %s", op)
+    return op, preds

@@ -30,7 +30,15 @@ import numpy as np
 
 from qupath_rkd.errors import ModelError, QupathRkdError, ResolutionError, UnknownResolutionError
 from qupath_rkd.heatmap import Heatmap
-from qupath_rkd.lesions import Lesion, extract_lesions
+from qupath_rkd.lesions import Lesion
+from qupath_rkd.lesions.burden import TumourBurden, tumour_burden
+from qupath_rkd.lesions.pipeline import find_lesions
+from qupath_rkd.lesions.postprocess import (
+    DEFAULT_EXTENT_RATIO,
+    DEFAULT_SMOOTH_SIGMA_UM,
+    PostProcessing,
+)
+from qupath_rkd.lesions.slide_score import DEFAULT_SLIDE_SCORE, SLIDE_SCORE_RULES, slide_score
 from qupath_rkd.slides.tiles_dataset import TileDataset
 
 if TYPE_CHECKING:
@@ -41,8 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: How the slide score is made from the tile probabilities.
-SLIDE_SCORES = ("max", "mean_above")
+#: How the slide score is made (see :mod:`qupath_rkd.lesions.slide_score`).
+SLIDE_SCORES = SLIDE_SCORE_RULES
 
 #: Progress callback: (tiles done, tiles total).
 Progress = Callable[[int, int], None]
@@ -72,11 +80,15 @@ class InferenceConfig:
         stride_px: grid step in pixels at ``mpp``; ``None`` = ``tile_px`` (no overlap). FW-RD's
             dense grid is 64 px at level 0 (0.243 µm/px): ``stride_px=16`` at 0.972 µm/px.
         min_tissue_fraction: a tile is scored when at least this share of it is tissue.
-        threshold: lesion probability threshold; ``None`` = the model's calibrated default.
-        slide_score: ``mean_above`` (FW-RD: mean of the tile probabilities ``>= threshold``, 0
-            when none; the default: slide AUC 0.76 against 0.60 for ``max`` with the same tiles,
-            docs/benchmarks.md) or ``max`` (highest tile probability).
+        threshold: seed threshold of the lesions (the operating point); ``None`` = the model's
+            calibrated default. ``predict --tumor-free`` sets it from tumour-free slides
+            (:mod:`qupath_rkd.lesions.operating_point`).
+        slide_score: a rule of :data:`qupath_rkd.lesions.slide_score.SLIDE_SCORE_RULES`;
+            default ``max_smoothed`` (the highest value of the smoothed heatmap).
         min_lesion_um: lesions whose major axis is under this are dropped (ITC limit).
+        smooth_sigma_um: Gaussian sigma (µm) of the heatmap smoothing before lesions; 0 = none.
+        extent_ratio: hysteresis: a lesion extends over cells ``>= extent_ratio × threshold``
+            connected to a cell ``>= threshold``; 1 = a single threshold.
         simplify_um: lesion outline tolerance in µm; outlines always follow tile edges, so every
             value gives the same outline (see :func:`qupath_rkd.lesions.extract_lesions`).
         slide_mpp: level-0 µm/px of the slide when its metadata has none.
@@ -90,8 +102,10 @@ class InferenceConfig:
     stride_px: int | None = None
     min_tissue_fraction: float = 0.5
     threshold: float | None = None
-    slide_score: str = "mean_above"
+    slide_score: str = DEFAULT_SLIDE_SCORE
     min_lesion_um: float = 200.0
+    smooth_sigma_um: float = DEFAULT_SMOOTH_SIGMA_UM
+    extent_ratio: float = DEFAULT_EXTENT_RATIO
     simplify_um: float | None = None
     slide_mpp: float | None = None
     batch_size: int = 32
@@ -102,6 +116,15 @@ class InferenceConfig:
             raise ValueError(f"slide_score must be one of {SLIDE_SCORES}, not {self.slide_score!r}")
         if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        self.post_processing()  # validates smoothing, extent ratio and minimum size
+
+    def post_processing(self) -> PostProcessing:
+        """The lesion post-processing of this configuration."""
+        return PostProcessing(
+            smooth_sigma_um=float(self.smooth_sigma_um),
+            extent_ratio=float(self.extent_ratio),
+            min_lesion_um=float(self.min_lesion_um),
+        )
 
     def resolved(self, model: TrainedModel) -> InferenceConfig:
         """A copy with the model's defaults filled in; raises when the tile µm/px is unknown."""
@@ -156,10 +179,10 @@ class SlidePrediction:
 
     Attributes:
         slide_path: the slide.
-        heatmap: calibrated probability on the tile grid (NaN off tissue).
+        heatmap: calibrated probability on the tile grid (NaN off tissue), not smoothed.
         slide_score: one number per slide (see :attr:`InferenceConfig.slide_score`);
             ``None`` when no tile was scored (no tissue, see ``note``).
-        lesions: lesions, highest probability first.
+        lesions: lesions, highest probability first (found on ``smoothed``).
         tiles: the scored tiles.
         note: why the result is empty or unusual (e.g. no tissue), else ``None``.
         config: the resolved configuration used.
@@ -167,6 +190,9 @@ class SlidePrediction:
         slide_mpp: level-0 µm/px of the slide.
         slide_size_px: level-0 ``(width, height)``, QuPath frame.
         seconds: wall time of the prediction.
+        smoothed: the heatmap the lesions were found on (``heatmap`` when not smoothed).
+        burden: predicted tumour area (mm²) and largest lesion's major axis (µm) + category.
+        positive: slide-level call at the operating point (any lesion).
     """
 
     slide_path: Path
@@ -181,6 +207,9 @@ class SlidePrediction:
     slide_size_px: tuple[int, int]
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    smoothed: Heatmap | None = None
+    burden: TumourBurden | None = None
+    positive: bool = False
 
 
 # --- tile streaming -----------------------------------------------------------------------
@@ -269,18 +298,44 @@ def _worker_errors_as_one_line() -> Iterator[None]:
 
 # --- one slide ----------------------------------------------------------------------------
 def slide_score_of(probability: np.ndarray, how: str, threshold: float) -> float | None:
-    """The slide score from tile probabilities ``(N,)``: ``max`` or ``mean_above`` (FW-RD).
+    """The slide score from tile probabilities ``(N,)`` alone: ``max`` or ``mean_above``
+    (FW-RD); the other rules need the heatmap and lesions (:func:`apply_threshold`).
 
     ``None`` when no tile was scored (no tissue): there is nothing to call benign or tumour,
     and a 0 would read as "benign".
     """
-    p = probability[np.isfinite(probability)]
-    if p.size == 0:
-        return None
-    if how == "max":
-        return float(p.max())
-    above = p[p >= threshold]
-    return float(above.mean()) if above.size else 0.0
+    if how not in ("max", "mean_above"):
+        raise ValueError(f"slide_score_of takes max or mean_above, not {how!r}")
+    return slide_score(how, raw=probability, smoothed=None, lesions=(), threshold=threshold)
+
+
+def apply_threshold(pred: SlidePrediction, threshold: float) -> SlidePrediction:
+    """The same prediction with lesions, slide score and call at another seed ``threshold``
+    (no tile is scored again): how ``predict --tumor-free`` moves the operating point."""
+    cfg = dataclasses.replace(pred.config, threshold=float(threshold))
+    heatmap = dataclasses.replace(pred.heatmap, meta={**pred.heatmap.meta, "threshold": threshold})
+    t0 = time.perf_counter()
+    found = find_lesions(
+        heatmap, float(threshold), cfg.post_processing(), simplify_um=cfg.simplify_um
+    )
+    score = slide_score(
+        cfg.slide_score,
+        raw=heatmap.probability,
+        smoothed=found.smoothed.probability,
+        lesions=found.lesions,
+        threshold=float(threshold),
+    )
+    return dataclasses.replace(
+        pred,
+        config=cfg,
+        heatmap=heatmap,
+        smoothed=found.smoothed,
+        lesions=found.lesions,
+        slide_score=score,
+        burden=tumour_burden(found.lesions),
+        positive=bool(found.lesions),
+        timings={**pred.timings, "lesions_s": time.perf_counter() - t0},
+    )
 
 
 def _check_resolution(slide: Slide, model: TrainedModel, mpp: float) -> None:
@@ -408,25 +463,23 @@ def predict_slide(
             "slide": path.name,
         },
     )
-    t0 = time.perf_counter()
-    lesions = extract_lesions(
-        heatmap, cfg.threshold, min_major_axis_um=cfg.min_lesion_um, simplify_um=cfg.simplify_um
-    )
-    timings["lesions_s"] = time.perf_counter() - t0
-    return SlidePrediction(
+    pred = SlidePrediction(
         slide_path=path,
         heatmap=heatmap,
-        slide_score=slide_score_of(probability, cfg.slide_score, cfg.threshold),
-        lesions=lesions,
+        slide_score=0.0,
+        lesions=[],
         tiles=TileScores(grid.xy_px, grid.rc, float(grid.tile_level0_px), scores, probability),
         note=note,
         config=cfg,
         model_id=model.model_id,
         slide_mpp=float(slide_mpp),
         slide_size_px=size,
-        seconds=time.perf_counter() - started,
+        seconds=0.0,
         timings=timings,
     )
+    pred = apply_threshold(pred, cfg.threshold)
+    pred.seconds = time.perf_counter() - started
+    return pred
 
 
 # --- many slides --------------------------------------------------------------------------

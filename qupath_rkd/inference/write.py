@@ -32,6 +32,7 @@ from qupath_rkd.outputs import (
 
 if TYPE_CHECKING:
     from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction, SlideRun
+    from qupath_rkd.lesions.operating_point import OperatingPoint
     from qupath_rkd.model.scorer import TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -262,6 +263,8 @@ def write_slide_outputs(outputs: SlideOutputs, pred: SlidePrediction, key: str) 
             "probability_max": _max_or_none(pred.tiles.probability),
             "n_tiles": len(pred.tiles),
             "n_lesions": len(pred.lesions),
+            "positive": bool(pred.positive),
+            **(pred.burden.as_dict() if pred.burden is not None else {}),
             "note": pred.note,
             "seconds": round(pred.seconds, 3),
             "config": _config_dict(pred.config),
@@ -328,18 +331,18 @@ def write_slide_scores(out_dir: Path, runs: Sequence[SlideRun]) -> Path:
                     rows[row["slide"]] = {k: row.get(k) or "" for k in SLIDE_SCORES_HEADER}
     for run in runs:
         score = run.slide_score
-        prob_max = ""
-        if run.status != "failed":
-            done = _done_for(out_dir, run.slide_id)
-            prob_max = (
-                "" if done.get("probability_max") is None else f"{done['probability_max']:.6g}"
-            )
+        done = _done_for(out_dir, run.slide_id) if run.status != "failed" else {}
+        prob_max = "" if done.get("probability_max") is None else f"{done['probability_max']:.6g}"
         rows[run.slide_id] = {
             "slide": run.slide_id,
             "score": "" if score is None or not math.isfinite(score) else f"{score:.6g}",
             "probability_max": prob_max,
             "n_tiles": str(run.n_tiles) if run.status != "failed" else "",
             "n_lesions": str(run.n_lesions) if run.status != "failed" else "",
+            "positive": _csv_value(done.get("positive")),
+            "tumor_area_mm2": _csv_value(done.get("tumor_area_mm2")),
+            "largest_lesion_major_axis_um": _csv_value(done.get("largest_lesion_major_axis_um")),
+            "burden_category": _csv_value(done.get("burden_category")),
             "note": (f"failed: {run.error}" if run.status == "failed" else run.note or ""),
         }
     buf = io.StringIO()
@@ -350,14 +353,30 @@ def write_slide_scores(out_dir: Path, runs: Sequence[SlideRun]) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
+def _csv_value(value: Any) -> str:
+    """A done.json value as a CSV cell ("" when missing; booleans as true/false)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def _done_for(out_dir: Path, slide_id: str) -> dict[str, Any]:
     return read_done(SlideOutputs(out_dir, slide_id))
 
 
 def write_run_json(
-    out_dir: Path, model: TrainedModel, cfg: InferenceConfig, slide_paths: Sequence[Path]
+    out_dir: Path,
+    model: TrainedModel,
+    cfg: InferenceConfig,
+    slide_paths: Sequence[Path],
+    operating_point: OperatingPoint | None = None,
 ) -> Path:
-    """``run.json``: what was run, with which model, config and versions."""
+    """``run.json``: what was run, with which model, config and versions, and the operating
+    point (the seed threshold and how it was found: tumour-free slides or the fallback)."""
     import openslide
     import torch
 
@@ -376,6 +395,7 @@ def write_run_json(
             "device": str(model.device),
             "config": _config_dict(cfg),
             "config_key": cfg.key(model.model_id),
+            "operating_point": operating_point.as_dict() if operating_point else None,
             "slides": [str(p) for p in slide_paths],
             "started_utc": _now(),
             "argv": sys.argv,

@@ -1,4 +1,10 @@
-"""Heatmap → lesion polygons (``from qupath_rkd.lesions import extract_lesions, Lesion``)."""
+"""Heatmap → lesion polygons (``from qupath_rkd.lesions import extract_lesions, Lesion``).
+
+Post-processing (smoothing in µm, hysteresis, minimum size) is in
+:mod:`qupath_rkd.lesions.postprocess` and :mod:`qupath_rkd.lesions.pipeline`; the operating point
+in :mod:`qupath_rkd.lesions.operating_point`; slide scores in :mod:`qupath_rkd.lesions.slide_score`;
+tumour burden in :mod:`qupath_rkd.lesions.burden`.
+"""
 
 from __future__ import annotations
 

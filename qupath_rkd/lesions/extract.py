@@ -26,6 +26,7 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Point, Polygon
 
 from qupath_rkd.heatmap import Heatmap
+from qupath_rkd.lesions.postprocess import hysteresis_mask
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def extract_lesions(
     *,
     min_major_axis_um: float = ITC_MAX_UM,
     simplify_um: float | None = None,
+    extent_threshold: float | None = None,
 ) -> list[Lesion]:
     """Lesions of a heatmap, highest ``max_probability`` first.
 
@@ -141,6 +143,9 @@ def extract_lesions(
             (a Douglas–Peucker tolerance, as before, cut diagonally across tiles and made the
             area and the peak disagree with the outline). Kept so that ``--simplify-um`` still
             parses.
+        extent_threshold: hysteresis (:func:`~qupath_rkd.lesions.postprocess.hysteresis_mask`):
+            cells ``>= extent_threshold`` 8-connected to a cell ``>= threshold`` (the seed).
+            ``None``: one threshold.
 
     Returns:
         Lesions; an empty list when nothing reaches the threshold.
@@ -148,7 +153,8 @@ def extract_lesions(
     if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise ValueError(f"lesion threshold must be a probability in [0, 1], got {threshold}")
     prob = heatmap.probability
-    above = np.isfinite(prob) & (np.nan_to_num(prob, nan=-1.0) >= threshold)
+    extent = threshold if extent_threshold is None else float(extent_threshold)
+    above = hysteresis_mask(prob, threshold, extent)
     if not above.any():
         return []
     # Background is 4-connected (the default cross), the complement of 8-connected foreground.

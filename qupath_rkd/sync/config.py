@@ -31,7 +31,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from qupath_rkd.constants import PCAM_MPP, PCAM_PATCH_PX, PROJECT_SUBDIR
+from qupath_rkd.constants import (
+    DEFAULT_EXTENT_RATIO,
+    DEFAULT_SLIDE_SCORE,
+    DEFAULT_SMOOTH_SIGMA_UM,
+    DEFAULT_TARGET_FP_PER_SLIDE,
+    PCAM_MPP,
+    PCAM_PATCH_PX,
+    PROJECT_SUBDIR,
+    SLIDE_SCORE_RULES,
+)
 from qupath_rkd.errors import ConfigError
 from qupath_rkd.io_utils import atomic_write_text
 
@@ -146,12 +155,39 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "threshold": Key(
             "auto",
             "float|auto",
-            "lesion probability threshold (auto: the model's)",
+            "lesion seed threshold (auto: from tumour-free images and Normal annotations, "
+            "else the model's)",
             minimum=0.0,
             maximum=1.0,
         ),
         "min_lesion_um": Key(
             200.0, "float", "lesions with a shorter major axis are dropped (µm)", minimum=0.0
+        ),
+        "smooth_um": Key(
+            DEFAULT_SMOOTH_SIGMA_UM,
+            "float",
+            "Gaussian sigma (µm) of the heatmap smoothing before lesions (0: none)",
+            minimum=0.0,
+        ),
+        "extent_ratio": Key(
+            DEFAULT_EXTENT_RATIO,
+            "float",
+            "hysteresis: a lesion extends over cells >= this × the threshold (1: one threshold)",
+            minimum=0.01,
+            maximum=1.0,
+        ),
+        "target_fp_per_slide": Key(
+            DEFAULT_TARGET_FP_PER_SLIDE,
+            "float",
+            "auto threshold: at most this many false lesions per tumour-free slide (tumour-free "
+            "images and Normal annotations)",
+            minimum=0.0,
+        ),
+        "slide_score": Key(
+            DEFAULT_SLIDE_SCORE,
+            "choice",
+            "slide score rule",
+            choices=SLIDE_SCORE_RULES,
         ),
         "heatmap_tiles": Key(True, "bool", "also write the heatmap as scored tile objects"),
     },

@@ -40,7 +40,10 @@ class SlideResult:
         tumor_score: slide-level tumour probability in [0, 1] (``None`` when failed/pending, or
             when no tissue was scored: see ``note``).
         lesions: number of predicted lesions.
-        lesion_area_mm2: total area of the predicted lesions in mm².
+        lesion_area_mm2: total area of the predicted lesions in mm² (the tumour burden's area).
+        largest_lesion_major_axis_um: major axis of the largest lesion in µm (0: none).
+        burden_category: ``none``, ``ITC``, ``micrometastasis`` or ``macrometastasis``.
+        positive: slide-level call at the operating point (any lesion).
         reason: why it was (re)predicted, or the error of a failed slide.
         note: why the result is empty or unusual (e.g. "no tissue found: nothing scored").
     """
@@ -51,6 +54,9 @@ class SlideResult:
     tumor_score: float | None = None
     lesions: int | None = None
     lesion_area_mm2: float | None = None
+    largest_lesion_major_axis_um: float | None = None
+    burden_category: str | None = None
+    positive: bool | None = None
     reason: str = ""
     note: str = ""
 
@@ -83,6 +89,8 @@ class SyncOutcome:
         slides: one :class:`SlideResult` per image, in project order.
         dry_run: nothing was written.
         notes: one-line remarks for the user (fallbacks, repaired geometries, ...).
+        operating_point: the seed threshold in use and how it was found
+            (:meth:`qupath_rkd.lesions.operating_point.OperatingPoint.as_dict`).
     """
 
     project_dir: Path
@@ -94,6 +102,7 @@ class SyncOutcome:
     slides: list[SlideResult] = field(default_factory=list)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    operating_point: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[SlideResult]:
@@ -122,6 +131,7 @@ def report_json(outcome: SyncOutcome) -> dict[str, Any]:
         "model_id": outcome.model_id,
         "dataset_hash": outcome.dataset_hash,
         "labelled_tiles": outcome.label_summary,
+        "operating_point": outcome.operating_point,
         "slides": [s.report_row() for s in outcome.slides],
     }
 
@@ -150,19 +160,20 @@ def _fmt(value: float | int | None, spec: str) -> str:
 
 def format_table(slides: list[SlideResult]) -> str:
     """The per-slide table as plain text (the CLI prints it)."""
-    header = ("image", "tumour score", "lesions", "lesion area mm²", "status")
+    header = ("image", "tumour score", "lesions", "lesion area mm²", "largest µm", "status")
     rows = [
         (
             s.image_name,
             _fmt(s.tumor_score, ".3f"),
             _fmt(s.lesions, "d"),
             _fmt(s.lesion_area_mm2, ".3f"),
+            _fmt(s.largest_lesion_major_axis_um, ".0f"),
             s.status + (f" ({s.reason})" if s.reason else "") + (f"; {s.note}" if s.note else ""),
         )
         for s in slides
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {1, 2, 3}
+    right = {1, 2, 3, 4}
 
     def line(cells: tuple[str, ...]) -> str:
         parts = [

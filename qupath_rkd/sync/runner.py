@@ -232,7 +232,11 @@ def _sync_locked(
             fault_point("after-train")
             tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
             outcome.trained = True
-        new_state = SyncState(model=state.model, predictions=dict(state.predictions))
+        new_state = SyncState(
+            model=state.model,
+            predictions=dict(state.predictions),
+            operating_point=state.operating_point,
+        )
         model = None
         if not outcome.dry_run:
             model_id = file_sha256(model_path)
@@ -244,8 +248,20 @@ def _sync_locked(
                 path="model/model.pt",
             )
 
-        # 3. predictions
+        # 3. predictions (the operating point's inputs are part of what decides them)
+        sources = _negative_sources(entries, annotation_sets, config)
+        op_key = _operating_key(entries, sources)
         pred_hash = config.digest(PREDICTION_SECTIONS)
+        if sources:
+            pred_hash = hashlib.sha256(f"{pred_hash}|{op_key}".encode()).hexdigest()
+        # the stored operating point holds while the model, the prediction settings and what
+        # is tumour-free are unchanged
+        op_full_key = hashlib.sha256(
+            f"{op_key}|{outcome.model_id}|{config.digest(PREDICTION_SECTIONS)}".encode()
+        ).hexdigest()
+        stored_op = state.operating_point
+        if stored_op is not None and stored_op.get("key") == op_full_key:
+            outcome.operating_point = {k: v for k, v in stored_op.items() if k != "key"}
         to_predict: list[tuple[Any, str, str, Any, str]] = []
         for entry in entries:
             result = SlideResult(entry_id=entry.entry_id, image_name=entry.name, status="")
@@ -289,16 +305,35 @@ def _sync_locked(
 
         if outcome.dry_run:
             return
+        negative_preds: dict[str, Any] = {}
+        threshold: float | None = None
         if to_predict:
             from qupath_rkd.model.scorer import load_model
 
             model = load_model(model_path, device=config.get("sync.device"))
+            if outcome.operating_point is None:
+                op, negative_preds = _operating_point(
+                    entries, annotation_sets, sources, model, config, outcome, echo
+                )
+                outcome.operating_point = op
+                new_state.operating_point = {**op, "key": op_full_key}
+                if echo is not None:
+                    echo(f"threshold {op['threshold']:.4f} ({op['method']}): {op['note']}")
+            threshold = float(outcome.operating_point["threshold"])
         for index, (entry, slide_fp, region_hash, region, _why) in enumerate(to_predict):
             result = next(s for s in outcome.slides if s.entry_id == entry.entry_id)
             if progress:
                 progress(f"predicting {entry.name}", index, len(to_predict))
             try:
-                features, summary = _predict_entry(entry, model, region, config)
+                assert threshold is not None
+                features, summary = _predict_entry(
+                    entry,
+                    model,
+                    region,
+                    config,
+                    threshold,
+                    negative_preds.pop(entry.entry_id, None),
+                )
             except QupathRkdError as exc:
                 result.status = STATUS_FAILED
                 result.reason = exc.one_line()
@@ -396,6 +431,81 @@ def _fill_from_record(result: SlideResult, record: PredictionRecord) -> None:
     result.lesions = summary.get("lesions")
     result.lesion_area_mm2 = summary.get("lesion_area_mm2")
     result.note = str(summary.get("note") or "")
+    result.largest_lesion_major_axis_um = summary.get("largest_lesion_major_axis_um")
+    result.burden_category = summary.get("burden_category")
+    result.positive = summary.get("positive")
+
+
+def _negative_sources(
+    entries: Sequence[Any], annotation_sets: Mapping[str, Any], config: SyncConfig
+) -> dict[str, Any]:
+    """Images with tumour-free knowledge (none when ``inference.threshold`` is a number)."""
+    if config.get("inference.threshold") != "auto":
+        return {}
+    from qupath_rkd.sync.operating import negative_sources
+
+    return negative_sources(entries, annotation_sets, config.section("classes"))
+
+
+def _operating_key(entries: Sequence[Any], sources: Mapping[str, Any]) -> str:
+    from qupath_rkd.sync.operating import operating_key
+
+    fingerprints: dict[str, str] = {}
+    for entry in entries:
+        if entry.entry_id in sources and entry.path is not None:
+            try:
+                fingerprints[entry.entry_id] = slide_fingerprint(entry.path)
+            except OSError:
+                fingerprints[entry.entry_id] = "unreadable"
+    return operating_key(sources, fingerprints)
+
+
+def _operating_point(
+    entries: Sequence[Any],
+    annotation_sets: Mapping[str, Any],
+    sources: Mapping[str, Any],
+    model: Any,
+    config: SyncConfig,
+    outcome: SyncOutcome,
+    echo: Callable[[str], None] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The operating point (as a dict) and the predictions made to find it (entry ID →
+    :class:`~qupath_rkd.inference.predict.SlidePrediction` at the model's threshold).
+
+    ``inference.threshold`` set: that (method ``given``). Otherwise the tumour-free images and
+    normal regions are predicted and the threshold chosen on them; with none of them, the
+    model's calibrated threshold (method ``fallback``). A tumour-free image that cannot be
+    predicted is left out (noted); the slide itself fails later with its own error.
+    """
+    from qupath_rkd.inference import predict_slide
+    from qupath_rkd.lesions.operating_point import choose_operating_point, fallback, given
+    from qupath_rkd.sync.operating import negative_heatmap
+
+    target = float(config.get("inference.target_fp_per_slide"))
+    if config.get("inference.threshold") != "auto":
+        return given(float(config.get("inference.threshold"))).as_dict(), {}
+    floor = float(model.threshold)
+    preds: dict[str, Any] = {}
+    negatives = []
+    for entry in entries:
+        src = sources.get(entry.entry_id)
+        if src is None or entry.path is None:
+            continue
+        _hash, region = _region(annotation_sets[entry.entry_id].objects, config)
+        try:
+            pred = predict_slide(
+                entry.path, model, region=region, config=inference_config(config, entry.mpp)
+            )
+        except QupathRkdError as exc:
+            _say(outcome.notes, f"operating point: {entry.name} left out: {exc.one_line()}", echo)
+            continue
+        preds[entry.entry_id] = pred
+        negatives.append(negative_heatmap(src, pred.heatmap, entry.name))
+    if not negatives:
+        return fallback(target, floor).as_dict(), preds
+    post = inference_config(config, None).post_processing()
+    op = choose_operating_point(negatives, post, target_fp_per_slide=target, floor=floor)
+    return op.as_dict(), preds
 
 
 # --- the seams to the other stages ----------------------------------------------------------
@@ -604,6 +714,9 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
         min_tissue_fraction=float(config.get("labels.min_tissue_fraction")),
         threshold=None if inf["threshold"] == "auto" else float(inf["threshold"]),
         min_lesion_um=float(inf["min_lesion_um"]),
+        smooth_sigma_um=float(inf["smooth_um"]),
+        extent_ratio=float(inf["extent_ratio"]),
+        slide_score=str(inf["slide_score"]),
         slide_mpp=slide_mpp,
         batch_size=int(inf["batch_size"]),
         num_workers=int(config.get("sync.num_workers")),
@@ -611,7 +724,12 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
 
 
 def _predict_entry(
-    entry: Any, model: Any, region: Any, config: SyncConfig
+    entry: Any,
+    model: Any,
+    region: Any,
+    config: SyncConfig,
+    threshold: float,
+    earlier: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict one image: (GeoJSON features for the backend, summary for the report).
 
@@ -620,11 +738,17 @@ def _predict_entry(
     a QuPath tile carrying its probability; their UUIDs derive from the inference key (model
     id + settings) and the entry, so the same prediction gives the same bytes.
     """
+    import dataclasses
+
     from qupath_rkd.inference import predict_slide
+    from qupath_rkd.inference.predict import apply_threshold
     from qupath_rkd.inference.write import lesion_features, tile_features
 
-    cfg = inference_config(config, entry.mpp)
-    prediction = predict_slide(entry.path, model, region=region, config=cfg)
+    if earlier is not None:  # predicted to find the operating point: only re-threshold it
+        prediction = apply_threshold(earlier, threshold)
+    else:
+        cfg = dataclasses.replace(inference_config(config, entry.mpp), threshold=threshold)
+        prediction = predict_slide(entry.path, model, region=region, config=cfg)
     key = prediction.config.key(model.model_id)
     slide_id = f"entry-{entry.entry_id}"
     features = lesion_features(prediction, key, slide_id)
@@ -639,7 +763,11 @@ def _predict_entry(
         ),
         "lesions": len(prediction.lesions),
         "lesion_area_mm2": round(area_mm2, 6),
+        "positive": bool(prediction.positive),
     }
+    if prediction.burden is not None:
+        summary["largest_lesion_major_axis_um"] = round(prediction.burden.largest_major_axis_um, 1)
+        summary["burden_category"] = prediction.burden.category
     if prediction.note:
         summary["note"] = prediction.note
     return features, summary

@@ -73,13 +73,19 @@ class SyncState:
 
     model: ModelRecord | None = None
     predictions: dict[str, PredictionRecord] = field(default_factory=dict)
+    #: the operating point in use (``OperatingPoint.as_dict()`` + ``"key"``: what it was chosen
+    #: on, see :func:`qupath_rkd.sync.operating.operating_key`), ``None`` before the first one
+    operating_point: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "version": STATE_VERSION,
             "model": None if self.model is None else vars(self.model).copy(),
             "predictions": {k: vars(v).copy() for k, v in sorted(self.predictions.items())},
         }
+        if self.operating_point is not None:
+            data["operating_point"] = dict(self.operating_point)
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> SyncState:
@@ -90,6 +96,7 @@ class SyncState:
         return cls(
             model=None if model is None else ModelRecord(**model),
             predictions={str(k): PredictionRecord(**v) for k, v in preds.items()},
+            operating_point=data.get("operating_point") or None,
         )
 
 

@@ -85,9 +85,12 @@ def test_a_failed_slide_is_reported_and_the_others_go_on(predicted) -> None:
     # regression: a slide with no tissue scored 0, which reads as "benign"
     assert rows["blank"]["score"] == "" and "no tissue found" in rows["blank"]["note"]
     assert "blank: score -, 0 tiles" in res.output and "no tissue found" in res.output
-    # default slide score: mean of the tile probabilities >= the threshold given
-    prob = predicted["first"].tiles.probability
-    want = float(prob[prob >= float(f"{predicted['thr']:.6f}")].mean())
+    # default slide score: the highest value of the smoothed heatmap (default sigma, in µm)
+    from qupath_rkd.constants import DEFAULT_SMOOTH_SIGMA_UM
+    from qupath_rkd.lesions.postprocess import smooth_heatmap
+
+    smoothed = smooth_heatmap(predicted["first"].heatmap, DEFAULT_SMOOTH_SIGMA_UM)
+    want = float(np.nanmax(smoothed.probability))
     assert float(rows["semireal_a"]["score"]) == pytest.approx(want, rel=1e-5)
 
 

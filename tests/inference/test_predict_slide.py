@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from shapely.geometry import box
 
 from qupath_rkd.errors import ResolutionError
 from qupath_rkd.inference import InferenceConfig, predict_slide
-from qupath_rkd.inference.predict import NonFiniteScoresError, slide_score_of
+from qupath_rkd.inference.predict import NonFiniteScoresError, apply_threshold, slide_score_of
 from qupath_rkd.lesions import extract_lesions
+from qupath_rkd.lesions.postprocess import smooth_heatmap
 from qupath_rkd.slides import open_slide
 
 from .conftest import INPUT_PX, MODEL_MPP, make_checkpoint, median_threshold
@@ -49,17 +52,42 @@ def test_heatmap_cells_hold_the_scores_of_their_own_tiles(prediction, semireal, 
 
 def test_slide_score_and_lesions_follow_the_config(prediction, semireal, model) -> None:
     t = prediction.tiles
-    thr0 = prediction.config.threshold  # the default rule: mean of the tiles above threshold
-    above0 = t.probability[t.probability >= thr0]
-    want0 = float(above0.mean()) if above0.size else 0.0
-    assert prediction.slide_score == pytest.approx(want0)
+    # the default rule: the highest value of the heatmap smoothed with the default sigma (µm)
+    smoothed = smooth_heatmap(prediction.heatmap, prediction.config.smooth_sigma_um)
+    assert prediction.smoothed is not None
+    np.testing.assert_array_equal(prediction.smoothed.probability, smoothed.probability)
+    assert prediction.slide_score == pytest.approx(float(np.nanmax(smoothed.probability)))
+    # its lesions are those of the smoothed heatmap with hysteresis (extent = ratio × seed)
+    thr0 = prediction.config.threshold
+    want0 = extract_lesions(
+        smoothed,
+        thr0,
+        min_major_axis_um=prediction.config.min_lesion_um,
+        extent_threshold=prediction.config.extent_ratio * thr0,
+    )
+    assert [les.peak_xy_px for les in prediction.lesions] == [les.peak_xy_px for les in want0]
+    assert prediction.positive == bool(want0)
+    assert prediction.burden is not None and prediction.burden.n_lesions == len(want0)
     thr = median_threshold(t.probability)
-    cfg = InferenceConfig(threshold=thr, slide_score="max", min_lesion_um=0.0, num_workers=0)
+    cfg = InferenceConfig(
+        threshold=thr,
+        slide_score="max",
+        min_lesion_um=0.0,
+        num_workers=0,
+        smooth_sigma_um=0.0,
+        extent_ratio=1.0,
+    )
     pred = predict_slide(semireal.path, model, config=cfg)
     np.testing.assert_array_equal(pred.tiles.score, t.score)  # same tiles, same scores
     assert pred.slide_score == pytest.approx(float(t.probability.max()))
     assert len(pred.lesions) >= 1
     want = extract_lesions(pred.heatmap, thr, min_major_axis_um=0.0)
+    # with smoothing asked for (µm), the score and lesions come from the smoothed heatmap
+    smooth_cfg = dataclasses.replace(pred.config, smooth_sigma_um=150.0, slide_score="max_smoothed")
+    smoothed_pred = apply_threshold(dataclasses.replace(pred, config=smooth_cfg), thr)
+    want_smoothed = smooth_heatmap(pred.heatmap, 150.0).probability
+    assert smoothed_pred.slide_score == pytest.approx(float(np.nanmax(want_smoothed)))
+    assert smoothed_pred.slide_score < float(np.nanmax(pred.heatmap.probability))
     assert [les.peak_xy_px for les in pred.lesions] == [les.peak_xy_px for les in want]
     # each lesion's peak is the centre of a tile whose probability is the lesion's maximum
     centres = t.xy_px + pred.heatmap.tile_level0_px / 2

@@ -1,0 +1,217 @@
+"""The operating point (seed threshold) from what the user knows is tumour-free.
+
+Tumour-free slides and normal annotations say where a lesion must not be: every lesion found
+there is a false lesion. :func:`choose_operating_point` takes their heatmaps and picks the lowest
+seed threshold at which they hold at most ``target_fp_per_slide`` false lesions per slide, never
+below the calibrated fallback (0.5: the threshold at which the calibrated probability says
+"more likely tumour than not"). Without any tumour-free slide or normal region it returns the
+fallback and says so.
+
+Slides, not regions, are the unit of the rate: a tumour-free slide counts 1; a normal region on
+another slide counts the share of that slide's tissue it covers (``region cells / tissue cells``),
+so a small normal outline does not weigh as much as a whole tumour-free slide.
+
+The false lesions are counted with the same post-processing as the lesions themselves
+(:func:`qupath_rkd.lesions.pipeline.count_lesions`: smoothing, hysteresis with the extent
+``extent_ratio × seed``, minimum size); inside a normal region the heatmap is cut to the region
+(cells whose centre lies in it) after smoothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from qupath_rkd.constants import DEFAULT_TARGET_FP_PER_SLIDE
+from qupath_rkd.heatmap import Heatmap
+from qupath_rkd.lesions.pipeline import count_lesions
+from qupath_rkd.lesions.postprocess import PostProcessing, smooth_heatmap
+
+#: The calibrated threshold used when nothing tumour-free is known.
+FALLBACK_THRESHOLD = 0.5
+
+METHOD_FALLBACK = "fallback"
+METHOD_TUMOR_FREE = "tumor-free"
+METHOD_GIVEN = "given"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The seed threshold in use and how it was found.
+
+    Attributes:
+        threshold: the seed threshold (a calibrated probability).
+        method: ``"fallback"`` (nothing tumour-free known: the calibrated threshold),
+            ``"tumor-free"`` (chosen on tumour-free slides / normal regions) or ``"given"``
+            (set by the user).
+        n_slides: tumour-free slides used.
+        n_regions: slides whose normal regions were used.
+        slide_equivalents: the rate's denominator (slides + tissue share of the regions).
+        false_lesions_per_slide: false lesions per slide at ``threshold`` (``None`` for the
+            fallback without data).
+        target_fp_per_slide: the target asked for.
+        note: one line for the user.
+    """
+
+    threshold: float
+    method: str
+    n_slides: int = 0
+    n_regions: int = 0
+    slide_equivalents: float = 0.0
+    false_lesions_per_slide: float | None = None
+    target_fp_per_slide: float = DEFAULT_TARGET_FP_PER_SLIDE
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values for ``report.json`` / ``run.json`` (the threshold unrounded: it is
+        just above a heatmap value, and rounding could bring that value back in)."""
+        d = asdict(self)
+        d["threshold"] = float(self.threshold)
+        for key in ("slide_equivalents", "false_lesions_per_slide"):
+            if d[key] is not None:
+                d[key] = round(float(d[key]), 6)
+        return d
+
+
+@dataclass(frozen=True)
+class NegativeHeatmap:
+    """A heatmap where every lesion is false.
+
+    Attributes:
+        heatmap: the slide's calibrated heatmap ``(rows, cols)``, NaN off tissue.
+        mask: ``(rows, cols)`` bool, the cells known to be normal (a normal region); ``None`` =
+            the whole slide is tumour-free.
+        name: for messages.
+    """
+
+    heatmap: Heatmap
+    mask: np.ndarray | None = None
+    name: str = ""
+
+
+def fallback(
+    target_fp_per_slide: float = DEFAULT_TARGET_FP_PER_SLIDE,
+    threshold: float = FALLBACK_THRESHOLD,
+) -> OperatingPoint:
+    """The calibrated threshold, used when no tumour-free slide or normal region is given."""
+    return OperatingPoint(
+        threshold=float(threshold),
+        method=METHOD_FALLBACK,
+        target_fp_per_slide=target_fp_per_slide,
+        note=f"no tumour-free slide or normal region: the calibrated threshold {threshold:g}",
+    )
+
+
+def given(threshold: float) -> OperatingPoint:
+    """A threshold the user set (``--threshold`` / ``inference.threshold``): used as it is."""
+    return OperatingPoint(
+        threshold=float(threshold), method=METHOD_GIVEN, note="threshold given by the user"
+    )
+
+
+def candidate_thresholds(values: np.ndarray, floor: float) -> np.ndarray:
+    """Seed thresholds worth testing, ascending: ``floor`` and just above every distinct value
+    ``>= floor`` (the false-lesion count can only change there), at most 1.0 (a threshold is a
+    probability, so a false lesion of probability 1 cannot be thresholded away)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = np.unique(v[np.isfinite(v) & (v >= floor)])
+    above = np.nextafter(v, np.inf)
+    return np.unique(np.clip(np.concatenate(([floor], above)), floor, 1.0))
+
+
+def choose_operating_point(
+    negatives: Sequence[NegativeHeatmap],
+    post: PostProcessing,
+    *,
+    target_fp_per_slide: float = DEFAULT_TARGET_FP_PER_SLIDE,
+    floor: float = FALLBACK_THRESHOLD,
+    max_candidates: int = 400,
+) -> OperatingPoint:
+    """The lowest seed threshold ``>= floor`` with at most ``target_fp_per_slide`` false
+    lesions per slide on ``negatives``.
+
+    Args:
+        negatives: tumour-free slides (``mask=None``) and normal regions (``mask`` given).
+        post: the post-processing the lesions are made with (the same is applied here).
+        target_fp_per_slide: the target rate.
+        floor: never below this (the calibrated fallback).
+        max_candidates: thresholds tested at most (evenly chosen among the candidates, the
+            lowest always included); the scan stops at the first that meets the target.
+
+    Returns:
+        An :class:`OperatingPoint`. When no threshold up to 1.0 meets the target, the threshold
+        is the one with the fewest false lesions (ties: the lowest) and ``note`` says so.
+    """
+    if target_fp_per_slide < 0:
+        raise ValueError(f"target_fp_per_slide must be >= 0, got {target_fp_per_slide}")
+    grids: list[np.ndarray] = []
+    cell_um: list[float] = []
+    weights: list[float] = []
+    n_slides = n_regions = 0
+    for neg in negatives:
+        smoothed = smooth_heatmap(neg.heatmap, post.smooth_sigma_um).probability
+        tissue = np.isfinite(neg.heatmap.probability)
+        if neg.mask is None:
+            keep, weight = tissue, 1.0
+        else:
+            if neg.mask.shape != tissue.shape:
+                raise ValueError(
+                    f"normal mask {neg.mask.shape} does not match heatmap {tissue.shape}"
+                )
+            keep = tissue & neg.mask
+            weight = float(keep.sum()) / max(int(tissue.sum()), 1)
+        if not keep.any():
+            continue
+        grids.append(np.where(keep, smoothed, np.nan))
+        cell_um.append(neg.heatmap.cell_um)
+        weights.append(weight)
+        n_slides += neg.mask is None
+        n_regions += neg.mask is not None
+    equivalents = float(sum(weights))
+    if not grids or equivalents <= 0:
+        return fallback(target_fp_per_slide, floor)
+
+    def rate(t: float) -> float:
+        n = sum(
+            count_lesions(g, t, post.extent_for(t), cell_um=um, min_lesion_um=post.min_lesion_um)
+            for g, um in zip(grids, cell_um, strict=True)
+        )
+        return n / equivalents
+
+    cands = candidate_thresholds(np.concatenate([g.reshape(-1) for g in grids]), floor)
+    if cands.size > max_candidates:
+        pick = np.unique(np.linspace(0, cands.size - 1, max_candidates).round().astype(int))
+        cands = cands[pick]
+    best: tuple[float, float] | None = None
+    for t in cands.tolist():
+        r = rate(t)
+        if r <= target_fp_per_slide:
+            return OperatingPoint(
+                threshold=float(t),
+                method=METHOD_TUMOR_FREE,
+                n_slides=n_slides,
+                n_regions=n_regions,
+                slide_equivalents=equivalents,
+                false_lesions_per_slide=r,
+                target_fp_per_slide=target_fp_per_slide,
+                note=f"lowest threshold >= {floor:g} with <= {target_fp_per_slide:g} false "
+                f"lesions per slide on {n_slides} tumour-free slide(s) and {n_regions} "
+                "slide(s) with normal regions",
+            )
+        if best is None or r < best[1]:
+            best = (t, r)
+    assert best is not None
+    return OperatingPoint(
+        threshold=float(best[0]),
+        method=METHOD_TUMOR_FREE,
+        n_slides=n_slides,
+        n_regions=n_regions,
+        slide_equivalents=equivalents,
+        false_lesions_per_slide=best[1],
+        target_fp_per_slide=target_fp_per_slide,
+        note=f"no threshold reaches {target_fp_per_slide:g} false lesions per slide: the "
+        "one with the fewest",
+    )
