@@ -37,9 +37,15 @@ from qupath_rkd.errors import (
     ProjectError,
     QupathRkdError,
     SyncInterruptedError,
+    UnknownResolutionError,
 )
 from qupath_rkd.sync.commit import Transaction, ensure_writable, fault_point, recover
-from qupath_rkd.sync.config import MODEL_SECTIONS, PREDICTION_SECTIONS, SyncConfig
+from qupath_rkd.sync.config import (
+    MODEL_SECTIONS,
+    PREDICTION_SECTIONS,
+    SyncConfig,
+    config_path,
+)
 from qupath_rkd.sync.lock import ProjectLock
 from qupath_rkd.sync.report import (
     STATUS_FAILED,
@@ -182,13 +188,18 @@ def _sync_locked(
     entries = list(backend.images())
     if not entries:
         raise ProjectError(f"{project.qpproj_path}: the project has no images")
+    overrides = config.get("images.mpp")
+    entries = _with_mpp_overrides(entries, overrides, config)
 
     # 1. annotations (read-only) and the labelled set
     annotation_sets = _read_annotations(backend, entries)
     for aset in annotation_sets.values():
         for line in getattr(aset, "repairs", []):
             _say(outcome.notes, f"repaired: {line}", echo)
-    labelled = build_labelled_set(entries, annotation_sets, config)
+    try:
+        labelled = build_labelled_set(entries, annotation_sets, config)
+    except UnknownResolutionError as exc:
+        raise _mpp_hint(exc, entries, project.path) from exc
     outcome.dataset_hash = labelled.sha256
     outcome.label_summary = _label_summary(labelled)
     if echo is not None:
@@ -197,7 +208,7 @@ def _sync_locked(
     # 2. the model
     model_file = project.path / MODEL_RELPATH
     model_hash = config.digest(MODEL_SECTIONS)
-    training_key = _training_data_key(labelled)
+    training_key = _training_data_key(labelled, entries, overrides)
     reason = model_stale_reason(state, model_file, training_key, model_hash)
     outcome.train_reason = reason
     tx = Transaction(project.path)
@@ -264,6 +275,7 @@ def _sync_locked(
                 result.reason = f"cannot read {entry.path}: {exc.strerror or exc}"
                 continue
             output = _prediction_file(backend, entry)
+            slide_hash = _slide_prediction_hash(pred_hash, overrides.get(entry.name))
             if outcome.model_id is None and reason is not None:
                 known = entry.entry_id in state.predictions
                 why: str | None = "the model will change" if known else "no predictions yet"
@@ -273,7 +285,7 @@ def _sync_locked(
                     entry.entry_id,
                     output,
                     model_id=outcome.model_id or "",
-                    config_hash=pred_hash,
+                    config_hash=slide_hash,
                     slide_fp=slide_fp,
                     region_hash=region_hash,
                 )
@@ -299,6 +311,11 @@ def _sync_locked(
                 progress(f"predicting {entry.name}", index, len(to_predict))
             try:
                 features, summary = _predict_entry(entry, model, region, config)
+            except UnknownResolutionError as exc:
+                result.status = STATUS_FAILED
+                result.reason = _mpp_hint(exc, [entry], project.path).one_line()
+                logger.warning("%s failed: %s", entry.name, result.reason)
+                continue
             except QupathRkdError as exc:
                 result.status = STATUS_FAILED
                 result.reason = exc.one_line()
@@ -313,7 +330,7 @@ def _sync_locked(
             tx.stage_entry(entry.entry_id, features)
             new_state.predictions[entry.entry_id] = PredictionRecord(
                 model_id=outcome.model_id or "",
-                config_hash=pred_hash,
+                config_hash=_slide_prediction_hash(pred_hash, overrides.get(entry.name)),
                 slide_fingerprint=slide_fp,
                 region_hash=region_hash,
                 output_sha256="",
@@ -376,6 +393,58 @@ def _read_annotations(backend: Any, entries: Sequence[Any]) -> dict[str, Any]:
     return sets
 
 
+def _with_mpp_overrides(
+    entries: Sequence[Any], overrides: Mapping[str, float], config: SyncConfig
+) -> list[Any]:
+    """``entries`` with ``images.mpp``'s level-0 µm/px (by image name) in place of QuPath's.
+
+    Raises:
+        ConfigError: an override names no image of the project (a typo must not be ignored).
+    """
+    import dataclasses
+
+    from qupath_rkd.errors import ConfigError
+
+    names = {entry.name for entry in entries}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        source = config.sources["images"]["mpp"]
+        raise ConfigError(
+            f"images.mpp (from {source}) names no image of the project: "
+            + ", ".join(repr(name) for name in unknown),
+            hint="use QuPath's image names: " + ", ".join(repr(n) for n in sorted(names)),
+        )
+    return [
+        dataclasses.replace(entry, mpp=float(overrides[entry.name]))
+        if entry.name in overrides
+        else entry
+        for entry in entries
+    ]
+
+
+def _mpp_hint(
+    exc: UnknownResolutionError, entries: Sequence[Any], project_dir: Path
+) -> UnknownResolutionError:
+    """``exc`` with a hint that names what ``sync`` accepts: ``--slide-mpp`` or
+    ``[images] mpp`` in the project's config.toml, for the image(s) the message is about."""
+    named = [e.name for e in entries if e.path is not None and str(e.path) in exc.message]
+    name = named[0] if named else (entries[0].name if len(entries) == 1 else "IMAGE NAME")
+    return UnknownResolutionError(
+        f"image {name!r}: {exc.message}",
+        hint=f'give sync its level-0 µm/px: add [images] mpp = {{"{name}" = 0.25}} to '
+        f'{config_path(project_dir)} (every sync), or pass --slide-mpp "{name}=0.25" '
+        "(this run); 0.25 at 40x, 0.5 at 20x — check the scanner",
+    )
+
+
+def _slide_prediction_hash(pred_hash: str, mpp_override: float | None) -> str:
+    """The prediction key of one image: the prediction settings' hash, combined with the
+    image's µm/px override when it has one (so changing it re-predicts that image only)."""
+    if mpp_override is None:
+        return pred_hash
+    return hashlib.sha256(f"{pred_hash}\nmpp {float(mpp_override)!r}".encode()).hexdigest()
+
+
 def _same_json(path: Path, obj: Any) -> bool:
     try:
         return bool(json.loads(path.read_text(encoding="utf-8")) == obj)
@@ -421,12 +490,21 @@ def build_labelled_set(
     )
 
 
-def _training_data_key(labelled: Any) -> str:
+def _training_data_key(
+    labelled: Any, entries: Sequence[Any] = (), overrides: Mapping[str, float] | None = None
+) -> str:
     """The labelled set's hash combined with the fingerprints of the slide files its tiles
-    come from: a re-scanned or replaced training slide retrains too."""
+    come from (a re-scanned or replaced training slide retrains too) and the µm/px
+    overrides (``images.mpp``) of those slides (none: the key is as without overrides)."""
     digest = hashlib.sha256(labelled.sha256.encode())
-    for path in sorted({item.slide_path for item in labelled.items}):
+    paths = sorted({str(item.slide_path) for item in labelled.items})
+    for path in paths:
         digest.update(f"\n{slide_fingerprint(path)}".encode())
+    used = set(paths)
+    for entry in entries:
+        mpp = (overrides or {}).get(entry.name)
+        if mpp is not None and entry.path is not None and str(entry.path) in used:
+            digest.update(f"\nmpp {entry.entry_id} {float(mpp)!r}".encode())
     return digest.hexdigest()
 
 
