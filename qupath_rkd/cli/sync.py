@@ -130,6 +130,8 @@ def sync(
     else:
         click.echo("model up to date: nothing to train")
     click.echo(format_table(outcome.slides))
+    for line in outcome.warnings:  # about the model in use: shown on every sync
+        click.echo(f"warning: {line}")
     elapsed = time.perf_counter() - started
     if dry_run:
         click.echo(f"dry run: nothing written ({elapsed:.1f} s)")

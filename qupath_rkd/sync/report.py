@@ -78,6 +78,8 @@ class SyncOutcome:
         slides: one :class:`SlideResult` per image, in project order.
         dry_run: nothing was written.
         notes: one-line remarks for the user (fallbacks, repaired geometries, ...).
+        warnings: one-line warnings about the model in use (no tumour tiles, the trainer's
+            own warnings); printed by every sync and stored in report.json.
     """
 
     project_dir: Path
@@ -89,6 +91,7 @@ class SyncOutcome:
     slides: list[SlideResult] = field(default_factory=list)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[SlideResult]:
@@ -117,6 +120,7 @@ def report_json(outcome: SyncOutcome) -> dict[str, Any]:
         "model_id": outcome.model_id,
         "dataset_hash": outcome.dataset_hash,
         "labelled_tiles": outcome.label_summary,
+        "warnings": list(outcome.warnings),
         "slides": [s.report_row() for s in outcome.slides],
     }
 

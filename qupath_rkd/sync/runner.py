@@ -204,6 +204,9 @@ def _sync_locked(
     outcome.label_summary = _label_summary(labelled)
     if echo is not None:
         echo(labelled.summary())
+    label_warnings = _label_warnings(outcome.label_summary, config)
+    outcome.warnings = list(label_warnings)  # and the trainer's, once the model is known
+    train_warnings: list[str] = []
 
     # 2. the model
     model_file = project.path / MODEL_RELPATH
@@ -243,17 +246,23 @@ def _sync_locked(
             fault_point("after-train")
             tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
             outcome.trained = True
+            train_warnings = [str(w) for w in getattr(result, "warnings", None) or []]
         new_state = SyncState(model=state.model, predictions=dict(state.predictions))
         model = None
         if not outcome.dry_run:
             model_id = file_sha256(model_path)
             outcome.model_id = model_id
+            if not outcome.trained:  # reused: its trainer's warnings still hold
+                same = state.model is not None and state.model.model_id == model_id
+                train_warnings = list(state.model.warnings) if same and state.model else []
             new_state.model = ModelRecord(
                 model_id=model_id,
                 dataset_hash=training_key,
                 config_hash=model_hash,
                 path="model/model.pt",
+                warnings=train_warnings,
             )
+            outcome.warnings = [*label_warnings, *(f"training: {w}" for w in train_warnings)]
 
         # 3. predictions
         pred_hash = config.digest(PREDICTION_SECTIONS)
@@ -514,6 +523,20 @@ def _label_summary(labelled: Any) -> dict[str, dict[str, int]]:
         str(row["image"]): {"tumor": int(row["used_tumor"]), "normal": int(row["used_normal"])}
         for row in labelled.summary_rows()
     }
+
+
+def _label_warnings(summary: Mapping[str, Mapping[str, int]], config: SyncConfig) -> list[str]:
+    """Warnings about the labelled set, in a pathologist's words: no tumour tiles at all
+    means a model of normal tissue only (one-class reverse distillation), measured close to
+    chance at finding lymph-node metastases."""
+    if sum(int(counts.get("tumor", 0)) for counts in summary.values()):
+        return []
+    classes = " or ".join(repr(name) for name in config.get("classes.tumor"))
+    return [
+        "no tumour tiles: the model learns normal tissue only, which finds lymph-node "
+        "metastases little better than chance; outline metastases with the class "
+        f"{classes} on at least one slide (in QuPath), export and sync again"
+    ]
 
 
 def _train_config(config: SyncConfig, n_train: int) -> Any:

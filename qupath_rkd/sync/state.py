@@ -46,12 +46,21 @@ class ModelRecord:
         dataset_hash: hash of the labelled set it was trained on.
         config_hash: hash of the configuration sections that decide the model.
         path: checkpoint path relative to ``<project>/qupath-rkd/``.
+        warnings: the trainer's one-line warnings about this model (shown on every sync that
+            uses it, and in ``report.json``); left out of ``state.json`` when there are none.
     """
 
     model_id: str
     dataset_hash: str
     config_hash: str
     path: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = vars(self).copy()
+        if not out["warnings"]:
+            del out["warnings"]  # so a state.json written before warnings existed stays equal
+        return out
 
 
 @dataclass
@@ -77,7 +86,7 @@ class SyncState:
     def to_json(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
-            "model": None if self.model is None else vars(self.model).copy(),
+            "model": None if self.model is None else self.model.to_json(),
             "predictions": {k: vars(v).copy() for k, v in sorted(self.predictions.items())},
         }
 
