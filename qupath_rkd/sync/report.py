@@ -41,6 +41,8 @@ class SlideResult:
         lesions: number of predicted lesions.
         lesion_area_mm2: total area of the predicted lesions in mm².
         reason: why it was (re)predicted, or the error of a failed slide.
+        stale: a failed slide whose previous predictions (another model or settings) are
+            kept and shown: the values above are theirs, and QuPath names them STALE.
     """
 
     entry_id: str
@@ -50,6 +52,7 @@ class SlideResult:
     lesions: int | None = None
     lesion_area_mm2: float | None = None
     reason: str = ""
+    stale: bool = False
 
     def report_row(self) -> dict[str, Any]:
         """The row as stored in report.json: the result, not what this run did."""
@@ -156,7 +159,9 @@ def format_table(slides: list[SlideResult]) -> str:
             _fmt(s.tumor_score, ".3f"),
             _fmt(s.lesions, "d"),
             _fmt(s.lesion_area_mm2, ".3f"),
-            s.status + (f" ({s.reason})" if s.reason else ""),
+            s.status
+            + (f" ({s.reason})" if s.reason else "")
+            + (" — previous predictions kept, marked STALE" if s.stale else ""),
         )
         for s in slides
     ]

@@ -212,7 +212,8 @@ def _sync_locked(
     model_file = project.path / MODEL_RELPATH
     model_hash = config.digest(MODEL_SECTIONS)
     training_key = _training_data_key(labelled, entries, overrides)
-    reason = model_stale_reason(state, model_file, training_key, model_hash)
+    current_id = _model_id(model_file, state.model) if model_file.is_file() else None
+    reason = model_stale_reason(state, model_file, training_key, model_hash, model_id=current_id)
     outcome.train_reason = reason
     tx = Transaction(project.path)
     if outcome.dry_run:
@@ -244,13 +245,25 @@ def _sync_locked(
                     else f"{again} to train",
                 )
             fault_point("after-train")
-            tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
+            if current_id is not None and _content_id(model_file) == _content_id(model_path):
+                # the same model as the one in use (same weights, settings, labels): keep its
+                # file and ID, so nothing that depends on it changes
+                model_path.unlink()
+                model_path = model_file
+                _say(outcome.notes, "the new model is identical to the one in use: kept", echo)
+            else:
+                tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
             outcome.trained = True
             train_warnings = [str(w) for w in getattr(result, "warnings", None) or []]
         new_state = SyncState(model=state.model, predictions=dict(state.predictions))
         model = None
         if not outcome.dry_run:
-            model_id = file_sha256(model_path)
+            model_id = _model_id(model_path, state.model)
+            if model_id is None:
+                raise CheckpointError(
+                    f"{model_path} is not a readable qupath-rkd checkpoint",
+                    hint=f"delete it and run `qupath-rkd sync {project.path}` again to retrain",
+                )
             outcome.model_id = model_id
             if not outcome.trained:  # reused: its trainer's warnings still hold
                 same = state.model is not None and state.model.model_id == model_id
@@ -319,7 +332,7 @@ def _sync_locked(
             if progress:
                 progress(f"predicting {entry.name}", index, len(to_predict))
             try:
-                features, summary = _predict_entry(entry, model, region, config)
+                features, summary = _predict_entry(entry, model, outcome.model_id, region, config)
             except UnknownResolutionError as exc:
                 result.status = STATUS_FAILED
                 result.reason = _mpp_hint(exc, [entry], project.path).one_line()
@@ -350,12 +363,16 @@ def _sync_locked(
             fault_point(f"after-predict-{index}")
         if progress and to_predict:
             progress("predicting", len(to_predict), len(to_predict))
+        attempted = {entry.entry_id for entry, *_ in to_predict}
+        for result in outcome.failed:
+            _mark_stale(result, state, new_state, backend, tx, attempted, outcome.model_id)
 
         # 4. write back, all or nothing
         state_json = new_state.to_json()
         unchanged = (
             not outcome.trained
             and not tx.entries
+            and not tx.moves
             and _same_json(state_path(project.path), state_json)
             and _same_json(report_path(project.path), report_json(outcome))
         )
@@ -452,6 +469,110 @@ def _slide_prediction_hash(pred_hash: str, mpp_override: float | None) -> str:
     if mpp_override is None:
         return pred_hash
     return hashlib.sha256(f"{pred_hash}\nmpp {float(mpp_override)!r}".encode()).hexdigest()
+
+
+def _content_id(path: Path) -> str | None:
+    """sha256 of what defines a checkpoint: every stored value (weights by name, dtype, shape
+    and bytes; config, calibration, labelled-set hash, versions) except its creation time.
+    Not the file's sha256: ``torch.save`` writes a fresh serialization id into every file, so
+    an identical retrain never gives identical bytes. ``None`` when the file is no readable
+    checkpoint."""
+    import torch
+
+    from qupath_rkd.model.checkpoint import read_checkpoint
+
+    try:
+        payload, _ = read_checkpoint(path)
+    except CheckpointError:
+        return None
+    tensors = payload.get("state_dict") or {}
+    rest = {k: v for k, v in payload.items() if k not in ("state_dict", "created_utc")}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=repr).encode("utf-8"))
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _model_id(path: Path, record: ModelRecord | None) -> str | None:
+    """The ID sync gives the model in ``path`` (state.json, report.json, the feature UUIDs):
+    its :func:`_content_id`, so that an identical retrain keeps the ID and rewrites no
+    prediction. A model that an older qupath-rkd recorded under its file's sha256 keeps that
+    ID while the file is unchanged (an upgrade re-predicts nothing)."""
+    if record is not None and record.model_id == file_sha256(path):
+        return record.model_id
+    return _content_id(path)
+
+
+#: What a stale prediction's objects are called in QuPath: ``qupath-rkd STALE lesion 1``.
+#: The name still starts with the tool's prefix, so the next import replaces them.
+STALE_MARK = "STALE"
+
+
+def _mark_stale(
+    result: SlideResult,
+    state: SyncState,
+    new_state: SyncState,
+    backend: Any,
+    tx: Transaction,
+    attempted: set[str],
+    model_id: str | None,
+) -> None:
+    """Mark a failed slide's previous predictions stale instead of showing them as current.
+
+    They are stale when this sync had to predict the slide again (another model, other
+    settings, a changed slide or region) or were made by another model. They are kept (an
+    empty file would read as "no tumour"), with the old values and ``stale: true`` in the
+    report, and in QuPath every object renamed ``qupath-rkd STALE ...`` with the measurement
+    ``qupath-rkd stale = 1`` (GeoJSON backend; the file is replaced at commit, its previous
+    version backed up). The state keeps the old record, so the next sync tries again.
+    """
+    import dataclasses
+
+    record = state.predictions.get(result.entry_id)
+    if record is None or (result.entry_id not in attempted and record.model_id == model_id):
+        return
+    _fill_from_record(result, record)
+    result.stale = True
+    layout = getattr(backend, "layout", None)
+    output = Path(layout.predictions_file(result.entry_id)) if layout is not None else None
+    if output is None or not output.is_file():
+        return
+    try:
+        old = output.read_bytes()
+        data = _stale_geojson(old)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        logger.warning("cannot mark %s stale (%s)", output, exc)
+        return
+    if data == old:
+        return
+    tx.stage_bytes(f"stale-{result.entry_id}.geojson", data, output, backup=True)
+    new_state.predictions[result.entry_id] = dataclasses.replace(
+        record, output_sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def _stale_geojson(data: bytes) -> bytes:
+    """A prediction file (GeoJSON text) with every tool object renamed ``qupath-rkd STALE
+    ...`` and given the measurement ``qupath-rkd stale = 1``; same format as the backend
+    writes. Already-marked objects are left as they are (so marking twice changes nothing)."""
+    from qupath_rkd.qupath.geojson import TOOL_NAME_PREFIX
+
+    collection = json.loads(data.decode("utf-8"))
+    marked = f"{TOOL_NAME_PREFIX} {STALE_MARK}"
+    for feature in collection["features"]:
+        props = feature.setdefault("properties", {})
+        name = str(props.get("name") or "")
+        if name.startswith(TOOL_NAME_PREFIX) and not name.startswith(marked):
+            props["name"] = marked + name[len(TOOL_NAME_PREFIX) :]
+        measurements = props.get("measurements")
+        if not isinstance(measurements, dict):
+            measurements = {}
+        measurements[f"{TOOL_NAME_PREFIX} stale"] = 1.0
+        props["measurements"] = measurements
+    text = json.dumps(collection, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text + "\n").encode("utf-8")
 
 
 def _same_json(path: Path, obj: Any) -> bool:
@@ -711,21 +832,22 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
 
 
 def _predict_entry(
-    entry: Any, model: Any, region: Any, config: SyncConfig
+    entry: Any, model: Any, model_id: str, region: Any, config: SyncConfig
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict one image: (GeoJSON features for the backend, summary for the report).
 
     The features are those ``qupath-rkd predict`` writes (:mod:`qupath_rkd.inference.write`):
     lesions as ``Tumor`` detections, and with ``inference.heatmap_tiles`` every scored tile as
-    a QuPath tile carrying its probability; their UUIDs derive from the inference key (model
-    id + settings) and the entry, so the same prediction gives the same bytes.
+    a QuPath tile carrying its probability; their UUIDs derive from the inference key (sync's
+    ``model_id``, see :func:`_model_id`, + settings) and the entry, so the same prediction
+    gives the same bytes.
     """
     from qupath_rkd.inference import predict_slide
     from qupath_rkd.inference.write import lesion_features, tile_features
 
     cfg = inference_config(config, entry.mpp)
     prediction = predict_slide(entry.path, model, region=region, config=cfg)
-    key = prediction.config.key(model.model_id)
+    key = prediction.config.key(model_id)
     slide_id = f"entry-{entry.entry_id}"
     features = lesion_features(prediction, key, slide_id)
     if config.get("inference.heatmap_tiles"):

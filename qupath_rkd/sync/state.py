@@ -158,15 +158,23 @@ def slide_fingerprint(path: str | Path) -> str:
 
 
 def model_stale_reason(
-    state: SyncState, model_file: Path, dataset_hash: str, config_hash: str
+    state: SyncState,
+    model_file: Path,
+    dataset_hash: str,
+    config_hash: str,
+    *,
+    model_id: str | None = None,
 ) -> str | None:
-    """Why the model must be trained, or ``None`` when the recorded one can be reused."""
+    """Why the model must be trained, or ``None`` when the recorded one can be reused.
+
+    ``model_id`` is the ID of ``model_file`` as the caller computes it (default: its
+    sha256); ``None`` with an existing file counts as "not the recorded one"."""
     record = state.model
     if not model_file.is_file():
         return "no model yet"
     if record is None:
         return "no record of how the model was made"
-    if file_sha256(model_file) != record.model_id:
+    if (model_id if model_id is not None else file_sha256(model_file)) != record.model_id:
         return "the model file is not the one this tool wrote"
     if record.dataset_hash != dataset_hash:
         return "the labels changed"
