@@ -69,11 +69,13 @@ def test_unknown_mpp_error_names_slide_mpp_and_it_works(uncalibrated: Path) -> N
 
 
 def test_config_images_mpp_and_slide_mpp_add_up(uncalibrated: Path) -> None:
-    """``[images] mpp`` for the training slides only: training works, the two slides to
-    predict fail, each naming the fix; ``--slide-mpp`` for them predicts just those two,
+    """``[images] mpp`` for the training slides only (and another prediction setting, so
+    that every slide is predicted again): training works, the two slides to predict fail,
+    each naming the fix; ``--slide-mpp`` for them predicts just those two,
     without retraining."""
     _config_mpp(uncalibrated, NAMES[:2])
-    code, out = _sync(str(uncalibrated))
+    other = ("--set", "inference.min_lesion_um=150")  # every slide is predicted again
+    code, out = _sync(str(uncalibrated), *other)
     assert code == 1, out
     assert "trained a model" in out and "2 slide(s) predicted, 2 failed" in out
     report = json.loads((uncalibrated / "qupath-rkd" / "report.json").read_text())
@@ -83,7 +85,7 @@ def test_config_images_mpp_and_slide_mpp_add_up(uncalibrated: Path) -> None:
         assert f'--slide-mpp "{name}=0.25"' in error and "[images] mpp" in error
 
     flags = [arg for name in NAMES[2:] for arg in ("--slide-mpp", f"{name}={DEMO_MPP}")]
-    code, out = _sync(str(uncalibrated), *flags)
+    code, out = _sync(str(uncalibrated), *other, *flags)
     assert code == 0, out
     assert "model up to date" in out and "2 slide(s) predicted, 0 failed" in out
 
