@@ -11,7 +11,9 @@
  *      <project>/qupath-rkd/annotations/<entryID>.geojson + manifest.json (as
  *      export_annotations.groovy does; the open image's unsaved annotations are included);
  *   2. runs QUPATH_RKD sync <project folder> EXTRA_ARGS... as a process — an argument list,
- *      no shell — printing its output here; stops if it fails;
+ *      no shell — printing its output here; if it fails (any non-zero exit code), stops
+ *      there with an error: no image is changed or saved (the predictions of the slides the
+ *      sync completed are on disk; import them with import_predictions.groovy if you want);
  *   3. imports <project>/qupath-rkd/predictions/<entryID>.geojson into every image that has one
  *      (as import_predictions.groovy does: removes only detections named "qupath-rkd...", adds
  *      the new ones) and saves those images. The open image is updated in place.
@@ -129,7 +131,9 @@ if (TIMEOUT_MINUTES > 0) {
 pump.join()
 int exitCode = process.exitValue()
 if (exitCode != 0) {
-    println "qupath-rkd: sync exited with code " + exitCode + " (see its messages above); importing what it completed"
+    // Stop before touching any image: a failed sync (bad input, Ctrl-C, a slide that failed)
+    // must not re-import and save every image as if it had succeeded.
+    throw new RuntimeException("qupath-rkd: sync failed (exit code " + exitCode + "; see its messages above): no image was changed. Fix what it reports and run this script again, or import what it completed with import_predictions.groovy")
 }
 
 // 3. Import predictions into every image that has a file.
@@ -153,9 +157,6 @@ for (def entry : project.getImageList()) {
     }
     entry.saveImageData(imageData)
     println "qupath-rkd: '" + entry.getImageName() + "': removed " + old.size() + ", added " + keep.size()
-}
-if (exitCode != 0) {
-    throw new RuntimeException("qupath-rkd: sync failed for some images (exit code " + exitCode + "); see the messages above")
 }
 
 /** A detection qupath-rkd created: its name starts with the tool tag. Never an annotation. */

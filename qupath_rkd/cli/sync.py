@@ -21,6 +21,26 @@ def _progress_printer() -> object | None:
     return progress
 
 
+def _parse_slide_mpps(items: tuple[str, ...]) -> dict[str, float]:
+    """``("LN-01.svs=0.25", ...)`` -> ``{"LN-01.svs": 0.25}`` (the last ``=`` splits, so an
+    image name may hold ``=``)."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not name.strip() or not number > 0 or number == float("inf"):
+            raise click.BadParameter(
+                f"expected IMAGE=UM_PER_PX with a positive number, e.g. LN-01.svs=0.25; got "
+                f"{item!r}",
+                param_hint="--slide-mpp",
+            )
+        out[name.strip()] = number
+    return out
+
+
 @click.command()
 @click.argument("project", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Say what would be done; write nothing.")
@@ -45,6 +65,15 @@ def _progress_printer() -> object | None:
     help="Folder searched (recursively, by file name) for slides that moved.",
 )
 @click.option(
+    "--slide-mpp",
+    "slide_mpps",
+    multiple=True,
+    metavar="IMAGE=UM_PER_PX",
+    help="Level-0 µm/px of an image (QuPath's image name) whose slide file and QuPath record "
+    'none, e.g. --slide-mpp "LN-01.svs=0.25"; repeatable. For this run only: to keep it, '
+    'put [images] mpp = {"LN-01.svs" = 0.25} in PROJECT/qupath-rkd/config.toml.',
+)
+@click.option(
     "--update-uris",
     is_flag=True,
     help="Rewrite project.qpproj's image paths for slides found elsewhere (close QuPath "
@@ -57,6 +86,7 @@ def sync(
     backend: str | None,
     device: str | None,
     slide_root: Path | None,
+    slide_mpps: tuple[str, ...],
     update_uris: bool,
 ) -> None:
     """Train on PROJECT's annotations when they changed, predict every stale image, write the
@@ -76,6 +106,10 @@ def sync(
         values["sync.device"] = device
     project_dir = project.parent if project.name.endswith(".qpproj") else project
     config = load_config(project_dir if project_dir.is_dir() else None, values)
+    if slide_mpps:  # on top of images.mpp from config.toml / --set
+        merged = {**config.get("images.mpp"), **_parse_slide_mpps(slide_mpps)}
+        values["images.mpp"] = merged
+        config = load_config(project_dir if project_dir.is_dir() else None, values)
     started = time.perf_counter()
     outcome = run_sync(
         project,
@@ -96,6 +130,8 @@ def sync(
     else:
         click.echo("model up to date: nothing to train")
     click.echo(format_table(outcome.slides))
+    for line in outcome.warnings:  # about the model in use: shown on every sync
+        click.echo(f"warning: {line}")
     elapsed = time.perf_counter() - started
     if dry_run:
         click.echo(f"dry run: nothing written ({elapsed:.1f} s)")

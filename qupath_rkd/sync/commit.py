@@ -50,6 +50,53 @@ FAULT_ENV = "QUPATH_RKD_FAULT"
 EntryWriter = Callable[[str, Sequence[Mapping[str, Any]]], "str | None"]
 
 
+def plain_file_name(name: str, folder: Path) -> Path:
+    """``folder / name`` when ``name`` is one plain file name (so the path, and any
+    temporary file written next to it, lies directly inside ``folder``).
+
+    Raises:
+        ProjectError: ``name`` is empty, ``.`` or ``..``, or holds a path separator or a NUL
+            character: it would address a file outside ``folder``.
+    """
+    bad = (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or any(c in name for c in ("/", "\\", "\0"))
+        or Path(name).is_absolute()
+    )
+    if bad or (folder / name).parent != folder:
+        raise ProjectError(
+            f"internal error: {name!r} is not a plain file name inside {folder}",
+            hint="entry IDs must be the whole numbers QuPath writes in project.qpproj",
+        )
+    return folder / name
+
+
+def _inside(project_dir: Path, target: str) -> Path:
+    """``project_dir / target`` when ``target`` is a relative path that stays inside
+    ``project_dir`` (no ``..`` part, not absolute); else :class:`ProjectError`."""
+    rel = Path(target)
+    if rel.is_absolute() or ".." in rel.parts or "\0" in target or not rel.parts:
+        raise ProjectError(
+            f"internal error: {target!r} is not a path inside the project {project_dir}",
+            hint=f"delete {project_dir / PROJECT_SUBDIR / PENDING_DIRNAME} and sync again",
+        )
+    return project_dir / rel
+
+
+def _relative(project_dir: Path, target: str | Path) -> Path:
+    """``target`` (absolute, or relative to ``project_dir``) as a path relative to
+    ``project_dir`` that stays inside it; else :class:`ProjectError`."""
+    rel = Path(target)
+    if rel.is_absolute():
+        try:
+            rel = rel.relative_to(project_dir)
+        except ValueError:
+            rel = Path("..") / rel  # outside the project: refused just below
+    _inside(project_dir, rel.as_posix())
+    return rel
+
+
 def fault_point(name: str) -> None:
     """Kill this process right here when ``$QUPATH_RKD_FAULT`` names this point (tests only)."""
     wanted = os.environ.get(FAULT_ENV)
@@ -103,38 +150,34 @@ class Transaction:
         self.pending.mkdir(parents=True)
 
     def staged_path(self, name: str) -> Path:
-        """Where to write a staged file called ``name``."""
-        return self.pending / name
+        """Where to write a staged file called ``name`` (one plain file name)."""
+        return plain_file_name(name, self.pending)
 
     def stage_bytes(
         self, name: str, data: bytes, target: str | Path, *, backup: bool = True
     ) -> Path:
         """Stage ``data``; at commit it replaces ``<project>/<target>``."""
-        path = atomic_write_bytes(self.pending / name, data)
+        path = atomic_write_bytes(plain_file_name(name, self.pending), data)
         self.add_move(name, target, backup=backup)
         return path
 
     def add_move(self, name: str, target: str | Path, *, backup: bool = True) -> None:
         """Register an already staged file ``.pending/<name>`` to go to ``<project>/<target>``."""
-        rel = Path(target)
-        if rel.is_absolute():
-            rel = rel.relative_to(self.project_dir)
-        if not (self.pending / name).is_file():
+        rel = _relative(self.project_dir, target)
+        if not plain_file_name(name, self.pending).is_file():
             raise ProjectError(f"internal error: {name} was not staged")
         self.moves.append(Move(staged=name, target=rel.as_posix(), backup=backup))
 
     def stage_entry(self, entry_id: str, features: Sequence[Mapping[str, Any]]) -> None:
         """Stage one image's new predictions (GeoJSON features, as for ``write_predictions``)."""
         name = f"entry-{entry_id}.json"
-        atomic_write_json(self.pending / name, list(features), indent=None)
+        atomic_write_json(plain_file_name(name, self.pending), list(features), indent=None)
         self.entries.append({"entry_id": entry_id, "staged": name})
 
     def set_json(self, target: str | Path, obj: Any) -> None:
         """Write ``obj`` as JSON to ``<project>/<target>`` at commit, after the moves,
         unless the file already holds exactly this content."""
-        rel = Path(target)
-        if rel.is_absolute():
-            rel = rel.relative_to(self.project_dir)
+        rel = _relative(self.project_dir, target)
         self.json_outputs[rel.as_posix()] = obj
 
     def commit(self, writer: EntryWriter | None = None) -> None:
@@ -194,8 +237,8 @@ def _apply(project_dir: Path, record: dict[str, Any], writer: EntryWriter | None
     tool_dir = project_dir / PROJECT_SUBDIR
     pending = tool_dir / PENDING_DIRNAME
     for index, move in enumerate(record["moves"]):
-        staged = pending / move["staged"]
-        target = project_dir / move["target"]
+        staged = plain_file_name(move["staged"], pending)
+        target = _inside(project_dir, move["target"])
         if not staged.exists():
             continue  # moved already by an earlier, interrupted apply
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +250,7 @@ def _apply(project_dir: Path, record: dict[str, Any], writer: EntryWriter | None
         os.replace(staged, target)
     digests: dict[str, str | None] = {}
     for index, item in enumerate(record.get("entries", [])):
-        features = json.loads((pending / item["staged"]).read_text(encoding="utf-8"))
+        features = json.loads(plain_file_name(item["staged"], pending).read_text(encoding="utf-8"))
         fault_point(f"entry-{index}")
         assert writer is not None
         digests[item["entry_id"]] = writer(item["entry_id"], features)
@@ -221,7 +264,7 @@ def _apply(project_dir: Path, record: dict[str, Any], writer: EntryWriter | None
         for entry_id, digest in digests.items():
             place.setdefault(entry_id, {})["output_sha256"] = digest
     for rel, obj in outputs.items():
-        _write_json_if_changed(project_dir / rel, obj)
+        _write_json_if_changed(_inside(project_dir, rel), obj)
     fault_point("before-cleanup")
     shutil.rmtree(pending, ignore_errors=True)
 

@@ -9,8 +9,9 @@ Three layers, later ones win:
 :func:`load_config` merges them into a :class:`SyncConfig` that remembers where each value came
 from, so ``qupath-rkd config PROJECT`` can print what is in effect and why. Unknown sections or
 keys and values of the wrong type are :class:`~qupath_rkd.errors.ConfigError` (a typo must not be
-silently ignored). Values are plain TOML types: strings, integers, floats, booleans and lists of
-strings; ``"auto"`` stands for "let the tool decide" where a key allows it.
+silently ignored). Values are plain TOML types: strings, integers, floats, booleans, lists of
+strings and (``images.mpp``) a table of numbers; ``"auto"`` stands for "let the tool decide"
+where a key allows it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Key:
     """One configuration key: its default, its type and what it means.
 
     ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``list[str]``, ``float|auto``,
-    ``int|auto`` and ``choice`` (then ``choices`` lists the allowed strings).
+    ``int|auto``, ``choice`` (then ``choices`` lists the allowed strings) and
+    ``dict[str,float]`` (a TOML table of numbers; ``minimum``/``maximum`` bound each number).
     """
 
     default: Any
@@ -199,9 +201,22 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "slide_root": Key("", "str", "folder searched for slides that moved"),
         "num_workers": Key(0, "int", "data-loading worker processes", minimum=0),
     },
+    "images": {
+        "mpp": Key(
+            {},
+            "dict[str,float]",
+            "level-0 µm/px by QuPath image name, for slides whose file and QuPath record none "
+            '(e.g. {"LN-01.svs" = 0.25}; 0.25 at 40x, 0.5 at 20x)',
+            minimum=0.01,
+            maximum=100.0,
+        ),
+    },
 }
 
-#: Sections whose values decide the model (their hash is stored with it).
+#: Sections whose values decide the model (their hash is stored with it). ``images`` is in
+#: neither tuple: a µm/px override counts only for its own image (the runner folds it into the
+#: training data key and into that image's prediction key), so setting one for an image to
+#: predict does not retrain, and projects without overrides keep their hashes.
 MODEL_SECTIONS: tuple[str, ...] = ("classes", "labels", "training")
 #: Sections whose values decide the predictions made with a given model.
 PREDICTION_SECTIONS: tuple[str, ...] = ("inference",)
@@ -384,6 +399,11 @@ def toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        items = ", ".join(
+            f"{json.dumps(str(k), ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items()
+        )
+        return "{" + (f" {items} " if items else "") + "}"
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise ConfigError(f"cannot write {type(value).__name__} to TOML")
@@ -423,6 +443,7 @@ def _validate(spec: Key, raw: Any, where: str) -> Any:
         "choice": _as_str,
         "float|auto": lambda v: "auto" if v == "auto" else _as_float(v),
         "int|auto": lambda v: "auto" if v == "auto" else _as_int(v),
+        "dict[str,float]": _as_dict_of_float,
     }
     try:
         value = checks[spec.kind](raw)
@@ -430,11 +451,15 @@ def _validate(spec: Key, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
     if spec.kind == "choice" and value not in spec.choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(spec.choices)}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if spec.minimum is not None and value < spec.minimum:
-            raise ConfigError(f"{where}: {value} is below the minimum {spec.minimum}")
-        if spec.maximum is not None and value > spec.maximum:
-            raise ConfigError(f"{where}: {value} is above the maximum {spec.maximum}")
+    numbers = list(value.items()) if isinstance(value, dict) else [("", value)]
+    for name, number in numbers:
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            continue
+        at = f"{where}[{name!r}]" if name else where
+        if spec.minimum is not None and number < spec.minimum:
+            raise ConfigError(f"{at}: {number} is below the minimum {spec.minimum}")
+        if spec.maximum is not None and number > spec.maximum:
+            raise ConfigError(f"{at}: {number} is above the maximum {spec.maximum}")
     return value
 
 
@@ -463,6 +488,12 @@ def _as_bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise TypeError(f"expected true or false, got {v!r}")
     return v
+
+
+def _as_dict_of_float(v: Any) -> dict[str, float]:
+    if not isinstance(v, dict):
+        raise TypeError(f'expected a table such as {{"LN-01.svs" = 0.25}}, got {v!r}')
+    return {str(k): _as_float(x) for k, x in v.items()}
 
 
 def _as_list_of_str(v: Any) -> list[str]:

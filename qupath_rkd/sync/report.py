@@ -46,6 +46,8 @@ class SlideResult:
         positive: slide-level call at the operating point (any lesion).
         reason: why it was (re)predicted, or the error of a failed slide.
         note: why the result is empty or unusual (e.g. "no tissue found: nothing scored").
+        stale: a failed slide whose previous predictions (another model or settings) are
+            kept and shown: the values above are theirs, and QuPath names them STALE.
     """
 
     entry_id: str
@@ -59,6 +61,7 @@ class SlideResult:
     positive: bool | None = None
     reason: str = ""
     note: str = ""
+    stale: bool = False
 
     def report_row(self) -> dict[str, Any]:
         """The row as stored in report.json: the result, not what this run did."""
@@ -91,6 +94,8 @@ class SyncOutcome:
         notes: one-line remarks for the user (fallbacks, repaired geometries, ...).
         operating_point: the seed threshold in use and how it was found
             (:meth:`qupath_rkd.lesions.operating_point.OperatingPoint.as_dict`).
+        warnings: one-line warnings about the model in use (no tumour tiles, the trainer's
+            own warnings); printed by every sync and stored in report.json.
     """
 
     project_dir: Path
@@ -103,6 +108,7 @@ class SyncOutcome:
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
     operating_point: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[SlideResult]:
@@ -132,6 +138,7 @@ def report_json(outcome: SyncOutcome) -> dict[str, Any]:
         "dataset_hash": outcome.dataset_hash,
         "labelled_tiles": outcome.label_summary,
         "operating_point": outcome.operating_point,
+        "warnings": list(outcome.warnings),
         "slides": [s.report_row() for s in outcome.slides],
     }
 
@@ -168,7 +175,10 @@ def format_table(slides: list[SlideResult]) -> str:
             _fmt(s.lesions, "d"),
             _fmt(s.lesion_area_mm2, ".3f"),
             _fmt(s.largest_lesion_major_axis_um, ".0f"),
-            s.status + (f" ({s.reason})" if s.reason else "") + (f"; {s.note}" if s.note else ""),
+            s.status
+            + (f" ({s.reason})" if s.reason else "")
+            + (f"; {s.note}" if s.note else "")
+            + (" — previous predictions kept, marked STALE" if s.stale else ""),
         )
         for s in slides
     ]

@@ -37,9 +37,15 @@ from qupath_rkd.errors import (
     ProjectError,
     QupathRkdError,
     SyncInterruptedError,
+    UnknownResolutionError,
 )
 from qupath_rkd.sync.commit import Transaction, ensure_writable, fault_point, recover
-from qupath_rkd.sync.config import MODEL_SECTIONS, PREDICTION_SECTIONS, SyncConfig
+from qupath_rkd.sync.config import (
+    MODEL_SECTIONS,
+    PREDICTION_SECTIONS,
+    SyncConfig,
+    config_path,
+)
 from qupath_rkd.sync.lock import ProjectLock
 from qupath_rkd.sync.report import (
     STATUS_FAILED,
@@ -182,23 +188,32 @@ def _sync_locked(
     entries = list(backend.images())
     if not entries:
         raise ProjectError(f"{project.qpproj_path}: the project has no images")
+    overrides = config.get("images.mpp")
+    entries = _with_mpp_overrides(entries, overrides, config)
 
     # 1. annotations (read-only) and the labelled set
     annotation_sets = _read_annotations(backend, entries)
     for aset in annotation_sets.values():
         for line in getattr(aset, "repairs", []):
             _say(outcome.notes, f"repaired: {line}", echo)
-    labelled = build_labelled_set(entries, annotation_sets, config)
+    try:
+        labelled = build_labelled_set(entries, annotation_sets, config)
+    except UnknownResolutionError as exc:
+        raise _mpp_hint(exc, entries, project.path) from exc
     outcome.dataset_hash = labelled.sha256
     outcome.label_summary = _label_summary(labelled)
     if echo is not None:
         echo(labelled.summary())
+    label_warnings = _label_warnings(outcome.label_summary, config)
+    outcome.warnings = list(label_warnings)  # and the trainer's, once the model is known
+    train_warnings: list[str] = []
 
     # 2. the model
     model_file = project.path / MODEL_RELPATH
     model_hash = config.digest(MODEL_SECTIONS)
-    training_key = _training_data_key(labelled)
-    reason = model_stale_reason(state, model_file, training_key, model_hash)
+    training_key = _training_data_key(labelled, entries, overrides)
+    current_id = _model_id(model_file, state.model) if model_file.is_file() else None
+    reason = model_stale_reason(state, model_file, training_key, model_hash, model_id=current_id)
     outcome.train_reason = reason
     tx = Transaction(project.path)
     if outcome.dry_run:
@@ -230,8 +245,16 @@ def _sync_locked(
                     else f"{again} to train",
                 )
             fault_point("after-train")
-            tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
+            if current_id is not None and _content_id(model_file) == _content_id(model_path):
+                # the same model as the one in use (same weights, settings, labels): keep its
+                # file and ID, so nothing that depends on it changes
+                model_path.unlink()
+                model_path = model_file
+                _say(outcome.notes, "the new model is identical to the one in use: kept", echo)
+            else:
+                tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
             outcome.trained = True
+            train_warnings = [str(w) for w in getattr(result, "warnings", None) or []]
         new_state = SyncState(
             model=state.model,
             predictions=dict(state.predictions),
@@ -239,14 +262,24 @@ def _sync_locked(
         )
         model = None
         if not outcome.dry_run:
-            model_id = file_sha256(model_path)
+            model_id = _model_id(model_path, state.model)
+            if model_id is None:
+                raise CheckpointError(
+                    f"{model_path} is not a readable qupath-rkd checkpoint",
+                    hint=f"delete it and run `qupath-rkd sync {project.path}` again to retrain",
+                )
             outcome.model_id = model_id
+            if not outcome.trained:  # reused: its trainer's warnings still hold
+                same = state.model is not None and state.model.model_id == model_id
+                train_warnings = list(state.model.warnings) if same and state.model else []
             new_state.model = ModelRecord(
                 model_id=model_id,
                 dataset_hash=training_key,
                 config_hash=model_hash,
                 path="model/model.pt",
+                warnings=train_warnings,
             )
+            outcome.warnings = [*label_warnings, *(f"training: {w}" for w in train_warnings)]
 
         # 3. predictions (the operating point's inputs are part of what decides them)
         sources = _negative_sources(entries, annotation_sets, config)
@@ -280,6 +313,7 @@ def _sync_locked(
                 result.reason = f"cannot read {entry.path}: {exc.strerror or exc}"
                 continue
             output = _prediction_file(backend, entry)
+            slide_hash = _slide_prediction_hash(pred_hash, overrides.get(entry.name))
             if outcome.model_id is None and reason is not None:
                 known = entry.entry_id in state.predictions
                 why: str | None = "the model will change" if known else "no predictions yet"
@@ -289,7 +323,7 @@ def _sync_locked(
                     entry.entry_id,
                     output,
                     model_id=outcome.model_id or "",
-                    config_hash=pred_hash,
+                    config_hash=slide_hash,
                     slide_fp=slide_fp,
                     region_hash=region_hash,
                 )
@@ -329,11 +363,17 @@ def _sync_locked(
                 features, summary = _predict_entry(
                     entry,
                     model,
+                    outcome.model_id,
                     region,
                     config,
                     threshold,
                     negative_preds.pop(entry.entry_id, None),
                 )
+            except UnknownResolutionError as exc:
+                result.status = STATUS_FAILED
+                result.reason = _mpp_hint(exc, [entry], project.path).one_line()
+                logger.warning("%s failed: %s", entry.name, result.reason)
+                continue
             except QupathRkdError as exc:
                 result.status = STATUS_FAILED
                 result.reason = exc.one_line()
@@ -348,7 +388,7 @@ def _sync_locked(
             tx.stage_entry(entry.entry_id, features)
             new_state.predictions[entry.entry_id] = PredictionRecord(
                 model_id=outcome.model_id or "",
-                config_hash=pred_hash,
+                config_hash=_slide_prediction_hash(pred_hash, overrides.get(entry.name)),
                 slide_fingerprint=slide_fp,
                 region_hash=region_hash,
                 output_sha256="",
@@ -359,12 +399,16 @@ def _sync_locked(
             fault_point(f"after-predict-{index}")
         if progress and to_predict:
             progress("predicting", len(to_predict), len(to_predict))
+        attempted = {entry.entry_id for entry, *_ in to_predict}
+        for result in outcome.failed:
+            _mark_stale(result, state, new_state, backend, tx, attempted, outcome.model_id)
 
         # 4. write back, all or nothing
         state_json = new_state.to_json()
         unchanged = (
             not outcome.trained
             and not tx.entries
+            and not tx.moves
             and _same_json(state_path(project.path), state_json)
             and _same_json(report_path(project.path), report_json(outcome))
         )
@@ -409,6 +453,162 @@ def _read_annotations(backend: Any, entries: Sequence[Any]) -> dict[str, Any]:
             "(every image; an image without annotations is exported as an empty file)",
         )
     return sets
+
+
+def _with_mpp_overrides(
+    entries: Sequence[Any], overrides: Mapping[str, float], config: SyncConfig
+) -> list[Any]:
+    """``entries`` with ``images.mpp``'s level-0 µm/px (by image name) in place of QuPath's.
+
+    Raises:
+        ConfigError: an override names no image of the project (a typo must not be ignored).
+    """
+    import dataclasses
+
+    from qupath_rkd.errors import ConfigError
+
+    names = {entry.name for entry in entries}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        source = config.sources["images"]["mpp"]
+        raise ConfigError(
+            f"images.mpp (from {source}) names no image of the project: "
+            + ", ".join(repr(name) for name in unknown),
+            hint="use QuPath's image names: " + ", ".join(repr(n) for n in sorted(names)),
+        )
+    return [
+        dataclasses.replace(entry, mpp=float(overrides[entry.name]))
+        if entry.name in overrides
+        else entry
+        for entry in entries
+    ]
+
+
+def _mpp_hint(
+    exc: UnknownResolutionError, entries: Sequence[Any], project_dir: Path
+) -> UnknownResolutionError:
+    """``exc`` with a hint that names what ``sync`` accepts: ``--slide-mpp`` or
+    ``[images] mpp`` in the project's config.toml, for the image(s) the message is about."""
+    named = [e.name for e in entries if e.path is not None and str(e.path) in exc.message]
+    name = named[0] if named else (entries[0].name if len(entries) == 1 else "IMAGE NAME")
+    return UnknownResolutionError(
+        f"image {name!r}: {exc.message}",
+        hint=f'give sync its level-0 µm/px: add [images] mpp = {{"{name}" = 0.25}} to '
+        f'{config_path(project_dir)} (every sync), or pass --slide-mpp "{name}=0.25" '
+        "(this run); 0.25 at 40x, 0.5 at 20x — check the scanner",
+    )
+
+
+def _slide_prediction_hash(pred_hash: str, mpp_override: float | None) -> str:
+    """The prediction key of one image: the prediction settings' hash, combined with the
+    image's µm/px override when it has one (so changing it re-predicts that image only)."""
+    if mpp_override is None:
+        return pred_hash
+    return hashlib.sha256(f"{pred_hash}\nmpp {float(mpp_override)!r}".encode()).hexdigest()
+
+
+def _content_id(path: Path) -> str | None:
+    """sha256 of what defines a checkpoint: every stored value (weights by name, dtype, shape
+    and bytes; config, calibration, labelled-set hash, versions) except its creation time.
+    Not the file's sha256: ``torch.save`` writes a fresh serialization id into every file, so
+    an identical retrain never gives identical bytes. ``None`` when the file is no readable
+    checkpoint."""
+    import torch
+
+    from qupath_rkd.model.checkpoint import read_checkpoint
+
+    try:
+        payload, _ = read_checkpoint(path)
+    except CheckpointError:
+        return None
+    tensors = payload.get("state_dict") or {}
+    rest = {k: v for k, v in payload.items() if k not in ("state_dict", "created_utc")}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=repr).encode("utf-8"))
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _model_id(path: Path, record: ModelRecord | None) -> str | None:
+    """The ID sync gives the model in ``path`` (state.json, report.json, the feature UUIDs):
+    its :func:`_content_id`, so that an identical retrain keeps the ID and rewrites no
+    prediction. A model that an older qupath-rkd recorded under its file's sha256 keeps that
+    ID while the file is unchanged (an upgrade re-predicts nothing)."""
+    if record is not None and record.model_id == file_sha256(path):
+        return record.model_id
+    return _content_id(path)
+
+
+#: What a stale prediction's objects are called in QuPath: ``qupath-rkd STALE lesion 1``.
+#: The name still starts with the tool's prefix, so the next import replaces them.
+STALE_MARK = "STALE"
+
+
+def _mark_stale(
+    result: SlideResult,
+    state: SyncState,
+    new_state: SyncState,
+    backend: Any,
+    tx: Transaction,
+    attempted: set[str],
+    model_id: str | None,
+) -> None:
+    """Mark a failed slide's previous predictions stale instead of showing them as current.
+
+    They are stale when this sync had to predict the slide again (another model, other
+    settings, a changed slide or region) or were made by another model. They are kept (an
+    empty file would read as "no tumour"), with the old values and ``stale: true`` in the
+    report, and in QuPath every object renamed ``qupath-rkd STALE ...`` with the measurement
+    ``qupath-rkd stale = 1`` (GeoJSON backend; the file is replaced at commit, its previous
+    version backed up). The state keeps the old record, so the next sync tries again.
+    """
+    import dataclasses
+
+    record = state.predictions.get(result.entry_id)
+    if record is None or (result.entry_id not in attempted and record.model_id == model_id):
+        return
+    _fill_from_record(result, record)
+    result.stale = True
+    layout = getattr(backend, "layout", None)
+    output = Path(layout.predictions_file(result.entry_id)) if layout is not None else None
+    if output is None or not output.is_file():
+        return
+    try:
+        old = output.read_bytes()
+        data = _stale_geojson(old)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        logger.warning("cannot mark %s stale (%s)", output, exc)
+        return
+    if data == old:
+        return
+    tx.stage_bytes(f"stale-{result.entry_id}.geojson", data, output, backup=True)
+    new_state.predictions[result.entry_id] = dataclasses.replace(
+        record, output_sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def _stale_geojson(data: bytes) -> bytes:
+    """A prediction file (GeoJSON text) with every tool object renamed ``qupath-rkd STALE
+    ...`` and given the measurement ``qupath-rkd stale = 1``; same format as the backend
+    writes. Already-marked objects are left as they are (so marking twice changes nothing)."""
+    from qupath_rkd.qupath.geojson import TOOL_NAME_PREFIX
+
+    collection = json.loads(data.decode("utf-8"))
+    marked = f"{TOOL_NAME_PREFIX} {STALE_MARK}"
+    for feature in collection["features"]:
+        props = feature.setdefault("properties", {})
+        name = str(props.get("name") or "")
+        if name.startswith(TOOL_NAME_PREFIX) and not name.startswith(marked):
+            props["name"] = marked + name[len(TOOL_NAME_PREFIX) :]
+        measurements = props.get("measurements")
+        if not isinstance(measurements, dict):
+            measurements = {}
+        measurements[f"{TOOL_NAME_PREFIX} stale"] = 1.0
+        props["measurements"] = measurements
+    text = json.dumps(collection, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text + "\n").encode("utf-8")
 
 
 def _same_json(path: Path, obj: Any) -> bool:
@@ -532,12 +732,21 @@ def build_labelled_set(
     )
 
 
-def _training_data_key(labelled: Any) -> str:
+def _training_data_key(
+    labelled: Any, entries: Sequence[Any] = (), overrides: Mapping[str, float] | None = None
+) -> str:
     """The labelled set's hash combined with the fingerprints of the slide files its tiles
-    come from: a re-scanned or replaced training slide retrains too."""
+    come from (a re-scanned or replaced training slide retrains too) and the µm/px
+    overrides (``images.mpp``) of those slides (none: the key is as without overrides)."""
     digest = hashlib.sha256(labelled.sha256.encode())
-    for path in sorted({item.slide_path for item in labelled.items}):
+    paths = sorted({str(item.slide_path) for item in labelled.items})
+    for path in paths:
         digest.update(f"\n{slide_fingerprint(path)}".encode())
+    used = set(paths)
+    for entry in entries:
+        mpp = (overrides or {}).get(entry.name)
+        if mpp is not None and entry.path is not None and str(entry.path) in used:
+            digest.update(f"\nmpp {entry.entry_id} {float(mpp)!r}".encode())
     return digest.hexdigest()
 
 
@@ -547,6 +756,20 @@ def _label_summary(labelled: Any) -> dict[str, dict[str, int]]:
         str(row["image"]): {"tumor": int(row["used_tumor"]), "normal": int(row["used_normal"])}
         for row in labelled.summary_rows()
     }
+
+
+def _label_warnings(summary: Mapping[str, Mapping[str, int]], config: SyncConfig) -> list[str]:
+    """Warnings about the labelled set, in a pathologist's words: no tumour tiles at all
+    means a model of normal tissue only (one-class reverse distillation), measured close to
+    chance at finding lymph-node metastases."""
+    if sum(int(counts.get("tumor", 0)) for counts in summary.values()):
+        return []
+    classes = " or ".join(repr(name) for name in config.get("classes.tumor"))
+    return [
+        "no tumour tiles: the model learns normal tissue only, which finds lymph-node "
+        "metastases little better than chance; outline metastases with the class "
+        f"{classes} on at least one slide (in QuPath), export and sync again"
+    ]
 
 
 def _train_config(config: SyncConfig, n_train: int) -> Any:
@@ -726,6 +949,7 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
 def _predict_entry(
     entry: Any,
     model: Any,
+    model_id: str,
     region: Any,
     config: SyncConfig,
     threshold: float,
@@ -735,8 +959,9 @@ def _predict_entry(
 
     The features are those ``qupath-rkd predict`` writes (:mod:`qupath_rkd.inference.write`):
     lesions as ``Tumor`` detections, and with ``inference.heatmap_tiles`` every scored tile as
-    a QuPath tile carrying its probability; their UUIDs derive from the inference key (model
-    id + settings) and the entry, so the same prediction gives the same bytes.
+    a QuPath tile carrying its probability; their UUIDs derive from the inference key (sync's
+    ``model_id``, see :func:`_model_id`, + settings) and the entry, so the same prediction
+    gives the same bytes.
     """
     import dataclasses
 
@@ -749,7 +974,7 @@ def _predict_entry(
     else:
         cfg = dataclasses.replace(inference_config(config, entry.mpp), threshold=threshold)
         prediction = predict_slide(entry.path, model, region=region, config=cfg)
-    key = prediction.config.key(model.model_id)
+    key = prediction.config.key(model_id)
     slide_id = f"entry-{entry.entry_id}"
     features = lesion_features(prediction, key, slide_id)
     if config.get("inference.heatmap_tiles"):

@@ -46,12 +46,21 @@ class ModelRecord:
         dataset_hash: hash of the labelled set it was trained on.
         config_hash: hash of the configuration sections that decide the model.
         path: checkpoint path relative to ``<project>/qupath-rkd/``.
+        warnings: the trainer's one-line warnings about this model (shown on every sync that
+            uses it, and in ``report.json``); left out of ``state.json`` when there are none.
     """
 
     model_id: str
     dataset_hash: str
     config_hash: str
     path: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = vars(self).copy()
+        if not out["warnings"]:
+            del out["warnings"]  # so a state.json written before warnings existed stays equal
+        return out
 
 
 @dataclass
@@ -80,7 +89,7 @@ class SyncState:
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "version": STATE_VERSION,
-            "model": None if self.model is None else vars(self.model).copy(),
+            "model": None if self.model is None else self.model.to_json(),
             "predictions": {k: vars(v).copy() for k, v in sorted(self.predictions.items())},
         }
         if self.operating_point is not None:
@@ -156,15 +165,23 @@ def slide_fingerprint(path: str | Path) -> str:
 
 
 def model_stale_reason(
-    state: SyncState, model_file: Path, dataset_hash: str, config_hash: str
+    state: SyncState,
+    model_file: Path,
+    dataset_hash: str,
+    config_hash: str,
+    *,
+    model_id: str | None = None,
 ) -> str | None:
-    """Why the model must be trained, or ``None`` when the recorded one can be reused."""
+    """Why the model must be trained, or ``None`` when the recorded one can be reused.
+
+    ``model_id`` is the ID of ``model_file`` as the caller computes it (default: its
+    sha256); ``None`` with an existing file counts as "not the recorded one"."""
     record = state.model
     if not model_file.is_file():
         return "no model yet"
     if record is None:
         return "no record of how the model was made"
-    if file_sha256(model_file) != record.model_id:
+    if (model_id if model_id is not None else file_sha256(model_file)) != record.model_id:
         return "the model file is not the one this tool wrote"
     if record.dataset_hash != dataset_hash:
         return "the labels changed"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from qupath_rkd.errors import AnnotationError, ProjectReadOnlyError
+from qupath_rkd.errors import AnnotationError, ProjectError, ProjectReadOnlyError
 from qupath_rkd.io_utils import atomic_write_bytes
 from qupath_rkd.qupath.geojson import QupathObject
 from qupath_rkd.qupath.project import ImageEntry, Project
@@ -71,13 +71,26 @@ class ExchangeLayout:
         return self.annotations_dir / "manifest.json"
 
     def annotations_file(self, entry_id: str) -> Path:
-        return self.annotations_dir / f"{entry_id}.geojson"
+        return self.annotations_dir / f"{_plain_entry_id(entry_id)}.geojson"
 
     def predictions_file(self, entry_id: str) -> Path:
-        return self.predictions_dir / f"{entry_id}.geojson"
+        return self.predictions_dir / f"{_plain_entry_id(entry_id)}.geojson"
 
     def predictions_backup(self, entry_id: str) -> Path:
-        return self.predictions_dir / f"{entry_id}.geojson.bak"
+        return self.predictions_dir / f"{_plain_entry_id(entry_id)}.geojson.bak"
+
+
+def _plain_entry_id(entry_id: str) -> str:
+    """``entry_id`` when it is a whole number in ASCII digits (what QuPath writes, and what
+    :mod:`qupath_rkd.qupath.project` accepts), so that an exchange file (and the temporary
+    file written next to it) can only lie directly in its folder; else :class:`ProjectError`."""
+    if not (isinstance(entry_id, str) and entry_id.isascii() and entry_id.isdigit()):
+        raise ProjectError(
+            f"entry ID {str(entry_id)[:60]!r} is not a whole number: it cannot name an "
+            "exchange file",
+            hint="entry IDs must be the whole numbers QuPath writes in project.qpproj",
+        )
+    return entry_id
 
 
 @dataclass(frozen=True)
