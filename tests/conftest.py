@@ -100,3 +100,9 @@ def pcam_small(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         assert len(list((root / name).glob("*.jpg"))) == n
         out[name] = root / name
     return out
+
+
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Every test gets its own empty feature cache (never the user's ~/.cache/qupath-rkd)."""
+    monkeypatch.setenv("QUPATH_RKD_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
