@@ -22,6 +22,7 @@ CAL = Calibration("logistic", 4.0, -10.0, 5, 5)
 
 def _cfg(**kw) -> TrainConfig:
     base = {
+        "scorer": "rd",
         "teacher": "efficientnet_lite0",
         "input_px": 64,
         "teacher_random_weights_for_tests": True,

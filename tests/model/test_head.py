@@ -67,7 +67,9 @@ def test_l2_choice_on_valid_and_by_cross_validation() -> None:
     choice, fit = choose_l2_on_valid(x, y, lambda f: f.logits(vx), vy)
     assert choice.l2 == fit.l2 and choice.scores[choice.l2] == max(choice.scores.values())
     folds = stratified_folds(y, 5, 0)
-    cv, oof = cross_validate_l2(lambda m, train: (x[m], y[m]) if train else (x[m][:, None], None), y, folds)
+    cv, oof = cross_validate_l2(
+        lambda m, train: (x[m], y[m]) if train else (x[m][:, None], None), y, folds
+    )
     assert oof.shape == (len(y),) and cv.scores[cv.l2] == max(cv.scores.values())
     # out-of-fold logits rank the classes (the signal is real)
     from qupath_rkd.model.calibration import auroc
