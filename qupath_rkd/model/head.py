@@ -26,7 +26,7 @@ from qupath_rkd.constants import LABEL_TUMOR
 from qupath_rkd.errors import DataError
 
 #: L2 strengths tried (on standardised features, class-balanced mean loss)
-L2_GRID: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+L2_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 class LinearHead(nn.Module):

@@ -194,6 +194,19 @@ def train_head(
     else:
         n_tumor = int((ok & (y == LABEL_TUMOR)).sum())
         k = min(cfg.cv_folds, n_tumor)
+        if groups is not None and k >= 2:
+            n_groups = min(
+                len(np.unique(groups[ok & (y == cls)])) for cls in (LABEL_TUMOR, LABEL_NORMAL)
+            )
+            if n_groups >= 2:
+                k = min(k, n_groups)
+            else:
+                warnings.append(
+                    "the tumour (or normal) tiles form a single annotated region: the model was "
+                    "checked on held-out tiles of that region, which is optimistic — annotate "
+                    "a second region"
+                )
+                groups = None
         if k >= 2:
             folds = stratified_folds(y, k, cfg.seed, groups)
 
