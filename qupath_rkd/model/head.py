@@ -198,7 +198,7 @@ def cross_validate_l2(
     folds: np.ndarray,
     grid: Sequence[float] = L2_GRID,
 ) -> tuple[L2Choice, np.ndarray]:
-    """Choose ``l2`` by out-of-fold AUROC (ties: the stronger ``l2``).
+    """Choose ``l2`` by the mean per-fold AUROC (ties: the stronger ``l2``).
 
     ``feats_of(mask, train=True|False)`` gives ``(features (M, D), labels (M,))`` for training on
     the items in ``mask`` (all their training views), or ``(logits-ready features (M, V, D),
@@ -219,7 +219,14 @@ def cross_validate_l2(
             fit = fit_head(tx, ty, l2, init=prev)
             prev = fit
             oof[l2][held] = fit.logits(vx).mean(axis=1)
-    scores = {l2: auroc_of(y, oof[l2]) for l2 in grid}
+    # the mean of the per-fold AUROCs, not the AUROC of the pooled out-of-fold logits: fold
+    # models differ in scale and offset, and pooling them favours the strongest L2 (whose
+    # logits all shrink towards 0) — measured at 10 tumour patches: pooled picked 100 where
+    # the validation set said 1 (AUROC 0.82 against 0.85 on PCam valid)
+    scores = {
+        l2: float(np.nanmean([auroc_of(y[folds == f], oof[l2][folds == f]) for f in range(k)]))
+        for l2 in grid
+    }
     # max keeps the first of equal scores: iterating strongest first, ties go to the stronger l2
     best = max(sorted(grid, reverse=True), key=lambda l2: scores[l2])
     return L2Choice(best, "cv_auroc", scores), oof[best]
