@@ -157,12 +157,13 @@ class TrainedModel:
             t, s = self.net(x)
         return anomaly_map(t, s, self.input_px, self.sigma_px)
 
-    def raw_scores(self, x: Tensor) -> Tensor:
+    def raw_scores(self, x: Tensor, tta_views: int | None = None) -> Tensor:
         """Preprocessed ``(B, 3, S, S)`` -> raw patch scores ``(B,)`` float32: the head's logit
-        (mean over the test-time views), or the RD score in [0, 6]. Higher = more tumour."""
+        (mean over ``tta_views`` dihedral views, ``None`` = :attr:`tta_views`), or the RD score
+        in [0, 6]. Higher = more tumour."""
         if isinstance(self.net, HeadNetwork):
             with torch.inference_mode():
-                return self.net(x, view_list(self.tta_views)).float()
+                return self.net(x, view_list(tta_views or self.tta_views)).float()
         return patch_scores(self.anomaly_maps(x), self.score_reduction)
 
     def calibrate(self, scores: np.ndarray) -> np.ndarray:

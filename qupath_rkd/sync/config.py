@@ -131,9 +131,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "paper's reverse distillation",
             choices=("head", "rd"),
         ),
-        "tta_views": Key(
-            8, "int", "dihedral views averaged when the head scores a tile (1, 2, 4, 8)", minimum=1
-        ),
         "teacher": Key(
             "efficientnet_lite0",
             "choice",
@@ -169,6 +166,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key(0, "int", "seed of training", minimum=0),
     },
     "inference": {
+        "tta_views": Key(
+            1,
+            "int",
+            "dihedral views a head model averages per tile (1, 2, 4, 8; 8 costs 8x the time)",
+            minimum=1,
+            maximum=8,
+        ),
         "stride_px": Key("auto", "int|auto", "tile stride in pixels (auto: the tile size)"),
         "batch_size": Key(64, "int", "tiles per forward pass", minimum=1),
         "threshold": Key(

@@ -783,7 +783,6 @@ def _train_config(config: SyncConfig, n_train: int) -> Any:
     per_epoch = max(1, math.ceil(steps / epochs))
     return TrainConfig(
         scorer=t["scorer"],
-        tta_views=int(t["tta_views"]),
         teacher=t["teacher"],
         teacher_weights=t["teacher_weights"] or None,
         input_px=int(t["input_px"]),
@@ -962,6 +961,7 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
         extent_ratio=float(inf["extent_ratio"]),
         slide_score=str(inf["slide_score"]),
         slide_mpp=slide_mpp,
+        tta_views=int(inf["tta_views"]),
         batch_size=int(inf["batch_size"]),
         num_workers=int(config.get("sync.num_workers")),
     )
