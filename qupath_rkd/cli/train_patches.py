@@ -288,7 +288,8 @@ def train_patches(
     if "l2" in m:
         click.echo(
             f"Wrote {out} (supervised head on {teacher} features, L2 {m['l2']:g} chosen by "
-            f"{result.selected_by}; {m.get('val_source')} AUROC {auc_text}; calibration "
+            f"{result.selected_by}; validation AUROC {auc_text} on {m.get('val_source')}; "
+            f"calibration "
             f"{result.calibration.get('method', 'none')}; {result.seconds:.0f} s)."
         )
         return

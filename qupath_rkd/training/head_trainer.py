@@ -229,6 +229,8 @@ def train_head(
                 f"only {n_tumor} tumour patch(es): too few to choose or check the model on "
                 "held-out patches; calibrated on the training patches (optimistic)"
             )
+    if skipped:
+        warnings.insert(0, f"{skipped} unreadable or malformed images were skipped")
     if choice is not None:
         for l2, value in sorted(choice.scores.items()):
             history.append({"l2": l2, choice.metric: value})
@@ -241,10 +243,12 @@ def train_head(
         "selected_by": selected_by,
         "l2": fit.l2,
         "n_valid": len(cal_labels),
-        "features_computed": base.computed + (extra.computed if extra else 0),
-        "features_cached": base.cached + (extra.cached if extra else 0),
     }
+    # what the cache held is not part of the model (an identical refit must give an
+    # identical checkpoint), so these go to the result only
     model_id = save_checkpoint(out, net, cfg, calibration, dataset_hash, metrics)
+    metrics["features_computed"] = base.computed + (extra.computed if extra else 0)
+    metrics["features_cached"] = base.cached + (extra.cached if extra else 0)
     logger.info(
         "head fitted (l2 %g, %s AUROC %.4f) in %.1f s", fit.l2, source, auc, time.monotonic() - t0
     )
