@@ -108,10 +108,12 @@ class FeatureCache:
         if self._db is None or not keys:
             return {}
         found: dict[int, np.ndarray] = {}
-        where = {k: i for i, k in enumerate(keys)}
+        where: dict[bytes, list[int]] = {}
+        for i, k in enumerate(keys):  # a tile may repeat (byte-identical patches)
+            where.setdefault(k, []).append(i)
         try:
             for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
+                chunk = list(dict.fromkeys(keys[start : start + 500]))
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
                     "SELECT tile, vec FROM features WHERE space=? AND view=? "
@@ -121,12 +123,13 @@ class FeatureCache:
                 for tile, vec in rows:
                     v = np.frombuffer(vec, dtype=np.float16)
                     if v.shape == (dim,):
-                        found[where[bytes(tile)]] = v
+                        for i in where.get(bytes(tile), []):
+                            found[i] = v
             if found:
                 now = time.time()
                 self._db.executemany(
                     "UPDATE features SET used=? WHERE space=? AND tile=? AND view=?",
-                    [(now, space, keys[i], view) for i in found],
+                    [(now, space, k, view) for k in {keys[i] for i in found}],
                 )
                 self._db.commit()
         except sqlite3.Error as exc:

@@ -106,3 +106,15 @@ def test_cache_location_follows_the_environment(tmp_path, monkeypatch) -> None:
     assert default_cache_dir() is None and open_default_cache() is None
     monkeypatch.setenv("QUPATH_RKD_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"
+
+
+def test_repeated_tiles_are_found_in_the_cache_every_time(tmp_path, trunk) -> None:
+    """Regression: byte-identical patches in one batch (PCam has 975) were recomputed on every
+    run, as the lookup kept only the last position of a repeated key."""
+    tiles = _tiles(3)
+    ds = ArrayDataset(np.concatenate([tiles, tiles[:2]]), np.zeros(5, dtype=np.int64))
+    cache = FeatureCache(tmp_path)
+    cold = extract_features(trunk, ds, input_px=32, views=[0, 1], cache=cache)
+    warm = extract_features(trunk, ds, input_px=32, views=[0, 1], cache=cache)
+    assert warm.computed == 0 and warm.cached == 10
+    np.testing.assert_array_equal(cold.values, warm.values)
