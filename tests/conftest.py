@@ -100,3 +100,18 @@ def pcam_small(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         assert len(list((root / name).glob("*.jpg"))) == n
         out[name] = root / name
     return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Session- and module-scoped fixtures train too: give the whole run a private feature
+    cache before any of them (never the user's ~/.cache/qupath-rkd, and never one that an
+    earlier run warmed, which would make a fixture's model differ from a test's retrain)."""
+    import tempfile
+
+    os.environ["QUPATH_RKD_CACHE_DIR"] = tempfile.mkdtemp(prefix="qupath-rkd-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Every test gets its own empty feature cache (never the user's ~/.cache/qupath-rkd)."""
+    monkeypatch.setenv("QUPATH_RKD_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))

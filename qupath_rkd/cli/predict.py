@@ -117,6 +117,14 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     ">= the threshold (1 = one threshold).",
 )
 @click.option(
+    "--tta-views",
+    type=click.Choice(("1", "2", "4", "8")),
+    default="1",
+    show_default=True,
+    help="Dihedral views (rotations, mirror) a head model averages per tile; 8 costs 8x the "
+    "scoring time.",
+)
+@click.option(
     "--min-lesion-um",
     type=click.FloatRange(min=0),
     default=200.0,
@@ -167,6 +175,7 @@ def predict(
     slide_score: str,
     smooth_um: float,
     extent_ratio: float,
+    tta_views: str,
     min_lesion_um: float,
     simplify_um: float | None,
     min_tissue: float,
@@ -204,6 +213,7 @@ def predict(
         extent_ratio=extent_ratio,
         simplify_um=simplify_um,
         slide_mpp=slide_mpp,
+        tta_views=int(tta_views),
         batch_size=batch_size,
         num_workers=workers,
     )

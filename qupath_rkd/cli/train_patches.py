@@ -1,4 +1,4 @@
-"""`qupath-rkd train-patches`: train the RD model on folders of normal (and tumour) patches."""
+"""`qupath-rkd train-patches`: train a patch model on folders of normal (and tumour) patches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import click
 
 from qupath_rkd.errors import DataError
 
-TEACHER_NAMES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
+TEACHER_NAMES = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "wide_resnet50_2",
+)
 
 
 def _default_workers() -> int:
@@ -151,6 +157,23 @@ def _default_workers() -> int:
     help="Also validate every N steps (with few tumour patches the model overfits within tens "
     "of steps: 25-50 is a good choice).",
 )
+@click.option(
+    "--scorer",
+    type=click.Choice(("head", "rd")),
+    default="head",
+    show_default=True,
+    help="head: a supervised linear head on the frozen teacher's multi-scale features (best "
+    "measured, docs/benchmarks.md); rd: the paper's reverse distillation (also what a run "
+    "without tumour patches trains). --epochs, --lr, --batch-size and the RD options apply "
+    "to rd only.",
+)
+@click.option(
+    "--tta-views",
+    type=click.Choice(("1", "2", "4", "8")),
+    default="8",
+    show_default=True,
+    help="Dihedral views (rotations, mirror) averaged when the head scores a patch.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.resume).")
 def train_patches(
     normal_dirs: tuple[Path, ...],
@@ -176,9 +199,15 @@ def train_patches(
     score_reduction: str,
     max_steps_per_epoch: int | None,
     validate_every_steps: int | None,
+    scorer: str,
+    tta_views: str,
     resume: bool,
 ) -> None:
-    """Train the reverse-distillation model on folders of patches (PNG/JPEG/TIFF, any size).
+    """Train a patch model on folders of patches (PNG/JPEG/TIFF, any size).
+
+    By default a supervised head on the frozen teacher's pooled multi-scale features, its
+    L2 strength chosen on the validation folders or, without them, by 5-fold cross-validation
+    on the given patches; with no tumour patches, the paper's one-class RD model.
 
     Example: qupath-rkd train-patches --normal pcam/train/0 --tumor pcam/train/1 --max-tumor 100
     --valid-normal pcam/valid/0 --valid-tumor pcam/valid/1 --mpp 0.972 --out model.pt
@@ -208,6 +237,8 @@ def train_patches(
         if len(valid_set) == 0:
             raise DataError("no PNG/JPEG/TIFF patches found in the validation folders")
     config = TrainConfig(
+        scorer=scorer,
+        tta_views=int(tta_views),
         teacher=teacher,
         teacher_weights=str(teacher_weights) if teacher_weights else None,
         input_px=input_px,
@@ -251,6 +282,17 @@ def train_patches(
     m = result.best_metrics
     auc = m.get("val_auroc")
     auc_text = "n/a" if auc is None or auc != auc else f"{auc:.4f}"
+    if result.interrupted and not result.model_id:
+        click.echo("Interrupted before a model was written; run the same command again.", err=True)
+        sys.exit(130)
+    if "l2" in m:
+        click.echo(
+            f"Wrote {out} (supervised head on {teacher} features, L2 {m['l2']:g} chosen by "
+            f"{result.selected_by}; validation AUROC {auc_text} on {m.get('val_source')}; "
+            f"calibration "
+            f"{result.calibration.get('method', 'none')}; {result.seconds:.0f} s)."
+        )
+        return
     loss = m.get("val_loss", float("nan"))
     click.echo(
         f"Wrote {out} (epoch {result.best_epoch}, step {result.best_step}, selected by "

@@ -92,6 +92,10 @@ class InferenceConfig:
         simplify_um: lesion outline tolerance in µm; outlines always follow tile edges, so every
             value gives the same outline (see :func:`qupath_rkd.lesions.extract_lesions`).
         slide_mpp: level-0 µm/px of the slide when its metadata has none.
+        tta_views: dihedral views (rotations, mirror) averaged per tile by a head model (1, 2,
+            4 or 8; RD models score the tile itself). 1 by default on slides: 8 views cost 8
+            times the scoring time, and at a stride below the tile neighbouring tiles already
+            overlap; patches (``score-patches``) use the model's own (8).
         batch_size, num_workers: streaming (do not change results, so not in the key).
             ``num_workers=None`` (default): one fewer than the CPU cores, at most 8 (0 on one
             core): on 2 cores the one reader keeps the model fed (docs/benchmarks.md).
@@ -108,10 +112,13 @@ class InferenceConfig:
     extent_ratio: float = DEFAULT_EXTENT_RATIO
     simplify_um: float | None = None
     slide_mpp: float | None = None
+    tta_views: int = 1
     batch_size: int = 32
     num_workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.tta_views not in (1, 2, 4, 8):
+            raise ValueError(f"tta_views must be 1, 2, 4 or 8, not {self.tta_views}")
         if self.slide_score not in SLIDE_SCORES:
             raise ValueError(f"slide_score must be one of {SLIDE_SCORES}, not {self.slide_score!r}")
         if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
@@ -247,8 +254,10 @@ def score_tiles(
     batch_size: int,
     num_workers: int,
     progress: Progress | None = None,
+    tta_views: int | None = None,
 ) -> np.ndarray:
-    """Raw model scores ``(N,)`` float32 of every tile of ``dataset``, in its order.
+    """Raw model scores ``(N,)`` float32 of every tile of ``dataset``, in its order
+    (``tta_views``: views per tile for a head model, ``None`` = the model's own).
 
     Raises:
         NonFiniteScoresError: the model returned NaN or infinite scores (names the model).
@@ -263,7 +272,7 @@ def score_tiles(
     done = 0
     with torch.inference_mode(), _worker_errors_as_one_line():
         for indices, tiles in loader:
-            raw = model.raw_scores(model.preprocess(tiles)).float().cpu().numpy()
+            raw = model.raw_scores(model.preprocess(tiles), tta_views).float().cpu().numpy()
             bad = ~np.isfinite(raw)
             if bad.any():
                 first = int(indices[int(np.argmax(bad))])
@@ -437,6 +446,7 @@ def predict_slide(
         batch_size=cfg.batch_size,
         num_workers=int(cfg.num_workers or 0),
         progress=progress,
+        tta_views=cfg.tta_views,
     )
     timings["score_s"] = time.perf_counter() - t0
     probability = (

@@ -27,12 +27,12 @@ from qupath_rkd import __version__
 from qupath_rkd.errors import CheckpointError
 from qupath_rkd.io_utils import atomic_write_bytes
 from qupath_rkd.model.calibration import Calibration
-from qupath_rkd.model.rd import ReverseDistillation
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "qupath-rkd-model"
-FORMAT_VERSION = 1
+#: 2: the supervised-head scorer (``config.scorer == "head"``); format-1 files are RD models
+FORMAT_VERSION = 2
 
 
 class NetworkConfig(Protocol):
@@ -61,6 +61,10 @@ class NetworkConfig(Protocol):
     def amp(self) -> bool: ...
     @property
     def channels_last(self) -> bool: ...
+    @property
+    def scorer(self) -> str: ...
+    @property
+    def tta_views(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -83,6 +87,8 @@ class StoredConfig:
     threshold: float
     amp: bool
     channels_last: bool
+    scorer: str = "rd"
+    tta_views: int = 1
     stored: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -100,7 +106,13 @@ class StoredConfig:
             "amp",
             "channels_last",
         )
-        return cls(**{name: d[name] for name in names}, stored=dict(d))
+        # format 1 predates the head scorer: its models are RD, scored on the tile itself
+        return cls(
+            **{name: d[name] for name in names},
+            scorer=str(d.get("scorer", "rd")),
+            tta_views=int(d.get("tta_views", 1)),
+            stored=dict(d),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.stored)
@@ -124,7 +136,7 @@ def _plain(value: Any) -> Any:
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    net: ReverseDistillation,
+    net: torch.nn.Module,
     config: NetworkConfig,
     calibration: Calibration,
     dataset_hash: str,
@@ -137,7 +149,7 @@ def save_checkpoint(
         "package_version": __version__,
         "torch_version": str(torch.__version__),
         "teacher": config.teacher,
-        "input_px": int(config.input_px or net.spec.default_input_px),
+        "input_px": int(config.input_px or net.spec.default_input_px),  # type: ignore[union-attr]
         "mpp": config.mpp,
         "config": _plain(config.to_dict()),
         "dataset_hash": str(dataset_hash),

@@ -17,10 +17,13 @@ from torch import Tensor
 from qupath_rkd import __version__
 from qupath_rkd.constants import IMAGENET_MEAN, IMAGENET_STD
 from qupath_rkd.errors import CheckpointError, DataError, ModelError
+from qupath_rkd.features.trunk import TRUNKS, build_trunk
+from qupath_rkd.features.views import view_list
 from qupath_rkd.model.anomaly_map import anomaly_map, patch_scores
 from qupath_rkd.model.calibration import Calibration
 from qupath_rkd.model.checkpoint import NetworkConfig, StoredConfig, read_checkpoint
 from qupath_rkd.model.device import amp_dtype, resolve_device
+from qupath_rkd.model.head import HeadNetwork
 from qupath_rkd.model.rd import ReverseDistillation
 from qupath_rkd.model.teachers import build_teacher
 
@@ -29,9 +32,19 @@ logger = logging.getLogger(__name__)
 
 def build_network(
     config: NetworkConfig, *, weights_from_checkpoint: bool = False
-) -> ReverseDistillation:
-    """The untrained network for ``config`` (teacher with ImageNet weights unless
-    ``weights_from_checkpoint``, in which case a checkpoint will overwrite every weight)."""
+) -> ReverseDistillation | HeadNetwork:
+    """The untrained network for ``config`` (pretrained weights unless
+    ``weights_from_checkpoint``, in which case a checkpoint will overwrite every weight):
+    the RD network (``config.scorer == "rd"``) or the frozen trunk with its linear head
+    (``"head"``)."""
+    random = weights_from_checkpoint or config.teacher_random_weights_for_tests
+    if config.scorer == "head":
+        trunk = build_trunk(
+            config.teacher,
+            None if weights_from_checkpoint else config.teacher_weights,
+            random_weights_for_tests=random,
+        )
+        return HeadNetwork(trunk, trunk.dim)
     teacher = build_teacher(
         config.teacher,
         None if weights_from_checkpoint else config.teacher_weights,
@@ -80,7 +93,11 @@ def preprocess_batch(
 
 
 class TrainedModel:
-    """A trained RD model ready to score patches (the interface other stages use).
+    """A trained model ready to score patches (the interface other stages use).
+
+    Two kinds (``kind``): ``"head"``, the supervised linear head on the frozen trunk's pooled
+    features, its raw score the logit averaged over ``tta_views`` dihedral views; ``"rd"``, the
+    paper's reverse-distillation anomaly score (mean or max of the anomaly map), unchanged.
 
     Attributes:
         teacher: teacher name. input_px: network input side. mpp: µm/px of the training patches
@@ -91,7 +108,7 @@ class TrainedModel:
 
     def __init__(
         self,
-        net: ReverseDistillation,
+        net: ReverseDistillation | HeadNetwork,
         config: NetworkConfig,
         calibration: Calibration,
         threshold: float,
@@ -102,7 +119,14 @@ class TrainedModel:
         self.net = net.eval()
         self._cfg = config
         self.teacher: str = config.teacher
-        self.input_px: int = int(config.input_px or net.spec.default_input_px)
+        self.kind: str = config.scorer
+        self.tta_views: int = int(config.tta_views)
+        if config.input_px:
+            self.input_px: int = int(config.input_px)
+        elif isinstance(net, ReverseDistillation):
+            self.input_px = int(net.spec.default_input_px)
+        else:
+            self.input_px = TRUNKS[config.teacher]
         self.mpp: float | None = config.mpp
         self.model_id = model_id
         self.config: dict[str, Any] = config.to_dict()
@@ -119,7 +143,11 @@ class TrainedModel:
         return preprocess_batch(batch, self.input_px, self.device, self._cfg.channels_last)
 
     def anomaly_maps(self, x: Tensor) -> Tensor:
-        """Preprocessed ``(B, 3, S, S)`` -> anomaly maps ``(B, S, S)`` float32 (0 = normal)."""
+        """Preprocessed ``(B, 3, S, S)`` -> anomaly maps ``(B, S, S)`` float32 (0 = normal).
+
+        RD models only (a head model scores whole tiles)."""
+        if not isinstance(self.net, ReverseDistillation):
+            raise ModelError("this model is a supervised head: it has no anomaly map")
         with (
             torch.inference_mode(),
             torch.autocast(
@@ -129,8 +157,13 @@ class TrainedModel:
             t, s = self.net(x)
         return anomaly_map(t, s, self.input_px, self.sigma_px)
 
-    def raw_scores(self, x: Tensor) -> Tensor:
-        """Preprocessed ``(B, 3, S, S)`` -> raw patch scores ``(B,)`` float32 in [0, 6]."""
+    def raw_scores(self, x: Tensor, tta_views: int | None = None) -> Tensor:
+        """Preprocessed ``(B, 3, S, S)`` -> raw patch scores ``(B,)`` float32: the head's logit
+        (mean over ``tta_views`` dihedral views, ``None`` = :attr:`tta_views`), or the RD score
+        in [0, 6]. Higher = more tumour."""
+        if isinstance(self.net, HeadNetwork):
+            with torch.inference_mode():
+                return self.net(x, view_list(tta_views or self.tta_views)).float()
         return patch_scores(self.anomaly_maps(x), self.score_reduction)
 
     def calibrate(self, scores: np.ndarray) -> np.ndarray:
@@ -166,7 +199,8 @@ class TrainedModel:
 
     def __repr__(self) -> str:
         return (
-            f"TrainedModel(teacher={self.teacher!r}, input_px={self.input_px}, mpp={self.mpp}, "
+            f"TrainedModel(kind={self.kind!r}, teacher={self.teacher!r}, "
+            f"input_px={self.input_px}, mpp={self.mpp}, "
             f"device={self.device}, model_id={self.model_id[:12]})"
         )
 
@@ -191,6 +225,8 @@ def load_model(
         state = obj["state_dict"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} lacks {exc} (damaged or from another tool)") from exc
+    if config.scorer not in ("rd", "head"):
+        raise CheckpointError(f"{path} holds a scorer of kind {config.scorer!r}, unknown here")
     if expected_teacher is not None and config.teacher != expected_teacher:
         raise CheckpointError(
             f"{path} was trained with the {config.teacher} teacher, not {expected_teacher}"

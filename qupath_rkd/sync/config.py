@@ -124,17 +124,30 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key(0, "int", "seed of the tile sample", minimum=0),
     },
     "training": {
+        "scorer": Key(
+            "head",
+            "choice",
+            "head: supervised linear head on the teacher's features (measured best); rd: the "
+            "paper's reverse distillation",
+            choices=("head", "rd"),
+        ),
         "teacher": Key(
             "efficientnet_lite0",
             "choice",
-            "frozen ImageNet teacher",
-            choices=("efficientnet_lite0", "resnet18", "wide_resnet50_2"),
+            "frozen ImageNet teacher (lite1/lite2: head only)",
+            choices=(
+                "efficientnet_lite0",
+                "efficientnet_lite1",
+                "efficientnet_lite2",
+                "resnet18",
+                "wide_resnet50_2",
+            ),
         ),
         "teacher_weights": Key(
             "", "str", "local file of teacher weights (torchvision teachers, offline use)"
         ),
         "input_px": Key(96, "int", "side of the teacher's input in pixels", minimum=32),
-        "steps": Key(300, "int", "optimiser steps", minimum=1),
+        "steps": Key(300, "int", "rd: optimiser steps", minimum=1),
         "batch_size": Key(32, "int", "tiles per step", minimum=1),
         "lr": Key(3e-3, "float", "Adam learning rate", minimum=0.0),
         "alpha": Key(0.1, "float", "focal-loss weight of normal tiles", minimum=0.0, maximum=1.0),
@@ -145,13 +158,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "valid_fraction": Key(
             0.2,
             "float",
-            "share of labelled tiles held out for model selection",
+            "rd: share of labelled tiles held out for model selection (the head holds out whole "
+            "annotated regions by 5-fold cross-validation instead)",
             minimum=0.0,
             maximum=0.9,
         ),
         "seed": Key(0, "int", "seed of training", minimum=0),
     },
     "inference": {
+        "tta_views": Key(
+            1,
+            "int",
+            "dihedral views a head model averages per tile (1, 2, 4, 8; 8 costs 8x the time)",
+            minimum=1,
+            maximum=8,
+        ),
         "stride_px": Key("auto", "int|auto", "tile stride in pixels (auto: the tile size)"),
         "batch_size": Key(64, "int", "tiles per forward pass", minimum=1),
         "threshold": Key(

@@ -782,6 +782,7 @@ def _train_config(config: SyncConfig, n_train: int) -> Any:
     epochs = max(1, math.ceil(steps / full_epoch))
     per_epoch = max(1, math.ceil(steps / epochs))
     return TrainConfig(
+        scorer=t["scorer"],
         teacher=t["teacher"],
         teacher_weights=t["teacher_weights"] or None,
         input_px=int(t["input_px"]),
@@ -883,6 +884,26 @@ def _train(
         mpp=float(labelled.mpp),
         slide_mpp=labelled.slide_mpp,
     )
+    started = time.perf_counter()
+    if config.get("training.scorer") == "head":
+        # every labelled tile trains; the L2 strength and the calibration come from a 5-fold
+        # cross-validation that holds out whole annotated regions (never a neighbouring tile
+        # of a region the fold trains on)
+        from qupath_rkd.labels.regions import tile_groups
+
+        result = train(
+            dataset,
+            None,
+            _train_config(config, len(dataset)),
+            out,
+            dataset_hash=labelled.sha256,
+            progress=progress is not None,
+            groups=tile_groups(labelled.items),
+        )
+        logger.info("trained in %.1f s: %s", time.perf_counter() - started, result)
+        if not result.interrupted and not out.is_file():
+            raise DataError(f"training wrote no checkpoint at {out}")
+        return result
     train_idx, valid_idx = split_by_label(
         dataset.labels,
         float(config.get("training.valid_fraction")),
@@ -890,7 +911,6 @@ def _train(
     )
     train_set = dataset.subset(train_idx)
     valid_set = dataset.subset(valid_idx) if len(valid_idx) else dataset.subset(np.asarray([], int))
-    started = time.perf_counter()
     train_config = _train_config(config, len(train_set))
 
     def run(resume_from: bool) -> Any:
@@ -941,6 +961,7 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
         extent_ratio=float(inf["extent_ratio"]),
         slide_score=str(inf["slide_score"]),
         slide_mpp=slide_mpp,
+        tta_views=int(inf["tta_views"]),
         batch_size=int(inf["batch_size"]),
         num_workers=int(config.get("sync.num_workers")),
     )

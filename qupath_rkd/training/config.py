@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qupath_rkd.errors import ConfigError
+from qupath_rkd.features.trunk import TRUNKS
 from qupath_rkd.model.anomaly_map import REDUCTIONS
 from qupath_rkd.model.bottleneck import SHORTCUTS
 from qupath_rkd.model.loss import DEFAULT_ALPHA, DEFAULT_GAMMA
 from qupath_rkd.model.teachers import teacher_spec
 
 SELECT_BY = ("auto", "auroc", "loss")
+SCORERS = ("head", "rd")
 CALIBRATIONS = ("auto", "logistic", "normal-tail")
 
 
@@ -26,8 +28,20 @@ class TrainConfig:
     in the measurements of ../shared/DESIGN.md; 1e-3 to 5e-3 did) and balanced batches (on:
     measured in docs/benchmarks.md).
 
+    The scorer (``scorer``) is by default the supervised head on the frozen teacher's pooled
+    multi-scale features with 8-view test-time augmentation (measured best at every tumour
+    budget, docs/benchmarks.md); ``rd`` is the paper's reverse distillation, unchanged, and is
+    what a training set without tumour patches gets (one class). The optimisation fields
+    (epochs, lr, ...) are the RD trainer's; the head is a convex fit with none of them.
+
     Attributes:
-        teacher: ``wide_resnet50_2`` | ``resnet18`` | ``efficientnet_lite0``.
+        scorer: ``head`` (default) or ``rd``.
+        tta_views: dihedral views averaged when scoring with the head (1, 2, 4 or 8).
+        rare_views: dihedral views of each tumour training patch the head is fitted on.
+        cv_folds: folds of the cross-validation that chooses the head's L2 strength when there
+            is no validation set.
+        teacher: RD: ``wide_resnet50_2`` | ``resnet18`` | ``efficientnet_lite0``; the head also
+            takes ``efficientnet_lite1`` | ``efficientnet_lite2``.
         teacher_weights: a state-dict file with the teacher's ImageNet weights.
         teacher_random_weights_for_tests: random teacher (tests only; never for real use).
         shortcut: first OCBE block's shortcut, ``conv3x3`` (FW-RD) or ``conv1x1`` (RD4AD).
@@ -58,6 +72,10 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
     """
 
+    scorer: str = "head"
+    tta_views: int = 8
+    rare_views: int = 8
+    cv_folds: int = 5
     teacher: str = "efficientnet_lite0"
     teacher_weights: str | None = None
     teacher_random_weights_for_tests: bool = False
@@ -90,11 +108,27 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A validated copy with ``input_px`` filled in; raises :class:`ConfigError`."""
-        spec = teacher_spec(self.teacher)
+        if self.scorer not in SCORERS:
+            raise ConfigError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
+        if self.scorer == "head":
+            if self.teacher not in TRUNKS:
+                raise ConfigError(
+                    f"unknown teacher {self.teacher!r} for the head scorer",
+                    hint=f"choose one of {', '.join(sorted(TRUNKS))}",
+                )
+            default_px = TRUNKS[self.teacher]
+        else:
+            default_px = teacher_spec(self.teacher).default_input_px
         cfg = dataclasses.replace(self, betas=tuple(self.betas))  # type: ignore[arg-type]
         if cfg.input_px is None:
-            cfg.input_px = spec.default_input_px
+            cfg.input_px = default_px
         checks = [
+            (cfg.tta_views in (1, 2, 4, 8), f"tta_views must be 1, 2, 4 or 8, got {cfg.tta_views}"),
+            (
+                cfg.rare_views in (1, 2, 4, 8),
+                f"rare_views must be 1, 2, 4 or 8, got {cfg.rare_views}",
+            ),
+            (cfg.cv_folds >= 2, f"cv_folds must be >= 2, got {cfg.cv_folds}"),
             (
                 cfg.input_px >= 32 and cfg.input_px % 32 == 0,
                 f"input_px must be a multiple of 32 (>= 32), got {cfg.input_px}",

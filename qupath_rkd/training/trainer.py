@@ -15,6 +15,7 @@ gives the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -607,6 +608,49 @@ class _Run:
             self.save_resume()
 
 
+def _train_head(
+    train_set: Dataset,
+    valid_set: Dataset | None,
+    cfg: TrainConfig,
+    out: Path,
+    dataset_hash: str,
+    progress: bool,
+    groups: np.ndarray | None,
+    t0: float,
+) -> TrainResult:
+    """The head's training as a :class:`TrainResult`; Ctrl-C gives ``interrupted`` and writes no
+    checkpoint (the features computed so far stay in the cache, so a rerun is quick)."""
+    from qupath_rkd.training.head_trainer import train_head
+
+    labels = _labels_of(train_set, "training")
+    try:
+        fields = train_head(
+            train_set, valid_set, cfg, out, dataset_hash, progress=progress, groups=groups
+        )
+    except KeyboardInterrupt:
+        logger.warning("interrupted: no model written (features so far are cached)")
+        return TrainResult(
+            checkpoint=out,
+            model_id="",
+            best_epoch=0,
+            best_step=0,
+            selected_by="none",
+            best_metrics={},
+            history=[],
+            n_train=_counts(labels),
+            n_valid={"normal": 0, "tumor": 0},
+            skipped_unreadable=0,
+            interrupted=True,
+            seconds=time.monotonic() - t0,
+        )
+    fields.pop("fit", None)
+    for w in fields["warnings"]:
+        logger.info("%s", w)
+    return TrainResult(
+        n_train=_counts(labels), interrupted=False, seconds=time.monotonic() - t0, **fields
+    )
+
+
 def _stoppable(loader: DataLoader, run: _Run) -> Iterator[PatchBatch]:
     """Iterate ``loader``; if its workers died from the Ctrl-C the user sent (workers get
     SIGINT too), stop as for Ctrl-C instead of failing."""
@@ -654,8 +698,13 @@ def train(
     dataset_hash: str,
     progress: bool = False,
     resume: bool = False,
+    groups: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train the RD model and write the best checkpoint to ``out``.
+    """Train the model ``config.scorer`` names and write the best checkpoint to ``out``.
+
+    The head (default) is fitted by :func:`qupath_rkd.training.head_trainer.train_head` (no
+    epochs; ``resume`` has nothing to continue and is ignored); a training set without tumour
+    patches trains RD instead, with a warning. RD is trained here.
 
     Args:
         train_set: items ``(image (H, W, 3) uint8, label)`` with a ``labels`` array; needs
@@ -667,6 +716,8 @@ def train(
         dataset_hash: hash of the training set, stored in the checkpoint.
         progress: show a tqdm bar per epoch (CLI only).
         resume: continue from ``<out>.resume`` (written after each epoch and on Ctrl-C).
+        groups: ``(N,)`` group of each training patch (its annotated region): the head's
+            cross-validation holds whole groups out.
 
     Returns:
         :class:`TrainResult`; on Ctrl-C ``interrupted`` is True and ``out`` is still a usable
@@ -680,6 +731,22 @@ def train(
     out = Path(out)
     if not out.parent.is_dir():
         raise DataError(f"the folder of {out} does not exist")
+    head_warning = None
+    if cfg.scorer == "head":
+        labels = _labels_of(train_set, "training")
+        if _counts(labels)["tumor"] > 0 and _counts(labels)["normal"] > 0:
+            return _train_head(train_set, valid_set, cfg, out, dataset_hash, progress, groups, t0)
+        if _counts(labels)["normal"] == 0:
+            raise DataError(
+                "the training set has no normal patches", hint="give normal patches as well"
+            )
+        # one class only: the head has nothing to separate; the paper's one-class RD learns
+        # normal tissue alone (measured far weaker, docs/benchmarks.md)
+        head_warning = (
+            "no tumour patches: trained the one-class RD model instead of the supervised head "
+            "(much weaker on PCam, docs/benchmarks.md) — add tumour patches"
+        )
+        cfg = dataclasses.replace(cfg, scorer="rd", tta_views=1).resolved()
     run = _Run(train_set, valid_set, cfg, out, dataset_hash, progress)
     if resume:
         run.load_resume()
@@ -704,7 +771,7 @@ def train(
         if not run.model_id:
             run.validate(run.epoch_done + 1, limit=256)
 
-    warnings: list[str] = []
+    warnings: list[str] = [head_warning] if head_warning else []
     n_skipped = run.n_skipped()
     if n_skipped:
         warnings.append(f"{n_skipped} unreadable or malformed images were skipped")

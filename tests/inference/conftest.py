@@ -26,6 +26,7 @@ def make_checkpoint(path: Path, *, mpp: float | None = MODEL_MPP, nan: bool = Fa
     from qupath_rkd.training.config import TrainConfig
 
     cfg = TrainConfig(
+        scorer="rd",
         teacher="efficientnet_lite0",
         input_px=INPUT_PX,
         teacher_random_weights_for_tests=True,

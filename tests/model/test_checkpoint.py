@@ -22,6 +22,7 @@ CAL = Calibration("logistic", 4.0, -10.0, 5, 5)
 
 def _cfg(**kw) -> TrainConfig:
     base = {
+        "scorer": "rd",
         "teacher": "efficientnet_lite0",
         "input_px": 64,
         "teacher_random_weights_for_tests": True,
@@ -131,3 +132,49 @@ def test_cuda_without_cuda_is_a_device_error(tmp_path) -> None:
     save_checkpoint(path, build_network(cfg), cfg, CAL, "h")
     with pytest.raises(DeviceError, match="CUDA is not available"):
         load_model(path, device="cuda")
+
+
+def test_a_format_1_checkpoint_from_before_the_head_loads_as_rd(tmp_path, pcam_small) -> None:
+    """Checkpoints written before the head scorer (format 1, no ``scorer`` in the config) keep
+    loading, as the RD models they are, and score as before."""
+    import io
+
+    cfg = _cfg()
+    torch.manual_seed(0)
+    net = build_network(cfg).eval()
+    new = tmp_path / "new.pt"
+    save_checkpoint(new, net, cfg, CAL, "h")
+    payload = torch.load(new, weights_only=True)
+    payload["format_version"] = 1
+    for key in ("scorer", "tta_views", "rare_views", "cv_folds"):
+        del payload["config"][key]
+    old = tmp_path / "old.pt"
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    old.write_bytes(buf.getvalue())
+    model = load_model(old, device="cpu")
+    assert model.kind == "rd" and model.tta_views == 1
+    images = _images(pcam_small)
+    np.testing.assert_array_equal(
+        model.score_images(images)[0], load_model(new, device="cpu").score_images(images)[0]
+    )
+
+
+def test_a_head_checkpoint_round_trips(tmp_path, pcam_small) -> None:
+    """A head model (the default) saved and loaded scores identically, in format 2."""
+    cfg = _cfg(scorer="head", tta_views=4)
+    torch.manual_seed(0)
+    net = build_network(cfg).eval()
+    with torch.no_grad():
+        net.head.weight.normal_()  # type: ignore[union-attr]
+    path = tmp_path / "h.pt"
+    save_checkpoint(path, net, cfg, CAL, "h")
+    model = load_model(path, device="cpu")
+    assert model.kind == "head" and model.tta_views == 4
+    images = _images(pcam_small)
+    x = model.preprocess(torch.from_numpy(images))
+    from qupath_rkd.features.views import view_list
+
+    with torch.no_grad():
+        want = net(x, view_list(4)).numpy()
+    np.testing.assert_allclose(model.score_images(images)[0], want, rtol=1e-5, atol=1e-5)

@@ -40,7 +40,7 @@ def uncalibrated(synced_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     for path in [synced_copy / "project.qpproj", *(synced_copy / "data").glob("*/server.json")]:
         path.write_text(json.dumps(_drop_calibration(json.loads(path.read_text())), indent=2))
-    monkeypatch.setattr(reader, "_mpp_from_properties", lambda props: None)
+    monkeypatch.setattr(reader, "_mpp_from_properties", lambda props, *where: None)
     return synced_copy
 
 

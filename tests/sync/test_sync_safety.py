@@ -19,7 +19,9 @@ from qupath_rkd.cli import cli
 
 RESUME = "project/qupath-rkd/resume"
 #: a training setting that differs from the synced demo's: the next sync retrains
-RETRAIN = {"training.seed": 7}
+# the interrupted training is RD's (its steps are where Ctrl-C lands and resumes exactly); the
+# head's own Ctrl-C is tested below
+RETRAIN = {"training.seed": 7, "training.scorer": "rd"}
 
 
 def _sync(*args: str) -> tuple[int, str]:
@@ -119,6 +121,34 @@ def test_ctrl_c_escaping_the_trainer_changes_nothing(
     code, out = _sync(str(synced_copy), *_fast(**RETRAIN))
     assert code == 130, out
     assert "training interrupted" in _one_error_line(out)
+    assert snapshot(root) == before
+
+
+def test_ctrl_c_while_the_head_reads_features_changes_nothing(
+    synced_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default head interrupted during its feature extraction: exit 130, one line, no
+    model, prediction or state written (nothing to resume: the features already computed are
+    in the feature cache, so the next sync is quick)."""
+    from qupath_rkd.features import extract
+
+    original = extract.trunk_features
+    calls = {"n": 0}
+
+    def ctrl_c_on_the_second_batch(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    root = synced_copy.parent
+    before = snapshot(root)
+    monkeypatch.setattr(extract, "trunk_features", ctrl_c_on_the_second_batch)
+    code, out = _sync(str(synced_copy), *_fast(**{"training.seed": 7}))
+    assert code == 130, out
+    assert calls["n"] == 2
+    line = _one_error_line(out)
+    assert "training interrupted" in line and "again to train" in line
     assert snapshot(root) == before
 
 

@@ -26,6 +26,7 @@ def _arrays(ds) -> ArrayDataset:
 
 def _cfg(**kw) -> TrainConfig:
     base = {
+        "scorer": "rd",
         "teacher": "efficientnet_lite0",
         "input_px": 32,
         "epochs": 2,

@@ -1,0 +1,256 @@
+"""The supervised head: class-balanced, L2-regularised logistic regression on pooled trunk
+features, its fitting, and the choice of its L2 strength from the user's own labels.
+
+Model: ``logit = w . ((f - mean) / std) + b`` for a pooled feature vector ``f`` ``(D,)``
+(:mod:`qupath_rkd.features.trunk`); ``mean`` and ``std`` are those of the training features.
+The loss is the class-balanced mean binary cross-entropy (tumour and normal weigh half each,
+however few tumour patches there are) plus ``l2 / 2 * |w|^2``. It is convex, so the fit has no
+early peak to miss and no seed to vary: it is fitted to convergence by L-BFGS in float32 (3.4
+times faster than float64 on 10,100 x 3,552 features, the same PCam valid AUROC to 5 decimals).
+
+Choosing ``l2``: on the validation set when the user gives one; otherwise by stratified, seeded
+k-fold cross-validation on the training patches themselves (each patch held out once; with
+``groups``, whole groups — annotated regions — are held out together, so a tile's neighbours
+never train the model that scores it). The out-of-fold logits also fit the calibration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from qupath_rkd.constants import LABEL_TUMOR
+from qupath_rkd.errors import DataError
+
+#: L2 strengths tried (on standardised features, class-balanced mean loss)
+L2_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+class LinearHead(nn.Module):
+    """``(B, D)`` features -> ``(B,)`` logits; buffers ``mean``, ``std`` ``(D,)``, parameters
+    ``weight`` ``(D,)`` and ``bias`` ``()``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.weight = nn.Parameter(torch.zeros(dim), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        z = (feats.float() - self.mean) / self.std
+        return z @ self.weight + self.bias
+
+    def set_params(self, fit: HeadFit) -> LinearHead:
+        """Copy a fitted :class:`HeadFit` into the module."""
+        with torch.no_grad():
+            self.mean.copy_(torch.from_numpy(fit.mean).float())
+            self.std.copy_(torch.from_numpy(fit.std).float())
+            self.weight.copy_(torch.from_numpy(fit.weight).float())
+            self.bias.fill_(float(fit.bias))
+        return self
+
+
+@dataclass
+class HeadFit:
+    """A fitted head: ``mean``, ``std``, ``weight`` ``(D,)`` float64, ``bias``, ``l2``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    weight: np.ndarray
+    bias: float
+    l2: float
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        """``(..., D)`` features -> ``(...)`` logits (float64)."""
+        z = (np.asarray(feats, dtype=np.float64) - self.mean) / self.std
+        return z @ self.weight + self.bias
+
+
+def standardiser(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std ``(D,)`` of ``(N, D)`` features (std floored at 1e-6)."""
+    x = np.asarray(feats, dtype=np.float64)
+    return x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
+
+
+def fit_head(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    l2: float,
+    *,
+    init: HeadFit | None = None,
+    max_iter: int = 200,
+) -> HeadFit:
+    """Fit the class-balanced logistic head on ``(N, D)`` features and ``(N,)`` 0/1 labels.
+
+    Raises :class:`DataError` unless both classes are present.
+    """
+    y = (np.asarray(labels) == LABEL_TUMOR).astype(np.float64)
+    n_pos, n_neg = float(y.sum()), float(len(y) - y.sum())
+    if n_pos == 0 or n_neg == 0:
+        raise DataError("the supervised head needs tumour and normal patches")
+    mean, std = standardiser(feats)
+    x = torch.from_numpy(((np.asarray(feats, dtype=np.float64) - mean) / std).astype(np.float32))
+    t = torch.from_numpy(y.astype(np.float32))
+    sample_w = torch.where(t > 0, 0.5 / n_pos, 0.5 / n_neg).float()
+    dim = x.shape[1]
+    w = torch.zeros(dim, dtype=torch.float32, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float32, requires_grad=True)
+    if init is not None and init.weight.shape == (dim,):
+        with torch.no_grad():
+            w.copy_(torch.from_numpy(init.weight).float())
+            b.fill_(init.bias)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-6,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        z = x @ w + b
+        bce = nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none")
+        loss = (sample_w * bce).sum() + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weight = w.detach().double().numpy().copy()
+    return HeadFit(mean, std, weight, float(b.detach()), float(l2))
+
+
+def stratified_folds(
+    labels: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """Fold number ``(N,)`` in ``0..k-1`` for each item: every class spread evenly over the
+    folds (seeded), and with ``groups`` every group in one fold (groups of a class dealt out
+    round-robin in a seeded order, largest first)."""
+    y = np.asarray(labels)
+    fold = np.zeros(len(y), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        if groups is None:
+            order = rng.permutation(members)
+            fold[order] = np.arange(len(order)) % k
+            continue
+        g = np.asarray(groups)[members]
+        names, sizes = np.unique(g, return_counts=True)
+        shuffled = rng.permutation(len(names))
+        by_size = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+        load = np.zeros(k)
+        for gi in by_size:
+            f = int(np.argmin(load))
+            fold[members[g == names[gi]]] = f
+            load[f] += sizes[gi]
+    return fold
+
+
+def auroc_of(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC (ties counted half) of scores for 0/1 labels; NaN without both classes."""
+    from qupath_rkd.model.calibration import auroc
+
+    return float(auroc(np.asarray(labels), np.asarray(scores)))
+
+
+@dataclass
+class L2Choice:
+    """The chosen ``l2``, the metric it was chosen by and its value per grid point."""
+
+    l2: float
+    metric: str
+    scores: dict[float, float]
+
+
+def choose_l2_on_valid(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    valid_logits_of: Callable[[HeadFit], np.ndarray],
+    valid_y: np.ndarray,
+    grid: Sequence[float] = L2_GRID,
+) -> tuple[L2Choice, HeadFit]:
+    """Fit on the training features for each ``l2`` (strongest first, warm-started) and keep the
+    best validation AUROC (ties: the stronger ``l2``). ``valid_logits_of(fit)`` gives the
+    validation logits ``(M,)`` of a fit. Returns the choice and its fit."""
+    scores: dict[float, float] = {}
+    best: tuple[float, HeadFit] | None = None
+    prev: HeadFit | None = None
+    for l2 in sorted(grid, reverse=True):
+        fit = fit_head(train_x, train_y, l2, init=prev)
+        prev = fit
+        auc = auroc_of(valid_y, valid_logits_of(fit))
+        scores[l2] = auc
+        if best is None or auc > scores[best[1].l2] + 1e-9:
+            best = (auc, fit)
+    assert best is not None
+    return L2Choice(best[1].l2, "valid_auroc", scores), best[1]
+
+
+def cross_validate_l2(
+    feats_of: Callable[[np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]],
+    labels: np.ndarray,
+    folds: np.ndarray,
+    grid: Sequence[float] = L2_GRID,
+) -> tuple[L2Choice, np.ndarray]:
+    """Choose ``l2`` by the mean per-fold AUROC (ties: the stronger ``l2``).
+
+    ``feats_of(mask, train=True|False)`` gives ``(features (M, D), labels (M,))`` for training on
+    the items in ``mask`` (all their training views), or ``(logits-ready features (M, V, D),
+    None)`` for scoring them (their test-time views). Returns the choice and the out-of-fold
+    logits ``(N,)`` of the chosen ``l2`` (for calibration).
+    """
+    y = np.asarray(labels)
+    k = int(folds.max()) + 1
+    oof = {l2: np.zeros(len(y)) for l2 in grid}
+    for f in range(k):
+        held = folds == f
+        tx, ty = feats_of(~held, True)
+        if len(np.unique(ty)) < 2:
+            raise DataError("a cross-validation fold lacks tumour or normal patches")
+        vx, _ = feats_of(held, False)
+        prev: HeadFit | None = None
+        for l2 in sorted(grid, reverse=True):
+            fit = fit_head(tx, ty, l2, init=prev)
+            prev = fit
+            oof[l2][held] = fit.logits(vx).mean(axis=1)
+    # the mean of the per-fold AUROCs, not the AUROC of the pooled out-of-fold logits: fold
+    # models differ in scale and offset, and pooling them favours the strongest L2 (whose
+    # logits all shrink towards 0) — measured at 10 tumour patches: pooled picked 100 where
+    # the validation set said 1 (AUROC 0.82 against 0.85 on PCam valid)
+    scores = {
+        l2: float(np.nanmean([auroc_of(y[folds == f], oof[l2][folds == f]) for f in range(k)]))
+        for l2 in grid
+    }
+    # max keeps the first of equal scores: iterating strongest first, ties go to the stronger l2
+    best = max(sorted(grid, reverse=True), key=lambda l2: scores[l2])
+    return L2Choice(best, "cv_auroc", scores), oof[best]
+
+
+class HeadNetwork(nn.Module):
+    """Frozen trunk + linear head: ``(B, 3, S, S)`` ImageNet-normalised input -> ``(B,)``
+    logits, averaged over ``views`` (dihedral test-time augmentation)."""
+
+    def __init__(self, trunk: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = LinearHead(dim)
+
+    def train(self, mode: bool = True) -> HeadNetwork:
+        return super().train(False)
+
+    def forward(self, x: Tensor, views: Sequence[int] = (0,)) -> Tensor:
+        from qupath_rkd.features.views import view_images
+
+        total: Tensor | None = None
+        for v in views:
+            z = self.head(self.trunk(view_images(x, v)).half().float())
+            total = z if total is None else total + z
+        assert total is not None
+        return total / len(views)

@@ -1,0 +1,271 @@
+"""Training of the supervised head (the default scorer): features once, a convex fit, done.
+
+1. Pooled trunk features of every training patch (view 0) and of every tumour patch in all
+   ``rare_views`` dihedral views (the rare class augmented: a rotated or mirrored tumour is still
+   tumour, and there are few of them, so this is cheap), through the feature cache.
+2. The L2 strength: with a validation set holding both classes, the best validation AUROC of the
+   test-time-augmented logits; without one (what a pathologist has), stratified, seeded k-fold
+   cross-validation on the training patches (``groups``: whole annotated regions held out
+   together), scored on view 0.
+3. The head refitted on every training patch at that strength; calibrated (Platt) on the
+   validation logits, or on the out-of-fold logits; written as one checkpoint.
+
+Every step is deterministic for a given seed and set of patches (the fit is convex and run to
+convergence; the folds are seeded), so seeds only change which patches a budget draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
+from qupath_rkd.errors import DataError
+from qupath_rkd.features.cache import FeatureCache, open_default_cache
+from qupath_rkd.features.extract import Features, extract_features
+from qupath_rkd.features.views import view_list
+from qupath_rkd.model.calibration import auroc, fit_calibration
+from qupath_rkd.model.checkpoint import save_checkpoint
+from qupath_rkd.model.device import resolve_device
+from qupath_rkd.model.head import (
+    HeadFit,
+    HeadNetwork,
+    choose_l2_on_valid,
+    cross_validate_l2,
+    fit_head,
+    stratified_folds,
+)
+from qupath_rkd.model.scorer import build_network
+from qupath_rkd.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+#: L2 strength when there are too few tumour patches to cross-validate (fewer than 2)
+FALLBACK_L2 = 1.0
+
+
+def _labels(dataset: Dataset) -> np.ndarray:
+    return np.asarray(dataset.labels, dtype=np.int64).reshape(-1)  # type: ignore[attr-defined]
+
+
+def _bar(progress: bool, total: int, desc: str) -> tuple[Any, Callable[[int], None] | None]:
+    if not progress:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="patch", leave=False)
+    return bar, bar.update
+
+
+def _features(
+    net: HeadNetwork,
+    dataset: Dataset,
+    views: list[int],
+    cfg: TrainConfig,
+    device: torch.device,
+    cache: FeatureCache | None,
+    progress: bool,
+    desc: str,
+) -> Features:
+    bar, update = _bar(progress, len(dataset), desc)  # type: ignore[arg-type]
+    try:
+        return extract_features(
+            net.trunk,  # type: ignore[arg-type]
+            dataset,
+            input_px=int(cfg.input_px),  # type: ignore[arg-type]
+            views=views,
+            device=device,
+            cache=cache,
+            batch_size=max(cfg.batch_size, 64),
+            num_workers=cfg.num_workers,
+            on_batch=update,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def train_head(
+    train_set: Dataset,
+    valid_set: Dataset | None,
+    cfg: TrainConfig,
+    out: Path,
+    dataset_hash: str,
+    *,
+    progress: bool = False,
+    groups: np.ndarray | None = None,
+    cache: FeatureCache | str | None = "default",
+) -> dict[str, Any]:
+    """Fit the head and write the checkpoint to ``out``; returns the fields of a
+    :class:`~qupath_rkd.training.trainer.TrainResult` (the trainer wraps them).
+
+    Args:
+        train_set, valid_set: patch datasets (items ``(image (H, W, 3) uint8, label)`` with a
+            ``labels`` array); the training set needs tumour and normal patches.
+        cfg: a resolved :class:`TrainConfig` with ``scorer == "head"``.
+        groups: ``(N,)`` group of each training patch (e.g. its annotated region) for the
+            cross-validation; None = every patch its own group.
+        cache: a :class:`FeatureCache`, None (no cache) or ``"default"`` (the machine's).
+    """
+    t0 = time.monotonic()
+    device = resolve_device(cfg.device)
+    if cache == "default":
+        cache = open_default_cache()
+    assert not isinstance(cache, str)
+    torch.manual_seed(cfg.seed)
+    net = build_network(cfg)
+    assert isinstance(net, HeadNetwork)
+    y = _labels(train_set)
+    tumor_idx = np.flatnonzero(y == LABEL_TUMOR)
+    if len(tumor_idx) == 0 or not (y == LABEL_NORMAL).any():
+        raise DataError("the supervised head needs tumour and normal training patches")
+    tta = view_list(cfg.tta_views)
+    rare = [v for v in view_list(cfg.rare_views) if v != 0]
+
+    base = _features(net, train_set, [0], cfg, device, cache, progress, "features")
+    extra = (
+        _features(
+            net,
+            Subset(train_set, tumor_idx.tolist()),
+            rare,
+            cfg,
+            device,
+            cache,
+            progress,
+            "tumour views",
+        )
+        if rare
+        else None
+    )
+    ok = base.ok
+    if extra is not None:
+        ok = ok.copy()
+        ok[tumor_idx] &= extra.ok
+    skipped = int((~ok).sum())
+
+    def train_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``(M, D)`` and labels of the training rows of ``mask``: view 0 of every
+        patch, plus the extra views of its tumour patches."""
+        keep = mask & ok
+        xs = [base.values[keep, 0]]
+        ys = [y[keep]]
+        if extra is not None:
+            t_keep = keep[tumor_idx]
+            xs.append(extra.values[t_keep].reshape(-1, base.values.shape[-1]))
+            ys.append(np.full(int(t_keep.sum()) * len(rare), LABEL_TUMOR))
+        return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+    history: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    n_valid = {"normal": 0, "tumor": 0}
+    valid_y: np.ndarray | None = None
+    if valid_set is not None and len(valid_set) > 0:  # type: ignore[arg-type]
+        valid_y = _labels(valid_set)
+        if cfg.max_valid is not None and cfg.max_valid < len(valid_y):
+            rng = np.random.default_rng(cfg.seed)
+            idx = np.sort(rng.choice(len(valid_y), size=cfg.max_valid, replace=False))
+            valid_set, valid_y = Subset(valid_set, idx.tolist()), valid_y[idx]
+        if not ((valid_y == LABEL_TUMOR).any() and (valid_y == LABEL_NORMAL).any()):
+            warnings.append(
+                "the validation set lacks tumour or normal patches: chose the head's L2 "
+                "strength by cross-validation on the training patches instead"
+            )
+            valid_y = None
+    all_rows = np.ones(len(y), dtype=bool)
+    tx, ty = train_rows(all_rows)
+    if valid_y is not None:
+        vf = _features(net, valid_set, tta, cfg, device, cache, progress, "validation")  # type: ignore[arg-type]
+        vx, vy = vf.values[vf.ok].astype(np.float32), valid_y[vf.ok]
+        skipped += int((~vf.ok).sum())
+        choice, fit = choose_l2_on_valid(tx, ty, lambda f: f.logits(vx).mean(axis=1), vy)
+        cal_scores, cal_labels = fit.logits(vx).mean(axis=1), vy
+        selected_by, source = "valid_auroc", "valid"
+        n_valid = {
+            "normal": int((vy == LABEL_NORMAL).sum()),
+            "tumor": int((vy == LABEL_TUMOR).sum()),
+        }
+    else:
+        n_tumor = int((ok & (y == LABEL_TUMOR)).sum())
+        k = min(cfg.cv_folds, n_tumor)
+        if groups is not None and k >= 2:
+            n_groups = min(
+                len(np.unique(groups[ok & (y == cls)])) for cls in (LABEL_TUMOR, LABEL_NORMAL)
+            )
+            if n_groups >= 2:
+                k = min(k, n_groups)
+            else:
+                warnings.append(
+                    "the tumour (or normal) tiles form a single annotated region: the model was "
+                    "checked on held-out tiles of that region, which is optimistic — annotate "
+                    "a second region"
+                )
+                groups = None
+        if k >= 2:
+            folds = stratified_folds(y, k, cfg.seed, groups)
+
+            def rows_of(mask: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                if train:
+                    return train_rows(mask)
+                return base.values[mask, :1].astype(np.float32), None
+
+            fold_ok = ok.copy()
+            choice, oof = cross_validate_l2(rows_of, np.where(fold_ok, y, -1), folds)
+            fit = fit_head(tx, ty, choice.l2)
+            cal_scores, cal_labels = oof[ok], y[ok]
+            selected_by, source = "cv_auroc", f"{k}-fold cross-validation"
+        else:
+            fit = fit_head(tx, ty, FALLBACK_L2)
+            choice = None
+            cal_scores, cal_labels = fit.logits(base.values[ok, :1]).mean(axis=1), y[ok]
+            selected_by, source = "fixed", "training patches"
+            warnings.append(
+                f"only {n_tumor} tumour patch(es): too few to choose or check the model on "
+                "held-out patches; calibrated on the training patches (optimistic)"
+            )
+    if skipped:
+        warnings.insert(0, f"{skipped} unreadable or malformed images were skipped")
+    if choice is not None:
+        for l2, value in sorted(choice.scores.items()):
+            history.append({"l2": l2, choice.metric: value})
+    calibration = fit_calibration(cal_scores, cal_labels, cfg.calibration)
+    auc = auroc(cal_labels, cal_scores)
+    net.head.set_params(fit)
+    metrics = {
+        "val_auroc": auc,
+        "val_source": source,
+        "selected_by": selected_by,
+        "l2": fit.l2,
+        "n_valid": len(cal_labels),
+    }
+    # what the cache held is not part of the model (an identical refit must give an
+    # identical checkpoint), so these go to the result only
+    model_id = save_checkpoint(out, net, cfg, calibration, dataset_hash, metrics)
+    metrics["features_computed"] = base.computed + (extra.computed if extra else 0)
+    metrics["features_cached"] = base.cached + (extra.cached if extra else 0)
+    logger.info(
+        "head fitted (l2 %g, %s AUROC %.4f) in %.1f s", fit.l2, source, auc, time.monotonic() - t0
+    )
+    return {
+        "checkpoint": out,
+        "model_id": model_id,
+        "best_epoch": 0,
+        "best_step": 0,
+        "selected_by": selected_by,
+        "best_metrics": metrics,
+        "history": history,
+        "n_valid": n_valid,
+        "skipped_unreadable": skipped,
+        "warnings": warnings,
+        "calibration": calibration.to_dict(),
+        "fit": fit,
+    }
+
+
+__all__ = ["FALLBACK_L2", "HeadFit", "train_head"]

@@ -1,0 +1,90 @@
+"""The default scorer: the supervised head trained through ``train`` on real PCam patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qupath_rkd.constants import LABEL_TUMOR
+from qupath_rkd.model.calibration import auroc
+from qupath_rkd.model.checkpoint import read_checkpoint
+from qupath_rkd.model.scorer import load_model
+from qupath_rkd.training.config import TrainConfig
+from qupath_rkd.training.datasets import ArrayDataset, PatchFolderDataset
+from qupath_rkd.training.trainer import train
+
+
+def _sets(pcam_small):
+    tr = PatchFolderDataset([pcam_small["train_normal"]], [pcam_small["train_tumor"]])
+    va = PatchFolderDataset([pcam_small["valid_normal"]], [pcam_small["valid_tumor"]])
+    return tr, va
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {"input_px": 64, "device": "cpu", "seed": 0, "mpp": 0.972, "tta_views": 2}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _images(ds) -> np.ndarray:
+    return np.stack([ds[i][0] for i in range(len(ds))])
+
+
+def test_the_default_is_the_head_chosen_on_valid_and_its_auroc_is_the_stored_models(
+    tmp_path, pcam_small
+) -> None:
+    assert TrainConfig().scorer == "head" and TrainConfig().tta_views == 8
+    tr, va = _sets(pcam_small)
+    res = train(tr, va, _cfg(), tmp_path / "m.pt", tr.fingerprint())
+    assert res.selected_by == "valid_auroc" and res.n_valid == {"normal": 12, "tumor": 12}
+    assert {r["l2"] for r in res.history} >= {0.01, 1.0}
+    assert res.calibration["method"] == "logistic" and not res.interrupted
+    model = load_model(tmp_path / "m.pt", device="cpu")
+    assert model.kind == "head" and model.tta_views == 2 and model.mpp == 0.972
+    scores, probs = model.score_images(_images(va))
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert auroc(va.labels, scores) == pytest.approx(res.best_metrics["val_auroc"], abs=1e-4)
+    # real ImageNet features separate real tumour from normal even from 8 tumour patches
+    assert res.best_metrics["val_auroc"] > 0.75
+    with pytest.raises(Exception, match="no anomaly map"):
+        model.anomaly_maps(model.preprocess(torch.from_numpy(_images(va)[:2])))
+    obj, _ = read_checkpoint(tmp_path / "m.pt")
+    assert obj["format_version"] == 2 and obj["config"]["scorer"] == "head"
+
+
+def test_without_validation_the_l2_is_cross_validated_and_the_cache_makes_a_rerun_cheap(
+    tmp_path, pcam_small
+) -> None:
+    tr, _ = _sets(pcam_small)
+    first = train(tr, None, _cfg(), tmp_path / "a.pt", tr.fingerprint())
+    assert first.selected_by == "cv_auroc" and first.best_metrics["val_source"].startswith("5-fold")
+    assert first.n_valid == {"normal": 0, "tumor": 0} and not first.warnings
+    assert first.best_metrics["features_computed"] == 32 + 7 * 8  # all + 7 more views of 8
+    second = train(tr, None, _cfg(), tmp_path / "b.pt", tr.fingerprint())
+    assert second.best_metrics["features_computed"] == 0
+    assert second.best_metrics["features_cached"] == 88
+    a = load_model(tmp_path / "a.pt", device="cpu").net.state_dict()
+    b = load_model(tmp_path / "b.pt", device="cpu").net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # a warm cache gives the same model
+
+
+def test_one_tumour_patch_is_fitted_with_a_warning_and_none_falls_back_to_rd(
+    tmp_path, pcam_small
+) -> None:
+    tr, _ = _sets(pcam_small)
+    images, labels = _images(tr), tr.labels
+    keep = np.r_[np.flatnonzero(labels != LABEL_TUMOR), np.flatnonzero(labels == LABEL_TUMOR)[:1]]
+    one = ArrayDataset(images[keep], labels[keep])
+    res = train(one, None, _cfg(), tmp_path / "one.pt", one.fingerprint())
+    assert res.selected_by == "fixed" and "only 1 tumour patch" in res.warnings[0]
+    none = ArrayDataset(images[labels != LABEL_TUMOR], labels[labels != LABEL_TUMOR])
+    res = train(
+        none,
+        None,
+        _cfg(input_px=32, epochs=1, batch_size=8),
+        tmp_path / "rd.pt",
+        none.fingerprint(),
+    )
+    assert any("one-class RD" in w for w in res.warnings)
+    assert load_model(tmp_path / "rd.pt", device="cpu").kind == "rd"
