@@ -40,6 +40,11 @@ from urllib.parse import quote
 
 from qupath_rkd.constants import PCAM_MPP, PROJECT_SUBDIR
 from qupath_rkd.errors import ProjectError
+from qupath_rkd.inference.write import (
+    MEASURE_MAX_PROBABILITY,
+    MEASURE_PEAK_X_PX,
+    MEASURE_PEAK_Y_PX,
+)
 from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -405,11 +410,11 @@ def build_demo_project(
 
 
 # --- running the demo ---------------------------------------------------------------------
-#: Lesion measurements (docs/architecture.md, written by
-#: :func:`qupath_rkd.inference.write.lesion_features`).
-MAX_PROBABILITY = "Tumor probability (max)"
-PEAK_X_PX = "Peak x px"
-PEAK_Y_PX = "Peak y px"
+#: Lesion measurements the demo's FROC reads: those
+#: :func:`qupath_rkd.inference.write.lesion_features` writes (defined there, not copied).
+MAX_PROBABILITY = MEASURE_MAX_PROBABILITY
+PEAK_X_PX = MEASURE_PEAK_X_PX
+PEAK_Y_PX = MEASURE_PEAK_Y_PX
 
 #: Marker written last by :func:`build_demo_project`: a folder holding it is a finished demo.
 DEMO_MARKER = "demo.json"

@@ -41,13 +41,20 @@ logger = logging.getLogger(__name__)
 #: docs/architecture.md); tiles carry them for Measure › Show measurement maps.
 MEASURE_PROBABILITY = "Tumor probability"
 MEASURE_SCORE = "Raw score"
+MEASURE_MAX_PROBABILITY = "Tumor probability (max)"
+MEASURE_MEAN_PROBABILITY = "Tumor probability (mean)"
+MEASURE_AREA_UM2 = "Area µm^2"
+MEASURE_MAJOR_AXIS_UM = "Major axis µm"
+MEASURE_PEAK_X_PX = "Peak x px"
+MEASURE_PEAK_Y_PX = "Peak y px"
+#: A lesion's measurements, in the order :func:`lesion_features` writes them.
 LESION_MEASUREMENTS = (
-    "Tumor probability (max)",
-    "Tumor probability (mean)",
-    "Area µm^2",
-    "Major axis µm",
-    "Peak x px",
-    "Peak y px",
+    MEASURE_MAX_PROBABILITY,
+    MEASURE_MEAN_PROBABILITY,
+    MEASURE_AREA_UM2,
+    MEASURE_MAJOR_AXIS_UM,
+    MEASURE_PEAK_X_PX,
+    MEASURE_PEAK_Y_PX,
 )
 LESION_CLASS = "Tumor"
 

@@ -873,8 +873,6 @@ def _train(
         The trainer's :class:`~qupath_rkd.training.trainer.TrainResult` (check
         ``interrupted``: a Ctrl-C gives a partial model that must not be used).
     """
-    import numpy as np
-
     from qupath_rkd.slides.tiles_dataset import SlideTileDataset, split_by_label
     from qupath_rkd.training.trainer import train
 
@@ -910,7 +908,10 @@ def _train(
         int(config.get("training.seed")),
     )
     train_set = dataset.subset(train_idx)
-    valid_set = dataset.subset(valid_idx) if len(valid_idx) else dataset.subset(np.asarray([], int))
+    # valid_fraction 0 (or too few tiles to hold any out): no validation set, and the
+    # trainer keeps the last epoch and calibrates on training tiles (with a warning); an
+    # empty SlideTileDataset would refuse to be built
+    valid_set = dataset.subset(valid_idx) if len(valid_idx) else None
     train_config = _train_config(config, len(train_set))
 
     def run(resume_from: bool) -> Any:

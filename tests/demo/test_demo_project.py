@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 
 from qupath_rkd.demo import (
-    MAX_PROBABILITY,
-    PEAK_X_PX,
-    PEAK_Y_PX,
     DemoSlideSpec,
     build_demo_project,
     demo_froc,
@@ -18,7 +15,7 @@ from qupath_rkd.demo import (
 )
 from qupath_rkd.errors import ProjectError
 from qupath_rkd.qupath.backends import get_backend
-from qupath_rkd.qupath.geojson import make_feature, stable_feature_id, write_geojson
+from qupath_rkd.qupath.geojson import write_geojson
 from qupath_rkd.qupath.project import open_project
 
 SPECS = (
@@ -95,22 +92,18 @@ def test_demo_folder_must_be_new(tmp_path: Path) -> None:
 
 
 def _predictions(demo, entry_id: int, points: list[tuple[float, float, float]]) -> None:  # type: ignore[no-untyped-def]
+    """Predictions as ``sync``/``predict`` write them: the lesions go through
+    :func:`qupath_rkd.inference.write.lesion_features` (its measurement names, not copies)."""
+    from types import SimpleNamespace
+
     from shapely.geometry import Point
 
-    features = [
-        make_feature(
-            Point(x, y).buffer(50),
-            class_name="Tumor",
-            name="qupath-rkd lesion",
-            measurements={
-                MAX_PROBABILITY: p,
-                PEAK_X_PX: x,
-                PEAK_Y_PX: y,
-            },
-            feature_id=stable_feature_id("test", entry_id, i),
-        )
-        for i, (x, y, p) in enumerate(points)
-    ]
+    from qupath_rkd.inference.write import lesion_features
+    from qupath_rkd.lesions.extract import Lesion
+
+    lesions = [Lesion(Point(x, y).buffer(50), p, p, 7850.0, (x, y), 100.0, 1) for x, y, p in points]
+    pred = SimpleNamespace(lesions=lesions)
+    features = lesion_features(pred, "test", str(entry_id))  # type: ignore[arg-type]
     folder = demo.project_dir / "qupath-rkd" / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
     write_geojson(folder / f"{entry_id}.geojson", features)

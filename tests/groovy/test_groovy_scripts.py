@@ -39,9 +39,15 @@ def _groovy_env() -> tuple[str, dict[str, str]]:
     return exe, env
 
 
-def test_there_are_the_three_scripts() -> None:
+def test_every_script_python_names_exists() -> None:
+    """The scripts the package's messages and docs send the user to (``groovy/X.groovy``)
+    are the ones in groovy/: renaming a script without its hints fails here."""
+    named = set()
+    for path in [*(REPO / "qupath_rkd").rglob("*.py"), REPO / "README.md", *REPO.glob("docs/*.md")]:
+        named |= set(re.findall(r"groovy/(\w+\.groovy)", path.read_text(encoding="utf-8")))
     names = {p.name for p in SCRIPTS}
-    assert {"export_annotations.groovy", "import_predictions.groovy", "run_sync.groovy"} <= names
+    assert {"export_annotations.groovy", "import_predictions.groovy", "run_sync.groovy"} <= named
+    assert named <= names, f"named but not in groovy/: {sorted(named - names)}"
 
 
 def test_every_script_parses_and_a_syntax_error_is_caught(tmp_path: Path) -> None:
@@ -74,17 +80,69 @@ def test_each_script_is_documented_at_its_top_and_in_the_readme() -> None:
         assert f"`{script.name}`" in readme, f"groovy/README.md does not describe {script.name}"
 
 
+def _groovy_string(text: str, name: str) -> str:
+    """The value of ``String NAME = "..."`` in a script."""
+    found = re.search(rf'String {name} = "([^"]*)"', text)
+    assert found, f"no String {name} = ... in the script"
+    return found.group(1)
+
+
 def test_scripts_use_the_python_side_names() -> None:
-    """The folder, tag and metadata keys in the scripts are the ones Python uses."""
+    """The folders, file names, manifest keys, tag and metadata keys in the scripts are the
+    ones the Python side writes and reads (taken from its constants, not copied here)."""
+    from qupath_rkd.qupath.backends.base import (
+        MANIFEST_ENTRY_ID,
+        MANIFEST_FORMAT,
+        MANIFEST_IMAGES,
+        MANIFEST_METADATA,
+        ExchangeLayout,
+    )
+
+    layout = ExchangeLayout(Path(PROJECT_SUBDIR))
+    annotations, predictions = layout.annotations_dir.name, layout.predictions_dir.name
+    suffix = layout.annotations_file("7").name.removeprefix("7")
+    assert layout.predictions_file("7").name == "7" + suffix
     for script in SCRIPTS:
         text = script.read_text(encoding="utf-8")
         assert f'resolve("{PROJECT_SUBDIR}")' in text, script.name
     imp = (GROOVY_DIR / "import_predictions.groovy").read_text(encoding="utf-8")
-    assert re.search(rf'String TOOL_TAG = "{re.escape(TOOL_TAG)}"', imp)
+    assert _groovy_string(imp, "TOOL_TAG") == TOOL_TAG
+    assert f'.resolve("{predictions}").resolve(entryId + "{suffix}")' in imp
     export = (GROOVY_DIR / "export_annotations.groovy").read_text(encoding="utf-8")
+    assert f'.resolve("{annotations}")' in export
+    assert f'outDir.resolve(entryId + "{suffix}")' in export
+    assert f'outDir.resolve("{layout.manifest_path.name}")' in export
+    assert f'manifest.put("format", "{MANIFEST_FORMAT}")' in export
+    assert f'manifest.put("{MANIFEST_IMAGES}", images)' in export
+    assert f'record.put("annotations", entryId + "{suffix}")' in export
     assert TUMOR_FREE_KEY in export and FULLY_ANNOTATED_KEY in export
-    for name in ("entryID", "imageName", "uri", "pixelWidthMicrons", "metadata", "annotations"):
+    for name in (MANIFEST_ENTRY_ID, MANIFEST_METADATA):  # the keys the Python reader uses
         assert f'record.put("{name}"' in export, name
+    for name in ("imageName", "uri", "pixelWidthMicrons", "annotations"):  # documented keys
+        assert f'record.put("{name}"' in export, name
+
+
+def test_import_replaces_exactly_what_python_writes() -> None:
+    """Every detection the writer names starts with the script's TOOL_TAG (so a re-import
+    replaces it), and the lesions carry the class and measurements documented for them."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from shapely.geometry import box
+
+    from qupath_rkd.inference.write import LESION_CLASS, LESION_MEASUREMENTS, lesion_features
+    from qupath_rkd.lesions.extract import Lesion
+
+    imp = (GROOVY_DIR / "import_predictions.groovy").read_text(encoding="utf-8")
+    tag = _groovy_string(imp, "TOOL_TAG")
+    lesion = Lesion(box(0, 0, 10, 10), 0.9, 0.8, 100.0, (5.0, 5.0), 10.0, 1)
+    (feature,) = lesion_features(SimpleNamespace(lesions=[lesion]), "k", "1")  # type: ignore[arg-type]
+    props = feature["properties"]
+    assert props["name"].startswith(tag), props["name"]
+    assert props["classification"]["name"] == LESION_CLASS
+    assert set(LESION_MEASUREMENTS) <= set(props["measurements"])
+    assert np.isclose(props["measurements"][LESION_MEASUREMENTS[0]], 0.9)
+    assert f'named "{tag} lesion N"' in imp  # the script's doc says what it imports
 
 
 def test_run_sync_uses_an_argument_list_and_no_shell() -> None:

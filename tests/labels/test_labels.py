@@ -88,12 +88,24 @@ def test_class_mapping_roles_and_patterns() -> None:
 
 
 def test_configs_accept_the_sync_sections_defaults() -> None:
-    """The contract with sync: its [classes]/[labels] defaults build our config objects."""
+    """The contract with sync: its [classes]/[labels] defaults build our config objects, and
+    those equal the classes' own defaults field by field (a default changed in one place and
+    not the other fails here, naming the field)."""
+    from dataclasses import asdict, fields
+
     from qupath_rkd.sync.config import SCHEMA
 
     classes = ClassMapping.from_config({k: v.default for k, v in SCHEMA["classes"].items()})
     config = LabelConfig.from_config({k: v.default for k, v in SCHEMA["labels"].items()})
-    assert classes == ClassMapping() and config.tile_px > 0 and config.mpp > 0
+    # every field is a sync setting (none left to the class's default silently)
+    assert set(SCHEMA["classes"]) == {f.name for f in fields(ClassMapping)}
+    assert set(SCHEMA["labels"]) == {f.name for f in fields(LabelConfig)}
+    for built, own in ((classes, ClassMapping()), (config, LabelConfig())):
+        mine, theirs = asdict(built), asdict(own)
+        differ = {k: (mine[k], theirs[k]) for k in theirs if mine[k] != theirs[k]}
+        assert not differ, f"sync default vs {type(own).__name__} default: {differ}"
+        for k in theirs:  # 2000 == 2000.0 would pass; the type must match too
+            assert type(mine[k]) is type(theirs[k]), (k, mine[k], theirs[k])
 
 
 def test_label_config_is_validated() -> None:

@@ -33,7 +33,10 @@ from qupath_rkd.qupath.project import ImageEntry, Project
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MANIFEST_ENTRY_ID",
     "MANIFEST_FORMAT",
+    "MANIFEST_IMAGES",
+    "MANIFEST_METADATA",
     "AnnotationSet",
     "ExchangeLayout",
     "PredictionWrite",
@@ -44,6 +47,11 @@ __all__ = [
 
 #: ``format`` field of ``annotations/manifest.json`` (informative; readers key on ``images``).
 MANIFEST_FORMAT = "qupath-rkd-annotations"
+#: Key of the list of image records in ``manifest.json``.
+MANIFEST_IMAGES = "images"
+#: Keys of an image record that qupath-rkd reads (the export script writes more).
+MANIFEST_ENTRY_ID = "entryID"
+MANIFEST_METADATA = "metadata"
 
 
 @dataclass(frozen=True)
@@ -207,18 +215,18 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
             f"{path}: not JSON ({exc})",
             hint="run groovy/export_annotations.groovy again (Run for project)",
         ) from None
-    if not isinstance(data, Mapping) or not isinstance(data.get("images"), (Mapping, list)):
+    if not isinstance(data, Mapping) or not isinstance(data.get(MANIFEST_IMAGES), (Mapping, list)):
         raise AnnotationError(
             f"{path}: not a qupath-rkd manifest (no 'images')",
             hint="run groovy/export_annotations.groovy again (Run for project)",
         )
-    images = data["images"]
+    images = data[MANIFEST_IMAGES]
     records = images.values() if isinstance(images, Mapping) else images
     out: dict[str, dict[str, Any]] = {}
     for rec in records:
         if not isinstance(rec, Mapping):
             continue
-        key = rec.get("entryID", rec.get("entry_id"))
+        key = rec.get(MANIFEST_ENTRY_ID, rec.get("entry_id"))
         if key is not None:
             out[str(key)] = dict(rec)
     return out

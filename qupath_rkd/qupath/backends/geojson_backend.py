@@ -16,6 +16,7 @@ from typing import Any
 
 from qupath_rkd.errors import AnnotationError
 from qupath_rkd.qupath.backends.base import (
+    MANIFEST_METADATA,
     AnnotationSet,
     ExchangeLayout,
     PredictionWrite,
@@ -77,8 +78,8 @@ class GeojsonBackend:
         # project.qpproj is the live state (QuPath saves entry metadata there when it is
         # edited); the manifest only fills keys the project file lacks.
         metadata: dict[str, str] = {}
-        if record is not None and isinstance(record.get("metadata"), Mapping):
-            metadata.update({str(k): str(v) for k, v in record["metadata"].items()})
+        if record is not None and isinstance(record.get(MANIFEST_METADATA), Mapping):
+            metadata.update({str(k): str(v) for k, v in record[MANIFEST_METADATA].items()})
         metadata.update(entry.metadata)
         if not path.exists() and not path.is_symlink():
             # never exported, or its export was deleted (the manifest may still list it)
