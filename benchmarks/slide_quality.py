@@ -281,12 +281,30 @@ def perfect_heatmaps(
 
 
 def model_heatmaps(
-    slides: list[dict[str, Any]], model: Any, stride_px: int, workers: int
+    slides: list[dict[str, Any]],
+    model: Any,
+    stride_px: int,
+    workers: int,
+    tta_views: int = 1,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
+    """The model's heatmap of every slide; with ``cache``, read from / written to a pickle per
+    stride and view count, so that another grid of post-processing settings rescores nothing."""
+    import pickle
+
     from qupath_rkd.inference import InferenceConfig, predict_slide
 
-    cfg = InferenceConfig(stride_px=stride_px, num_workers=workers, smooth_sigma_um=0.0)
-    return {s["slide_id"]: predict_slide(s["path"], model, config=cfg).heatmap for s in slides}
+    path = None if cache is None else cache / f"heatmaps_s{stride_px}_v{tta_views}.pkl"
+    if path is not None and path.is_file():
+        return pickle.loads(path.read_bytes())
+    cfg = InferenceConfig(
+        stride_px=stride_px, num_workers=workers, smooth_sigma_um=0.0, tta_views=tta_views
+    )
+    out = {s["slide_id"]: predict_slide(s["path"], model, config=cfg).heatmap for s in slides}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(out))
+    return out
 
 
 def main() -> None:
@@ -311,7 +329,15 @@ def main() -> None:
     parser.add_argument("--noise-sd", default="0,0.2", help="noise on the perfect heatmap")
     parser.add_argument("--seed-threshold", type=float, default=0.5)
     parser.add_argument("--target-fp", type=float, default=0.25)
-    parser.add_argument("--min-lesion-um", type=float, default=200.0)
+    parser.add_argument(
+        "--min-lesion-um", default="200", help="minimum lesion sizes (µm), comma-separated"
+    )
+    parser.add_argument(
+        "--tta-views", type=int, default=1, help="views per tile for a head model (1, 2, 4, 8)"
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="folder caching the model's heatmaps"
+    )
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -328,6 +354,7 @@ def main() -> None:
     strides = [int(v) for v in args.strides.split(",")]
     sigmas = [float(v) for v in args.sigmas_um.split(",")]
     ratios = [float(v) for v in args.extent_ratios.split(",")]
+    min_sizes = [float(v) for v in args.min_lesion_um.split(",")]
     sources: list[tuple[str, float]] = (
         [("model", 0.0)]
         if args.model is not None
@@ -342,13 +369,14 @@ def main() -> None:
     for (source, noise), stride in itertools.product(sources, strides):
         t0 = time.perf_counter()
         heatmaps = (
-            model_heatmaps(slides, model, stride, args.workers)
+            model_heatmaps(slides, model, stride, args.workers, args.tta_views, args.cache)
             if model is not None
             else perfect_heatmaps(slides, args.tile_px, stride, noise, args.seed)
         )
         heat_s = time.perf_counter() - t0
-        for sigma, ratio in itertools.product(sigmas, ratios):
-            post = PostProcessing(sigma, ratio, args.min_lesion_um)
+        settings = list(itertools.product(sigmas, ratios, min_sizes))
+        for sigma, ratio, min_um in settings:
+            post = PostProcessing(sigma, ratio, min_um)
             t1 = time.perf_counter()
             row = {
                 "heatmap": source,
@@ -356,8 +384,10 @@ def main() -> None:
                 "stride_px": stride,
                 "smooth_sigma_um": sigma,
                 "extent_ratio": ratio,
+                "min_lesion_um": min_um,
+                "tta_views": args.tta_views if model is not None else None,
                 **evaluate_setting(slides, heatmaps, post, args.seed_threshold, args.target_fp),
-                "seconds": round(time.perf_counter() - t1 + heat_s / len(sigmas) / len(ratios), 2),
+                "seconds": round(time.perf_counter() - t1 + heat_s / len(settings), 2),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -8,7 +8,7 @@ The steps between a heatmap and its lesions, in order:
    probabilities next to the tissue edge are not pulled towards 0.
 2. **hysteresis**: a lesion is a region of cells ``>= extent`` (8-connected) that holds at least
    one cell ``>= seed``. The seed is the operating point; the extent is ``extent_ratio × seed``
-   (default 0.5). ``extent_ratio = 1`` is a plain threshold.
+   (default 1: a plain threshold; 0.5 grows lesions over weaker cells).
 3. **minimum size**: regions whose major axis is under ``min_lesion_um`` are dropped
    (:func:`qupath_rkd.lesions.extract.extract_lesions` does it, with holes filled first).
 
