@@ -39,7 +39,8 @@ def score_patches(
 ) -> None:
     """Score every PNG/JPEG/TIFF patch found (recursively) under DIRS with MODEL.
 
-    Writes one row per readable image: path, raw anomaly score, calibrated tumour probability.
+    Writes one row per readable image: path, raw score (the head's logit averaged over its
+    test-time views, or the RD anomaly score), calibrated tumour probability.
     Unreadable files are skipped and reported.
     """
     from qupath_rkd.io_utils import atomic_write_text
