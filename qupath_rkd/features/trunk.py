@@ -60,6 +60,23 @@ def pool_taps(taps: list[Tensor]) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
+def _load_trunk_weights(
+    net: nn.Module, state_dict: dict[str, Tensor], name: str, classifier_prefix: str
+) -> None:
+    """Load ImageNet weights into a whole network but its classifier; every other tensor must
+    be in ``state_dict`` with the right shape (else :class:`TeacherWeightsError`)."""
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    own = net.state_dict()
+    needed = [k for k in own if not k.startswith(classifier_prefix)]
+    missing = [k for k in needed if k not in sd or sd[k].shape != own[k].shape]
+    if missing:
+        raise TeacherWeightsError(
+            f"the weights file does not hold {name} ImageNet weights "
+            f"({len(missing)} tensors missing or of other shapes, e.g. {missing[0]!r})"
+        )
+    net.load_state_dict({k: sd[k] for k in needed}, strict=False)
+
+
 class FeatureTrunk(nn.Module):
     """A frozen network -> pooled features ``(B, D)``; always in eval mode, no gradients."""
 
@@ -100,16 +117,7 @@ class EfficientNetLiteTrunk(FeatureTrunk):
             ) from exc
         net = EfficientNet.from_name(name.replace("_", "-"), image_size=None, drop_connect_rate=0.0)
         if state_dict is not None:
-            sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-            own = net.state_dict()
-            needed = [k for k in own if not k.startswith("_fc.")]
-            missing = [k for k in needed if k not in sd or sd[k].shape != own[k].shape]
-            if missing:
-                raise TeacherWeightsError(
-                    f"the weights file does not hold {name} ImageNet weights "
-                    f"({len(missing)} tensors missing or of other shapes, e.g. {missing[0]!r})"
-                )
-            net.load_state_dict({k: sd[k] for k in needed}, strict=False)
+            _load_trunk_weights(net, state_dict, name, classifier_prefix="_fc.")
         self.name = name
         self.conv_stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
         self.blocks = nn.ModuleList(list(net._blocks))
@@ -149,16 +157,7 @@ class ResNetTrunk(FeatureTrunk):
 
         net = getattr(torchvision.models, name)(weights=None)
         if state_dict is not None:
-            sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-            own = net.state_dict()
-            needed = [k for k in own if not k.startswith("fc.")]
-            missing = [k for k in needed if k not in sd or sd[k].shape != own[k].shape]
-            if missing:
-                raise TeacherWeightsError(
-                    f"the weights file does not hold {name} ImageNet weights "
-                    f"({len(missing)} tensors missing or of other shapes, e.g. {missing[0]!r})"
-                )
-            net.load_state_dict({k: sd[k] for k in needed}, strict=False)
+            _load_trunk_weights(net, state_dict, name, classifier_prefix="fc.")
         self.name = name
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
