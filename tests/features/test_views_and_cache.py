@@ -118,3 +118,14 @@ def test_repeated_tiles_are_found_in_the_cache_every_time(tmp_path, trunk) -> No
     warm = extract_features(trunk, ds, input_px=32, views=[0, 1], cache=cache)
     assert warm.computed == 0 and warm.cached == 10
     np.testing.assert_array_equal(cold.values, warm.values)
+
+
+def test_a_weights_file_of_another_network_is_a_clear_error(tmp_path) -> None:
+    from qupath_rkd.errors import TeacherWeightsError
+
+    path = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, path)
+    with pytest.raises(TeacherWeightsError, match="does not hold efficientnet_lite0 ImageNet"):
+        build_trunk("efficientnet_lite0", path)
+    with pytest.raises(Exception, match="unknown feature trunk"):
+        build_trunk("vgg16")
