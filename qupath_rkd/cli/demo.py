@@ -75,6 +75,10 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
         )
     else:
         click.echo("lesion FROC: not computable (no lesion in the held-out slides)")
+    pics = result.pictures
+    if pics is not None and (pics.overlays or pics.froc):
+        what = f"{len(pics.overlays)} overlays" + (", FROC curve" if pics.froc else "")
+        click.echo(f"pictures: {pics.folder} ({what})")
     click.echo(f"done in {time.perf_counter() - started:.0f} s")
     click.echo(
         "Next: open the project in QuPath 0.5+, run groovy/import_predictions.groovy "

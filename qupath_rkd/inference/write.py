@@ -64,6 +64,24 @@ _CMAP_ANCHORS = np.array(
 )
 
 
+#: Outline colours of :func:`overlay_png`: true lesions, predicted lesions.
+TRUTH_OUTLINE_RGB = (255, 0, 0)
+LESION_OUTLINE_RGB = (0, 230, 255)
+
+
+def _rings(shapes: Sequence[Any]) -> list[list[tuple[float, float]]]:
+    """Exterior and interior rings (closed coordinate lists) of (Multi)Polygons."""
+    rings: list[list[tuple[float, float]]] = []
+    for shape in shapes:
+        parts = getattr(shape, "geoms", None)
+        for poly in parts if parts is not None else (shape,):
+            if getattr(poly, "exterior", None) is None or poly.is_empty:
+                continue
+            for ring in (poly.exterior, *poly.interiors):
+                rings.append([(float(x), float(y)) for x, y in ring.coords])
+    return rings
+
+
 def colormap(values: np.ndarray) -> np.ndarray:
     """``(...)`` values in [0, 1] -> ``(..., 3)`` uint8 RGB (viridis-like); NaN -> 0."""
     v = np.clip(np.nan_to_num(np.asarray(values, np.float64), nan=0.0), 0.0, 1.0)
@@ -82,6 +100,8 @@ def overlay_png(
     threshold: float,
     title: str,
     alpha: float = 0.55,
+    truth: Sequence[Any] | None = None,
+    lesions: Sequence[Any] | None = None,
 ) -> bytes:
     """PNG bytes: the heatmap blended over the slide thumbnail, with a colour bar.
 
@@ -89,6 +109,10 @@ def overlay_png(
         thumbnail: ``(h, w, 3)`` uint8, the slide at ``downsample`` level-0 px per pixel.
         heatmap: probabilities; cells without a value (NaN) leave the thumbnail as it is.
         threshold: marked on the colour bar (the lesion threshold).
+        truth: optional true lesions (shapely polygons, level-0 px), outlined in
+            :data:`TRUTH_OUTLINE_RGB`.
+        lesions: optional predicted lesions (shapely polygons, level-0 px), outlined in
+            :data:`LESION_OUTLINE_RGB`.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -110,6 +134,11 @@ def overlay_png(
     d = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     d.text((4, 6), title, fill="black", font=font)
+    for shapes, rgb in ((lesions, LESION_OUTLINE_RGB), (truth, TRUTH_OUTLINE_RGB)):
+        for ring in _rings(shapes or ()):
+            pts = [(x / downsample, y / downsample + margin_top) for x, y in ring]
+            if len(pts) >= 2:
+                d.line(pts, fill=rgb, width=2)
     bar_h = max(min(h, 400) - 20, 100)
     x0, y0 = w + 20, margin_top + 10
     gradient = colormap(np.linspace(1, 0, bar_h))[:, None, :].repeat(20, axis=1)
@@ -123,6 +152,15 @@ def overlay_png(
     d.line([(x0 - 4, ty), (x0 + 23, ty)], fill=(220, 0, 0), width=2)
     d.text((x0 - 16, y0 + bar_h + 6), "p(tumour)", fill="black", font=font)
     d.text((x0 - 16, y0 + bar_h + 20), f"threshold {threshold:.2f}", fill=(220, 0, 0), font=font)
+    legend_y = y0 + bar_h + 38
+    for shapes, rgb, label in (
+        (truth, TRUTH_OUTLINE_RGB, "truth"),
+        (lesions, LESION_OUTLINE_RGB, "predicted"),
+    ):
+        if shapes is not None:
+            d.line([(x0 - 16, legend_y + 6), (x0 - 2, legend_y + 6)], fill=rgb, width=2)
+            d.text((x0 + 2, legend_y), label, fill="black", font=font)
+            legend_y += 14
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
