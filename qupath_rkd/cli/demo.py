@@ -56,6 +56,13 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
         steps=(lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else None,
     )
     outcome = result.outcome
+    from qupath_rkd.demo.pictures import write_demo_pictures
+    from qupath_rkd.demo.project import demo_froc
+
+    threshold = float((outcome.operating_point or {}).get("threshold") or 0.5)
+    result.pictures = write_demo_pictures(
+        result.project, demo_froc(result.project)[0], threshold=threshold
+    )
     click.echo("")
     click.echo(f"QuPath project: {result.project.project_dir / 'project.qpproj'}")
     if outcome.trained:

@@ -443,7 +443,8 @@ class DemoResult:
         n_lesions: lesions counted by the FROC (non-ITC).
         slide_truth: ``{image_name: has tumour}``.
         built: whether this run built the project (``False``: it reused one).
-        pictures: the overlay PNGs and the FROC curve written under ``<demo>/pictures/``.
+        pictures: the overlay PNGs and the FROC curve under ``<demo>/pictures/`` (set by the
+            CLI, which draws them with :mod:`qupath_rkd.demo.pictures`).
     """
 
     project: DemoProject
@@ -615,13 +616,7 @@ def run_demo(
     say("running: qupath-rkd sync " + str(demo.project_dir))
     outcome = run_sync(demo.project_dir, config, progress=progress, echo=say)
     result, _ = demo_froc(demo)
-    from qupath_rkd.demo.pictures import write_demo_pictures
-
-    op = outcome.operating_point or {}
-    threshold = float(op.get("threshold") or 0.5)
-    pictures = write_demo_pictures(demo, result, threshold=threshold)
     return DemoResult(
-        pictures=pictures,
         project=demo,
         outcome=outcome,
         froc_score=None if result is None else result.score,
