@@ -951,6 +951,13 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
     from qupath_rkd.inference.predict import InferenceConfig
 
     inf = config.section("inference")
+    if int(inf["tta_views"]) not in (1, 2, 4, 8):
+        from qupath_rkd.errors import ConfigError
+
+        raise ConfigError(
+            f"inference.tta_views must be 1, 2, 4 or 8, not {inf['tta_views']}",
+            hint="fix it in qupath-rkd/config.toml or --set inference.tta_views=1",
+        )
     return InferenceConfig(
         mpp=float(config.get("labels.mpp")),
         tile_px=int(config.get("labels.tile_px")),

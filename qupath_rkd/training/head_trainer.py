@@ -35,7 +35,6 @@ from qupath_rkd.model.calibration import auroc, fit_calibration
 from qupath_rkd.model.checkpoint import save_checkpoint
 from qupath_rkd.model.device import resolve_device
 from qupath_rkd.model.head import (
-    HeadFit,
     HeadNetwork,
     choose_l2_on_valid,
     cross_validate_l2,
@@ -215,8 +214,8 @@ def train_head(
                     return train_rows(mask)
                 return base.values[mask, :1].astype(np.float32), None
 
-            fold_ok = ok.copy()
-            choice, oof = cross_validate_l2(rows_of, np.where(fold_ok, y, -1), folds)
+            # unreadable patches get label -1, which the per-fold AUROC ignores
+            choice, oof = cross_validate_l2(rows_of, np.where(ok, y, -1), folds)
             fit = fit_head(tx, ty, choice.l2)
             cal_scores, cal_labels = oof[ok], y[ok]
             selected_by, source = "cv_auroc", f"{k}-fold cross-validation"
@@ -268,4 +267,4 @@ def train_head(
     }
 
 
-__all__ = ["FALLBACK_L2", "HeadFit", "train_head"]
+__all__ = ["FALLBACK_L2", "train_head"]

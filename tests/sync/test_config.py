@@ -106,3 +106,16 @@ def test_digest_changes_with_a_value_and_only_its_sections(tmp_path: Path) -> No
     changed = load_config(tmp_path, {"inference.batch_size": "8"})
     assert base.digest(["training"]) == changed.digest(["training"])
     assert base.digest(["inference"]) != changed.digest(["inference"])
+
+
+def test_a_tta_view_count_other_than_1_2_4_8_is_a_config_error(tmp_path) -> None:
+    """Regression: 3 passed the config's bounds and failed later with a ValueError."""
+    from qupath_rkd.errors import ConfigError
+    from qupath_rkd.sync.config import load_config
+    from qupath_rkd.sync.runner import inference_config
+
+    (tmp_path / "qupath-rkd").mkdir()
+    config = load_config(tmp_path, {"inference.tta_views": 3})
+    with pytest.raises(ConfigError, match="1, 2, 4 or 8"):
+        inference_config(config, None)
+    assert inference_config(load_config(tmp_path, {}), None).tta_views == 1
