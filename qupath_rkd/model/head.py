@@ -5,8 +5,9 @@ Model: ``logit = w . ((f - mean) / std) + b`` for a pooled feature vector ``f`` 
 (:mod:`qupath_rkd.features.trunk`); ``mean`` and ``std`` are those of the training features.
 The loss is the class-balanced mean binary cross-entropy (tumour and normal weigh half each,
 however few tumour patches there are) plus ``l2 / 2 * |w|^2``. It is convex, so the fit has no
-early peak to miss and no seed to vary: it is fitted to convergence by L-BFGS in float32 (in a one-off check, 3.4
-times faster than float64 on 10,100 x 3,552 features, the same PCam valid AUROC to 5 decimals).
+early peak to miss and no seed to vary: it is fitted to convergence by L-BFGS in float32 (in a
+one-off check, 3.4 times faster than float64 on 10,100 x 3,552 features, the same PCam valid
+AUROC to 5 decimals).
 
 Choosing ``l2``: on the validation set when the user gives one; otherwise by stratified, seeded
 k-fold cross-validation on the training patches themselves (each patch held out once; with
