@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -49,3 +50,33 @@ def deprecated_alias(old: str, new: str, dest: str) -> Callable[[F], F]:
         return option(wrapper)  # type: ignore[return-value]
 
     return decorate
+
+
+#: A tile µm/px within this share of the model's counts as the model's own.
+MPP_MATCH_TOLERANCE = 0.01
+
+
+def check_tile_mpp(
+    model_path: Path, model_mpp: float | None, tile_mpp: float | None, allow: bool
+) -> None:
+    """Refuse (one line) a ``--tile-mpp`` other than the µm/px the model was trained at,
+    unless ``--allow-mpp-mismatch``; then warn on stderr. A model that records no µm/px is
+    not checked (``predict`` then needs ``--tile-mpp``).
+
+    Raises:
+        click.UsageError: the µm/px differ and ``allow`` is false.
+    """
+    if tile_mpp is None or model_mpp is None:
+        return
+    if abs(tile_mpp / model_mpp - 1.0) <= MPP_MATCH_TOLERANCE:
+        return
+    ratio = (model_mpp / tile_mpp) ** 2
+    what = (
+        f"{model_path.name} was trained at {model_mpp:g} µm/px; reading it at --tile-mpp "
+        f"{tile_mpp:g} scores tissue at another magnification ({ratio:.3g}× the tiles)"
+    )
+    if not allow:
+        raise click.UsageError(
+            f"{what}: pass --allow-mpp-mismatch to do so anyway, or leave out --tile-mpp"
+        )
+    click.echo(f"Warning: {what} (--allow-mpp-mismatch).", err=True)
