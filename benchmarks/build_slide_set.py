@@ -13,7 +13,7 @@ slides are the files whose best placement holds the most Camelyon16 lesion insta
 Writes under ``benchmarks/out/slide_set/`` (not in git): ``slides/*.tif``, the truth twice —
 ``truth/geojson/<slide>.geojson`` (QuPath GeoJSON, class Tumor) and
 ``truth/camelyon16/<slide>.json`` (Camelyon16 JSON in the slide's level-0 px at 0.972 µm/px;
-``qupath-rkd evaluate`` takes the µm/px from the heatmap metadata or ``--mpp 0.972``) — and
+``qupath-rkd evaluate`` takes the µm/px from the heatmap metadata or ``--slide-mpp 0.972``) — and
 ``manifest.json`` (slides, sources, lesion counts, truth files, timings). Not part of CI.
 """
 

@@ -11,7 +11,7 @@ command-line equivalent is
 
     qupath-rkd train-patches --normal PCAM/train/0 --tumor PCAM/train/1 --max-normal 2000 \
         --max-tumor 100 --valid-normal PCAM/valid/0 --valid-tumor PCAM/valid/1 \
-        --epochs 1 --mpp 0.972 --out model.pt
+        --epochs 1 --patch-mpp 0.972 --out model.pt
     qupath-rkd score-patches model.pt PCAM/valid --out scores.csv
 
 Usage: python examples/train_and_score_patches.py [PCAM_DIR] [OUT_DIR]

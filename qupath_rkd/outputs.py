@@ -39,14 +39,41 @@ SLIDE_SCORES_HEADER = (
     "note",
 )
 
+#: Measurement names written on QuPath objects by ``predict`` and ``sync`` (the same names);
+#: tiles carry them for Measure › Show measurement maps. ``evaluate`` reads a lesion's
+#: maximum probability and peak point from ``sync``'s detections by these names.
+MEASURE_PROBABILITY = "Tumor probability"
+MEASURE_SCORE = "Raw score"
+MEASURE_MAX_PROBABILITY = "Tumor probability (max)"
+MEASURE_MEAN_PROBABILITY = "Tumor probability (mean)"
+MEASURE_AREA_UM2 = "Area µm^2"
+MEASURE_MAJOR_AXIS_UM = "Major axis µm"
+MEASURE_PEAK_X_PX = "Peak x px"
+MEASURE_PEAK_Y_PX = "Peak y px"
+#: A lesion's measurements, in the order ``inference.write.lesion_features`` writes them.
+LESION_MEASUREMENTS = (
+    MEASURE_MAX_PROBABILITY,
+    MEASURE_MEAN_PROBABILITY,
+    MEASURE_AREA_UM2,
+    MEASURE_MAJOR_AXIS_UM,
+    MEASURE_PEAK_X_PX,
+    MEASURE_PEAK_Y_PX,
+)
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every run of characters other than letters, digits, ``.``, ``_`` and ``-``
+    replaced by ``_`` (``"slide"`` when nothing is left)."""
+    return _UNSAFE.sub("_", name) or "slide"
 
 
 def slide_id_for(path: str | Path) -> str:
     """The name a slide's outputs carry: its file name without the last suffix (made safe)."""
     name = Path(path).name
     stem = name.rsplit(".", 1)[0] if "." in name else name
-    return _UNSAFE.sub("_", stem) or "slide"
+    return safe_name(stem)
 
 
 @dataclass(frozen=True)

@@ -98,8 +98,9 @@ def test_slide_info_without_mpp_says_how_to_give_it(real_data: Path) -> None:
     path = real_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     result = CliRunner().invoke(cli, ["slide-info", str(path)])
     assert result.exit_code == 0
-    assert "unknown" in result.output and "--mpp" in result.output
-    result = CliRunner().invoke(cli, ["slide-info", str(path), "--mpp", "0.25"])
+    assert "unknown" in result.output and "pass --slide-mpp" in result.output
+    assert "--mpp " not in result.output
+    result = CliRunner().invoke(cli, ["slide-info", str(path), "--slide-mpp", "0.25"])
     assert "0.25 (override)" in result.output
 
 
@@ -206,4 +207,4 @@ def test_72_dpi_warning_is_one_sentence_naming_the_file(real_data: Path) -> None
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"Warning: {path}: ignoring the pixel size")
-    assert "--mpp" in lines[0] and "qupath_rkd.slides" not in lines[0]
+    assert "--slide-mpp" in lines[0] and "qupath_rkd.slides" not in lines[0]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from qupath_rkd.cli.flags import MPP_TYPE, deprecated_alias
+
 
 @click.command("evaluate")
 @click.option(
@@ -13,15 +15,17 @@ import click
     "truth",
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="Folder of ground-truth files, one per slide named like it: Camelyon16 JSON "
-    "(positive/negative) or QuPath GeoJSON (class Tumor). A file without tumour = normal slide.",
+    help="Folder of ground-truth files, one per slide named like it (slide name, image name or "
+    "entry ID): Camelyon16 JSON (positive/negative) or QuPath GeoJSON (class Tumor); both for "
+    "one slide are checked to agree. A file without tumour = normal slide.",
 )
 @click.option(
     "--pred",
     "pred",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Output folder of `qupath-rkd predict` (or a folder of <slide>.csv submissions).",
+    help="Output folder of `qupath-rkd predict` (or a folder of <slide>.csv submissions), or "
+    "the QuPath project `qupath-rkd sync` wrote (its qupath-rkd/ or predictions/ folder too).",
 )
 @click.option(
     "--out",
@@ -29,15 +33,16 @@ import click
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Where to write evaluation.json, froc.csv, slides.csv and froc.png "
-    "[default: PRED/evaluation].",
+    "[default: PRED/evaluation; for a sync project PROJECT/qupath-rkd/evaluation].",
 )
 @click.option(
-    "--mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    "--slide-mpp",
+    type=MPP_TYPE,
     default=None,
-    help="Level-0 µm/px of the slides [default: from the heatmap metadata; 0.243 for "
-    "Camelyon16 JSON].",
+    help="Level-0 µm/px of the slides [default: from the heatmap metadata or the QuPath "
+    "project; 0.243 for Camelyon16 JSON].",
 )
+@deprecated_alias("--mpp", "--slide-mpp", "slide_mpp")
 @click.option(
     "--normal-if-no-truth",
     is_flag=True,
@@ -45,7 +50,11 @@ import click
     "annotations for tumour slides only).",
 )
 def evaluate(
-    truth: Path, pred: Path, out_dir: Path | None, mpp: float | None, normal_if_no_truth: bool
+    truth: Path,
+    pred: Path,
+    out_dir: Path | None,
+    slide_mpp: float | None,
+    normal_if_no_truth: bool,
 ) -> None:
     """Score predicted lesions and slide scores against ground truth (Camelyon16 protocol).
 
@@ -55,8 +64,9 @@ def evaluate(
     from qupath_rkd.evaluation.run import evaluate as run_evaluate
     from qupath_rkd.evaluation.run import write_report
 
-    report = run_evaluate(truth, pred, mpp=mpp, normal_if_no_truth=normal_if_no_truth)
-    paths = write_report(report, out_dir if out_dir is not None else pred / "evaluation")
+    report = run_evaluate(truth, pred, mpp=slide_mpp, normal_if_no_truth=normal_if_no_truth)
+    default_out = report.default_out_dir or pred / "evaluation"
+    paths = write_report(report, out_dir if out_dir is not None else default_out)
     f = report.froc
     n_tumor = sum(1 for s in report.slides if s["tumor"])
     click.echo(

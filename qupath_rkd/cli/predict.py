@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from qupath_rkd.cli.flags import MPP_TYPE, check_tile_mpp, deprecated_alias
 from qupath_rkd.constants import (
     DEFAULT_EXTENT_RATIO,
     DEFAULT_SLIDE_SCORE,
@@ -46,14 +47,21 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     help="Output folder (one sub-folder per slide, camelyon16/, slide_scores.csv).",
 )
 @click.option(
-    "--mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    "--tile-mpp",
+    type=MPP_TYPE,
     default=None,
-    help="µm/px at which tiles are read [default: the µm/px recorded in the model].",
+    help="µm/px at which tiles are read [default: the µm/px recorded in the model; another "
+    "value needs --allow-mpp-mismatch].",
+)
+@deprecated_alias("--mpp", "--tile-mpp", "tile_mpp")
+@click.option(
+    "--allow-mpp-mismatch",
+    is_flag=True,
+    help="Read tiles at a --tile-mpp other than the model's own (with a warning).",
 )
 @click.option(
     "--slide-mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=MPP_TYPE,
     default=None,
     help="Level-0 µm/px of the slides, for slides whose metadata has none.",
 )
@@ -61,13 +69,13 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     "--tile-px",
     type=click.IntRange(min=8),
     default=None,
-    help="Tile side at --mpp [default: the model's input size].",
+    help="Tile side at --tile-mpp [default: the model's input size].",
 )
 @click.option(
     "--stride-px",
     type=click.IntRange(min=1),
     default=None,
-    help="Grid step at --mpp [default: the tile side, no overlap]. Dense like FW-RD "
+    help="Grid step at --tile-mpp [default: the tile side, no overlap]. Dense like FW-RD "
     "(64 px at 0.243 µm/px): 16 at 0.972 µm/px.",
 )
 @click.option(
@@ -165,7 +173,8 @@ def predict(
     model: Path,
     slides: tuple[Path, ...],
     out_dir: Path,
-    mpp: float | None,
+    tile_mpp: float | None,
+    allow_mpp_mismatch: bool,
     slide_mpp: float | None,
     tile_px: int | None,
     stride_px: int | None,
@@ -201,8 +210,9 @@ def predict(
 
     paths = _expand(slides)
     trained = load_model(model, device=device)
+    check_tile_mpp(model, trained.mpp, tile_mpp, allow_mpp_mismatch)
     config = InferenceConfig(
-        mpp=mpp,
+        mpp=tile_mpp,
         tile_px=tile_px,
         stride_px=stride_px,
         min_tissue_fraction=min_tissue,
@@ -237,7 +247,8 @@ def predict(
         while bars:
             bars.pop().close()
         if run.status == "failed":
-            click.echo(f"FAILED   {run.slide_path}: {run.error}", err=True)
+            error = (run.error or "").removeprefix(f"{run.slide_path}: ")  # named once
+            click.echo(f"FAILED   {run.slide_path}: {error}", err=True)
             return
         verb = "skipped " if run.status == "skipped" else "done    "
         score = "-" if run.slide_score is None else f"{run.slide_score:.3f}"

@@ -6,12 +6,18 @@ from pathlib import Path
 
 import click
 
+from qupath_rkd.cli.flags import MPP_TYPE, deprecated_alias
+
 
 @click.command("slide-info")
 @click.argument("slide", type=click.Path(path_type=Path))
 @click.option(
-    "--mpp", type=float, default=None, help="Level-0 µm/px to use instead of the metadata."
+    "--slide-mpp",
+    type=MPP_TYPE,
+    default=None,
+    help="The slide's level-0 µm/px, instead of the metadata.",
 )
+@deprecated_alias("--mpp", "--slide-mpp", "slide_mpp")
 @click.option(
     "--thumbnail",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -26,12 +32,14 @@ import click
     show_default=True,
     help="Thumbnail's longer side in pixels (at least 1).",
 )
-def slide_info(slide: Path, mpp: float | None, thumbnail: Path | None, thumbnail_px: int) -> None:
+def slide_info(
+    slide: Path, slide_mpp: float | None, thumbnail: Path | None, thumbnail_px: int
+) -> None:
     """Describe a whole-slide image: format, pyramid levels, size, µm/px and tissue fraction."""
     from qupath_rkd.slides import open_slide, tissue_mask
 
     image_format = None if thumbnail is None else _thumbnail_format(thumbnail)
-    with open_slide(slide, mpp=mpp) as wsi:
+    with open_slide(slide, mpp=slide_mpp) as wsi:
         click.echo(f"file          {wsi.path}")
         click.echo(f"format        {wsi.format}")
         click.echo(f"size          {wsi.width_px} × {wsi.height_px} px (level 0)")
@@ -44,13 +52,16 @@ def slide_info(slide: Path, mpp: float | None, thumbnail: Path | None, thumbnail
             zip(wsi.level_dimensions, wsi.level_downsamples, strict=True)
         ):
             click.echo(f"  level {index}     {w} × {h} px, downsample {ds:.4g}")
-        slide_mpp = wsi.mpp_or_none
-        if slide_mpp is None:
-            click.echo("µm/px         unknown — pass --mpp to any command that reads this slide")
-        else:
-            size_mm = (wsi.width_px * slide_mpp / 1000, wsi.height_px * slide_mpp / 1000)
+        level0_mpp = wsi.mpp_or_none
+        if level0_mpp is None:
             click.echo(
-                f"µm/px         {slide_mpp:.4g} ({wsi.mpp_source}); "
+                "µm/px         unknown — pass --slide-mpp (slide-info, predict, evaluate; "
+                'sync: --slide-mpp "IMAGE=MPP")'
+            )
+        else:
+            size_mm = (wsi.width_px * level0_mpp / 1000, wsi.height_px * level0_mpp / 1000)
+            click.echo(
+                f"µm/px         {level0_mpp:.4g} ({wsi.mpp_source}); "
                 f"{size_mm[0]:.2f} × {size_mm[1]:.2f} mm"
             )
         mask = tissue_mask(wsi)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from qupath_rkd.cli.flags import MPP_TYPE, deprecated_alias
 from qupath_rkd.errors import DataError
 
 TEACHER_NAMES = (
@@ -94,12 +95,14 @@ def _default_workers() -> int:
 @click.option("--max-tumor", type=click.IntRange(0), help="Use at most N tumour patches.")
 @click.option("--max-normal", type=click.IntRange(0), help="Use at most N normal patches.")
 @click.option(
-    "--mpp",
+    "--patch-mpp",
     "mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=MPP_TYPE,
     metavar="UM_PER_PX",
-    help="Physical pixel size of the patches (PatchCamelyon: 0.972).",
+    help="µm/px of the patches (PatchCamelyon: 0.972); the checkpoint records it and predict "
+    "reads slides at it.",
 )
+@deprecated_alias("--mpp", "--patch-mpp", "mpp")
 @click.option(
     "--seed",
     type=int,
@@ -210,7 +213,7 @@ def train_patches(
     on the given patches; with no tumour patches, the paper's one-class RD model.
 
     Example: qupath-rkd train-patches --normal pcam/train/0 --tumor pcam/train/1 --max-tumor 100
-    --valid-normal pcam/valid/0 --valid-tumor pcam/valid/1 --mpp 0.972 --out model.pt
+    --valid-normal pcam/valid/0 --valid-tumor pcam/valid/1 --patch-mpp 0.972 --out model.pt
     """
     from qupath_rkd.model.device import resolve_device
     from qupath_rkd.training.config import TrainConfig
@@ -275,8 +278,8 @@ def train_patches(
         click.echo(f"Warning: {warning}", err=True)
     if mpp is None:
         click.echo(
-            "Note: no --mpp given: the checkpoint records an unknown µm/px and whole-slide "
-            "commands will ask for it.",
+            "Note: no --patch-mpp given: the checkpoint records an unknown µm/px and predict "
+            "will ask for --tile-mpp.",
             err=True,
         )
     m = result.best_metrics

@@ -13,7 +13,10 @@
   pathologist outlined the two lesions of the first slide as ``Tumor`` (roughly, slightly
   inside the true border, as a quick outline is) and marked it fully annotated, and marked the
   second slide tumour-free;
-- ``truth/<entryID>.geojson``: the true lesion polygons of every slide (for the FROC).
+- ``truth/<slide>.geojson``: the true lesion polygons of every slide (for the FROC), named
+  like ``predict`` names the slide's outputs (``LN-01_tumour_annotated``), so that
+  ``qupath-rkd evaluate --truth DIR/truth`` scores both ``predict``'s output folder and the
+  project ``sync`` wrote (which ``evaluate`` matches by image name).
 
 The labelled slides are built from one half of the shipped patches and the other slides from
 the other half, so the slides the model is judged on share no patch with what it learnt from.
@@ -40,12 +43,13 @@ from urllib.parse import quote
 
 from qupath_rkd.constants import PCAM_MPP, PROJECT_SUBDIR
 from qupath_rkd.errors import ProjectError
-from qupath_rkd.inference.write import (
+from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from qupath_rkd.outputs import (
     MEASURE_MAX_PROBABILITY,
     MEASURE_PEAK_X_PX,
     MEASURE_PEAK_Y_PX,
+    slide_id_for,
 )
-from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +124,14 @@ class DemoProject:
     @property
     def truth_dir(self) -> Path:
         return self.root / "truth"
+
+
+def truth_file(root: Path, slide_name: str, entry_id: int) -> Path:
+    """A demo slide's truth file: ``truth/<slide id>.geojson``, or ``truth/<entryID>.geojson``
+    in a demo built before the truth was named by slide."""
+    by_name = root / "truth" / f"{slide_id_for(slide_name)}.geojson"
+    by_entry = root / "truth" / f"{entry_id}.geojson"
+    return by_name if by_name.is_file() or not by_entry.is_file() else by_entry
 
 
 def qupath_file_uri(path: Path) -> str:
@@ -317,7 +329,8 @@ def export_annotations(project_dir: Path, slides: Sequence[DemoSlide]) -> Path:
 
 
 def write_truth(root: Path, slides: Sequence[DemoSlide]) -> Path:
-    """The true lesions of every slide as ``truth/<entryID>.geojson`` (Tumor annotations)."""
+    """The true lesions of every slide as ``truth/<slide id>.geojson`` (Tumor annotations;
+    the slide id is :func:`qupath_rkd.outputs.slide_id_for` of the slide's file name)."""
     from qupath_rkd.qupath.geojson import make_feature, stable_feature_id, write_geojson
 
     folder = root / "truth"
@@ -332,7 +345,7 @@ def write_truth(root: Path, slides: Sequence[DemoSlide]) -> Path:
             )
             for i, lesion in enumerate(slide.lesions)
         ]
-        write_geojson(folder / f"{slide.entry_id}.geojson", features)
+        write_geojson(folder / f"{slide_id_for(slide.spec.name)}.geojson", features)
     return folder
 
 
@@ -411,7 +424,7 @@ def build_demo_project(
 
 # --- running the demo ---------------------------------------------------------------------
 #: Lesion measurements the demo's FROC reads: those
-#: :func:`qupath_rkd.inference.write.lesion_features` writes (defined there, not copied).
+#: :func:`qupath_rkd.inference.write.lesion_features` writes (defined in qupath_rkd.outputs).
 MAX_PROBABILITY = MEASURE_MAX_PROBABILITY
 PEAK_X_PX = MEASURE_PEAK_X_PX
 PEAK_Y_PX = MEASURE_PEAK_Y_PX
@@ -503,7 +516,8 @@ def _load_demo(root: Path) -> DemoProject | None:
         spec = next((s for s in DEMO_SLIDES if s.name == item["name"]), None)
         if spec is None:
             return None
-        truth = [o.geometry for o in read_geojson(root / "truth" / f"{item['entry_id']}.geojson")]
+        truth_path = truth_file(root, spec.name, int(item["entry_id"]))
+        truth = [o.geometry for o in read_geojson(truth_path)]
         slides.append(
             DemoSlide(
                 entry_id=int(item["entry_id"]),
@@ -540,26 +554,20 @@ def _write_marker(demo: DemoProject) -> None:
 def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tuple[Any, int]:
     """Camelyon16 lesion FROC of the project's predicted lesions against the demo's truth,
     over the slides whose role is in ``roles``; returns ``(FROCResult | None, n_slides)``."""
-    import numpy as np
-
     from qupath_rkd.errors import EvaluationError
     from qupath_rkd.evaluation.camelyon16 import evaluation_mask, froc, score_detections
-    from qupath_rkd.qupath.geojson import read_geojson
+    from qupath_rkd.evaluation.predictions import SYNC_PREDICTIONS_DIR, read_lesion_detections
 
     per_slide = []
     for slide in demo.slides:
         if slide.spec.role not in roles:
             continue
-        pred_file = demo.project_dir / PROJECT_SUBDIR / "predictions" / f"{slide.entry_id}.geojson"
-        lesions = [
-            o
-            for o in (read_geojson(pred_file) if pred_file.is_file() else [])
-            if o.object_type == "detection" and PEAK_X_PX in o.measurements
-        ]
-        # one detection per lesion (a lesion in parts is one MultiPolygon object)
-        probs = np.asarray([o.measurements[MAX_PROBABILITY] for o in lesions])
-        xs = np.asarray([o.measurements[PEAK_X_PX] for o in lesions])
-        ys = np.asarray([o.measurements[PEAK_Y_PX] for o in lesions])
+        pred_file = (
+            demo.project_dir / PROJECT_SUBDIR / SYNC_PREDICTIONS_DIR / f"{slide.entry_id}.geojson"
+        )
+        # one detection per lesion (a lesion in parts is one MultiPolygon object), as
+        # `qupath-rkd evaluate` reads them
+        sub = read_lesion_detections(pred_file, slide.spec.name)
         mask = (
             evaluation_mask(
                 slide.lesions, mpp=slide.mpp, slide_size_px=(slide.width_px, slide.height_px)
@@ -567,7 +575,7 @@ def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tupl
             if slide.lesions
             else None
         )
-        per_slide.append(score_detections(slide.spec.name, probs, xs, ys, mask))
+        per_slide.append(score_detections(slide.spec.name, sub.probs, sub.x_px, sub.y_px, mask))
     try:
         return froc(per_slide), len(per_slide)
     except EvaluationError:

@@ -95,7 +95,7 @@ class SemiRealSlide:
 
         ``positive`` holds every outline, ``negative`` every hole (non-tumour island), in this
         slide's level-0 px (``self.mpp`` µm/px, not Camelyon16's 0.243: ``qupath-rkd evaluate``
-        takes the µm/px from the prediction's heatmap metadata or ``--mpp``).
+        takes the µm/px from the prediction's heatmap metadata or ``--slide-mpp``).
         """
         positive: list[dict[str, Any]] = []
         negative: list[dict[str, Any]] = []

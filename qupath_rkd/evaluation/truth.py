@@ -10,7 +10,13 @@ Two formats are read:
   ``Tumor``/``Tumour``/``Metastasis`` are tumour; ``Exclusion``/``Ignore*`` cut holes; other classes
   are ignored. Objects qupath-rkd wrote (its own predictions) are never taken as truth.
 
-A file with no tumour polygon is a normal slide. The slide is named by the file stem.
+A file with no tumour polygon is a normal slide. The slide is named by the file stem (made
+safe as ``predict`` names its outputs); ``evaluate`` matches it against every name a predicted
+slide carries (``predict``'s slide id; for ``sync`` the image name, its stem or the entry ID).
+
+Two files for one slide (a QuPath GeoJSON and a Camelyon16 JSON, as an exported project often
+holds) are both read and accepted when they agree: the same tumour region within
+:data:`AGREEMENT_TOLERANCE` of its area (see :func:`merge_truths`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ logger = logging.getLogger(__name__)
 TUMOR_CLASSES = frozenset({"tumor", "tumour", "metastasis", "metastases"})
 EXCLUDE_CLASSES = frozenset({"exclusion", "exclude", "ignore", "ignore*"})
 TRUTH_SUFFIXES = (".geojson", ".json")
+#: Two truth files of one slide agree when the symmetric difference of their tumour regions is
+#: under this share of the regions' union (outlines redrawn or rounded, not other lesions).
+AGREEMENT_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -127,12 +136,54 @@ def load_truth(path: str | Path) -> SlideTruth:
     return SlideTruth(slide_id, tumor, exclude, p, "qupath-geojson", None)
 
 
+def tumour_region(truth: SlideTruth) -> BaseGeometry:
+    """The slide's tumour as one valid geometry (level-0 px): the tumour polygons' union
+    (each ring made valid) minus the exclusions."""
+    from shapely import make_valid
+    from shapely.ops import unary_union
+
+    tumour = unary_union([make_valid(p) for p in truth.tumor])
+    if truth.exclude:
+        tumour = tumour.difference(unary_union([make_valid(p) for p in truth.exclude]))
+    return tumour
+
+
+def merge_truths(slide: str, truths: list[SlideTruth]) -> SlideTruth:
+    """One slide's truth from several files that must agree.
+
+    Returns the first file's truth, with the µm/px any of them implies (a Camelyon16 JSON's).
+
+    Raises:
+        EvaluationError: two of them disagree (one line naming the slide and both files): one
+            normal and one with tumour, or tumour regions whose symmetric difference is
+            :data:`AGREEMENT_TOLERANCE` of their union or more.
+    """
+    first = truths[0]
+    region = tumour_region(first)
+    for other in truths[1:]:
+        other_region = tumour_region(other)
+        union = region.union(other_region).area
+        differ = region.symmetric_difference(other_region).area
+        if union > 0 and differ >= AGREEMENT_TOLERANCE * union:
+            raise EvaluationError(
+                f"the ground-truth files for slide {slide!r} disagree: {first.source} and "
+                f"{other.source} (their tumour regions differ by {100 * differ / union:.1f} % "
+                f"of their area, more than {100 * AGREEMENT_TOLERANCE:g} %)",
+                hint="keep the right one in the truth folder and move the other away",
+            )
+    mpp = next((t.mpp for t in truths if t.mpp is not None), None)
+    return SlideTruth(first.slide_id, first.tumor, first.exclude, first.source, first.format, mpp)
+
+
 def load_truth_dir(path: str | Path) -> dict[str, SlideTruth]:
     """Every ground-truth file in a folder (or one file), by slide id.
 
+    Files naming the same slide (``X.geojson`` and ``X.json``) are merged by
+    :func:`merge_truths`.
+
     Raises:
-        EvaluationError: the folder has no ``.json``/``.geojson`` file or two files name the
-            same slide.
+        EvaluationError: the folder has no ``.json``/``.geojson`` file, or two files of one
+            slide disagree.
     """
     p = Path(path)
     if p.is_file():
@@ -146,13 +197,8 @@ def load_truth_dir(path: str | Path) -> dict[str, SlideTruth]:
             f"{p}: no ground-truth files (.json / .geojson)",
             hint="give a folder with one file per slide named like the slide",
         )
-    truths: dict[str, SlideTruth] = {}
+    by_slide: dict[str, list[SlideTruth]] = {}
     for f in files:
         t = load_truth(f)
-        if t.slide_id in truths:
-            raise EvaluationError(
-                f"two ground-truth files for slide {t.slide_id!r}: "
-                f"{truths[t.slide_id].source} and {f}"
-            )
-        truths[t.slide_id] = t
-    return truths
+        by_slide.setdefault(t.slide_id, []).append(t)
+    return {slide: merge_truths(slide, ts) for slide, ts in by_slide.items()}

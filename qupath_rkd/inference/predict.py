@@ -139,7 +139,7 @@ class InferenceConfig:
         if mpp is None:
             raise ResolutionError(
                 f"model {model.model_id[:12]} records no µm/px and none was given",
-                hint="pass --mpp with the µm/px of the patches the model was trained on",
+                hint="pass --tile-mpp with the µm/px of the patches the model was trained on",
             )
         tile_px = self.tile_px if self.tile_px is not None else int(model.input_px)
         threshold = self.threshold if self.threshold is not None else float(model.threshold)
@@ -416,7 +416,7 @@ def predict_slide(
         except UnknownResolutionError as exc:
             raise UnknownResolutionError(
                 exc.message,
-                hint="give the slide's level-0 µm/px with --slide-mpp (InferenceConfig.slide_mpp)",
+                hint="pass --slide-mpp with the slide's level-0 µm/px",
             ) from exc
         _check_resolution(slide, model, cfg.mpp)
         t0 = time.perf_counter()

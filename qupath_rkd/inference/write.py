@@ -23,7 +23,10 @@ import numpy as np
 from qupath_rkd import __version__
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
-from qupath_rkd.outputs import (
+from qupath_rkd.outputs import (  # the measurement names are defined there, once
+    LESION_MEASUREMENTS,
+    MEASURE_PROBABILITY,
+    MEASURE_SCORE,
     RUN_JSON,
     SLIDE_SCORES_CSV,
     SLIDE_SCORES_HEADER,
@@ -37,25 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Measurement names written on QuPath objects (the same names ``sync`` writes, see
-#: docs/architecture.md); tiles carry them for Measure › Show measurement maps.
-MEASURE_PROBABILITY = "Tumor probability"
-MEASURE_SCORE = "Raw score"
-MEASURE_MAX_PROBABILITY = "Tumor probability (max)"
-MEASURE_MEAN_PROBABILITY = "Tumor probability (mean)"
-MEASURE_AREA_UM2 = "Area µm^2"
-MEASURE_MAJOR_AXIS_UM = "Major axis µm"
-MEASURE_PEAK_X_PX = "Peak x px"
-MEASURE_PEAK_Y_PX = "Peak y px"
-#: A lesion's measurements, in the order :func:`lesion_features` writes them.
-LESION_MEASUREMENTS = (
-    MEASURE_MAX_PROBABILITY,
-    MEASURE_MEAN_PROBABILITY,
-    MEASURE_AREA_UM2,
-    MEASURE_MAJOR_AXIS_UM,
-    MEASURE_PEAK_X_PX,
-    MEASURE_PEAK_Y_PX,
-)
 LESION_CLASS = "Tumor"
 
 # viridis anchors (perceptually uniform, colour-blind safe)

@@ -72,7 +72,7 @@ def _mpp_from_properties(props: dict[str, str], name: str = "slide") -> tuple[fl
             logger.warning(
                 "%s: ignoring the pixel size in its metadata (%.4g × %.4g µm/px: not a "
                 "microscope's, likely a TIFF writer's default 72 dpi); give the slide's level-0 "
-                "µm/px (--mpp in slide-info and evaluate, --slide-mpp in predict)",
+                "µm/px with --slide-mpp",
                 name,
                 mpp_x,
                 mpp_y,
@@ -127,7 +127,7 @@ class Slide:
             if not (math.isfinite(mpp_override) and mpp_override > 0):
                 raise ResolutionError(
                     f"{path}: µm/px override {mpp_override!r} is not a positive number",
-                    hint="pass e.g. --mpp 0.25",
+                    hint="pass e.g. --slide-mpp 0.25",
                 )
             self._mpp_xy: tuple[float, float] | None = (mpp_override, mpp_override)
             self.mpp_source = "override"
@@ -149,7 +149,7 @@ class Slide:
         if self._mpp_xy is None:
             raise UnknownResolutionError(
                 f"{self.path}: the slide's metadata has no pixel size (µm/px)",
-                hint="give it explicitly, e.g. --mpp 0.25 (check the scanner's objective)",
+                hint="pass --slide-mpp, e.g. --slide-mpp 0.25 (check the scanner's objective)",
             )
         return self._mpp_xy
 

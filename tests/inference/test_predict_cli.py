@@ -179,7 +179,7 @@ def test_model_without_mpp_needs_mpp(tmp_path, semireal) -> None:
         ["predict", str(ckpt), str(semireal.path), "--out", str(tmp_path / "o"), "--workers", "0"],
     )
     assert res.exit_code == 1
-    assert "records no µm/px" in res.output and "--mpp" in res.output
+    assert "records no µm/px" in res.output and "--tile-mpp" in res.output
     assert "Traceback" not in res.output
 
 

@@ -33,7 +33,7 @@ def test_missing_mpp_is_a_clear_error_unless_overridden(real_data: Path) -> None
     path = real_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     with open_slide(path) as slide:
         assert slide.mpp_or_none is None
-        with pytest.raises(UnknownResolutionError, match=r"tcga-cr-7395.*--mpp"):
+        with pytest.raises(UnknownResolutionError, match=r"tcga-cr-7395.*--slide-mpp"):
             _ = slide.mpp
         with pytest.raises(UnknownResolutionError):
             slide.read_tile(0, 0, 64, 1.0)

@@ -52,7 +52,7 @@ def trained(pcam_small, tmp_path_factory):
         1,
         "--batch-size",
         8,
-        "--mpp",
+        "--patch-mpp",
         0.972,
         "--seed",
         1,
@@ -132,7 +132,7 @@ def test_train_patches_without_mpp_says_so(pcam_small, tmp_path) -> None:
         0,
     )
     assert result.exit_code == 0, result.output
-    assert "no --mpp" in result.output and "no validation set" in result.output
+    assert "no --patch-mpp" in result.output and "no validation set" in result.output
 
 
 def test_empty_folder_is_a_one_line_error(tmp_path) -> None:
