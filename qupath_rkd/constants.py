@@ -43,3 +43,45 @@ SLIDE_SCORE_RULES: Final[tuple[str, ...]] = (
     "largest_mass",
 )
 DEFAULT_SLIDE_SCORE: Final[str] = "max_smoothed"
+
+# --- Defaults read by every config class, the sync config, the click options and the demo
+# (issue 12: each defined here once; tests/sync/test_stage_contracts.py compares them). ---
+
+#: Teachers (frozen ImageNet trunks): every name a command accepts, the default first.
+#: ``efficientnet_lite1``/``lite2`` have head support only (no RD spec).
+TEACHER_NAMES: Final[tuple[str, ...]] = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "wide_resnet50_2",
+)
+DEFAULT_TEACHER: Final[str] = TEACHER_NAMES[0]
+#: Scorers: the supervised head on frozen features (measured best, docs/benchmarks.md) and the
+#: paper's reverse distillation.
+SCORERS: Final[tuple[str, ...]] = ("head", "rd")
+DEFAULT_SCORER: Final[str] = "head"
+#: Dihedral views a head averages per patch when training and scoring patches.
+DEFAULT_PATCH_TTA_VIEWS: Final[int] = 8
+#: ... and per tile on whole slides (8 views cost 8x the time; neighbouring tiles overlap at
+#: strides below the tile already).
+DEFAULT_SLIDE_TTA_VIEWS: Final[int] = 1
+#: RD optimisation. Two learning rates on purpose: ``train-patches`` runs epochs (10 by default)
+#: at 1e-3; sync runs a short fixed schedule (``training.steps``), where 3e-3 reached the same
+#: peak sooner (docs/benchmarks.md, "RD training: learning rate", D).
+DEFAULT_RD_LR: Final[float] = 1e-3
+DEFAULT_SYNC_RD_LR: Final[float] = 3e-3
+DEFAULT_SYNC_RD_STEPS: Final[int] = 300
+DEFAULT_EPOCHS: Final[int] = 10
+DEFAULT_TRAIN_BATCH: Final[int] = 32
+#: Focal loss (FW-RD): weight of the normal class and focusing parameter.
+DEFAULT_ALPHA: Final[float] = 0.1
+DEFAULT_GAMMA: Final[float] = 2.0
+#: Tiles per forward pass at inference (streaming only: results do not depend on it).
+DEFAULT_INFERENCE_BATCH: Final[int] = 64
+#: Smallest tile side a labelled set may use (pixels).
+MIN_TILE_PX: Final[int] = 16
+#: Tiles with a smaller share of tissue (tissue mask) are neither labelled nor scored.
+DEFAULT_MIN_TISSUE_FRACTION: Final[float] = 0.5
+#: Lesions whose major axis is shorter are dropped (µm; the Camelyon16 ITC bound).
+DEFAULT_MIN_LESION_UM: Final[float] = 200.0

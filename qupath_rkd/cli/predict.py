@@ -11,7 +11,11 @@ import click
 from qupath_rkd.cli.flags import MPP_TYPE, check_tile_mpp, deprecated_alias
 from qupath_rkd.constants import (
     DEFAULT_EXTENT_RATIO,
+    DEFAULT_INFERENCE_BATCH,
+    DEFAULT_MIN_LESION_UM,
+    DEFAULT_MIN_TISSUE_FRACTION,
     DEFAULT_SLIDE_SCORE,
+    DEFAULT_SLIDE_TTA_VIEWS,
     DEFAULT_SMOOTH_SIGMA_UM,
     DEFAULT_TARGET_FP_PER_SLIDE,
     SLIDE_SCORE_RULES,
@@ -127,7 +131,7 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
 @click.option(
     "--tta-views",
     type=click.Choice(("1", "2", "4", "8")),
-    default="1",
+    default=str(DEFAULT_SLIDE_TTA_VIEWS),
     show_default=True,
     help="Dihedral views (rotations, mirror) a head model averages per tile; 8 costs 8x the "
     "scoring time.",
@@ -135,7 +139,7 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
 @click.option(
     "--min-lesion-um",
     type=click.FloatRange(min=0),
-    default=200.0,
+    default=DEFAULT_MIN_LESION_UM,
     show_default=True,
     help="Drop lesions whose major axis is shorter (isolated tumour cells: 200 µm).",
 )
@@ -149,14 +153,14 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
 @click.option(
     "--min-tissue",
     type=click.FloatRange(0, 1),
-    default=0.5,
+    default=DEFAULT_MIN_TISSUE_FRACTION,
     show_default=True,
     help="Score a tile when at least this share of it is tissue.",
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=32,
+    default=DEFAULT_INFERENCE_BATCH,
     show_default=True,
     help="Tiles scored at once; lower it if memory runs out.",
 )

@@ -9,15 +9,17 @@ from pathlib import Path
 import click
 
 from qupath_rkd.cli.flags import MPP_TYPE, deprecated_alias
-from qupath_rkd.errors import DataError
-
-TEACHER_NAMES = (
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-    "resnet18",
-    "wide_resnet50_2",
+from qupath_rkd.constants import (
+    DEFAULT_EPOCHS,
+    DEFAULT_PATCH_TTA_VIEWS,
+    DEFAULT_RD_LR,
+    DEFAULT_SCORER,
+    DEFAULT_TEACHER,
+    DEFAULT_TRAIN_BATCH,
+    SCORERS,
+    TEACHER_NAMES,
 )
+from qupath_rkd.errors import DataError
 
 
 def _default_workers() -> int:
@@ -63,7 +65,7 @@ def _default_workers() -> int:
 @click.option(
     "--teacher",
     type=click.Choice(TEACHER_NAMES),
-    default="efficientnet_lite0",
+    default=DEFAULT_TEACHER,
     show_default=True,
     help="Frozen pretrained teacher.",
 )
@@ -81,14 +83,14 @@ def _default_workers() -> int:
 @click.option(
     "--epochs",
     type=click.IntRange(1),
-    default=10,
+    default=DEFAULT_EPOCHS,
     show_default=True,
     help="Passes over the training patches.",
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(2),
-    default=32,
+    default=DEFAULT_TRAIN_BATCH,
     show_default=True,
     help="Patches per training step (at least 2, for BatchNorm); lower it if memory runs out.",
 )
@@ -115,7 +117,7 @@ def _default_workers() -> int:
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=1e-3,
+    default=DEFAULT_RD_LR,
     show_default=True,
     help="Adam learning rate.",
 )
@@ -162,8 +164,8 @@ def _default_workers() -> int:
 )
 @click.option(
     "--scorer",
-    type=click.Choice(("head", "rd")),
-    default="head",
+    type=click.Choice(SCORERS),
+    default=DEFAULT_SCORER,
     show_default=True,
     help="head: a supervised linear head on the frozen teacher's multi-scale features (best "
     "measured, docs/benchmarks.md); rd: the paper's reverse distillation (also what a run "
@@ -173,7 +175,7 @@ def _default_workers() -> int:
 @click.option(
     "--tta-views",
     type=click.Choice(("1", "2", "4", "8")),
-    default="8",
+    default=str(DEFAULT_PATCH_TTA_VIEWS),
     show_default=True,
     help="Dihedral views (rotations, mirror) averaged when the head scores a patch.",
 )
@@ -245,6 +247,7 @@ def train_patches(
         teacher=teacher,
         teacher_weights=str(teacher_weights) if teacher_weights else None,
         input_px=input_px,
+        tile_px=train_set.tile_px(),
         epochs=epochs,
         batch_size=batch_size,
         mpp=mpp,

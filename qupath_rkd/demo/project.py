@@ -435,10 +435,7 @@ DEMO_MARKER = "demo.json"
 #: The demo's settings, written to the project's config.toml so that a later
 #: ``qupath-rkd sync DIR/project`` uses the same ones (and finds nothing to redo).
 DEMO_SETTINGS: dict[str, Any] = {
-    "training.teacher": "efficientnet_lite0",
-    "training.input_px": 96,
     "training.steps": 100,
-    "training.batch_size": 32,
     "sync.backend": "geojson",
 }
 

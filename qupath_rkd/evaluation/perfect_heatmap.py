@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from qupath_rkd.constants import DEFAULT_MIN_TISSUE_FRACTION
 from qupath_rkd.evaluation.camelyon16 import rasterize
 from qupath_rkd.heatmap import Heatmap
 
@@ -68,7 +69,7 @@ def perfect_heatmap(
     stride_level0_px: float,
     tissue: Any | None = None,
     exclude: Sequence[Any] = (),
-    min_tissue_fraction: float = 0.5,
+    min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION,
     raster_ds: float = 4.0,
 ) -> Heatmap:
     """The heatmap a flawless model would give: tumour share of each tile.

@@ -28,6 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qupath_rkd.constants import (
+    DEFAULT_INFERENCE_BATCH,
+    DEFAULT_MIN_LESION_UM,
+    DEFAULT_MIN_TISSUE_FRACTION,
+    DEFAULT_SLIDE_TTA_VIEWS,
+)
 from qupath_rkd.errors import ModelError, QupathRkdError, ResolutionError, UnknownResolutionError
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.lesions import Lesion
@@ -76,7 +82,8 @@ class InferenceConfig:
 
     Attributes:
         mpp: µm/px at which tiles are read; ``None`` = the model's training µm/px.
-        tile_px: tile side in pixels at ``mpp``; ``None`` = the model's input size.
+        tile_px: tile side in pixels at ``mpp``; ``None`` = the model's training tile side
+            (:attr:`TrainedModel.tile_px`; resized to its input size).
         stride_px: grid step in pixels at ``mpp``; ``None`` = ``tile_px`` (no overlap). FW-RD's
             dense grid is 64 px at level 0 (0.243 µm/px): ``stride_px=16`` at 0.972 µm/px.
         min_tissue_fraction: a tile is scored when at least this share of it is tissue.
@@ -104,16 +111,16 @@ class InferenceConfig:
     mpp: float | None = None
     tile_px: int | None = None
     stride_px: int | None = None
-    min_tissue_fraction: float = 0.5
+    min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION
     threshold: float | None = None
     slide_score: str = DEFAULT_SLIDE_SCORE
-    min_lesion_um: float = 200.0
+    min_lesion_um: float = DEFAULT_MIN_LESION_UM
     smooth_sigma_um: float = DEFAULT_SMOOTH_SIGMA_UM
     extent_ratio: float = DEFAULT_EXTENT_RATIO
     simplify_um: float | None = None
     slide_mpp: float | None = None
-    tta_views: int = 1
-    batch_size: int = 32
+    tta_views: int = DEFAULT_SLIDE_TTA_VIEWS
+    batch_size: int = DEFAULT_INFERENCE_BATCH
     num_workers: int | None = None
 
     def __post_init__(self) -> None:
@@ -141,7 +148,7 @@ class InferenceConfig:
                 f"model {model.model_id[:12]} records no µm/px and none was given",
                 hint="pass --tile-mpp with the µm/px of the patches the model was trained on",
             )
-        tile_px = self.tile_px if self.tile_px is not None else int(model.input_px)
+        tile_px = self.tile_px if self.tile_px is not None else int(model.tile_px)
         threshold = self.threshold if self.threshold is not None else float(model.threshold)
         workers = self.num_workers if self.num_workers is not None else default_num_workers()
         return dataclasses.replace(

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final
 
-from qupath_rkd.constants import PCAM_MPP, PCAM_PATCH_PX
+from qupath_rkd.constants import DEFAULT_MIN_TISSUE_FRACTION, MIN_TILE_PX, PCAM_MPP, PCAM_PATCH_PX
 from qupath_rkd.errors import ConfigError
 
 __all__ = [
@@ -142,7 +142,7 @@ class LabelConfig:
     normal_max_tumor_overlap: float = 0.0
     normal_min_overlap: float = 0.5
     ignore_max_overlap: float = 0.0
-    min_tissue_fraction: float = 0.5
+    min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION
     max_tiles_per_class: int | None = 2000
     seed: int = 0
 
@@ -166,8 +166,10 @@ class LabelConfig:
                 f"normal_max_tumor_overlap ({self.normal_max_tumor_overlap})",
                 hint="otherwise a tile could be both tumour and normal",
             )
-        if not isinstance(self.tile_px, int) or self.tile_px < 8:
-            raise ConfigError(f"[labels] tile_px = {self.tile_px!r} must be an integer ≥ 8")
+        if not isinstance(self.tile_px, int) or self.tile_px < MIN_TILE_PX:
+            raise ConfigError(
+                f"[labels] tile_px = {self.tile_px!r} must be an integer ≥ {MIN_TILE_PX}"
+            )
         if self.stride_px is not None and (
             not isinstance(self.stride_px, int) or self.stride_px < 1
         ):

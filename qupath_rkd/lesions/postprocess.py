@@ -24,7 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from qupath_rkd.constants import DEFAULT_EXTENT_RATIO, DEFAULT_SMOOTH_SIGMA_UM
+from qupath_rkd.constants import (
+    DEFAULT_EXTENT_RATIO,
+    DEFAULT_MIN_LESION_UM,
+    DEFAULT_SMOOTH_SIGMA_UM,
+)
 from qupath_rkd.heatmap import Heatmap
 
 __all__ = [
@@ -51,7 +55,7 @@ class PostProcessing:
 
     smooth_sigma_um: float = DEFAULT_SMOOTH_SIGMA_UM
     extent_ratio: float = DEFAULT_EXTENT_RATIO
-    min_lesion_um: float = 200.0
+    min_lesion_um: float = DEFAULT_MIN_LESION_UM
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.smooth_sigma_um) and self.smooth_sigma_um >= 0):

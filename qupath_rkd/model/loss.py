@@ -23,11 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
+from qupath_rkd.constants import DEFAULT_ALPHA, DEFAULT_GAMMA, LABEL_NORMAL, LABEL_TUMOR
 from qupath_rkd.errors import ModelError
 
-DEFAULT_ALPHA = 0.1
-DEFAULT_GAMMA = 2.0
 DEFAULT_EPS = 1e-6
 
 

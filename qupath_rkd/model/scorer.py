@@ -101,9 +101,10 @@ class TrainedModel:
 
     Attributes:
         teacher: teacher name. input_px: network input side. mpp: µm/px of the training patches
-        (None when unknown). model_id: sha256 of the checkpoint file. config: the training
-        config as a dict. device: where it runs. threshold: default probability threshold.
-        calibration: the fitted :class:`Calibration`. info: the rest of the checkpoint's metadata.
+        (None when unknown). tile_px: their side in pixels at ``mpp`` (resized to ``input_px``).
+        model_id: sha256 of the checkpoint file. config: the training config as a dict.
+        device: where it runs. threshold: default probability threshold. calibration: the
+        fitted :class:`Calibration`. info: the rest of the checkpoint's metadata.
     """
 
     def __init__(
@@ -128,8 +129,11 @@ class TrainedModel:
         else:
             self.input_px = TRUNKS[config.teacher]
         self.mpp: float | None = config.mpp
-        self.model_id = model_id
         self.config: dict[str, Any] = config.to_dict()
+        #: side in pixels at ``mpp`` of a training tile (resized to ``input_px``): slides are
+        #: read with the same field of view. Checkpoints before it record none: ``input_px``.
+        self.tile_px: int = int(self.config.get("tile_px") or self.input_px)
+        self.model_id = model_id
         self.device = device
         self.threshold = float(threshold)
         self.calibration = calibration

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qupath_rkd.constants import DEFAULT_MIN_TISSUE_FRACTION
 from qupath_rkd.slides.reader import Slide
 from qupath_rkd.slides.tissue import TissueMask, tissue_mask
 
@@ -77,7 +78,7 @@ def tile_grid(
     mpp: float,
     *,
     stride_px: int | None = None,
-    min_tissue_fraction: float = 0.5,
+    min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION,
     mask: TissueMask | None = None,
     region: BaseGeometry | None = None,
 ) -> TileGrid:

@@ -33,14 +33,28 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from qupath_rkd.constants import (
+    DEFAULT_ALPHA,
     DEFAULT_EXTENT_RATIO,
+    DEFAULT_GAMMA,
+    DEFAULT_INFERENCE_BATCH,
+    DEFAULT_MIN_LESION_UM,
+    DEFAULT_MIN_TISSUE_FRACTION,
+    DEFAULT_SCORER,
     DEFAULT_SLIDE_SCORE,
+    DEFAULT_SLIDE_TTA_VIEWS,
     DEFAULT_SMOOTH_SIGMA_UM,
+    DEFAULT_SYNC_RD_LR,
+    DEFAULT_SYNC_RD_STEPS,
     DEFAULT_TARGET_FP_PER_SLIDE,
+    DEFAULT_TEACHER,
+    DEFAULT_TRAIN_BATCH,
+    MIN_TILE_PX,
     PCAM_MPP,
     PCAM_PATCH_PX,
     PROJECT_SUBDIR,
+    SCORERS,
     SLIDE_SCORE_RULES,
+    TEACHER_NAMES,
 )
 from qupath_rkd.errors import ConfigError
 from qupath_rkd.io_utils import atomic_write_text
@@ -84,7 +98,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
     },
     "labels": {
-        "tile_px": Key(PCAM_PATCH_PX, "int", "side of a training tile in pixels", minimum=16),
+        "tile_px": Key(
+            PCAM_PATCH_PX, "int", "side of a training tile in pixels", minimum=MIN_TILE_PX
+        ),
         "mpp": Key(PCAM_MPP, "float", "µm/px at which tiles are read", minimum=0.05),
         "tumor_min_overlap": Key(
             0.5,
@@ -116,7 +132,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "stride_px": Key("auto", "int|auto", "grid step of training tiles (auto: tile_px)"),
         "min_tissue_fraction": Key(
-            0.5, "float", "tiles with less tissue are not used", minimum=0.0, maximum=1.0
+            DEFAULT_MIN_TISSUE_FRACTION,
+            "float",
+            "tiles with less tissue are not used",
+            minimum=0.0,
+            maximum=1.0,
         ),
         "max_tiles_per_class": Key(
             2000, "int", "at most this many tiles of each class (seeded sample)", minimum=1
@@ -125,33 +145,35 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "training": {
         "scorer": Key(
-            "head",
+            DEFAULT_SCORER,
             "choice",
             "head: supervised linear head on the teacher's features (measured best); rd: the "
             "paper's reverse distillation",
-            choices=("head", "rd"),
+            choices=SCORERS,
         ),
         "teacher": Key(
-            "efficientnet_lite0",
+            DEFAULT_TEACHER,
             "choice",
             "frozen ImageNet teacher (lite1/lite2: head only)",
-            choices=(
-                "efficientnet_lite0",
-                "efficientnet_lite1",
-                "efficientnet_lite2",
-                "resnet18",
-                "wide_resnet50_2",
-            ),
+            choices=TEACHER_NAMES,
         ),
         "teacher_weights": Key(
             "", "str", "local file of teacher weights (torchvision teachers, offline use)"
         ),
-        "input_px": Key(96, "int", "side of the teacher's input in pixels", minimum=32),
-        "steps": Key(300, "int", "rd: optimiser steps", minimum=1),
-        "batch_size": Key(32, "int", "tiles per step", minimum=1),
-        "lr": Key(3e-3, "float", "Adam learning rate", minimum=0.0),
-        "alpha": Key(0.1, "float", "focal-loss weight of normal tiles", minimum=0.0, maximum=1.0),
-        "gamma": Key(2.0, "float", "focal-loss focusing parameter", minimum=0.0),
+        "input_px": Key(
+            "auto",
+            "int|auto",
+            "side of the teacher's input in pixels; tiles are resized to it (auto: the "
+            "teacher's own, 96 for efficientnet_lite0)",
+            minimum=32,
+        ),
+        "steps": Key(DEFAULT_SYNC_RD_STEPS, "int", "rd: optimiser steps", minimum=1),
+        "batch_size": Key(DEFAULT_TRAIN_BATCH, "int", "tiles per step", minimum=1),
+        "lr": Key(DEFAULT_SYNC_RD_LR, "float", "rd: Adam learning rate", minimum=0.0),
+        "alpha": Key(
+            DEFAULT_ALPHA, "float", "focal-loss weight of normal tiles", minimum=0.0, maximum=1.0
+        ),
+        "gamma": Key(DEFAULT_GAMMA, "float", "focal-loss focusing parameter", minimum=0.0),
         "balance_batches": Key(
             True, "bool", "half tumour, half normal tiles in every batch (when both exist)"
         ),
@@ -167,14 +189,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "inference": {
         "tta_views": Key(
-            1,
+            DEFAULT_SLIDE_TTA_VIEWS,
             "int",
             "dihedral views a head model averages per tile (1, 2, 4, 8; 8 costs 8x the time)",
             minimum=1,
             maximum=8,
         ),
         "stride_px": Key("auto", "int|auto", "tile stride in pixels (auto: the tile size)"),
-        "batch_size": Key(64, "int", "tiles per forward pass", minimum=1),
+        "batch_size": Key(DEFAULT_INFERENCE_BATCH, "int", "tiles per forward pass", minimum=1),
         "threshold": Key(
             "auto",
             "float|auto",
@@ -184,7 +206,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
             maximum=1.0,
         ),
         "min_lesion_um": Key(
-            200.0, "float", "lesions with a shorter major axis are dropped (µm)", minimum=0.0
+            DEFAULT_MIN_LESION_UM,
+            "float",
+            "lesions with a shorter major axis are dropped (µm)",
+            minimum=0.0,
         ),
         "smooth_um": Key(
             DEFAULT_SMOOTH_SIGMA_UM,

@@ -345,6 +345,7 @@ def _sync_locked(
             from qupath_rkd.model.scorer import load_model
 
             model = load_model(model_path, device=config.get("sync.device"))
+            check_model_scale(config, model, model_path)
             if outcome.operating_point is None:
                 op, negative_preds = _operating_point(
                     entries, annotation_sets, sources, model, config, outcome, echo
@@ -785,8 +786,9 @@ def _train_config(config: SyncConfig, n_train: int) -> Any:
         scorer=t["scorer"],
         teacher=t["teacher"],
         teacher_weights=t["teacher_weights"] or None,
-        input_px=int(t["input_px"]),
+        input_px=None if t["input_px"] == "auto" else int(t["input_px"]),
         mpp=float(config.get("labels.mpp")),
+        tile_px=int(config.get("labels.tile_px")),
         epochs=epochs,
         max_steps_per_epoch=per_epoch,
         validate_every_steps=max(1, math.ceil(steps / 4)),  # about four validations
@@ -945,9 +947,27 @@ def _train(
     return result
 
 
+def check_model_scale(config: SyncConfig, model: Any, model_path: Path) -> None:
+    """Refuse a model whose training tiles (recorded in its checkpoint) are not the tiles
+    ``labels.tile_px`` at ``labels.mpp`` describe: inference reads the checkpoint's, so a
+    disagreement means the model was trained for other settings (one-line :class:`ConfigError`).
+    """
+    from qupath_rkd.errors import ConfigError
+
+    mpp, tile_px = float(config.get("labels.mpp")), int(config.get("labels.tile_px"))
+    if model.mpp is None or abs(float(model.mpp) - mpp) > 1e-6 * mpp or model.tile_px != tile_px:
+        raise ConfigError(
+            f"{model_path} was trained on {model.tile_px} px tiles at {model.mpp} µm/px, but "
+            f"labels.tile_px/labels.mpp say {tile_px} px at {mpp} µm/px",
+            hint="delete that model file so sync trains a new one, or set labels.tile_px and "
+            "labels.mpp back",
+        )
+
+
 def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
-    """The :class:`~qupath_rkd.inference.InferenceConfig` of sync's settings: tiles read as
-    they were labelled for training (``labels.tile_px`` at ``labels.mpp``)."""
+    """The :class:`~qupath_rkd.inference.InferenceConfig` of sync's settings. Tile size and
+    µm/px are left to the model (``None``: what its checkpoint records, the training tiles;
+    :func:`check_model_scale` holds them equal to ``labels.tile_px`` at ``labels.mpp``)."""
     from qupath_rkd.inference.predict import InferenceConfig
 
     inf = config.section("inference")
@@ -959,8 +979,8 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
             hint="fix it in qupath-rkd/config.toml or --set inference.tta_views=1",
         )
     return InferenceConfig(
-        mpp=float(config.get("labels.mpp")),
-        tile_px=int(config.get("labels.tile_px")),
+        mpp=None,
+        tile_px=None,
         stride_px=None if inf["stride_px"] == "auto" else int(inf["stride_px"]),
         min_tissue_fraction=float(config.get("labels.min_tissue_fraction")),
         threshold=None if inf["threshold"] == "auto" else float(inf["threshold"]),

@@ -6,15 +6,24 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from qupath_rkd.constants import (
+    DEFAULT_ALPHA,
+    DEFAULT_EPOCHS,
+    DEFAULT_GAMMA,
+    DEFAULT_PATCH_TTA_VIEWS,
+    DEFAULT_RD_LR,
+    DEFAULT_SCORER,
+    DEFAULT_TEACHER,
+    DEFAULT_TRAIN_BATCH,
+    SCORERS,
+)
 from qupath_rkd.errors import ConfigError
 from qupath_rkd.features.trunk import TRUNKS
 from qupath_rkd.model.anomaly_map import REDUCTIONS
 from qupath_rkd.model.bottleneck import SHORTCUTS
-from qupath_rkd.model.loss import DEFAULT_ALPHA, DEFAULT_GAMMA
 from qupath_rkd.model.teachers import teacher_spec
 
 SELECT_BY = ("auto", "auroc", "loss")
-SCORERS = ("head", "rd")
 CALIBRATIONS = ("auto", "logistic", "normal-tail")
 
 
@@ -47,6 +56,9 @@ class TrainConfig:
         shortcut: first OCBE block's shortcut, ``conv3x3`` (FW-RD) or ``conv1x1`` (RD4AD).
         input_px: network input side (multiple of 32); None = the teacher's default.
         mpp: µm/px of the training patches (recorded so slides are read at the same scale).
+        tile_px: side in pixels (at ``mpp``) of the training patches, each resized to
+            ``input_px``; recorded so slides are read with the same field of view
+            (``tile_px * mpp`` µm). None = ``input_px`` (patches at the network's input size).
         epochs, batch_size, lr, betas, weight_decay: optimisation (Adam).
         alpha, gamma: focal-loss weight of normal samples and focal exponent.
         balance_batches: half tumour, half normal in every batch when the training set has
@@ -72,19 +84,20 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
     """
 
-    scorer: str = "head"
-    tta_views: int = 8
-    rare_views: int = 8
+    scorer: str = DEFAULT_SCORER
+    tta_views: int = DEFAULT_PATCH_TTA_VIEWS
+    rare_views: int = DEFAULT_PATCH_TTA_VIEWS
     cv_folds: int = 5
-    teacher: str = "efficientnet_lite0"
+    teacher: str = DEFAULT_TEACHER
     teacher_weights: str | None = None
     teacher_random_weights_for_tests: bool = False
     shortcut: str = "conv3x3"
     input_px: int | None = None
     mpp: float | None = None
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
+    tile_px: int | None = None
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_TRAIN_BATCH
+    lr: float = DEFAULT_RD_LR
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
     alpha: float = DEFAULT_ALPHA

@@ -124,6 +124,19 @@ class PatchFolderDataset(Dataset):
             logger.debug("%s", exc)
             return EMPTY_IMAGE, label
 
+    def tile_px(self) -> int | None:
+        """Side in pixels of the first readable patch (square patches assumed: PCam's 96), or
+        None when there is none; recorded in the checkpoint as the training field of view."""
+        from PIL import Image
+
+        for path in self.paths[:16]:
+            try:
+                with Image.open(path) as im:
+                    return int(max(im.size))
+            except OSError:
+                continue
+        return None
+
     def fingerprint(self) -> str:
         """sha256 over (label, file name, content) of every patch, in order."""
         h = hashlib.sha256()

@@ -17,7 +17,9 @@ MODEL_MPP = 1.944
 INPUT_PX = 32
 
 
-def make_checkpoint(path: Path, *, mpp: float | None = MODEL_MPP, nan: bool = False) -> Path:
+def make_checkpoint(
+    path: Path, *, mpp: float | None = MODEL_MPP, nan: bool = False, tile_px: int | None = None
+) -> Path:
     import torch
 
     from qupath_rkd.model.calibration import Calibration
@@ -31,6 +33,7 @@ def make_checkpoint(path: Path, *, mpp: float | None = MODEL_MPP, nan: bool = Fa
         input_px=INPUT_PX,
         teacher_random_weights_for_tests=True,
         mpp=mpp,
+        tile_px=tile_px,
     ).resolved()
     torch.manual_seed(0)
     net = build_network(cfg).eval()

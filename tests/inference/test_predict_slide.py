@@ -167,3 +167,18 @@ def test_resolution_refusals(semireal, tmp_path) -> None:
     with pytest.raises(ResolutionError, match=r"upsampled 4\.00×") as info:
         predict_slide(semireal.path, unknown, mpp=0.243, num_workers=0)
     assert unknown.model_id[:12] in str(info.value)
+
+
+def test_slides_are_read_with_the_training_field_of_view(semireal, tmp_path) -> None:
+    """Regression (issue 12, Deliver 2): a model trained on 64 px tiles resized to its 32 px
+    input reads 64 px tiles at its µm/px (the checkpoint's tile_px), not 32 px ones: the
+    field of view of training (64 × 1.944 µm), whatever the network's input size."""
+    from qupath_rkd.model.scorer import load_model
+
+    model = load_model(make_checkpoint(tmp_path / "wide.pt", tile_px=2 * INPUT_PX), device="cpu")
+    assert (model.tile_px, model.input_px) == (2 * INPUT_PX, INPUT_PX)
+    cfg = InferenceConfig(num_workers=0, batch_size=16).resolved(model)
+    assert (cfg.tile_px, cfg.mpp) == (2 * INPUT_PX, pytest.approx(MODEL_MPP))
+    pred = predict_slide(semireal.path, model, config=cfg)
+    tile_um = 2 * INPUT_PX * MODEL_MPP
+    assert pred.heatmap.tile_level0_px == pytest.approx(tile_um / semireal.mpp, rel=1e-3)

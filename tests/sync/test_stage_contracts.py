@@ -13,14 +13,14 @@ from qupath_rkd.sync.config import load_config
 
 #: TrainConfig fields that sync's defaults set to something else on purpose.
 TRAIN_DELIBERATE = {
-    "input_px": "sync reads tiles at labels.tile_px (96) for every teacher; TrainConfig's None "
-    "means the teacher's own default (issue 12 Deliver 2: read it from the checkpoint)",
+    "tile_px": "sync's tiles are labels.tile_px; TrainConfig's None means the network's input "
+    "size (train-patches records the patches' own side)",
     "mpp": "sync trains at labels.mpp; TrainConfig's None means the patches' own µm/px",
     "epochs": "derived from training.steps and the number of labelled tiles",
     "max_steps_per_epoch": "derived from training.steps",
     "validate_every_steps": "about four validations over training.steps",
-    "lr": "sync's short schedule (300 steps) uses 3e-3; train-patches' 10 epochs use 1e-3 "
-    "(issue 12 lists this; left for whoever unifies the schedules)",
+    "lr": "DEFAULT_SYNC_RD_LR vs DEFAULT_RD_LR (qupath_rkd/constants.py says why: 300 steps "
+    "vs 10 epochs)",
 }
 
 
@@ -39,7 +39,7 @@ def test_train_config_from_sync_defaults_equals_train_config_defaults() -> None:
 
 #: predict option -> InferenceConfig field (same quantity).
 PREDICT_TO_INFERENCE = {
-    "mpp": "mpp",
+    "tile_mpp": "mpp",
     "slide_mpp": "slide_mpp",
     "tile_px": "tile_px",
     "stride_px": "stride_px",
@@ -65,14 +65,9 @@ PREDICT_TO_SYNC = {
     "tta_views": "inference.tta_views",
     "min_lesion_um": "inference.min_lesion_um",
     "target_fp_per_slide": "inference.target_fp_per_slide",
+    "batch_size": "inference.batch_size",
     "min_tissue": "labels.min_tissue_fraction",
     "device": "sync.device",
-}
-
-#: Sync settings that differ from predict's on purpose.
-SYNC_DELIBERATE = {
-    "inference.batch_size": "sync 64 vs predict/InferenceConfig 32: left as it is (changing "
-    "either changes memory use); listed in issue 12's report",
 }
 
 
@@ -111,5 +106,70 @@ def test_predict_options_default_to_inference_config_and_sync() -> None:
         if value != cli[opt]:
             differ[key] = (value, cli[opt])
     assert not differ, f"sync's defaults vs predict --help: {differ}"
-    listed = {k: config.get(k) for k in SYNC_DELIBERATE}
-    assert listed["inference.batch_size"] != own["batch_size"], "now equal: drop from the list"
+
+
+#: train-patches option -> TrainConfig field (same quantity).
+TRAIN_PATCHES_TO_TRAIN_CONFIG = {
+    "teacher": "teacher",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "device": "device",
+    "lr": "lr",
+    "balance": "balance_batches",
+    "augment": "augment",
+    "shortcut": "shortcut",
+    "score_reduction": "score_reduction",
+    "scorer": "scorer",
+    "tta_views": "tta_views",
+    "input_px": "input_px",
+}
+
+
+def test_train_patches_help_defaults_equal_train_config() -> None:
+    from qupath_rkd.cli.train_patches import train_patches
+    from qupath_rkd.training.config import TrainConfig
+
+    params = {p.name: p for p in train_patches.params if isinstance(p, click.Option)}
+    own = asdict(TrainConfig())
+    differ = {}
+    for opt, field in TRAIN_PATCHES_TO_TRAIN_CONFIG.items():
+        default = params[opt].default
+        default = None if default is None or not isinstance(default, (str, int, float)) else default
+        default = int(default) if opt == "tta_views" else default
+        if default != own[field]:
+            differ[opt] = (default, own[field])
+    assert not differ, f"train-patches --help vs TrainConfig: {differ}"
+
+
+def test_sync_schema_choices_are_the_stage_lists() -> None:
+    from qupath_rkd.features.trunk import TRUNKS
+    from qupath_rkd.model.teachers import TEACHERS
+    from qupath_rkd.sync.config import SCHEMA
+    from qupath_rkd.training.config import TrainConfig
+
+    teachers = SCHEMA["training"]["teacher"].choices
+    assert set(teachers) == set(TRUNKS) | set(TEACHERS), "a teacher list drifted"
+    assert SCHEMA["training"]["teacher"].default == TrainConfig().teacher
+    assert SCHEMA["training"]["scorer"].default == TrainConfig().scorer
+
+
+def test_sync_refuses_a_model_trained_for_other_tiles(tmp_path) -> None:
+    """Issue 12, Deliver 2: sync's inference reads the checkpoint's tiles; a model whose
+    recorded tiles disagree with labels.tile_px / labels.mpp is refused in one line."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from qupath_rkd.errors import ConfigError
+    from qupath_rkd.sync.runner import check_model_scale, inference_config
+
+    config = load_config(None)
+    mpp, tile_px = config.get("labels.mpp"), config.get("labels.tile_px")
+    check_model_scale(config, SimpleNamespace(mpp=mpp, tile_px=tile_px), tmp_path / "m.pt")
+    for wrong in ({"mpp": mpp * 2, "tile_px": tile_px}, {"mpp": mpp, "tile_px": tile_px * 2}):
+        with pytest.raises(ConfigError, match=r"labels\.tile_px") as err:
+            check_model_scale(config, SimpleNamespace(**wrong), tmp_path / "m.pt")
+        assert "\n" not in err.value.one_line()
+    inf = inference_config(config, None)
+    assert inf.mpp is None and inf.tile_px is None, "sync must read tiles from the checkpoint"
