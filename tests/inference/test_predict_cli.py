@@ -193,12 +193,9 @@ def test_a_slide_breaking_mid_way_fails_alone(tmp_path, semireal, blank_slide, m
     victim = tmp_path / "victim.tif"
     shutil.copy(semireal.path, victim)
 
-    def progress_factory(name: str):
-        def update(done: int, total: int) -> None:
-            if name == victim.name and done >= 8:
-                os.truncate(victim, 50_000)
-
-        return update
+    def progress(event) -> None:
+        if event.task == f"tiles {victim.name}" and event.done >= 8:
+            os.truncate(victim, 50_000)
 
     cfg = InferenceConfig(num_workers=2, batch_size=8)
     runs = predict_slides(
@@ -206,7 +203,7 @@ def test_a_slide_breaking_mid_way_fails_alone(tmp_path, semireal, blank_slide, m
         model,
         tmp_path / "out",
         config=cfg,
-        progress_factory=progress_factory,
+        progress=progress,
     )
     assert [r.status for r in runs] == ["failed", "ok"]
     assert "victim.tif: reading the tile at" in runs[0].error
