@@ -64,12 +64,12 @@ def test_the_renderer_imports_no_tqdm_until_a_bar_is_drawn() -> None:
 
 def test_a_task_sends_increasing_counts_and_finishes_once_even_on_error() -> None:
     events: list[ProgressEvent] = []
-    with pytest.raises(RuntimeError):
-        with ProgressTask(events.append, "features", 10, "patch", initial=2) as task:
-            task.advance(3, loss=0.5)
-            task.update(4)  # never goes back
-            task.update(9, auroc=0.8)
-            raise RuntimeError("boom")
+    task = ProgressTask(events.append, "features", 10, "patch", initial=2)
+    with pytest.raises(RuntimeError), task:
+        task.advance(3, loss=0.5)
+        task.update(4)  # never goes back
+        task.update(9, auroc=0.8)
+        raise RuntimeError("boom")
     assert [e.done for e in events] == [2, 5, 5, 9, 9]
     assert [e.finished for e in events] == [False] * 4 + [True]
     assert dict(events[-1].info) == {"loss": 0.5, "auroc": 0.8}  # the latest of each key
