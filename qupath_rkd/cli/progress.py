@@ -112,6 +112,9 @@ class ProgressRenderer:
                 dynamic_ncols=True,
             )
             self._bars[event.task] = bar
+            if event.info:
+                bar.set_postfix_str(format_info(event.info))
+            return
         if event.finished:
             bar.close()
             del self._bars[event.task]
