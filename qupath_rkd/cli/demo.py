@@ -41,20 +41,15 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
     if device is not None:
         values["sync.device"] = device
     started = time.perf_counter()
-    progress = None
-    if sys.stderr.isatty():
+    from qupath_rkd.cli.progress import ProgressRenderer
 
-        def progress(stage: str, done: int, total: int) -> None:
-            end = "\n" if done >= total else ""
-            click.echo(f"\r{stage}: {done}/{total}\033[K{end}", err=True, nl=False)
-
-    result = run_demo(
-        directory,
-        overrides=values,
-        progress=progress,
-        echo=lambda line: click.echo(line, err=True),
-        steps=(lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else None,
-    )
+    with ProgressRenderer() as progress:
+        result = run_demo(
+            directory,
+            overrides=values,
+            progress=progress,
+            echo=lambda line: progress.echo(line, err=True),
+        )
     outcome = result.outcome
     from qupath_rkd.demo.pictures import write_demo_pictures
     from qupath_rkd.demo.project import demo_froc

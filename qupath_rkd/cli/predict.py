@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -231,28 +229,14 @@ def predict(
         batch_size=batch_size,
         num_workers=workers,
     )
-    show_bars = sys.stderr.isatty()
-    bars: list[Any] = []
+    from qupath_rkd.cli.progress import ProgressRenderer
 
-    def progress_factory(name: str):  # type: ignore[no-untyped-def]
-        from tqdm import tqdm
-
-        bar = tqdm(desc=name, unit="tile", disable=not show_bars, leave=False)
-        bars.append(bar)
-
-        def update(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        return update
+    renderer = ProgressRenderer()
 
     def report(run: SlideRun) -> None:
-        while bars:
-            bars.pop().close()
         if run.status == "failed":
             error = (run.error or "").removeprefix(f"{run.slide_path}: ")  # named once
-            click.echo(f"FAILED   {run.slide_path}: {error}", err=True)
+            renderer.echo(f"FAILED   {run.slide_path}: {error}", err=True)
             return
         verb = "skipped " if run.status == "skipped" else "done    "
         score = "-" if run.slide_score is None else f"{run.slide_score:.3f}"
@@ -263,19 +247,20 @@ def predict(
             line += f", {run.seconds:.1f} s"
         if run.note:
             line += f" — note: {run.note}"
-        click.echo(line)
+        renderer.echo(line)
 
-    runs = predict_slides(
-        paths,
-        trained,
-        out_dir,
-        config=config,
-        overwrite=overwrite,
-        progress_factory=progress_factory,
-        on_slide_done=report,
-        tumor_free=_expand(tumor_free) if tumor_free else (),
-        target_fp_per_slide=target_fp_per_slide,
-    )
+    with renderer:
+        runs = predict_slides(
+            paths,
+            trained,
+            out_dir,
+            config=config,
+            overwrite=overwrite,
+            progress=renderer,
+            on_slide_done=report,
+            tumor_free=_expand(tumor_free) if tumor_free else (),
+            target_fp_per_slide=target_fp_per_slide,
+        )
     failed = [r for r in runs if r.status == "failed"]
     _echo_operating_point(out_dir)
     click.echo(

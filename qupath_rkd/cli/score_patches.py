@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 
 import click
@@ -50,22 +49,12 @@ def score_patches(
     if not out.parent.is_dir():
         raise click.UsageError(f"the folder of --out {out} does not exist")
     trained = load_model(model, device=device)
-    bar = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
+    from qupath_rkd.cli.progress import ProgressRenderer
 
-        bar = tqdm(desc="scoring", unit="patch", leave=False)
-    try:
+    with ProgressRenderer() as progress:
         result = score_folders(
-            trained,
-            dirs,
-            batch_size=batch_size,
-            num_workers=workers,
-            on_batch=bar.update if bar is not None else None,
+            trained, dirs, batch_size=batch_size, num_workers=workers, progress=progress
         )
-    finally:
-        if bar is not None:
-            bar.close()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "score", "probability"])

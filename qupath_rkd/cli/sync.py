@@ -9,18 +9,6 @@ from pathlib import Path
 import click
 
 
-def _progress_printer() -> object | None:
-    """A progress callback that redraws one line, only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return None
-
-    def progress(stage: str, done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        click.echo(f"\r{stage}: {done}/{total}\033[K{end}", err=True, nl=False)
-
-    return progress
-
-
 def _parse_slide_mpps(items: tuple[str, ...]) -> dict[str, float]:
     """``("LN-01.svs=0.25", ...)`` -> ``{"LN-01.svs": 0.25}`` (the last ``=`` splits, so an
     image name may hold ``=``)."""
@@ -110,16 +98,19 @@ def sync(
         merged = {**config.get("images.mpp"), **_parse_slide_mpps(slide_mpps)}
         values["images.mpp"] = merged
         config = load_config(project_dir if project_dir.is_dir() else None, values)
+    from qupath_rkd.cli.progress import ProgressRenderer
+
     started = time.perf_counter()
-    outcome = run_sync(
-        project,
-        config,
-        dry_run=dry_run,
-        slide_root=slide_root,
-        update_uris=update_uris,
-        progress=_progress_printer(),  # type: ignore[arg-type]
-        echo=lambda line: click.echo(line, err=True),
-    )
+    with ProgressRenderer() as progress:
+        outcome = run_sync(
+            project,
+            config,
+            dry_run=dry_run,
+            slide_root=slide_root,
+            update_uris=update_uris,
+            progress=progress,
+            echo=lambda line: progress.echo(line, err=True),
+        )
     if dry_run:
         if outcome.train_reason:
             click.echo(f"would train a model: {outcome.train_reason}")

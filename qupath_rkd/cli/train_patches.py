@@ -268,15 +268,18 @@ def train_patches(
         + f" ({teacher} teacher).",
         err=True,
     )
-    result = train(
-        train_set,
-        valid_set,
-        config,
-        out,
-        train_set.fingerprint(),
-        progress=sys.stderr.isatty(),
-        resume=resume,
-    )
+    from qupath_rkd.cli.progress import ProgressRenderer
+
+    with ProgressRenderer() as progress:
+        result = train(
+            train_set,
+            valid_set,
+            config,
+            out,
+            train_set.fingerprint(),
+            progress=progress,
+            resume=resume,
+        )
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
     if mpp is None:

@@ -50,6 +50,7 @@ from qupath_rkd.outputs import (
     MEASURE_PEAK_Y_PX,
     slide_id_for,
 )
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def build_demo_project(
     width_px: int = 3072,
     height_px: int = 2560,
     specs: Sequence[DemoSlideSpec] = DEMO_SLIDES,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> DemoProject:
     """Build the demo folder (slides, QuPath project, exported annotations, truth).
 
@@ -363,7 +364,8 @@ def build_demo_project(
         out_dir: an empty or missing folder.
         width_px, height_px: level-0 size of each slide (0.972 µm/px).
         specs: the slides to make.
-        progress: called with one line per step (the CLI prints it).
+        progress: gets task ``building the demo``: the slides built and then the QuPath
+            project, unit ``step`` (:mod:`qupath_rkd.progress`).
 
     Raises:
         ProjectError: ``out_dir`` exists and is not empty.
@@ -377,48 +379,49 @@ def build_demo_project(
             f"{root} is not empty", hint="give the demo a new folder, or delete this one"
         )
     root.mkdir(parents=True, exist_ok=True)
-    say = progress or (lambda _msg: None)
     slides: list[DemoSlide] = []
-    with tempfile.TemporaryDirectory(dir=root, prefix=".patches-") as tmp:
-        learn_pool, judge_pool = _split_patch_pools(Path(tmp))
-        for index, spec in enumerate(specs, start=1):
-            say(f"building slide {index}/{len(specs)}: {spec.name}")
-            normal_dir, tumor_dir = learn_pool if spec.role != "unlabelled" else judge_pool
-            built = build_semireal_slide(
-                root / "slides" / spec.name,
-                normal_dir=normal_dir,
-                tumor_dir=tumor_dir,
-                width_px=width_px,
-                height_px=height_px,
-                n_lesions=len(spec.lesion_diameters_um),
-                lesion_diameters_um=spec.lesion_diameters_um or (1000.0,),
-                mpp=PCAM_MPP,
-                seed=spec.seed,
-            )
-            with open_slide(built.path) as handle:
-                levels = [
-                    (float(d), int(w), int(h))
-                    for d, (w, h) in zip(
-                        handle.level_downsamples, handle.level_dimensions, strict=True
-                    )
-                ]
-            slides.append(
-                DemoSlide(
-                    entry_id=index,
-                    spec=spec,
-                    path=built.path,
-                    width_px=built.width_px,
-                    height_px=built.height_px,
-                    mpp=built.mpp,
-                    levels=levels,
-                    lesions=list(built.lesions),
+    with ProgressTask(progress, "building the demo", len(specs) + 1, "step") as task:
+        with tempfile.TemporaryDirectory(dir=root, prefix=".patches-") as tmp:
+            learn_pool, judge_pool = _split_patch_pools(Path(tmp))
+            for index, spec in enumerate(specs, start=1):
+                task.update(index - 1, now=spec.name)
+                normal_dir, tumor_dir = learn_pool if spec.role != "unlabelled" else judge_pool
+                built = build_semireal_slide(
+                    root / "slides" / spec.name,
+                    normal_dir=normal_dir,
+                    tumor_dir=tumor_dir,
+                    width_px=width_px,
+                    height_px=height_px,
+                    n_lesions=len(spec.lesion_diameters_um),
+                    lesion_diameters_um=spec.lesion_diameters_um or (1000.0,),
+                    mpp=PCAM_MPP,
+                    seed=spec.seed,
                 )
-            )
-    project_dir = root / "project"
-    say("writing the QuPath project")
-    write_qupath_project(project_dir, slides)
-    export_annotations(project_dir, slides)
-    write_truth(root, slides)
+                with open_slide(built.path) as handle:
+                    levels = [
+                        (float(d), int(w), int(h))
+                        for d, (w, h) in zip(
+                            handle.level_downsamples, handle.level_dimensions, strict=True
+                        )
+                    ]
+                slides.append(
+                    DemoSlide(
+                        entry_id=index,
+                        spec=spec,
+                        path=built.path,
+                        width_px=built.width_px,
+                        height_px=built.height_px,
+                        mpp=built.mpp,
+                        levels=levels,
+                        lesions=list(built.lesions),
+                    )
+                )
+        project_dir = root / "project"
+        task.update(len(specs), now="the QuPath project")
+        write_qupath_project(project_dir, slides)
+        export_annotations(project_dir, slides)
+        write_truth(root, slides)
+        task.update(len(specs) + 1)
     return DemoProject(root=root, project_dir=project_dir, slides=slides)
 
 
@@ -468,7 +471,7 @@ class DemoResult:
 
 
 def _build_or_leave_nothing(
-    root: Path, overrides: dict[str, Any], steps: Callable[[str], None] | None
+    root: Path, overrides: dict[str, Any], progress: ProgressCallback | None
 ) -> DemoProject:
     """Build the demo in ``root`` (missing or empty) with its config and marker; on any
     failure or Ctrl-C remove what was built, leaving ``root`` as it was (missing or empty, and
@@ -478,12 +481,12 @@ def _build_or_leave_nothing(
     existed = root.is_dir()
     if existed and any(root.iterdir()):
         # not ours to clean up: build_demo_project refuses it with the message
-        return build_demo_project(root, progress=steps)
+        return build_demo_project(root, progress=progress)
     created = root  # the topmost folder this build creates
     while not created.parent.exists():
         created = created.parent
     try:
-        demo = build_demo_project(root, progress=steps)
+        demo = build_demo_project(root, progress=progress)
         config = load_config(demo.project_dir, {**DEMO_SETTINGS, **overrides})
         write_config(demo.project_dir, config, only_non_default=True)
         _write_marker(demo)
@@ -583,9 +586,8 @@ def run_demo(
     out_dir: str | os.PathLike[str],
     *,
     overrides: dict[str, Any] | None = None,
-    progress: Any = None,
+    progress: ProgressCallback | None = None,
     echo: Callable[[str], None] | None = None,
-    steps: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Build the demo project in ``out_dir`` (or reuse the one there), run ``sync`` on it
     with the offline teacher, and score the lesions against the truth.
@@ -593,9 +595,9 @@ def run_demo(
     Args:
         out_dir: the demo folder (built when missing or empty, reused when it holds a demo).
         overrides: configuration overrides (``{"section.key": value}``).
-        progress: sync's progress callback (``(stage, done, total)``).
+        progress: gets the events of the build (:func:`build_demo_project`) and of the sync
+            (:func:`qupath_rkd.sync.runner.run_sync`), see :mod:`qupath_rkd.progress`.
         echo: one-line remarks and the labelled-set summary.
-        steps: one line per build step (the CLI passes it on a terminal only).
 
     Raises:
         ProjectError: ``out_dir`` is a non-empty folder that is not a finished demo.
@@ -613,7 +615,7 @@ def run_demo(
     if demo is None:
         # the device first: building the slides takes minutes and must not end in "no CUDA"
         resolve_device(str({**DEMO_SETTINGS, **(overrides or {})}.get("sync.device", "auto")))
-        demo = _build_or_leave_nothing(root, overrides or {}, steps)
+        demo = _build_or_leave_nothing(root, overrides or {}, progress)
     else:
         say(f"reusing the demo project in {root}")
     config = load_config(demo.project_dir, overrides or {})

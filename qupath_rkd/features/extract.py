@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,7 @@ from qupath_rkd.features.cache import FeatureCache, feature_space, state_dict_sh
 from qupath_rkd.features.trunk import LAYOUT_VERSION, FeatureTrunk
 from qupath_rkd.features.views import view_tiles
 from qupath_rkd.model.scorer import preprocess_batch
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,14 @@ def extract_features(
     cache: FeatureCache | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
-    on_batch: Callable[[int], None] | None = None,
+    progress: ProgressCallback | None = None,
+    task: str = "features",
 ) -> Features:
     """Features of every item of ``dataset`` (items ``(image (H, W, 3) uint8, label)``) in each of
     ``views``; images are resized to ``input_px`` as for training and scoring.
 
-    ``on_batch(n)`` is called after each batch with the number of items it held.
+    ``progress`` gets the events of task ``task``: ``done`` items (readable or not) of
+    ``total = len(dataset)``, unit ``patch``, after each batch.
     """
     from qupath_rkd.training.datasets import Collate, IndexedDataset
 
@@ -92,25 +95,27 @@ def extract_features(
         num_workers=num_workers,
         collate_fn=Collate(input_px),
     )
-    for batch in loader:
-        idx = batch.indices.numpy()
-        if len(batch):
-            ok[idx] = True
-            keys = [tile_key(t) for t in batch.images.numpy()] if space else []
-            for v_pos, view in enumerate(views):
-                hits = cache.get(space, keys, view, trunk.dim) if space and cache else {}
-                for j, vec in hits.items():
-                    values[idx[j], v_pos] = vec
-                todo = [j for j in range(len(batch)) if j not in hits]
-                cached += len(hits)
-                if todo:
-                    feats = trunk_features(trunk, batch.images[todo], view, device)
-                    values[idx[todo], v_pos] = feats
-                    computed += len(todo)
-                    if space and cache is not None:
-                        cache.put(space, [(keys[j], feats[k]) for k, j in enumerate(todo)], view)
-        if on_batch is not None:
-            on_batch(len(batch) + len(batch.skipped))
+    with ProgressTask(progress, task, total=n, unit="patch") as bar:
+        for batch in loader:
+            idx = batch.indices.numpy()
+            if len(batch):
+                ok[idx] = True
+                keys = [tile_key(t) for t in batch.images.numpy()] if space else []
+                for v_pos, view in enumerate(views):
+                    hits = cache.get(space, keys, view, trunk.dim) if space and cache else {}
+                    for j, vec in hits.items():
+                        values[idx[j], v_pos] = vec
+                    todo = [j for j in range(len(batch)) if j not in hits]
+                    cached += len(hits)
+                    if todo:
+                        feats = trunk_features(trunk, batch.images[todo], view, device)
+                        values[idx[todo], v_pos] = feats
+                        computed += len(todo)
+                        if space and cache is not None:
+                            cache.put(
+                                space, [(keys[j], feats[k]) for k, j in enumerate(todo)], view
+                            )
+            bar.advance(len(batch) + len(batch.skipped))
     seconds = time.monotonic() - t0
     logger.info(
         "features of %d items x %d views: %d computed, %d from the cache, %.1f s",

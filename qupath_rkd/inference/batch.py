@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from qupath_rkd.errors import QupathRkdError
 from qupath_rkd.inference.predict import (
     InferenceConfig,
-    Progress,
     SlidePrediction,
     SlideRun,
     apply_threshold,
@@ -36,6 +35,7 @@ from qupath_rkd.lesions.operating_point import (
     given,
 )
 from qupath_rkd.outputs import SlideOutputs, slide_id_for
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 
 if TYPE_CHECKING:
     from qupath_rkd.model.scorer import TrainedModel
@@ -50,7 +50,7 @@ def predict_slides(
     *,
     config: InferenceConfig | None = None,
     overwrite: bool = False,
-    progress_factory: Callable[[str], Progress] | None = None,
+    progress: ProgressCallback | None = None,
     on_slide_done: Callable[[SlideRun], None] | None = None,
     tumor_free: Sequence[Path] = (),
     target_fp_per_slide: float = DEFAULT_TARGET_FP_PER_SLIDE,
@@ -62,7 +62,9 @@ def predict_slides(
     after every slide, so an interrupted run keeps what it finished.
 
     Args:
-        progress_factory: ``slide name -> progress callback`` (the CLI's progress bars).
+        progress: gets task ``slides`` (slides finished, done, skipped or failed, of all) and
+            each slide's ``tiles <file name>`` (:func:`predict_slide`), tumour-free ones
+            included (:mod:`qupath_rkd.progress`).
         on_slide_done: called with each :class:`SlideRun` as it finishes.
         tumor_free: slides the user knows are tumour-free (they may also be in
             ``slide_paths``). They are scored first and the seed threshold becomes the lowest one
@@ -87,7 +89,7 @@ def predict_slides(
     assert cfg.threshold is not None
     cached: dict[Path, SlidePrediction] = {}
     if tumor_free:
-        op, cached = _operating_point(tumor_free, model, cfg, target_fp_per_slide)
+        op, cached = _operating_point(tumor_free, model, cfg, target_fp_per_slide, progress)
         cfg = dataclasses.replace(cfg, threshold=op.threshold)
     elif base.threshold is not None:
         op = given(cfg.threshold)
@@ -103,53 +105,73 @@ def predict_slides(
         )
     write_run_json(out, model, cfg, slide_paths, op)
     runs: list[SlideRun] = []
-    for path, slide_id in zip(slide_paths, ids, strict=True):
-        outputs = SlideOutputs(out, slide_id)
-        if not overwrite and slide_is_done(outputs, key, Path(path)):
-            done = read_done(outputs)
+    with ProgressTask(progress, "slides", len(slide_paths), "slide") as task:
+        for path, slide_id in zip(slide_paths, ids, strict=True):
+            runs.append(
+                _one_slide(path, slide_id, out, model, cfg, key, overwrite, cached, progress)
+            )
+            write_slide_scores(out, runs)
+            if on_slide_done is not None:
+                on_slide_done(runs[-1])
+            task.advance(1)
+    return runs
+
+
+def _one_slide(
+    path: Path,
+    slide_id: str,
+    out: Path,
+    model: TrainedModel,
+    cfg: InferenceConfig,
+    key: str,
+    overwrite: bool,
+    cached: dict[Path, SlidePrediction],
+    progress: ProgressCallback | None,
+) -> SlideRun:
+    """Predict one slide of :func:`predict_slides` and write its outputs (or skip it when
+    done); a failure is returned as a failed run."""
+    assert cfg.threshold is not None
+    outputs = SlideOutputs(out, slide_id)
+    if not overwrite and slide_is_done(outputs, key, Path(path)):
+        done = read_done(outputs)
+        run = SlideRun(
+            Path(path),
+            slide_id,
+            "skipped",
+            slide_score=done.get("slide_score"),
+            n_tiles=int(done.get("n_tiles", 0)),
+            n_lesions=int(done.get("n_lesions", 0)),
+            note=done.get("note"),
+        )
+    else:
+        try:
+            earlier = cached.get(Path(path).resolve())
+            pred = (
+                apply_threshold(earlier, cfg.threshold)
+                if earlier is not None
+                else predict_slide(path, model, config=cfg, progress=progress)
+            )
+            write_slide_outputs(outputs, pred, key)
             run = SlideRun(
                 Path(path),
                 slide_id,
-                "skipped",
-                slide_score=done.get("slide_score"),
-                n_tiles=int(done.get("n_tiles", 0)),
-                n_lesions=int(done.get("n_lesions", 0)),
-                note=done.get("note"),
+                "ok",
+                slide_score=pred.slide_score,
+                n_tiles=len(pred.tiles),
+                n_lesions=len(pred.lesions),
+                note=pred.note,
+                seconds=pred.seconds,
             )
-        else:
-            try:
-                progress = progress_factory(Path(path).name) if progress_factory else None
-                earlier = cached.get(Path(path).resolve())
-                pred = (
-                    apply_threshold(earlier, cfg.threshold)
-                    if earlier is not None
-                    else predict_slide(path, model, config=cfg, progress=progress)
-                )
-                write_slide_outputs(outputs, pred, key)
-                run = SlideRun(
-                    Path(path),
-                    slide_id,
-                    "ok",
-                    slide_score=pred.slide_score,
-                    n_tiles=len(pred.tiles),
-                    n_lesions=len(pred.lesions),
-                    note=pred.note,
-                    seconds=pred.seconds,
-                )
-            except Exception as exc:
-                # A failed slide is reported and the batch goes on (NaN scores fail it too).
-                if isinstance(exc, QupathRkdError):
-                    message = exc.one_line()
-                    logger.info("%s failed: %s", path, message)  # the caller reports it
-                else:
-                    message = f"{type(exc).__name__}: {exc}"
-                    logger.warning("%s failed: %s", path, message, exc_info=True)
-                run = SlideRun(Path(path), slide_id, "failed", error=message.splitlines()[0])
-        runs.append(run)
-        write_slide_scores(out, runs)
-        if on_slide_done is not None:
-            on_slide_done(run)
-    return runs
+        except Exception as exc:
+            # A failed slide is reported and the batch goes on (NaN scores fail it too).
+            if isinstance(exc, QupathRkdError):
+                message = exc.one_line()
+                logger.info("%s failed: %s", path, message)  # the caller reports it
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+                logger.warning("%s failed: %s", path, message, exc_info=True)
+            run = SlideRun(Path(path), slide_id, "failed", error=message.splitlines()[0])
+    return run
 
 
 def _operating_point(
@@ -157,6 +179,7 @@ def _operating_point(
     model: TrainedModel,
     cfg: InferenceConfig,
     target_fp_per_slide: float,
+    progress: ProgressCallback | None = None,
 ) -> tuple[OperatingPoint, dict[Path, SlidePrediction]]:
     """Score the tumour-free slides and choose the seed threshold on them.
 
@@ -166,7 +189,7 @@ def _operating_point(
     preds: dict[Path, SlidePrediction] = {}
     for path in tumor_free:
         try:
-            pred = predict_slide(path, model, config=cfg)
+            pred = predict_slide(path, model, config=cfg, progress=progress)
         except QupathRkdError as exc:
             raise QupathRkdError(
                 f"tumour-free slide {path}: {exc.message}",

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ from qupath_rkd.lesions.postprocess import (
     PostProcessing,
 )
 from qupath_rkd.lesions.slide_score import DEFAULT_SLIDE_SCORE, SLIDE_SCORE_RULES, slide_score
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.slides.tiles_dataset import TileDataset
 
 if TYPE_CHECKING:
@@ -57,9 +58,6 @@ logger = logging.getLogger(__name__)
 
 #: How the slide score is made (see :mod:`qupath_rkd.lesions.slide_score`).
 SLIDE_SCORES = SLIDE_SCORE_RULES
-
-#: Progress callback: (tiles done, tiles total).
-Progress = Callable[[int, int], None]
 
 
 class NonFiniteScoresError(ModelError, ValueError):
@@ -260,11 +258,14 @@ def score_tiles(
     *,
     batch_size: int,
     num_workers: int,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     tta_views: int | None = None,
+    task: str = "tiles",
 ) -> np.ndarray:
     """Raw model scores ``(N,)`` float32 of every tile of ``dataset``, in its order
     (``tta_views``: views per tile for a head model, ``None`` = the model's own).
+
+    ``progress`` gets task ``task``: tiles scored of ``N``, unit ``tile``, after each batch.
 
     Raises:
         NonFiniteScoresError: the model returned NaN or infinite scores (names the model).
@@ -276,8 +277,8 @@ def score_tiles(
     if n == 0:
         return scores
     loader = tile_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
-    done = 0
-    with torch.inference_mode(), _worker_errors_as_one_line():
+    bar = ProgressTask(progress, task, total=n, unit="tile")
+    with torch.inference_mode(), _worker_errors_as_one_line(), bar:
         for indices, tiles in loader:
             raw = model.raw_scores(model.preprocess(tiles), tta_views).float().cpu().numpy()
             bad = ~np.isfinite(raw)
@@ -290,9 +291,7 @@ def score_tiles(
                     hint="the checkpoint is damaged or was trained into NaN; retrain it",
                 )
             scores[indices.numpy()] = raw
-            done += len(indices)
-            if progress is not None:
-                progress(done, n)
+            bar.advance(len(indices))
     dataset.close()
     return scores
 
@@ -377,7 +376,7 @@ def predict_slide(
     num_workers: int | None = None,
     region: BaseGeometry | None = None,
     config: InferenceConfig | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SlidePrediction:
     """Heatmap, slide score and lesions of one slide.
 
@@ -388,7 +387,8 @@ def predict_slide(
         region: optional shapely geometry (level-0 px, QuPath frame); only tiles whose centre
             lies inside it are scored.
         config: everything else (:class:`InferenceConfig`); defaults from the model.
-        progress: called with ``(tiles done, tiles total)`` after each batch.
+        progress: gets task ``tiles <slide file name>`` (tiles scored of all, unit ``tile``)
+            after each batch (:mod:`qupath_rkd.progress`).
 
     Returns:
         A :class:`SlidePrediction`. A slide with no tissue gives an empty result with a note.
@@ -454,6 +454,7 @@ def predict_slide(
         num_workers=int(cfg.num_workers or 0),
         progress=progress,
         tta_views=cfg.tta_views,
+        task=f"tiles {path.name}",
     )
     timings["score_s"] = time.perf_counter() - t0
     probability = (

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from qupath_rkd.constants import LABEL_TUMOR
 from qupath_rkd.errors import DataError
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 
 #: L2 strengths tried (on standardised features, class-balanced mean loss)
 L2_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -176,20 +177,26 @@ def choose_l2_on_valid(
     valid_logits_of: Callable[[HeadFit], np.ndarray],
     valid_y: np.ndarray,
     grid: Sequence[float] = L2_GRID,
+    progress: ProgressCallback | None = None,
 ) -> tuple[L2Choice, HeadFit]:
     """Fit on the training features for each ``l2`` (strongest first, warm-started) and keep the
     best validation AUROC (ties: the stronger ``l2``). ``valid_logits_of(fit)`` gives the
-    validation logits ``(M,)`` of a fit. Returns the choice and its fit."""
+    validation logits ``(M,)`` of a fit. Returns the choice and its fit.
+
+    ``progress``: task ``choosing L2 on validation``, one ``fit`` per ``l2``, with the best
+    ``val AUROC`` so far."""
     scores: dict[float, float] = {}
     best: tuple[float, HeadFit] | None = None
     prev: HeadFit | None = None
-    for l2 in sorted(grid, reverse=True):
-        fit = fit_head(train_x, train_y, l2, init=prev)
-        prev = fit
-        auc = auroc_of(valid_y, valid_logits_of(fit))
-        scores[l2] = auc
-        if best is None or auc > scores[best[1].l2] + 1e-9:
-            best = (auc, fit)
+    with ProgressTask(progress, "choosing L2 on validation", len(grid), "fit") as task:
+        for l2 in sorted(grid, reverse=True):
+            fit = fit_head(train_x, train_y, l2, init=prev)
+            prev = fit
+            auc = auroc_of(valid_y, valid_logits_of(fit))
+            scores[l2] = auc
+            if best is None or auc > scores[best[1].l2] + 1e-9:
+                best = (auc, fit)
+            task.advance(1, **{"val AUROC": best[0]})
     assert best is not None
     return L2Choice(best[1].l2, "valid_auroc", scores), best[1]
 
@@ -199,6 +206,7 @@ def cross_validate_l2(
     labels: np.ndarray,
     folds: np.ndarray,
     grid: Sequence[float] = L2_GRID,
+    progress: ProgressCallback | None = None,
 ) -> tuple[L2Choice, np.ndarray]:
     """Choose ``l2`` by the mean per-fold AUROC (ties: the stronger ``l2``).
 
@@ -206,21 +214,25 @@ def cross_validate_l2(
     the items in ``mask`` (all their training views), or ``(logits-ready features (M, V, D),
     None)`` for scoring them (their test-time views). Returns the choice and the out-of-fold
     logits ``(N,)`` of the chosen ``l2`` (for calibration).
+
+    ``progress``: task ``choosing L2 (k-fold CV)``, ``k * len(grid)`` fits, with the ``fold``.
     """
     y = np.asarray(labels)
     k = int(folds.max()) + 1
     oof = {l2: np.zeros(len(y)) for l2 in grid}
-    for f in range(k):
-        held = folds == f
-        tx, ty = feats_of(~held, True)
-        if len(np.unique(ty)) < 2:
-            raise DataError("a cross-validation fold lacks tumour or normal patches")
-        vx, _ = feats_of(held, False)
-        prev: HeadFit | None = None
-        for l2 in sorted(grid, reverse=True):
-            fit = fit_head(tx, ty, l2, init=prev)
-            prev = fit
-            oof[l2][held] = fit.logits(vx).mean(axis=1)
+    with ProgressTask(progress, f"choosing L2 ({k}-fold CV)", k * len(grid), "fit") as task:
+        for f in range(k):
+            held = folds == f
+            tx, ty = feats_of(~held, True)
+            if len(np.unique(ty)) < 2:
+                raise DataError("a cross-validation fold lacks tumour or normal patches")
+            vx, _ = feats_of(held, False)
+            prev: HeadFit | None = None
+            for l2 in sorted(grid, reverse=True):
+                fit = fit_head(tx, ty, l2, init=prev)
+                prev = fit
+                oof[l2][held] = fit.logits(vx).mean(axis=1)
+                task.advance(1, fold=f"{f + 1}/{k}")
     # the mean of the per-fold AUROCs, not the AUROC of the pooled out-of-fold logits: fold
     # models differ in scale and offset, and pooling them favours the strongest L2 (whose
     # logits all shrink towards 0) — measured at 10 tumour patches: pooled picked 100 where

@@ -39,6 +39,7 @@ from qupath_rkd.errors import (
     SyncInterruptedError,
     UnknownResolutionError,
 )
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.sync.commit import Transaction, ensure_writable, fault_point, recover
 from qupath_rkd.sync.config import (
     MODEL_SECTIONS,
@@ -78,9 +79,6 @@ _STAGED_MODEL = "model.pt"
 RESUME_RELDIR = f"{PROJECT_SUBDIR}/resume"
 _RESUME_KEY = "resume.json"
 
-#: Progress callback: ``(stage, done, total)``; the CLI draws it on a tty.
-Progress = Callable[[str, int, int], None]
-
 
 def _say(notes: list[str], message: str, echo: Callable[[str], None] | None) -> None:
     notes.append(message)
@@ -95,7 +93,7 @@ def run_sync(
     dry_run: bool = False,
     slide_root: str | Path | None = None,
     update_uris: bool = False,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> SyncOutcome:
     """Run the loop once on a QuPath project.
@@ -107,7 +105,8 @@ def run_sync(
         slide_root: folder searched for slides that moved (overrides ``sync.slide_root``).
         update_uris: rewrite the stored image URIs of slides found elsewhere in
             ``project.qpproj`` (its previous version kept as a backup); never otherwise.
-        progress: called as work advances (training steps, slides).
+        progress: gets the events of the long steps (:mod:`qupath_rkd.progress`): the
+            training's, ``predicting slides`` (slides) and each slide's tiles.
         echo: called with one-line remarks as they happen (the CLI prints them).
 
     Returns:
@@ -181,7 +180,7 @@ def _sync_locked(
     writer: Callable[[str, Sequence[Mapping[str, Any]]], str | None],
     config: SyncConfig,
     outcome: SyncOutcome,
-    progress: Progress | None,
+    progress: ProgressCallback | None,
     echo: Callable[[str], None] | None,
 ) -> None:
     state = load_state(project.path)
@@ -348,58 +347,61 @@ def _sync_locked(
             check_model_scale(config, model, model_path)
             if outcome.operating_point is None:
                 op, negative_preds = _operating_point(
-                    entries, annotation_sets, sources, model, config, outcome, echo
+                    entries, annotation_sets, sources, model, config, outcome, echo, progress
                 )
                 outcome.operating_point = op
                 new_state.operating_point = {**op, "key": op_full_key}
                 if echo is not None:
                     echo(f"threshold {op['threshold']:.4f} ({op['method']}): {op['note']}")
             threshold = float(outcome.operating_point["threshold"])
-        for index, (entry, slide_fp, region_hash, region, _why) in enumerate(to_predict):
-            result = next(s for s in outcome.slides if s.entry_id == entry.entry_id)
-            if progress:
-                progress(f"predicting {entry.name}", index, len(to_predict))
-            try:
-                assert threshold is not None
-                features, summary = _predict_entry(
-                    entry,
-                    model,
-                    outcome.model_id,
-                    region,
-                    config,
-                    threshold,
-                    negative_preds.pop(entry.entry_id, None),
+        slides_task = ProgressTask(
+            progress if to_predict else None, "predicting slides", len(to_predict), "slide"
+        )
+        with slides_task:
+            for index, (entry, slide_fp, region_hash, region, _why) in enumerate(to_predict):
+                result = next(s for s in outcome.slides if s.entry_id == entry.entry_id)
+                slides_task.update(index, slide=entry.name)
+                try:
+                    assert threshold is not None
+                    features, summary = _predict_entry(
+                        entry,
+                        model,
+                        outcome.model_id,
+                        region,
+                        config,
+                        threshold,
+                        negative_preds.pop(entry.entry_id, None),
+                        progress,
+                    )
+                except UnknownResolutionError as exc:
+                    result.status = STATUS_FAILED
+                    result.reason = _mpp_hint(exc, [entry], project.path).one_line()
+                    logger.warning("%s failed: %s", entry.name, result.reason)
+                    continue
+                except QupathRkdError as exc:
+                    result.status = STATUS_FAILED
+                    result.reason = exc.one_line()
+                    logger.warning("%s failed: %s", entry.name, exc.one_line())
+                    continue
+                except Exception as exc:  # a failing slide must not stop the others
+                    result.status = STATUS_FAILED
+                    result.reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                    logger.warning("%s failed: %s", entry.name, result.reason)
+                    logger.debug("traceback of %s", entry.name, exc_info=True)
+                    continue
+                tx.stage_entry(entry.entry_id, features)
+                new_state.predictions[entry.entry_id] = PredictionRecord(
+                    model_id=outcome.model_id or "",
+                    config_hash=_slide_prediction_hash(pred_hash, overrides.get(entry.name)),
+                    slide_fingerprint=slide_fp,
+                    region_hash=region_hash,
+                    output_sha256="",
+                    result=summary,
                 )
-            except UnknownResolutionError as exc:
-                result.status = STATUS_FAILED
-                result.reason = _mpp_hint(exc, [entry], project.path).one_line()
-                logger.warning("%s failed: %s", entry.name, result.reason)
-                continue
-            except QupathRkdError as exc:
-                result.status = STATUS_FAILED
-                result.reason = exc.one_line()
-                logger.warning("%s failed: %s", entry.name, exc.one_line())
-                continue
-            except Exception as exc:  # a failing slide must not stop the others
-                result.status = STATUS_FAILED
-                result.reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-                logger.warning("%s failed: %s", entry.name, result.reason)
-                logger.debug("traceback of %s", entry.name, exc_info=True)
-                continue
-            tx.stage_entry(entry.entry_id, features)
-            new_state.predictions[entry.entry_id] = PredictionRecord(
-                model_id=outcome.model_id or "",
-                config_hash=_slide_prediction_hash(pred_hash, overrides.get(entry.name)),
-                slide_fingerprint=slide_fp,
-                region_hash=region_hash,
-                output_sha256="",
-                result=summary,
-            )
-            _fill_from_record(result, new_state.predictions[entry.entry_id])
-            result.status = STATUS_PREDICTED
-            fault_point(f"after-predict-{index}")
-        if progress and to_predict:
-            progress("predicting", len(to_predict), len(to_predict))
+                _fill_from_record(result, new_state.predictions[entry.entry_id])
+                result.status = STATUS_PREDICTED
+                fault_point(f"after-predict-{index}")
+            slides_task.update(len(to_predict))
         attempted = {entry.entry_id for entry, *_ in to_predict}
         for result in outcome.failed:
             _mark_stale(result, state, new_state, backend, tx, attempted, outcome.model_id)
@@ -669,6 +671,7 @@ def _operating_point(
     config: SyncConfig,
     outcome: SyncOutcome,
     echo: Callable[[str], None] | None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The operating point (as a dict) and the predictions made to find it (entry ID →
     :class:`~qupath_rkd.inference.predict.SlidePrediction` at the model's threshold).
@@ -695,7 +698,11 @@ def _operating_point(
         _hash, region = _region(annotation_sets[entry.entry_id].objects, config)
         try:
             pred = predict_slide(
-                entry.path, model, region=region, config=inference_config(config, entry.mpp)
+                entry.path,
+                model,
+                region=region,
+                config=inference_config(config, entry.mpp),
+                progress=progress,
             )
         except QupathRkdError as exc:
             _say(outcome.notes, f"operating point: {entry.name} left out: {exc.one_line()}", echo)
@@ -862,7 +869,7 @@ def _train(
     labelled: Any,
     config: SyncConfig,
     out: Path,
-    progress: Progress | None,
+    progress: ProgressCallback | None,
     *,
     resume: bool = False,
 ) -> Any:
@@ -897,7 +904,7 @@ def _train(
             _train_config(config, len(dataset)),
             out,
             dataset_hash=labelled.sha256,
-            progress=progress is not None,
+            progress=progress,
             groups=tile_groups(labelled.items),
         )
         logger.info("trained in %.1f s: %s", time.perf_counter() - started, result)
@@ -923,7 +930,7 @@ def _train(
             train_config,
             out,
             dataset_hash=labelled.sha256,
-            progress=progress is not None,
+            progress=progress,
             resume=resume_from,
         )
 
@@ -1003,6 +1010,7 @@ def _predict_entry(
     config: SyncConfig,
     threshold: float,
     earlier: Any = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict one image: (GeoJSON features for the backend, summary for the report).
 
@@ -1022,7 +1030,7 @@ def _predict_entry(
         prediction = apply_threshold(earlier, threshold)
     else:
         cfg = dataclasses.replace(inference_config(config, entry.mpp), threshold=threshold)
-        prediction = predict_slide(entry.path, model, region=region, config=cfg)
+        prediction = predict_slide(entry.path, model, region=region, config=cfg, progress=progress)
     key = prediction.config.key(model_id)
     slide_id = f"entry-{entry.entry_id}"
     features = lesion_features(prediction, key, slide_id)

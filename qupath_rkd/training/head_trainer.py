@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from qupath_rkd.model.head import (
     stratified_folds,
 )
 from qupath_rkd.model.scorer import build_network
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -54,15 +54,6 @@ def _labels(dataset: Dataset) -> np.ndarray:
     return np.asarray(dataset.labels, dtype=np.int64).reshape(-1)  # type: ignore[attr-defined]
 
 
-def _bar(progress: bool, total: int, desc: str) -> tuple[Any, Callable[[int], None] | None]:
-    if not progress:
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="patch", leave=False)
-    return bar, bar.update
-
-
 def _features(
     net: HeadNetwork,
     dataset: Dataset,
@@ -70,25 +61,21 @@ def _features(
     cfg: TrainConfig,
     device: torch.device,
     cache: FeatureCache | None,
-    progress: bool,
-    desc: str,
+    progress: ProgressCallback | None,
+    task: str,
 ) -> Features:
-    bar, update = _bar(progress, len(dataset), desc)  # type: ignore[arg-type]
-    try:
-        return extract_features(
-            net.trunk,  # type: ignore[arg-type]
-            dataset,
-            input_px=int(cfg.input_px),  # type: ignore[arg-type]
-            views=views,
-            device=device,
-            cache=cache,
-            batch_size=max(cfg.batch_size, 64),
-            num_workers=cfg.num_workers,
-            on_batch=update,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+    return extract_features(
+        net.trunk,  # type: ignore[arg-type]
+        dataset,
+        input_px=int(cfg.input_px),  # type: ignore[arg-type]
+        views=views,
+        device=device,
+        cache=cache,
+        batch_size=max(cfg.batch_size, 64),
+        num_workers=cfg.num_workers,
+        progress=progress,
+        task=task,
+    )
 
 
 def train_head(
@@ -98,7 +85,7 @@ def train_head(
     out: Path,
     dataset_hash: str,
     *,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
     groups: np.ndarray | None = None,
     cache: FeatureCache | str | None = "default",
 ) -> dict[str, Any]:
@@ -112,6 +99,9 @@ def train_head(
         groups: ``(N,)`` group of each training patch (e.g. its annotated region) for the
             cross-validation; None = every patch its own group.
         cache: a :class:`FeatureCache`, None (no cache) or ``"default"`` (the machine's).
+        progress: gets the events of each step (:mod:`qupath_rkd.progress`): ``features``,
+            ``tumour views`` and ``validation`` (patches), the L2 choice (fits, with the
+            validation AUROC or the fold) and ``fitting the head`` (one fit).
     """
     t0 = time.monotonic()
     device = resolve_device(cfg.device)
@@ -183,7 +173,9 @@ def train_head(
         vf = _features(net, valid_set, tta, cfg, device, cache, progress, "validation")  # type: ignore[arg-type]
         vx, vy = vf.values[vf.ok].astype(np.float32), valid_y[vf.ok]
         skipped += int((~vf.ok).sum())
-        choice, fit = choose_l2_on_valid(tx, ty, lambda f: f.logits(vx).mean(axis=1), vy)
+        choice, fit = choose_l2_on_valid(
+            tx, ty, lambda f: f.logits(vx).mean(axis=1), vy, progress=progress
+        )
         cal_scores, cal_labels = fit.logits(vx).mean(axis=1), vy
         selected_by, source = "valid_auroc", "valid"
         n_valid = {
@@ -215,8 +207,10 @@ def train_head(
                 return base.values[mask, :1].astype(np.float32), None
 
             # unreadable patches get label -1, which the per-fold AUROC ignores
-            choice, oof = cross_validate_l2(rows_of, np.where(ok, y, -1), folds)
-            fit = fit_head(tx, ty, choice.l2)
+            choice, oof = cross_validate_l2(rows_of, np.where(ok, y, -1), folds, progress=progress)
+            with ProgressTask(progress, "fitting the head", 1, "fit") as task:
+                fit = fit_head(tx, ty, choice.l2)
+                task.advance(1)
             cal_scores, cal_labels = oof[ok], y[ok]
             selected_by, source = "cv_auroc", f"{k}-fold cross-validation"
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from qupath_rkd.constants import LABEL_NORMAL
 from qupath_rkd.errors import DataError
 from qupath_rkd.model.scorer import TrainedModel
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.training.datasets import (
     EMPTY_IMAGE,
     Collate,
@@ -55,9 +56,12 @@ def score_folders(
     dirs: Sequence[str | os.PathLike[str]],
     batch_size: int = 64,
     num_workers: int = 0,
-    on_batch: Callable[[int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> FolderScores:
     """Score every PNG/JPEG/TIFF found recursively under ``dirs`` (resized to ``input_px``).
+
+    ``progress`` gets task ``scoring``: images done (readable or not) of all found, unit
+    ``patch``, after each batch.
 
     Raises :class:`DataError` when a folder is missing or holds no image files.
     """
@@ -74,15 +78,15 @@ def score_folders(
     scores = np.full(len(paths), np.nan, dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: list[int] = []
-    for batch in loader:
-        skipped.extend(batch.skipped)
-        if len(batch):
-            s = model.raw_scores(model.preprocess(batch.images)).float().cpu().numpy()
-            idx = batch.indices.numpy()
-            scores[idx] = s
-            ok[idx] = True
-        if on_batch is not None:
-            on_batch(len(batch) + len(batch.skipped))
+    with ProgressTask(progress, "scoring", total=len(paths), unit="patch") as bar:
+        for batch in loader:
+            skipped.extend(batch.skipped)
+            if len(batch):
+                s = model.raw_scores(model.preprocess(batch.images)).float().cpu().numpy()
+                idx = batch.indices.numpy()
+                scores[idx] = s
+                ok[idx] = True
+            bar.advance(len(batch) + len(batch.skipped))
     for i in sorted(skipped):
         logger.info("unreadable image skipped: %s", paths[i])
     kept = np.flatnonzero(ok)

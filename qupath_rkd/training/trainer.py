@@ -41,6 +41,7 @@ from qupath_rkd.model.device import amp_dtype, resolve_device
 from qupath_rkd.model.loss import focal_similarity_loss
 from qupath_rkd.model.rd import ReverseDistillation
 from qupath_rkd.model.scorer import build_network, preprocess_batch
+from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.training.config import TrainConfig
 from qupath_rkd.training.datasets import Collate, IndexedDataset, PatchBatch
 
@@ -228,7 +229,7 @@ class _Run:
         cfg: TrainConfig,
         out: Path,
         dataset_hash: str,
-        progress: bool,
+        progress: ProgressCallback | None,
     ) -> None:
         self.cfg = cfg
         self.out = out
@@ -382,7 +383,9 @@ class _Run:
         """Scores, labels and mean focal loss on the validation set (unusable items dropped)."""
         self.net.eval()
         scores, labels, loss_sum, n = [], [], 0.0, 0
-        with torch.inference_mode():
+        total = len(self.valid_labels) if limit is None else min(limit, len(self.valid_labels))
+        task = ProgressTask(self.progress, "validation", total, "patch")
+        with torch.inference_mode(), task:
             for batch in self._loader(self.valid_set, epoch=None):
                 self.skipped_valid.update(self._base_index(batch.skipped))
                 if len(batch) == 0:
@@ -400,6 +403,7 @@ class _Run:
                 maps = anomaly_map(t, s, int(self.cfg.input_px), self.cfg.sigma_px)  # type: ignore[arg-type]
                 scores.append(patch_scores(maps, self.cfg.score_reduction).float().cpu().numpy())
                 labels.append(batch.labels.numpy())
+                task.advance(len(batch) + len(batch.skipped))
                 if limit is not None and n >= limit:
                     break
         self.net.train()
@@ -551,61 +555,73 @@ class _Run:
     # ---- the loop ------------------------------------------------------------------------
     def run_epochs(self) -> None:
         """Epochs ``epoch_done + 1 .. epochs``; a resumed epoch skips its first
-        ``batches_done`` batches (same seeded order), so resuming is exact."""
+        ``batches_done`` batches (same seeded order), so resuming is exact.
+
+        ``progress`` gets task ``training RD``: optimiser steps of all epochs (those of a
+        resumed run counted as done), with the ``epoch``, the running training ``loss`` and the
+        last ``val AUROC``; each validation is a task of its own (``validation``).
+        """
         cfg = self.cfg
         self.net.train()
-        for epoch in range(self.epoch_done + 1, cfg.epochs + 1):
-            skip = self.batches_done if epoch == self.epoch_in_progress else 0
-            self.epoch_in_progress, self.batches_done = epoch, skip
-            loader = self._loader(self.train_set, epoch=epoch, skip_batches=skip)
-            aug_gen = None
-            if cfg.augment:
-                aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-                for _ in range(skip):
-                    augment_draws(aug_gen, cfg.batch_size)
-            n_steps = self.batches_per_epoch()
-            if cfg.max_steps_per_epoch is not None:
-                n_steps = min(n_steps, cfg.max_steps_per_epoch)
-            bar = None
-            if self.progress:
-                from tqdm import tqdm
+        n_steps = self.batches_per_epoch()
+        if cfg.max_steps_per_epoch is not None:
+            n_steps = min(n_steps, cfg.max_steps_per_epoch)
+        first = self.epoch_done + 1
+        initial = self.epoch_done * n_steps
+        if self.epoch_in_progress == first:
+            initial += min(self.batches_done, n_steps)
+        task = ProgressTask(
+            self.progress, "training RD", cfg.epochs * n_steps, "step", initial=initial
+        )
+        with task:
+            for epoch in range(first, cfg.epochs + 1):
+                self._run_epoch(epoch, n_steps, task)
 
-                bar = tqdm(
-                    total=n_steps,
-                    initial=skip,
-                    desc=f"epoch {epoch}/{cfg.epochs}",
-                    unit="batch",
-                    leave=False,
-                )
-            validated_at = self.history[-1]["step"] if self.history else -1
-            every = cfg.validate_every_steps
-            pending = every and self.global_step % every == 0 and validated_at != self.global_step
-            if skip and pending:
-                # a Ctrl-C right after a step stops before its validation: do it now, as the
-                # uninterrupted run did, so that resuming keeps the same best model
+    def _progress_info(self, epoch: int) -> dict[str, float | str]:
+        info: dict[str, float | str] = {"epoch": f"{epoch}/{self.cfg.epochs}"}
+        if self._loss_n:
+            info["loss"] = self._loss_sum / self._loss_n
+        if self.history:
+            info["val AUROC"] = float(self.history[-1]["val_auroc"])
+        return info
+
+    def _run_epoch(self, epoch: int, n_steps: int, task: ProgressTask) -> None:
+        cfg = self.cfg
+        skip = self.batches_done if epoch == self.epoch_in_progress else 0
+        self.epoch_in_progress, self.batches_done = epoch, skip
+        loader = self._loader(self.train_set, epoch=epoch, skip_batches=skip)
+        aug_gen = None
+        if cfg.augment:
+            aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+            for _ in range(skip):
+                augment_draws(aug_gen, cfg.batch_size)
+        task.update(task.done, **self._progress_info(epoch))
+        validated_at = self.history[-1]["step"] if self.history else -1
+        every = cfg.validate_every_steps
+        pending = every and self.global_step % every == 0 and validated_at != self.global_step
+        if skip and pending:
+            # a Ctrl-C right after a step stops before its validation: do it now, as the
+            # uninterrupted run did, so that resuming keeps the same best model
+            self.validate(epoch)
+            validated_at = self.global_step
+        for batch in _stoppable(loader, self):
+            if self.batches_done >= n_steps:
+                break
+            self._step(batch, aug_gen)
+            self.batches_done += 1
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            task.advance(1, **self._progress_info(epoch))
+            due = every and self.global_step % every == 0 and self.global_step != validated_at
+            if due and self.batches_done < n_steps:
                 self.validate(epoch)
                 validated_at = self.global_step
-            for batch in _stoppable(loader, self):
-                if self.batches_done >= n_steps:
-                    break
-                self._step(batch, aug_gen)
-                self.batches_done += 1
-                if self.stop_requested:
-                    raise KeyboardInterrupt
-                if bar is not None:
-                    bar.update(1)
-                    if self._loss_n:
-                        bar.set_postfix(loss=f"{self._loss_sum / self._loss_n:.4f}")
-                due = every and self.global_step % every == 0 and self.global_step != validated_at
-                if due and self.batches_done < n_steps:
-                    self.validate(epoch)
-                    validated_at = self.global_step
-            if bar is not None:
-                bar.close()
-            if validated_at != self.global_step or not self.history:
-                self.validate(epoch)
-            self.epoch_done, self.epoch_in_progress, self.batches_done = epoch, 0, 0
-            self.save_resume()
+                task.update(task.done, **self._progress_info(epoch))
+        if validated_at != self.global_step or not self.history:
+            self.validate(epoch)
+            task.update(task.done, **self._progress_info(epoch))
+        self.epoch_done, self.epoch_in_progress, self.batches_done = epoch, 0, 0
+        self.save_resume()
 
 
 def _train_head(
@@ -614,7 +630,7 @@ def _train_head(
     cfg: TrainConfig,
     out: Path,
     dataset_hash: str,
-    progress: bool,
+    progress: ProgressCallback | None,
     groups: np.ndarray | None,
     t0: float,
 ) -> TrainResult:
@@ -696,7 +712,7 @@ def train(
     config: TrainConfig,
     out: str | Path,
     dataset_hash: str,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
     resume: bool = False,
     groups: np.ndarray | None = None,
 ) -> TrainResult:
@@ -714,7 +730,9 @@ def train(
         config: the :class:`TrainConfig`.
         out: checkpoint path (its folder must exist).
         dataset_hash: hash of the training set, stored in the checkpoint.
-        progress: show a tqdm bar per epoch (CLI only).
+        progress: gets the training's events (:mod:`qupath_rkd.progress`): RD's steps with
+            epoch, loss and last validation AUROC, or the head's steps (see
+            :func:`~qupath_rkd.training.head_trainer.train_head`); None: no events.
         resume: continue from ``<out>.resume`` (written after each epoch and on Ctrl-C).
         groups: ``(N,)`` group of each training patch (its annotated region): the head's
             cross-validation holds whole groups out.

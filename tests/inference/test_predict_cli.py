@@ -94,6 +94,18 @@ def test_a_failed_slide_is_reported_and_the_others_go_on(predicted) -> None:
     assert float(rows["semireal_a"]["score"]) == pytest.approx(want, rel=1e-5)
 
 
+def test_off_a_terminal_progress_is_one_line_per_task_on_stderr(predicted) -> None:
+    """Not a terminal (as here): each task writes its end line (and one every 10 s) to stderr,
+    with the tiles/s; stdout keeps only the results."""
+    res = predicted["result"]
+    n = len(predicted["first"].tiles)
+    tiles = [line for line in res.stderr.splitlines() if line.startswith("tiles semireal_a.tif:")]
+    assert len(tiles) == 1 and tiles[0].startswith(f"tiles semireal_a.tif: {n}/{n} tiles (100%), ")
+    assert " tile/s, done in " in tiles[0]
+    assert any(line.startswith("slides: 3/3 slides (100%)") for line in res.stderr.splitlines())
+    assert "tiles semireal_a" not in res.stdout and "\r" not in res.stderr
+
+
 def test_outputs_of_a_slide(predicted) -> None:
     out, first = predicted["out"], predicted["first"]
     o = SlideOutputs(out, "semireal_a")
@@ -193,12 +205,9 @@ def test_a_slide_breaking_mid_way_fails_alone(tmp_path, semireal, blank_slide, m
     victim = tmp_path / "victim.tif"
     shutil.copy(semireal.path, victim)
 
-    def progress_factory(name: str):
-        def update(done: int, total: int) -> None:
-            if name == victim.name and done >= 8:
-                os.truncate(victim, 50_000)
-
-        return update
+    def progress(event) -> None:
+        if event.task == f"tiles {victim.name}" and event.done >= 8:
+            os.truncate(victim, 50_000)
 
     cfg = InferenceConfig(num_workers=2, batch_size=8)
     runs = predict_slides(
@@ -206,7 +215,7 @@ def test_a_slide_breaking_mid_way_fails_alone(tmp_path, semireal, blank_slide, m
         model,
         tmp_path / "out",
         config=cfg,
-        progress_factory=progress_factory,
+        progress=progress,
     )
     assert [r.status for r in runs] == ["failed", "ok"]
     assert "victim.tif: reading the tile at" in runs[0].error

@@ -121,7 +121,23 @@ def test_workers_open_their_own_handles_and_give_identical_results(
 
 def test_dense_stride_and_region(semireal, model) -> None:
     region = box(400, 300, 800, 600)
-    pred = predict_slide(semireal.path, model, stride_px=16, region=region, num_workers=0)
+    events: list = []
+    pred = predict_slide(
+        semireal.path,
+        model,
+        stride_px=16,
+        region=region,
+        num_workers=0,
+        batch_size=32,
+        progress=events.append,
+    )
+    # progress: the tiles scored, a batch at a time, up to the slide's tile count; one end
+    n, b = len(pred.tiles), pred.config.batch_size
+    assert n > 2 * b
+    assert {e.task for e in events} == {f"tiles {semireal.path.name}"}
+    assert {e.total for e in events} == {n} and events[0].unit == "tile"
+    assert [e.done for e in events] == [0, *range(b, n, b), n, n]
+    assert [e.finished for e in events] == [False] * (len(events) - 1) + [True]
     hm = pred.heatmap
     assert hm.stride_level0_px == pytest.approx(hm.tile_level0_px / 2)
     centres = pred.tiles.xy_px + hm.tile_level0_px / 2
@@ -182,3 +198,17 @@ def test_slides_are_read_with_the_training_field_of_view(semireal, tmp_path) -> 
     pred = predict_slide(semireal.path, model, config=cfg)
     tile_um = 2 * INPUT_PX * MODEL_MPP
     assert pred.heatmap.tile_level0_px == pytest.approx(tile_um / semireal.mpp, rel=1e-3)
+
+
+def test_progress_counts_the_slides(blank_slide, model, tmp_path) -> None:
+    """``predict_slides`` sends ``slides``, one per slide finished (an empty one included; a
+    slide with no tissue has no tiles to count)."""
+    from qupath_rkd.inference import predict_slides
+
+    events: list = []
+    predict_slides([blank_slide], model, tmp_path / "out", progress=events.append)
+    assert [(e.task, e.done, e.total, e.finished) for e in events] == [
+        ("slides", 0, 1, False),
+        ("slides", 1, 1, False),
+        ("slides", 1, 1, True),
+    ]

@@ -31,12 +31,30 @@ def _images(ds) -> np.ndarray:
     return np.stack([ds[i][0] for i in range(len(ds))])
 
 
+def _check_progress(events: list, totals: dict[str, int]) -> None:
+    """Each step of the head is one task, in order, with increasing counts, its total and one
+    end."""
+    assert list(dict.fromkeys(e.task for e in events)) == list(totals)
+    for name, total in totals.items():
+        seen = [e for e in events if e.task == name]
+        assert [e.done for e in seen] == sorted(e.done for e in seen), name
+        assert {e.total for e in seen} == {total}, name
+        assert seen[0].done == 0 and not seen[0].finished, name
+        assert seen[-1].finished and seen[-1].done == total, name
+        assert sum(e.finished for e in seen) == 1, name
+
+
 def test_the_default_is_the_head_chosen_on_valid_and_its_auroc_is_the_stored_models(
     tmp_path, pcam_small
 ) -> None:
     assert TrainConfig().scorer == "head" and TrainConfig().tta_views == 8
     tr, va = _sets(pcam_small)
-    res = train(tr, va, _cfg(), tmp_path / "m.pt", tr.fingerprint())
+    events: list = []
+    res = train(tr, va, _cfg(), tmp_path / "m.pt", tr.fingerprint(), progress=events.append)
+    # 32 patches, 7 more views of the 8 tumour ones, 24 validation patches, 9 L2 strengths
+    totals = {"features": 32, "tumour views": 8, "validation": 24}
+    _check_progress(events, {**totals, "choosing L2 on validation": 9})
+    assert events[-1].info["val AUROC"] == pytest.approx(res.best_metrics["val_auroc"], abs=1e-4)
     assert res.selected_by == "valid_auroc" and res.n_valid == {"normal": 12, "tumor": 12}
     assert {r["l2"] for r in res.history} >= {0.01, 1.0}
     assert res.calibration["method"] == "logistic" and not res.interrupted
@@ -57,7 +75,12 @@ def test_without_validation_the_l2_is_cross_validated_and_the_cache_makes_a_reru
     tmp_path, pcam_small
 ) -> None:
     tr, _ = _sets(pcam_small)
-    first = train(tr, None, _cfg(), tmp_path / "a.pt", tr.fingerprint())
+    events: list = []
+    first = train(tr, None, _cfg(), tmp_path / "a.pt", tr.fingerprint(), progress=events.append)
+    totals = {"features": 32, "tumour views": 8, "choosing L2 (5-fold CV)": 5 * 9}
+    _check_progress(events, {**totals, "fitting the head": 1})
+    cv = [e for e in events if e.task.startswith("choosing L2")]
+    assert cv[-1].info["fold"] == "5/5" and cv[-1].unit == "fit"
     assert first.selected_by == "cv_auroc" and first.best_metrics["val_source"].startswith("5-fold")
     assert first.n_valid == {"normal": 0, "tumor": 0} and not first.warnings
     assert first.best_metrics["features_computed"] == 32 + 7 * 8  # all + 7 more views of 8

@@ -87,19 +87,39 @@ def test_training_is_reproducible_on_cpu_and_seed_matters(tmp_path, pcam_small) 
     assert r3.history[0]["val_loss"] != r1.history[0]["val_loss"]
 
 
+def _check_progress(events: list) -> None:
+    """RD training sends one task over every step of every epoch (epoch, loss, last validation
+    AUROC beside it) and a task per validation."""
+    steps = [e for e in events if e.task == "training RD"]
+    assert steps[0].done == 0 and steps[0].total == 8 and steps[0].unit == "step"  # 2 x 32 / 8
+    assert [e.done for e in steps] == sorted(e.done for e in steps)
+    assert steps[-1].finished and steps[-1].done == 8
+    assert [e.finished for e in steps].count(True) == 1
+    first_auc = next(i for i, e in enumerate(steps) if "val AUROC" in e.info)
+    assert steps[first_auc].done == 4 and steps[first_auc].info["epoch"] == "1/2"
+    assert steps[-1].info["epoch"] == "2/2" and steps[-1].info["loss"] > 0
+    valid = [e for e in events if e.task == "validation"]
+    assert [e.done for e in valid if e.finished] == [24, 24]  # once per epoch, 24 patches each
+
+
 def test_ctrl_c_leaves_a_usable_checkpoint_and_resume_matches_an_uninterrupted_run(
     tmp_path, pcam_small
 ) -> None:
     tr, va = (_arrays(d) for d in _sets(pcam_small))
-    full = train(tr, va, _cfg(), tmp_path / "full.pt", "h")
+    events: list = []
+    full = train(tr, va, _cfg(), tmp_path / "full.pt", "h", progress=events.append)
+    _check_progress(events)
 
-    # Ctrl-C during epoch 2 (epoch 1 reads 32 training items)
+    # Ctrl-C during epoch 2 (epoch 1 reads 32 training items), after its first step
     out = tmp_path / "cut.pt"
     cut = train(Interrupting(tr, after=32 + 10), va, _cfg(), out, "h")
     assert cut.interrupted and len(cut.history) == 1
     assert (tmp_path / "cut.pt.resume").exists()
     load_model(out, device="cpu")  # usable
-    resumed = train(tr, va, _cfg(), out, "h", resume=True)
+    events.clear()
+    resumed = train(tr, va, _cfg(), out, "h", resume=True, progress=events.append)
+    steps = [e for e in events if e.task == "training RD"]
+    assert steps[0].done == 4 + 1 and steps[-1].done == 8 and steps[-1].finished  # resumed
     assert not resumed.interrupted and not (tmp_path / "cut.pt.resume").exists()
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
     assert [r["val_auroc"] for r in resumed.history] == [r["val_auroc"] for r in full.history]
