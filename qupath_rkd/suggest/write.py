@@ -1,7 +1,7 @@
 """Suggestions as QuPath objects, and how to tell them from everything else.
 
 Each suggestion is a **detection** (never an annotation) of class
-:data:`SUGGESTION_CLASS`, named ``"qupath-rkd suggestion <rank>: <reason>"`` (the tool's name
+:data:`SUGGESTION_CLASS`, named ``"qupath-rkd suggestion <rank> (<reason>)"`` (the tool's name
 prefix, so ``groovy/import_predictions.groovy`` replaces them like every prediction), with the
 measurements :data:`MEASURE_RANK` and :data:`MEASURE_SCORE`. The label reader never takes them
 as labels: detections are not read as labels at all, and the class has no role even on an
@@ -25,8 +25,8 @@ MEASURE_SCORE = "Suggestion score"
 
 
 def suggestion_name(suggestion: Suggestion) -> str:
-    """``"qupath-rkd suggestion 3: uncertain"``."""
-    return f"{TOOL_TAG} suggestion {suggestion.rank}: {suggestion.reason}"
+    """``"qupath-rkd suggestion 3 (uncertain)"`` (no colon: paquo refuses names with one)."""
+    return f"{TOOL_TAG} suggestion {suggestion.rank} ({suggestion.reason})"
 
 
 def suggestion_features(
@@ -67,7 +67,10 @@ def is_suggestion_feature(feature: Mapping[str, Any]) -> bool:
     """Whether a GeoJSON feature (dict) is a suggestion object."""
     props = feature.get("properties") or {}
     cls = props.get("classification") or {}
-    name = cls.get("name") if isinstance(cls, Mapping) else cls
+    if isinstance(cls, Mapping) and isinstance(cls.get("names"), list):  # a derived class
+        name: Any = ": ".join(str(n) for n in cls["names"])
+    else:
+        name = cls.get("name") if isinstance(cls, Mapping) else cls
     return name == SUGGESTION_CLASS
 
 

@@ -176,7 +176,23 @@ def test_qupath_objects_are_detections_the_label_reader_ignores() -> None:
     assert sorted(o.measurements[MEASURE_RANK] for o in objs) == [
         float(s.rank) for s in result.suggestions
     ]
-    assert all(MEASURE_SCORE in o.measurements and ": uncertain" in o.name for o in objs)
+    assert all(
+        MEASURE_SCORE in o.measurements and "(uncertain)" in o.name and ":" not in o.name
+        for o in objs
+    )
     # even a pattern that matches every class gives qupath-rkd's own class no role
     mapping = ClassMapping.from_config({"normal": ["*"]})
     assert mapping.role(SUGGESTION_CLASS) is None and mapping.role("Stroma") == "normal"
+
+
+def test_suggestion_features_are_recognised_after_a_round_trip() -> None:
+    """Regression: the class has a colon, so it is written as QuPath's derived class
+    (``names``); a re-read file's suggestions must still be recognised (and replaced)."""
+    from qupath_rkd.suggest.write import is_suggestion_feature
+
+    slides = _slides()
+    result = suggest_regions(slides, threshold=0.5, config=SuggestConfig(signal="uncertainty"))
+    feats = [f for fs in suggestion_features(result.suggestions, "k").values() for f in fs]
+    again = json.loads(features_to_json(feats))["features"]
+    assert again and all(is_suggestion_feature(f) for f in again)
+    assert not is_suggestion_feature({"properties": {"classification": {"name": "Tumor"}}})
