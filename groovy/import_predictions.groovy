@@ -11,6 +11,10 @@
  *     MultiPolygon, which PathIO reads as one object), named "qupath-rkd lesion N", unique;
  *   - optionally the heatmap: tile detections carrying a probability measurement; show it with
  *     Measure > Show measurement maps. Set IMPORT_HEATMAP_TILES = false to skip them.
+ *   - where to annotate next: detections of class "qupath-rkd: annotate next" named
+ *     "qupath-rkd suggestion N (reason)" with the measurements "Suggestion rank" (1 = first)
+ *     and "Suggestion score"; they replace the previous suggestions like every prediction, and
+ *     are listed below in rank order. Set IMPORT_SUGGESTIONS = false to skip them.
  * Every object qupath-rkd writes is a detection whose name starts with "qupath-rkd". Before
  * adding the new ones, this script removes ONLY detections (and tiles) named "qupath-rkd..." —
  * never annotations, never anything else. Rename a predicted detection to keep it.
@@ -26,6 +30,8 @@ import qupath.lib.io.PathIO
 
 // ---- parameters ------------------------------------------------------------------------
 boolean IMPORT_HEATMAP_TILES = true
+boolean IMPORT_SUGGESTIONS = true
+String SUGGESTION_CLASS = "qupath-rkd: annotate next"
 boolean SAVE_IMAGE_DATA = true
 String TOOL_TAG = "qupath-rkd"
 // -----------------------------------------------------------------------------------------
@@ -46,7 +52,8 @@ if (!Files.isRegularFile(file)) {
 // Read everything first: if the file is bad, nothing in the image changes.
 def incoming = PathIO.readObjects(file.toFile())
 def keep = incoming.findAll { po ->
-    po.isDetection() && isToolObject(po, TOOL_TAG) && (IMPORT_HEATMAP_TILES || !po.isTile())
+    po.isDetection() && isToolObject(po, TOOL_TAG) && (IMPORT_HEATMAP_TILES || !po.isTile()) &&
+        (IMPORT_SUGGESTIONS || !isSuggestion(po, SUGGESTION_CLASS))
 }
 int skipped = incoming.size() - keep.size()
 
@@ -61,8 +68,24 @@ if (SAVE_IMAGE_DATA) {
 }
 println "qupath-rkd: '" + entry.getImageName() + "': removed " + old.size() + " earlier prediction(s), added " + keep.size() + (skipped > 0 ? " (skipped " + skipped + ")" : "")
 
+// The suggestions of this image in rank order (rank 1 = annotate first, across the project).
+def suggestions = keep.findAll { po -> isSuggestion(po, SUGGESTION_CLASS) }
+suggestions.sort { po -> po.getMeasurementList().get("Suggestion rank") }
+for (def po : suggestions) {
+    def roi = po.getROI()
+    println "qupath-rkd: annotate next #" + (int) po.getMeasurementList().get("Suggestion rank") +
+        " at x " + Math.round(roi.getCentroidX()) + ", y " + Math.round(roi.getCentroidY()) +
+        " px: " + po.getName()
+}
+
 /** A detection qupath-rkd created: its name starts with the tool tag. Never an annotation. */
 boolean isToolObject(def pathObject, String tag) {
     String name = pathObject.getName()
     return pathObject.isDetection() && name != null && name.startsWith(tag)
+}
+
+/** A suggestion of where to annotate next (a detection of qupath-rkd's suggestion class). */
+boolean isSuggestion(def pathObject, String className) {
+    def pathClass = pathObject.getPathClass()
+    return pathObject.isDetection() && pathClass != null && pathClass.toString() == className
 }

@@ -84,7 +84,7 @@ def sync(
     or, with a QuPath installation, through paquo. Exit code 1 when any slide failed.
     """
     from qupath_rkd.sync.config import load_config, parse_overrides
-    from qupath_rkd.sync.report import format_table, report_path
+    from qupath_rkd.sync.report import format_suggestions, format_table, report_path
     from qupath_rkd.sync.runner import run_sync
 
     values = parse_overrides(overrides)
@@ -123,6 +123,9 @@ def sync(
     click.echo(format_table(outcome.slides))
     for line in outcome.warnings:  # about the model in use: shown on every sync
         click.echo(f"warning: {line}")
+    suggested = format_suggestions(outcome.suggestions)
+    if suggested:
+        click.echo(suggested)
     elapsed = time.perf_counter() - started
     if dry_run:
         click.echo(f"dry run: nothing written ({elapsed:.1f} s)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from qupath_rkd.constants import PROJECT_SUBDIR
 from qupath_rkd.heatmap import Heatmap
-from qupath_rkd.inference.write import MEASURE_PROBABILITY
+from qupath_rkd.inference.write import MEASURE_MAX_PROBABILITY, MEASURE_PROBABILITY
 from qupath_rkd.io_utils import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -79,7 +79,11 @@ def _slide_overlay(
     tiles = [
         o for o in objects if o.object_type == "tile" and MEASURE_PROBABILITY in o.measurements
     ]
-    lesions = [o.geometry for o in objects if o.object_type == "detection"]
+    lesions = [
+        o.geometry
+        for o in objects
+        if o.object_type == "detection" and o.measurements.get(MEASURE_MAX_PROBABILITY) is not None
+    ]  # lesions, not suggestions
     heatmap = heatmap_from_tiles(tiles, slide.mpp)
     if heatmap is None:  # no tile objects (inference.heatmap_tiles off): an empty grid
         heatmap = Heatmap(np.full((1, 1), np.nan, np.float32), (0.0, 0.0), 1.0, 1.0, slide.mpp)

@@ -20,7 +20,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final
 
-from qupath_rkd.constants import DEFAULT_MIN_TISSUE_FRACTION, MIN_TILE_PX, PCAM_MPP, PCAM_PATCH_PX
+from qupath_rkd.constants import (
+    DEFAULT_MIN_TISSUE_FRACTION,
+    MIN_TILE_PX,
+    PCAM_MPP,
+    PCAM_PATCH_PX,
+    TOOL_TAG,
+)
 from qupath_rkd.errors import ConfigError
 
 __all__ = [
@@ -95,8 +101,13 @@ class ClassMapping:
         return {k: list(v) for k, v in asdict(self).items()}
 
     def role(self, class_name: str | None) -> str | None:
-        """``"ignore"``, ``"tumor"``, ``"normal"``, ``"region"`` or ``None`` (unused class)."""
-        if not class_name:
+        """``"ignore"``, ``"tumor"``, ``"normal"``, ``"region"`` or ``None`` (unused class).
+
+        A class of qupath-rkd's own (its name starts with ``qupath-rkd``, e.g. the
+        suggestions' ``qupath-rkd: annotate next``) has no role whatever the patterns say, so
+        such an object is never a label, even when it comes back as an annotation.
+        """
+        if not class_name or class_name.startswith(TOOL_TAG):
             return None
         names = [class_name]
         first = class_name.split(":")[0].strip()

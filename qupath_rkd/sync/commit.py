@@ -169,10 +169,20 @@ class Transaction:
         self.moves.append(Move(staged=name, target=rel.as_posix(), backup=backup))
 
     def stage_entry(self, entry_id: str, features: Sequence[Mapping[str, Any]]) -> None:
-        """Stage one image's new predictions (GeoJSON features, as for ``write_predictions``)."""
+        """Stage one image's new predictions (GeoJSON features, as for ``write_predictions``);
+        staging an image again replaces what was staged for it."""
         name = f"entry-{entry_id}.json"
         atomic_write_json(plain_file_name(name, self.pending), list(features), indent=None)
-        self.entries.append({"entry_id": entry_id, "staged": name})
+        record = {"entry_id": entry_id, "staged": name}
+        if record not in self.entries:
+            self.entries.append(record)
+
+    def staged_features(self, entry_id: str) -> list[dict[str, Any]] | None:
+        """What is staged for one image (``None``: nothing)."""
+        if {"entry_id": entry_id, "staged": f"entry-{entry_id}.json"} not in self.entries:
+            return None
+        path = plain_file_name(f"entry-{entry_id}.json", self.pending)
+        return list(json.loads(path.read_text(encoding="utf-8")))
 
     def set_json(self, target: str | Path, obj: Any) -> None:
         """Write ``obj`` as JSON to ``<project>/<target>`` at commit, after the moves,

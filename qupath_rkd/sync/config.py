@@ -58,6 +58,7 @@ from qupath_rkd.constants import (
 )
 from qupath_rkd.errors import ConfigError
 from qupath_rkd.io_utils import atomic_write_text
+from qupath_rkd.suggest.config import DEFAULT_SIGNAL, SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +247,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "device": Key("auto", "str", "torch device: auto, cpu, cuda, cuda:1, mps"),
         "slide_root": Key("", "str", "folder searched for slides that moved"),
         "num_workers": Key(0, "int", "data-loading worker processes", minimum=0),
+    },
+    "suggest": {
+        "enabled": Key(
+            True, "bool", "after predicting, suggest where to annotate next (in QuPath)"
+        ),
+        "per_slide": Key(3, "int", "at most this many suggested regions per slide", minimum=0),
+        "per_project": Key(20, "int", "at most this many in the whole project", minimum=0),
+        "region_um": Key(
+            1000.0, "float", "side of a suggested region's square window (µm)", minimum=10.0
+        ),
+        "signal": Key(
+            DEFAULT_SIGNAL,
+            "choice",
+            "how regions are ranked (uncertainty_diversity: near the threshold and unlike "
+            "anything labelled; random and top_probability are baselines)",
+            choices=SIGNALS,
+        ),
+        "seed": Key(0, "int", "seed of the random signal", minimum=0),
     },
     "images": {
         "mpp": Key(

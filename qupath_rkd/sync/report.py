@@ -96,6 +96,9 @@ class SyncOutcome:
             (:meth:`qupath_rkd.lesions.operating_point.OperatingPoint.as_dict`).
         warnings: one-line warnings about the model in use (no tumour tiles, the trainer's
             own warnings); printed by every sync and stored in report.json.
+        suggestions: where to annotate next (:mod:`qupath_rkd.sync.suggestions`):
+            ``{"key", "signal", "regions": [row, ...], "notes": [...]}``, or ``None`` when
+            suggestions are off (then report.json has no ``suggestions``).
     """
 
     project_dir: Path
@@ -109,6 +112,7 @@ class SyncOutcome:
     notes: list[str] = field(default_factory=list)
     operating_point: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    suggestions: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[SlideResult]:
@@ -140,6 +144,7 @@ def report_json(outcome: SyncOutcome) -> dict[str, Any]:
         "operating_point": outcome.operating_point,
         "warnings": list(outcome.warnings),
         "slides": [s.report_row() for s in outcome.slides],
+        **({"suggestions": outcome.suggestions} if outcome.suggestions is not None else {}),
     }
 
 
@@ -194,3 +199,23 @@ def format_table(slides: list[SlideResult]) -> str:
     out = [line(header), line(tuple("-" * w for w in widths))]
     out.extend(line(r) for r in rows)
     return "\n".join(out)
+
+
+def format_suggestions(suggestions: dict[str, Any] | None, top: int = 5) -> str:
+    """The first ``top`` suggestions, one line each (slide, centre in µm in QuPath's frame,
+    reason), then their notes; ``""`` when suggestions are off."""
+    if suggestions is None:
+        return ""
+    regions = list(suggestions.get("regions") or [])
+    lines = []
+    if regions:
+        more = f" (top {top} of {len(regions)})" if len(regions) > top else ""
+        lines.append(f"annotate next{more}:")
+        for row in regions[:top]:
+            lines.append(
+                f"  {row['rank']:>2}. {row['image']}: x {row['x_um']:.0f} µm, "
+                f"y {row['y_um']:.0f} µm ({row['width_um']:.0f} x {row['height_um']:.0f} µm) "
+                f"— {row['reason']}"
+            )
+    lines.extend(f"suggestions: {note}" for note in suggestions.get("notes") or [])
+    return "\n".join(lines)

@@ -405,6 +405,21 @@ def _sync_locked(
         attempted = {entry.entry_id for entry, *_ in to_predict}
         for result in outcome.failed:
             _mark_stale(result, state, new_state, backend, tx, attempted, outcome.model_id)
+        from qupath_rkd.sync.suggestions import update_suggestions
+
+        update_suggestions(
+            entries=entries,
+            annotation_sets=annotation_sets,
+            labelled=labelled,
+            config=config,
+            backend=backend,
+            tx=tx,
+            predictions=new_state.predictions,
+            outcome=outcome,
+            model=model,
+            load_model=lambda: _load(model_path, config),
+            echo=echo,
+        )
 
         # 4. write back, all or nothing
         state_json = new_state.to_json()
@@ -428,6 +443,12 @@ def _sync_locked(
         if not outcome.dry_run:
             tx.abort()
         raise
+
+
+def _load(model_path: Path, config: SyncConfig) -> Any:
+    from qupath_rkd.model.scorer import load_model
+
+    return load_model(model_path, device=config.get("sync.device"))
 
 
 def _read_annotations(backend: Any, entries: Sequence[Any]) -> dict[str, Any]:

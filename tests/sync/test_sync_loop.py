@@ -20,6 +20,7 @@ from sync_helpers import FAST, copy_demo, snapshot
 from qupath_rkd.cli import cli
 from qupath_rkd.inference.write import MEASURE_PROBABILITY
 from qupath_rkd.qupath.geojson import qupath_import_problems, read_geojson
+from qupath_rkd.suggest.write import SUGGESTION_CLASS
 from qupath_rkd.sync.commit import FAULT_ENV
 from qupath_rkd.sync.config import load_config
 from qupath_rkd.sync.report import STATUS_PREDICTED, STATUS_UP_TO_DATE
@@ -63,7 +64,9 @@ def test_first_sync_writes_what_qupath_imports(synced: Path, small_demo) -> None
         row = next(r for r in report["slides"] if r["entry_id"] == str(slide.entry_id))
         # one detection per lesion (a lesion in parts is one MultiPolygon), names unique,
         # so summing Area in QuPath gives the predicted lesion area
-        lesions = [o for o in objects if o.object_type == "detection"]
+        lesions = [
+            o for o in objects if o.object_type == "detection" and o.class_name != SUGGESTION_CLASS
+        ]
         assert row["lesions"] == len(lesions) == len({o.name for o in lesions})
         assert qupath_import_problems(raw) == []
         area_mm2 = sum(o.measurements["Area µm^2"] for o in lesions) / 1e6

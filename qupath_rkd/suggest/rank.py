@@ -1,0 +1,364 @@
+"""Ranking candidate regions across a project: :func:`suggest_regions`.
+
+A pure function of its inputs (per-slide heatmaps, what is annotated, optional per-view
+probabilities and features, the labelled tiles' features): the same inputs give the same
+suggestions in the same order, with the same scores.
+
+Signals (``SuggestConfig.signal``), each a score per candidate region, higher first:
+
+- ``uncertainty``: the mean over the region's cells of ``1 - |p - t| / max(t, 1 - t)``,
+  ``p`` the cell's probability and ``t`` the decision threshold (the operating point): 1 at
+  the threshold, 0 at the far end.
+- ``tta_disagreement``: the mean over cells of the standard deviation of the per-view
+  probabilities (slides without them are left out, with a note).
+- ``diversity``: the distance (L2-normalised mean features, Euclidean, in [0, 2]) from the
+  region to the nearest labelled tile and to the regions already picked.
+- ``uncertainty_diversity`` (default): uncertainty times the diversity relative to the
+  most distant candidate (in [0, 1]), picked greedily, so the picks are uncertain and
+  unlike what is labelled and unlike each other. Without features it is ``uncertainty``.
+- ``random`` (seeded) and ``top_probability`` (mean probability): baselines.
+
+Every signal picks greedily under the same rules: at most ``per_slide`` per slide and
+``per_project`` in all, and no pick overlapping or touching (sharing a cell edge or corner
+with) an earlier pick, so that picks are never neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qupath_rkd.suggest.config import (
+    REASON_PROBABLE,
+    REASON_RANDOM,
+    REASON_UNCERTAIN,
+    REASON_UNLIKE,
+    REASON_VIEWS,
+    SIGNAL_COMBINED,
+    SIGNAL_DIVERSITY,
+    SIGNAL_RANDOM,
+    SIGNAL_TOP_PROBABILITY,
+    SIGNAL_TTA,
+    SIGNAL_UNCERTAINTY,
+    SuggestConfig,
+)
+from qupath_rkd.suggest.regions import Candidate, SuggestSlide, candidate_regions, region_geometry
+
+#: ``feature_fn(slide_index, cells (n, 2) (row, col)) -> (n, D)`` features of those cells'
+#: tiles (any float dtype); must be deterministic.
+FeatureFn = Callable[[int, np.ndarray], np.ndarray]
+
+#: Cells whose features stand for a region (evenly spread over its cells, row-major).
+FEATURE_CELLS = 9
+#: Candidates per slide whose features are computed: the most uncertain ones (``diversity``
+#: alone: evenly spread over the slide), this many times ``per_slide``.
+FEATURE_POOL = 4
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One suggested region.
+
+    Attributes:
+        rank: 1 = the most useful to annotate, across the project.
+        entry_id, image_name: its slide.
+        slide_index: index of its slide in the input list.
+        cells: ``(n, 2)`` ``(row, col)`` heatmap cells.
+        geometry: the outline of their footprints (shapely Polygon, level-0 px, the heatmap's
+            frame).
+        score: the signal's value when it was picked.
+        signal: the signal used.
+        reason: why, in words (``uncertain``, ``unlike anything labelled``, ...).
+        mean_probability: mean tumour probability of its cells.
+        uncertainty: its uncertainty (see the module docstring).
+        diversity: distance to the labelled tiles (``None`` without features).
+        centre_xy_px: level-0 ``(x, y)`` of the mean of its cells' centres.
+        area_um2: area of its geometry in µm².
+    """
+
+    rank: int
+    entry_id: str
+    image_name: str
+    slide_index: int
+    cells: np.ndarray
+    geometry: Any
+    score: float
+    signal: str
+    reason: str
+    mean_probability: float
+    uncertainty: float
+    diversity: float | None
+    centre_xy_px: tuple[float, float]
+    area_um2: float
+
+
+@dataclass
+class SuggestResult:
+    """Suggestions in rank order, and one-line notes (why there are none or fewer)."""
+
+    suggestions: list[Suggestion] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def uncertainty(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """``1 - |p - t| / max(t, 1 - t)`` (same shape as ``probability``; NaN stays NaN)."""
+    t = float(threshold)
+    span = max(t, 1.0 - t, 1e-12)
+    return 1.0 - np.abs(np.asarray(probability, np.float64) - t) / span
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """``min(n, k)`` indices evenly spread over ``range(n)``."""
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+
+
+def _touch_mask(shape: tuple[int, int], cells: np.ndarray) -> np.ndarray:
+    """``cells`` dilated by one cell (8-neighbourhood), as a ``shape`` bool mask."""
+    mask = np.zeros((shape[0] + 2, shape[1] + 2), dtype=bool)
+    for dr in (0, 1, 2):
+        for dc in (0, 1, 2):
+            mask[cells[:, 0] + dr, cells[:, 1] + dc] = True
+    return mask[1:-1, 1:-1]
+
+
+def suggest_regions(
+    slides: Sequence[SuggestSlide],
+    *,
+    threshold: float,
+    config: SuggestConfig,
+    feature_fn: FeatureFn | None = None,
+    labelled_features: np.ndarray | None = None,
+) -> SuggestResult:
+    """Rank candidate regions across ``slides`` and pick at most ``config.per_project``.
+
+    Args:
+        slides: the project's slides (order matters only to break exact ties: earlier first).
+        threshold: the decision threshold in [0, 1] (the operating point's).
+        config: sizes, caps and the signal.
+        feature_fn: features of cells' tiles, for ``diversity`` and ``uncertainty_diversity``
+            (``None``: those use no features; ``diversity`` then has nothing to rank by).
+        labelled_features: ``(M, D)`` features of labelled tiles (``None`` or empty: the
+            distance is to the earlier picks only).
+
+    Returns:
+        The suggestions (rank 1 first) and notes.
+    """
+    result = SuggestResult()
+    sig = config.signal
+    candidates: list[Candidate] = []
+    for index, slide in enumerate(slides):
+        candidates.extend(candidate_regions(slide, index, config))
+    if not candidates:
+        result.notes.append(
+            "no unannotated tissue to suggest: every slide is annotated, marked "
+            "tumour-free or fully annotated, or has no tissue"
+        )
+        return result
+    if config.per_project == 0 or config.per_slide == 0:
+        return result
+
+    mean_p = np.array(
+        [
+            np.nanmean(slides[c.slide_index].heatmap.probability[c.cells[:, 0], c.cells[:, 1]])
+            for c in candidates
+        ]
+    )
+    unc = np.array(
+        [
+            float(
+                np.mean(
+                    uncertainty(
+                        slides[c.slide_index].heatmap.probability[c.cells[:, 0], c.cells[:, 1]],
+                        threshold,
+                    )
+                )
+            )
+            for c in candidates
+        ]
+    )
+    usable = np.ones(len(candidates), dtype=bool)
+    base = unc.copy()
+    if sig == SIGNAL_TOP_PROBABILITY:
+        base = mean_p.copy()
+    elif sig == SIGNAL_RANDOM:
+        base = np.random.default_rng(config.seed).random(len(candidates))
+    elif sig == SIGNAL_TTA:
+        base = np.zeros(len(candidates))
+        missing: set[str] = set()
+        for i, c in enumerate(candidates):
+            views = slides[c.slide_index].view_probability
+            if views is None:
+                usable[i] = False
+                missing.add(slides[c.slide_index].image_name)
+                continue
+            per = np.asarray(views, np.float64)[:, c.cells[:, 0], c.cells[:, 1]]
+            base[i] = float(np.mean(np.std(per, axis=0)))
+        if missing:
+            result.notes.append(
+                f"{SIGNAL_TTA}: no per-view probabilities for {len(missing)} slide(s) "
+                f"({', '.join(sorted(missing))}): not suggested on"
+            )
+
+    # features of a pool of candidates per slide (the diversity signals)
+    feats: np.ndarray | None = None
+    d_lab = np.full(len(candidates), np.nan)
+    if sig in (SIGNAL_DIVERSITY, SIGNAL_COMBINED):
+        if feature_fn is None:
+            if sig == SIGNAL_DIVERSITY:
+                result.notes.append(f"{SIGNAL_DIVERSITY}: no features available: no suggestions")
+                return result
+        else:
+            feats, pool = _pool_features(candidates, unc, sig, config, feature_fn)
+            usable &= pool
+            if labelled_features is not None and len(labelled_features):
+                lab = _unit(np.asarray(labelled_features).reshape(len(labelled_features), -1))
+                for i in np.flatnonzero(pool):
+                    d_lab[i] = float(np.min(np.linalg.norm(lab - feats[i], axis=1)))
+            else:
+                d_lab[pool] = 2.0
+            d_lab = np.minimum(d_lab, 2.0)
+    d_ref = float(np.nanmax(d_lab)) if np.isfinite(d_lab).any() else 0.0
+
+    picked: list[int] = []
+    per_slide: dict[int, int] = {}
+    blocked: dict[int, np.ndarray] = {}
+    d_now = d_lab.copy()
+    while len(picked) < config.per_project:
+        avail = usable.copy()
+        for i, c in enumerate(candidates):
+            if not avail[i]:
+                continue
+            if per_slide.get(c.slide_index, 0) >= config.per_slide or (
+                c.slide_index in blocked
+                and blocked[c.slide_index][c.cells[:, 0], c.cells[:, 1]].any()
+            ):
+                avail[i] = False
+        if not avail.any():
+            break
+        score = base
+        if feats is not None and sig == SIGNAL_DIVERSITY:
+            score = d_now
+        elif feats is not None and sig == SIGNAL_COMBINED:
+            score = unc * (np.minimum(1.0, d_now / d_ref) if d_ref > 0 else 1.0)
+        score = np.where(avail, np.round(np.nan_to_num(score, nan=-np.inf), 9), -np.inf)
+        best = int(np.argmax(score))  # the first candidate (slide, window order) on a tie
+        picked.append(best)
+        c = candidates[best]
+        per_slide[c.slide_index] = per_slide.get(c.slide_index, 0) + 1
+        shape = slides[c.slide_index].heatmap.shape
+        mask = _touch_mask(shape, c.cells)
+        blocked[c.slide_index] = mask | blocked.get(c.slide_index, np.zeros(shape, bool))
+        if feats is not None:
+            d_pick = np.linalg.norm(feats - feats[best], axis=1)
+            d_now = np.fmin(d_now, d_pick)
+        result.suggestions.append(
+            _suggestion(
+                len(picked),
+                c,
+                slides[c.slide_index],
+                float(score[best]),
+                sig,
+                _reason(sig, d_lab[best], d_ref),
+                float(mean_p[best]),
+                float(unc[best]),
+                None if not np.isfinite(d_lab[best]) else float(d_lab[best]),
+            )
+        )
+    return result
+
+
+def _pool_features(
+    candidates: Sequence[Candidate],
+    unc: np.ndarray,
+    sig: str,
+    config: SuggestConfig,
+    feature_fn: FeatureFn,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit mean features ``(n, D)`` of the pooled candidates (zeros elsewhere) and the pool
+    mask: per slide the ``FEATURE_POOL * per_slide`` most uncertain candidates (``diversity``:
+    evenly spread in window order)."""
+    n = len(candidates)
+    pool = np.zeros(n, dtype=bool)
+    by_slide: dict[int, list[int]] = {}
+    for i, c in enumerate(candidates):
+        by_slide.setdefault(c.slide_index, []).append(i)
+    k = FEATURE_POOL * max(1, config.per_slide)
+    for members in by_slide.values():
+        idx = np.asarray(members)
+        if sig == SIGNAL_DIVERSITY:
+            chosen = idx[_spread(len(idx), k)]
+        else:  # most uncertain first; stable sort keeps window order on ties
+            chosen = idx[np.argsort(-np.round(unc[idx], 9), kind="stable")[:k]]
+        pool[chosen] = True
+    feats: np.ndarray | None = None
+    for i in np.flatnonzero(pool):
+        c = candidates[i]
+        cells = c.cells[_spread(len(c.cells), FEATURE_CELLS)]
+        values = np.asarray(feature_fn(c.slide_index, cells), np.float64).reshape(len(cells), -1)
+        mean = _unit(values.mean(axis=0))
+        if feats is None:
+            feats = np.zeros((n, mean.shape[0]))
+        feats[i] = mean
+    assert feats is not None
+    return feats, pool
+
+
+def _reason(sig: str, d_lab: float, d_ref: float) -> str:
+    if sig == SIGNAL_UNCERTAINTY:
+        return REASON_UNCERTAIN
+    if sig == SIGNAL_DIVERSITY:
+        return REASON_UNLIKE
+    if sig == SIGNAL_TTA:
+        return REASON_VIEWS
+    if sig == SIGNAL_RANDOM:
+        return REASON_RANDOM
+    if sig == SIGNAL_TOP_PROBABILITY:
+        return REASON_PROBABLE
+    # combined: uncertain, and unlike anything labelled when it is at least half as far from
+    # the labelled tiles as the most distant candidate
+    if np.isfinite(d_lab) and d_ref > 0 and d_lab >= 0.5 * d_ref:
+        return f"{REASON_UNCERTAIN}, {REASON_UNLIKE}"
+    return REASON_UNCERTAIN
+
+
+def _suggestion(
+    rank: int,
+    c: Candidate,
+    slide: SuggestSlide,
+    score: float,
+    sig: str,
+    reason: str,
+    mean_p: float,
+    unc: float,
+    div: float | None,
+) -> Suggestion:
+    hm = slide.heatmap
+    xs, ys = hm.to_level0_xy(c.cells[:, 0], c.cells[:, 1])
+    geom = region_geometry(hm, c.cells)
+    return Suggestion(
+        rank=rank,
+        entry_id=slide.entry_id,
+        image_name=slide.image_name,
+        slide_index=c.slide_index,
+        cells=c.cells,
+        geometry=geom,
+        score=round(score, 6),
+        signal=sig,
+        reason=reason,
+        mean_probability=round(mean_p, 6),
+        uncertainty=round(unc, 6),
+        diversity=None if div is None else round(div, 6),
+        centre_xy_px=(round(float(xs.mean()), 3), round(float(ys.mean()), 3)),
+        area_um2=round(float(geom.area) * hm.mpp * hm.mpp, 3),
+    )

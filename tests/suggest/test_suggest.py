@@ -1,0 +1,198 @@
+"""The pure ranking of regions to annotate next (qupath_rkd.suggest), on synthetic heatmaps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from shapely.geometry import box
+
+from qupath_rkd.heatmap import Heatmap
+from qupath_rkd.labels import ClassMapping
+from qupath_rkd.qupath.geojson import features_to_json, parse_features, qupath_import_problems
+from qupath_rkd.suggest import SIGNALS, SuggestConfig, SuggestSlide, suggest_regions
+from qupath_rkd.suggest.write import (
+    MEASURE_RANK,
+    MEASURE_SCORE,
+    SUGGESTION_CLASS,
+    suggestion_features,
+)
+
+CELL_PX = 100.0  # level-0 px per cell; mpp 1 -> 100 µm cells, a 1 mm region = 10 x 10 cells
+
+
+def _heatmap(seed: int, shape: tuple[int, int] = (30, 40)) -> Heatmap:
+    rng = np.random.default_rng(seed)
+    prob = rng.random(shape).astype(np.float32)
+    prob[:, :3] = np.nan  # background on the left
+    return Heatmap(prob, (0.0, 0.0), CELL_PX, CELL_PX, 1.0)
+
+
+def _slides() -> list[SuggestSlide]:
+    annotated = box(1000.0, 1000.0, 2500.0, 2200.0)
+    return [
+        SuggestSlide("1", "annotated.tif", _heatmap(1), excluded=annotated),
+        SuggestSlide("2", "tumour-free.tif", _heatmap(2), tumor_free=True),
+        SuggestSlide("3", "free.tif", _heatmap(3)),
+        SuggestSlide("4", "fully.tif", _heatmap(4), fully_annotated=True),
+    ]
+
+
+def _feature_fn(slides: list[SuggestSlide]):  # type: ignore[no-untyped-def]
+    """Deterministic fake features: the cell's probability and position, 4 dims."""
+
+    def fn(index: int, cells: np.ndarray) -> np.ndarray:
+        p = slides[index].heatmap.probability[cells[:, 0], cells[:, 1]]
+        return np.stack([p, cells[:, 0] / 30.0, cells[:, 1] / 40.0, np.full(len(p), index)], 1)
+
+    return fn
+
+
+@pytest.mark.parametrize("signal", [s for s in SIGNALS if s != "tta_disagreement"])
+def test_never_on_annotations_or_flagged_slides_and_within_the_caps(signal: str) -> None:
+    slides = _slides()
+    cfg = SuggestConfig(signal=signal, per_slide=3, per_project=5)
+    labelled = np.random.default_rng(0).random((20, 4))
+    result = suggest_regions(
+        slides,
+        threshold=0.4,
+        config=cfg,
+        feature_fn=_feature_fn(slides),
+        labelled_features=labelled,
+    )
+    got = result.suggestions
+    assert 1 <= len(got) <= 5
+    assert [s.rank for s in got] == list(range(1, len(got) + 1))
+    assert {s.entry_id for s in got} <= {"1", "3"}  # never tumour-free / fully annotated
+    for entry in ("1", "3"):
+        assert sum(s.entry_id == entry for s in got) <= 3
+    for s in got:
+        assert s.geometry.area <= (10 * CELL_PX) ** 2 + 1e-6  # at most 1 x 1 mm
+        assert s.geometry.geom_type == "Polygon"  # one connected group of cells
+        if s.entry_id == "1":
+            assert s.geometry.intersection(slides[0].excluded).area == 0.0
+        hm = slides[s.slide_index].heatmap
+        assert np.isfinite(hm.probability[s.cells[:, 0], s.cells[:, 1]]).all()  # tissue only
+    for a in got:  # picks are not neighbours: no shared cell edge or corner
+        for b in got:
+            if a.rank < b.rank and a.entry_id == b.entry_id:
+                assert a.geometry.distance(b.geometry) > 0
+
+
+def test_same_inputs_same_output() -> None:
+    def run() -> str:
+        slides = _slides()
+        result = suggest_regions(
+            slides,
+            threshold=0.5,
+            config=SuggestConfig(),
+            feature_fn=_feature_fn(slides),
+            labelled_features=np.ones((3, 4)),
+        )
+        return features_to_json(
+            [f for fs in suggestion_features(result.suggestions, "k").values() for f in fs]
+        )
+
+    assert run() == run()
+
+
+def test_uncertainty_prefers_probabilities_at_the_threshold() -> None:
+    prob = np.full((20, 20), 0.95, np.float32)
+    prob[10:20, 10:20] = 0.31  # one block right at the threshold
+    hm = Heatmap(prob, (0.0, 0.0), CELL_PX, CELL_PX, 1.0)
+    slides = [SuggestSlide("1", "a", hm)]
+    cfg = SuggestConfig(signal="uncertainty", per_slide=1)
+    best = suggest_regions(slides, threshold=0.3, config=cfg).suggestions[0]
+    assert best.reason == "uncertain"
+    assert set(map(tuple, best.cells)) == {(r, c) for r in range(10, 20) for c in range(10, 20)}
+    top = suggest_regions(slides, threshold=0.3, config=SuggestConfig(signal="top_probability"))
+    assert top.suggestions[0].mean_probability == pytest.approx(0.95)
+
+
+def test_diversity_picks_what_is_unlike_the_labelled_tiles() -> None:
+    hm = Heatmap(np.full((10, 30), 0.5, np.float32), (0.0, 0.0), CELL_PX, CELL_PX, 1.0)
+    slides = [SuggestSlide("1", "a", hm)]
+
+    def fn(index: int, cells: np.ndarray) -> np.ndarray:  # the right third is different
+        return np.stack([cells[:, 1] >= 20, cells[:, 1] < 20], 1).astype(float)
+
+    labelled = np.array([[0.0, 1.0]])  # looks like the left two thirds
+    result = suggest_regions(
+        slides,
+        threshold=0.5,
+        config=SuggestConfig(signal="diversity", per_slide=1),
+        feature_fn=fn,
+        labelled_features=labelled,
+    )
+    best = result.suggestions[0]
+    assert best.reason == "unlike anything labelled"
+    assert best.cells[:, 1].min() >= 20
+
+
+def test_tta_disagreement_uses_the_views() -> None:
+    hm = Heatmap(np.full((10, 20), 0.5, np.float32), (0.0, 0.0), CELL_PX, CELL_PX, 1.0)
+    views = np.full((4, 10, 20), 0.5, np.float32)
+    views[::2, :, 10:] = 0.1  # the views disagree on the right half
+    with_views = SuggestSlide("1", "a", hm, view_probability=views)
+    cfg = SuggestConfig(signal="tta_disagreement", per_slide=1)
+    best = suggest_regions([with_views], threshold=0.5, config=cfg).suggestions[0]
+    assert best.cells[:, 1].min() >= 10 and best.reason == "views disagree"
+    none = suggest_regions([SuggestSlide("1", "a", hm)], threshold=0.5, config=cfg)
+    assert not none.suggestions and "per-view" in none.notes[0]
+
+
+def test_random_is_seeded() -> None:
+    slides = _slides()
+    pick = lambda seed: [  # noqa: E731
+        tuple(s.cells[0])
+        for s in suggest_regions(
+            slides, threshold=0.5, config=SuggestConfig(signal="random", seed=seed)
+        ).suggestions
+    ]
+    assert pick(1) == pick(1)
+    assert pick(1) != pick(2)
+
+
+def test_no_unannotated_tissue_gives_no_suggestions_and_a_note() -> None:
+    hm = _heatmap(5, (12, 12))
+    slides = [
+        SuggestSlide("1", "a", hm, excluded=box(-1e4, -1e4, 1e5, 1e5)),
+        SuggestSlide("2", "b", hm, tumor_free=True),
+    ]
+    result = suggest_regions(slides, threshold=0.5, config=SuggestConfig())
+    assert result.suggestions == [] and "no unannotated tissue" in result.notes[0]
+
+
+def test_qupath_objects_are_detections_the_label_reader_ignores() -> None:
+    slides = _slides()
+    result = suggest_regions(slides, threshold=0.5, config=SuggestConfig(signal="uncertainty"))
+    feats = [f for fs in suggestion_features(result.suggestions, "key").values() for f in fs]
+    data = json.loads(features_to_json(feats))
+    assert qupath_import_problems(data) == []
+    objs = parse_features(data)
+    assert all(o.object_type == "detection" and o.class_name == SUGGESTION_CLASS for o in objs)
+    assert all(o.is_tool_object for o in objs)
+    assert sorted(o.measurements[MEASURE_RANK] for o in objs) == [
+        float(s.rank) for s in result.suggestions
+    ]
+    assert all(
+        MEASURE_SCORE in o.measurements and "(uncertain)" in o.name and ":" not in o.name
+        for o in objs
+    )
+    # even a pattern that matches every class gives qupath-rkd's own class no role
+    mapping = ClassMapping.from_config({"normal": ["*"]})
+    assert mapping.role(SUGGESTION_CLASS) is None and mapping.role("Stroma") == "normal"
+
+
+def test_suggestion_features_are_recognised_after_a_round_trip() -> None:
+    """Regression: the class has a colon, so it is written as QuPath's derived class
+    (``names``); a re-read file's suggestions must still be recognised (and replaced)."""
+    from qupath_rkd.suggest.write import is_suggestion_feature
+
+    slides = _slides()
+    result = suggest_regions(slides, threshold=0.5, config=SuggestConfig(signal="uncertainty"))
+    feats = [f for fs in suggestion_features(result.suggestions, "k").values() for f in fs]
+    again = json.loads(features_to_json(feats))["features"]
+    assert again and all(is_suggestion_feature(f) for f in again)
+    assert not is_suggestion_feature({"properties": {"classification": {"name": "Tumor"}}})
