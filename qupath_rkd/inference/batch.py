@@ -9,7 +9,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qupath_rkd.errors import QupathRkdError
 from qupath_rkd.inference.predict import (
@@ -38,6 +38,7 @@ from qupath_rkd.lesions.operating_point import (
 from qupath_rkd.outputs import SlideOutputs, slide_id_for
 
 if TYPE_CHECKING:
+    from qupath_rkd.cluster.session import ClusterSession
     from qupath_rkd.model.scorer import TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def predict_slides(
     on_slide_done: Callable[[SlideRun], None] | None = None,
     tumor_free: Sequence[Path] = (),
     target_fp_per_slide: float = DEFAULT_TARGET_FP_PER_SLIDE,
+    cluster: ClusterSession | None = None,
+    checkpoint: Path | None = None,
 ) -> list[SlideRun]:
     """Predict every slide and write its outputs (see :mod:`qupath_rkd.outputs`).
 
@@ -70,6 +73,9 @@ def predict_slides(
             ``target_fp_per_slide`` false lesions per slide
             (:func:`~qupath_rkd.lesions.operating_point.choose_operating_point`); it is written
             into ``run.json`` with how it was found. Not allowed with a threshold in ``config``.
+        cluster, checkpoint: predict on a Dask cluster (:mod:`qupath_rkd.cluster`) with the
+            model in ``checkpoint`` (the file ``model`` was loaded from): one task per slide,
+            every file still written here.
 
     Raises:
         QupathRkdError: ``tumor_free`` together with a given threshold, or a tumour-free slide
@@ -87,7 +93,9 @@ def predict_slides(
     assert cfg.threshold is not None
     cached: dict[Path, SlidePrediction] = {}
     if tumor_free:
-        op, cached = _operating_point(tumor_free, model, cfg, target_fp_per_slide)
+        op, cached = _operating_point(
+            tumor_free, model, cfg, target_fp_per_slide, cluster=cluster, checkpoint=checkpoint
+        )
         cfg = dataclasses.replace(cfg, threshold=op.threshold)
     elif base.threshold is not None:
         op = given(cfg.threshold)
@@ -102,6 +110,15 @@ def predict_slides(
             hint="give slides with distinct file names",
         )
     write_run_json(out, model, cfg, slide_paths, op)
+    remote = None
+    if cluster is not None:  # one task per slide still to predict, all sent now
+        todo = [
+            p
+            for p, i in zip(slide_paths, ids, strict=True)
+            if (overwrite or not slide_is_done(SlideOutputs(out, i), key, Path(p)))
+            and Path(p).resolve() not in cached
+        ]
+        remote = _submit(cluster, checkpoint, todo, cfg)
     runs: list[SlideRun] = []
     for path, slide_id in zip(slide_paths, ids, strict=True):
         outputs = SlideOutputs(out, slide_id)
@@ -123,6 +140,8 @@ def predict_slides(
                 pred = (
                     apply_threshold(earlier, cfg.threshold)
                     if earlier is not None
+                    else remote.result(str(path))
+                    if remote is not None
                     else predict_slide(path, model, config=cfg, progress=progress)
                 )
                 write_slide_outputs(outputs, pred, key)
@@ -157,6 +176,9 @@ def _operating_point(
     model: TrainedModel,
     cfg: InferenceConfig,
     target_fp_per_slide: float,
+    *,
+    cluster: ClusterSession | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[OperatingPoint, dict[Path, SlidePrediction]]:
     """Score the tumour-free slides and choose the seed threshold on them.
 
@@ -164,9 +186,14 @@ def _operating_point(
     slide is also predicted).
     """
     preds: dict[Path, SlidePrediction] = {}
+    remote = _submit(cluster, checkpoint, list(tumor_free), cfg) if cluster is not None else None
     for path in tumor_free:
         try:
-            pred = predict_slide(path, model, config=cfg)
+            pred = (
+                remote.result(str(path))
+                if remote is not None
+                else predict_slide(path, model, config=cfg)
+            )
         except QupathRkdError as exc:
             raise QupathRkdError(
                 f"tumour-free slide {path}: {exc.message}",
@@ -182,3 +209,14 @@ def _operating_point(
     )
     logger.info("operating point: %s", op)
     return op, preds
+
+
+def _submit(
+    cluster: ClusterSession, checkpoint: Path | None, paths: Sequence[Path], cfg: InferenceConfig
+) -> Any:
+    """Send ``paths`` to the cluster (keys: ``str(path)``); see :mod:`qupath_rkd.cluster`."""
+    from qupath_rkd.cluster.session import SlideJob
+
+    if checkpoint is None:
+        raise ValueError("predicting on a cluster needs the checkpoint file")
+    return cluster.submit(checkpoint, [SlideJob(str(p), Path(p), cfg) for p in paths])
