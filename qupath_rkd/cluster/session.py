@@ -4,8 +4,9 @@
 unreachable scheduler is one :class:`~qupath_rkd.errors.ClusterError` naming the address),
 checks that client, scheduler and workers run the same package versions (Dask's own check,
 as one line), and :meth:`ClusterSession.submit` sends one task per slide. The checkpoint's
-bytes are broadcast once to every worker; each task names the broadcast data, so no slide
-carries the model. Results come back as the slides' predictions; the caller writes them.
+bytes go once to every worker (a worker plugin, see :mod:`qupath_rkd.cluster.worker`); each
+task names the checkpoint by its sha256, so no slide carries the model. Results come back as
+the slides' predictions; the caller writes them.
 
 Failures: a task that raises (not one of our errors) is retried once (``retries=1``); a worker
 that dies mid-slide has its slide run again elsewhere, and a slide whose worker died twice
@@ -27,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from qupath_rkd.cluster.spec import ClusterSpec
-from qupath_rkd.cluster.worker import SlideFailure, predict_on_worker
+from qupath_rkd.cluster.worker import ModelPlugin, SlideFailure, predict_on_worker
 from qupath_rkd.errors import ClusterError, QupathRkdError
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class ClusterSession:
         self.echo = echo
         self._client: Any = None
         self._cluster: Any = None
-        self._scattered: dict[str, Any] = {}
+        self._plugins: dict[str, str] = {}
         self._gpu = False
 
     # --- connection -----------------------------------------------------------------------
@@ -161,7 +162,14 @@ class ClusterSession:
             self.echo(f"{self.spec.describe()}: {len(workers)} worker(s){gpus}")
 
     def close(self) -> None:
-        """Close the client (and the local cluster it started)."""
+        """Close the client (and the local cluster it started); a remote cluster's workers
+        drop the checkpoint."""
+        if self._client is not None and self._cluster is None:
+            for name in self._plugins.values():
+                try:
+                    self._client.unregister_worker_plugin(name)
+                except Exception:
+                    logger.debug("unregistering %s failed", name, exc_info=True)
         for thing in (self._client, self._cluster):
             if thing is not None:
                 try:
@@ -169,7 +177,7 @@ class ClusterSession:
                 except Exception:  # closing must not hide the run's own outcome
                     logger.debug("closing %s failed", thing, exc_info=True)
         self._client = self._cluster = None
-        self._scattered.clear()
+        self._plugins.clear()
 
     def __enter__(self) -> ClusterSession:
         self.connect()
@@ -187,17 +195,17 @@ class ClusterSession:
     def submit(self, checkpoint: str | Path, jobs: Sequence[SlideJob]) -> RemoteSlides:
         """One task per job with the model in ``checkpoint``; returns at once.
 
-        The checkpoint's bytes are broadcast to every worker the first time it is used in this
-        session. A slide the client itself cannot find is not sent: its result is the error a
+        The checkpoint's bytes go to every worker the first time it is used in this session.
+        A slide the client itself cannot find is not sent: its result is the error a
         one-process run gives.
         """
         self.connect()
         data = Path(checkpoint).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        model = self._scattered.get(sha)
-        if model is None:
-            model = self._client.scatter(data, broadcast=True, hash=False)
-            self._scattered[sha] = model
+        if sha not in self._plugins:
+            plugin = ModelPlugin(data, sha)
+            self._client.register_plugin(plugin, name=plugin.name)
+            self._plugins[sha] = plugin.name
         resources = {"GPU": 1} if self._gpu else None
         futures: dict[str, Any] = {}
         paths: dict[str, Path] = {}
@@ -208,7 +216,6 @@ class ClusterSession:
                 continue
             futures[job.key] = self._client.submit(
                 predict_on_worker,
-                model,
                 sha,
                 self.device,
                 str(Path(job.slide_path).resolve()),

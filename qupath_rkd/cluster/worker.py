@@ -1,9 +1,11 @@
 """What runs on a Dask worker: one slide through the model, its prediction sent back.
 
-The checkpoint arrives as bytes the client broadcast once to every worker (a Dask future
-resolved locally, not sent per task); :func:`_model` loads it once per worker process and
-keeps it, keyed by the checkpoint's sha256 and the device. Nothing is written here: the
-client writes every file.
+The checkpoint travels as a worker plugin (:class:`ModelPlugin`): Dask sends it once to every
+worker, and to each worker that joins or restarts later; tasks name the checkpoint by its
+sha256 only. :func:`_model` loads it once per worker process and keeps it, keyed by the sha256
+and the device. (A broadcast ``scatter`` is not enough: Dask's active memory manager drops
+the extra copies, and the data is lost with the worker that kept it.) Nothing is written
+here: the client writes every file.
 
 Errors: an error of ours (:class:`~qupath_rkd.errors.QupathRkdError`: unreadable slide,
 unknown µm/px, NaN scores...) is a property of the slide, not of the worker, so it is returned
@@ -11,7 +13,8 @@ as a :class:`SlideFailure` (no retry); anything else is raised, and Dask retries
 A slide path the worker cannot see (while the client can) fails with a message saying the
 slides must be visible to the workers.
 
-This module imports no Dask itself (the session does); it imports torch only when it runs.
+Imported only by :mod:`qupath_rkd.cluster.session` (and so only with the cluster flags); it
+imports torch only when a task runs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from qupath_rkd.errors import QupathRkdError, SlideNotFoundError
 
@@ -41,6 +46,7 @@ KILL_ONCE_FAULT = "cluster-worker-kill-once"
 FAULT_ENV = "QUPATH_RKD_FAULT"
 FAULT_MARKER_ENV = "QUPATH_RKD_FAULT_MARKER"
 
+_CHECKPOINTS: dict[str, bytes] = {}
 _MODELS: dict[tuple[str, str], TrainedModel] = {}
 #: How often this process loaded a checkpoint (tests check: once per worker, not per slide).
 LOADS: dict[str, int] = {}
@@ -67,8 +73,29 @@ class SlideFailure:
         return QupathRkdError(self.message, hint=self.hint)
 
 
+class ModelPlugin(WorkerPlugin):
+    """Puts a checkpoint's bytes on each worker (once; again on a worker that restarts)."""
+
+    def __init__(self, checkpoint: bytes, sha256: str) -> None:
+        self.checkpoint = checkpoint
+        self.sha256 = sha256
+        self.name = plugin_name(sha256)
+
+    def setup(self, worker: Any) -> None:
+        _CHECKPOINTS[self.sha256] = self.checkpoint
+
+    def teardown(self, worker: Any) -> None:
+        _CHECKPOINTS.pop(self.sha256, None)
+        for key in [k for k in _MODELS if k[0] == self.sha256]:
+            del _MODELS[key]
+
+
+def plugin_name(sha256: str) -> str:
+    """The worker plugin's name for a checkpoint."""
+    return f"qupath-rkd-model-{sha256[:16]}"
+
+
 def predict_on_worker(
-    checkpoint: bytes,
     checkpoint_sha256: str,
     device: str,
     slide_path: str,
@@ -79,8 +106,8 @@ def predict_on_worker(
     """Predict one slide here (the Dask task); see the module docstring.
 
     Args:
-        checkpoint: the checkpoint file's bytes (the broadcast future, resolved locally).
-        checkpoint_sha256: its sha256, the model cache's key (and the model's ``model_id``).
+        checkpoint_sha256: the checkpoint's sha256 (its bytes came with :class:`ModelPlugin`),
+            the model cache's key (and the model's ``model_id``).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, resolved on this worker.
         slide_path: absolute path, as the client sees it.
         config: the resolved :class:`~qupath_rkd.inference.predict.InferenceConfig`.
@@ -98,7 +125,7 @@ def predict_on_worker(
                 hint="slide paths must be visible to the workers at the same path: put the "
                 "slides on a shared filesystem mounted at the same place on every worker",
             )
-        model = _model(checkpoint, checkpoint_sha256, device)
+        model = _model(checkpoint_sha256, device)
         # a Dask worker process is a daemon: it cannot start tile-reading processes, and the
         # cluster's parallelism is its workers anyway (readers do not change results)
         readers = 0 if multiprocessing.current_process().daemon else config.num_workers
@@ -108,12 +135,15 @@ def predict_on_worker(
         return SlideFailure(type(exc).__name__, exc.message, exc.hint)
 
 
-def _model(checkpoint: bytes, sha256: str, device: str) -> TrainedModel:
+def _model(sha256: str, device: str) -> TrainedModel:
     """The checkpoint as a loaded model, once per process (file written, loaded, removed)."""
     key = (sha256, device)
     model = _MODELS.get(key)
     if model is not None:
         return model
+    checkpoint = _CHECKPOINTS.get(sha256)
+    if checkpoint is None:  # not a slide's fault: raised, so Dask retries it
+        raise RuntimeError(f"checkpoint {sha256[:12]} has not reached this worker")
     from qupath_rkd.errors import CheckpointError
     from qupath_rkd.model.scorer import load_model
 
