@@ -2,4 +2,5 @@
 
 from qupath_rkd.cli import main
 
-main()
+if __name__ == "__main__":  # not again in the processes a local Dask cluster spawns
+    main()

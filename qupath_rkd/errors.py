@@ -103,6 +103,10 @@ class SyncInterruptedError(QupathRkdError, RuntimeError):
     exit_code = 130
 
 
+class ClusterError(QupathRkdError, RuntimeError):
+    """The Dask cluster cannot be reached or used (address, versions, workers, GPUs)."""
+
+
 class EvaluationError(QupathRkdError, ValueError):
     """Ground truth or predictions for evaluation are unusable."""
 

@@ -14,8 +14,15 @@ def _check(label: str, ok: bool | None, detail: str) -> None:
 
 
 @click.command()
-def doctor() -> None:
-    """Report Python, torch/CUDA, OpenSlide, QuPath (paquo) and the teachers available offline."""
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Also check that this Dask scheduler answers (tcp://HOST:8786) and its workers.",
+)
+def doctor(scheduler: str | None) -> None:
+    """Report Python, torch/CUDA, OpenSlide, QuPath (paquo), the cluster extra and the teachers
+    available offline."""
     from qupath_rkd import __version__
 
     _check("qupath-rkd", True, __version__)
@@ -63,3 +70,35 @@ def doctor() -> None:
             _check(f"teacher {name}", True if available else None, how)
     except ImportError as exc:
         _check("teachers", False, f"model package unavailable: {exc}")
+
+    _check_cluster(scheduler)
+
+
+def _check_cluster(scheduler: str | None) -> None:
+    """The 'cluster' extra (Dask), and with ``--scheduler`` whether it answers."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        # not a failure: without it everything runs in one process
+        _check("cluster (dask)", None, "not installed: pip install 'qupath-rkd[cluster]'")
+        if scheduler:
+            _check("scheduler", False, f"{scheduler}: cannot check without Dask")
+        return
+    from importlib.metadata import version
+
+    _check("cluster (dask)", True, f"distributed {version('distributed')}")
+    if not scheduler:
+        return
+    from qupath_rkd.cluster import cluster_spec
+    from qupath_rkd.cluster.session import ClusterSession
+    from qupath_rkd.errors import QupathRkdError
+
+    lines: list[str] = []
+    try:
+        spec = cluster_spec(scheduler, None, connect_timeout_s=5.0, where="--scheduler")
+        assert spec is not None
+        with ClusterSession(spec, device="cpu", echo=lines.append):
+            pass
+        _check("scheduler", True, lines[-1] if lines else scheduler)
+    except QupathRkdError as exc:
+        _check("scheduler", False, exc.one_line())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -171,6 +172,35 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
 )
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--overwrite", is_flag=True, help="Predict again even where outputs exist.")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Send the slides to a running Dask scheduler (tcp://HOST:8786), one task per slide; "
+    "slides must be at the same path on the workers. Needs the 'cluster' extra.",
+)
+@click.option(
+    "--local-cluster",
+    "local_cluster",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Predict on a local Dask cluster of N worker processes (one slide each at a time).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the --scheduler.",
+)
+@click.option(
+    "--torch-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch threads while scoring [default: the cores; 1 on cluster workers]. Scores' "
+    "last bits depend on it: --torch-threads 1 gives the bytes of a cluster run.",
+)
 def predict(
     model: Path,
     slides: tuple[Path, ...],
@@ -194,6 +224,10 @@ def predict(
     workers: int | None,
     device: str,
     overwrite: bool,
+    scheduler: str | None,
+    local_cluster: int | None,
+    connect_timeout: float,
+    torch_threads: int | None,
 ) -> None:
     """Heatmaps, lesions and slide scores for SLIDE... (files or folders) with MODEL.
 
@@ -211,7 +245,8 @@ def predict(
     from qupath_rkd.model.scorer import load_model
 
     paths = _expand(slides)
-    trained = load_model(model, device=device)
+    cluster = _cluster_session(scheduler, local_cluster, connect_timeout, device)
+    trained = load_model(model, device="cpu" if cluster is not None else device)
     check_tile_mpp(model, trained.mpp, tile_mpp, allow_mpp_mismatch)
     config = InferenceConfig(
         mpp=tile_mpp,
@@ -228,6 +263,7 @@ def predict(
         tta_views=int(tta_views),
         batch_size=batch_size,
         num_workers=workers,
+        torch_threads=torch_threads,
     )
     from qupath_rkd.cli.progress import ProgressRenderer
 
@@ -249,18 +285,24 @@ def predict(
             line += f" — note: {run.note}"
         renderer.echo(line)
 
-    with renderer:
-        runs = predict_slides(
-            paths,
-            trained,
-            out_dir,
-            config=config,
-            overwrite=overwrite,
-            progress=renderer,
-            on_slide_done=report,
-            tumor_free=_expand(tumor_free) if tumor_free else (),
-            target_fp_per_slide=target_fp_per_slide,
-        )
+    try:
+        with renderer:
+            runs = predict_slides(
+                paths,
+                trained,
+                out_dir,
+                config=config,
+                overwrite=overwrite,
+                progress=renderer,
+                on_slide_done=report,
+                tumor_free=_expand(tumor_free) if tumor_free else (),
+                target_fp_per_slide=target_fp_per_slide,
+                cluster=cluster,
+                checkpoint=model,
+            )
+    finally:
+        if cluster is not None:
+            cluster.close()
     failed = [r for r in runs if r.status == "failed"]
     _echo_operating_point(out_dir)
     click.echo(
@@ -271,6 +313,23 @@ def predict(
         raise click.ClickException(
             f"{len(failed)} slide(s) failed: " + ", ".join(str(r.slide_path.name) for r in failed)
         )
+
+
+def _cluster_session(
+    scheduler: str | None, local_workers: int | None, timeout_s: float, device: str
+) -> Any:
+    """A connected :class:`~qupath_rkd.cluster.session.ClusterSession`, or ``None`` without
+    the flags (then Dask is never imported). Connects before anything is written."""
+    from qupath_rkd.cluster import cluster_spec
+
+    spec = cluster_spec(scheduler, local_workers, connect_timeout_s=timeout_s)
+    if spec is None:
+        return None
+    from qupath_rkd.cluster.session import ClusterSession
+
+    session = ClusterSession(spec, device=device, echo=lambda line: click.echo(line, err=True))
+    session.connect()
+    return session
 
 
 def _echo_operating_point(out_dir: Path) -> None:

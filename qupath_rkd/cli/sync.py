@@ -67,6 +67,20 @@ def _parse_slide_mpps(items: tuple[str, ...]) -> dict[str, float]:
     help="Rewrite project.qpproj's image paths for slides found elsewhere (close QuPath "
     "first; the old file is kept as project.qpproj.qupath-rkd.bak).",
 )
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Predict on a running Dask scheduler (tcp://HOST:8786); sets cluster.scheduler.",
+)
+@click.option(
+    "--local-cluster",
+    "local_cluster",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Predict on a local Dask cluster of N worker processes; sets cluster.local_workers.",
+)
 def sync(
     project: Path,
     dry_run: bool,
@@ -76,6 +90,8 @@ def sync(
     slide_root: Path | None,
     slide_mpps: tuple[str, ...],
     update_uris: bool,
+    scheduler: str | None,
+    local_cluster: int | None,
 ) -> None:
     """Train on PROJECT's annotations when they changed, predict every stale image, write the
     predictions back for QuPath, and print a per-slide table.
@@ -92,6 +108,11 @@ def sync(
         values["sync.backend"] = backend
     if device is not None:
         values["sync.device"] = device
+    if scheduler is not None:  # a flag replaces the config's cluster, whichever kind
+        values["cluster.scheduler"], values["cluster.local_workers"] = scheduler, 0
+    if local_cluster is not None:
+        values["cluster.local_workers"] = local_cluster
+        values.setdefault("cluster.scheduler", "")
     project_dir = project.parent if project.name.endswith(".qpproj") else project
     config = load_config(project_dir if project_dir.is_dir() else None, values)
     if slide_mpps:  # on top of images.mpp from config.toml / --set

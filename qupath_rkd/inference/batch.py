@@ -9,7 +9,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qupath_rkd.errors import QupathRkdError
 from qupath_rkd.inference.predict import (
@@ -38,6 +38,7 @@ from qupath_rkd.outputs import SlideOutputs, slide_id_for
 from qupath_rkd.progress import ProgressCallback, ProgressTask
 
 if TYPE_CHECKING:
+    from qupath_rkd.cluster.session import ClusterSession
     from qupath_rkd.model.scorer import TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def predict_slides(
     on_slide_done: Callable[[SlideRun], None] | None = None,
     tumor_free: Sequence[Path] = (),
     target_fp_per_slide: float = DEFAULT_TARGET_FP_PER_SLIDE,
+    cluster: ClusterSession | None = None,
+    checkpoint: Path | None = None,
 ) -> list[SlideRun]:
     """Predict every slide and write its outputs (see :mod:`qupath_rkd.outputs`).
 
@@ -72,6 +75,9 @@ def predict_slides(
             ``target_fp_per_slide`` false lesions per slide
             (:func:`~qupath_rkd.lesions.operating_point.choose_operating_point`); it is written
             into ``run.json`` with how it was found. Not allowed with a threshold in ``config``.
+        cluster, checkpoint: predict on a Dask cluster (:mod:`qupath_rkd.cluster`) with the
+            model in ``checkpoint`` (the file ``model`` was loaded from): one task per slide,
+            every file still written here.
 
     Raises:
         QupathRkdError: ``tumor_free`` together with a given threshold, or a tumour-free slide
@@ -89,7 +95,15 @@ def predict_slides(
     assert cfg.threshold is not None
     cached: dict[Path, SlidePrediction] = {}
     if tumor_free:
-        op, cached = _operating_point(tumor_free, model, cfg, target_fp_per_slide, progress)
+        op, cached = _operating_point(
+            tumor_free,
+            model,
+            cfg,
+            target_fp_per_slide,
+            progress,
+            cluster=cluster,
+            checkpoint=checkpoint,
+        )
         cfg = dataclasses.replace(cfg, threshold=op.threshold)
     elif base.threshold is not None:
         op = given(cfg.threshold)
@@ -104,11 +118,22 @@ def predict_slides(
             hint="give slides with distinct file names",
         )
     write_run_json(out, model, cfg, slide_paths, op)
+    remote = None
+    if cluster is not None:  # one task per slide still to predict, all sent now
+        todo = [
+            p
+            for p, i in zip(slide_paths, ids, strict=True)
+            if (overwrite or not slide_is_done(SlideOutputs(out, i), key, Path(p)))
+            and Path(p).resolve() not in cached
+        ]
+        remote = _submit(cluster, checkpoint, todo, cfg)
     runs: list[SlideRun] = []
     with ProgressTask(progress, "slides", len(slide_paths), "slide") as task:
         for path, slide_id in zip(slide_paths, ids, strict=True):
             runs.append(
-                _one_slide(path, slide_id, out, model, cfg, key, overwrite, cached, progress)
+                _one_slide(
+                    path, slide_id, out, model, cfg, key, overwrite, cached, progress, remote
+                )
             )
             write_slide_scores(out, runs)
             if on_slide_done is not None:
@@ -127,6 +152,7 @@ def _one_slide(
     overwrite: bool,
     cached: dict[Path, SlidePrediction],
     progress: ProgressCallback | None,
+    remote: Any = None,
 ) -> SlideRun:
     """Predict one slide of :func:`predict_slides` and write its outputs (or skip it when
     done); a failure is returned as a failed run."""
@@ -149,6 +175,8 @@ def _one_slide(
             pred = (
                 apply_threshold(earlier, cfg.threshold)
                 if earlier is not None
+                else remote.result(str(path))
+                if remote is not None
                 else predict_slide(path, model, config=cfg, progress=progress)
             )
             write_slide_outputs(outputs, pred, key)
@@ -180,6 +208,9 @@ def _operating_point(
     cfg: InferenceConfig,
     target_fp_per_slide: float,
     progress: ProgressCallback | None = None,
+    *,
+    cluster: ClusterSession | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[OperatingPoint, dict[Path, SlidePrediction]]:
     """Score the tumour-free slides and choose the seed threshold on them.
 
@@ -187,9 +218,14 @@ def _operating_point(
     slide is also predicted).
     """
     preds: dict[Path, SlidePrediction] = {}
+    remote = _submit(cluster, checkpoint, list(tumor_free), cfg) if cluster is not None else None
     for path in tumor_free:
         try:
-            pred = predict_slide(path, model, config=cfg, progress=progress)
+            pred = (
+                remote.result(str(path))
+                if remote is not None
+                else predict_slide(path, model, config=cfg, progress=progress)
+            )
         except QupathRkdError as exc:
             raise QupathRkdError(
                 f"tumour-free slide {path}: {exc.message}",
@@ -205,3 +241,14 @@ def _operating_point(
     )
     logger.info("operating point: %s", op)
     return op, preds
+
+
+def _submit(
+    cluster: ClusterSession, checkpoint: Path | None, paths: Sequence[Path], cfg: InferenceConfig
+) -> Any:
+    """Send ``paths`` to the cluster (keys: ``str(path)``); see :mod:`qupath_rkd.cluster`."""
+    from qupath_rkd.cluster.session import SlideJob
+
+    if checkpoint is None:
+        raise ValueError("predicting on a cluster needs the checkpoint file")
+    return cluster.submit(checkpoint, [SlideJob(str(p), Path(p), cfg) for p in paths])

@@ -104,6 +104,10 @@ class InferenceConfig:
         batch_size, num_workers: streaming (do not change results, so not in the key).
             ``num_workers=None`` (default): one fewer than the CPU cores, at most 8 (0 on one
             core): on 2 cores the one reader keeps the model fed (docs/benchmarks.md).
+        torch_threads: torch intra-op threads while tiles are scored; ``None`` = torch's own
+            (the cores). Not in the key, but the scores' last float32 bits depend on it (and
+            on ``batch_size``): a Dask worker scores with 1 (:mod:`qupath_rkd.cluster`), so
+            ``torch_threads=1`` here gives its bytes.
     """
 
     mpp: float | None = None
@@ -120,6 +124,7 @@ class InferenceConfig:
     tta_views: int = DEFAULT_SLIDE_TTA_VIEWS
     batch_size: int = DEFAULT_INFERENCE_BATCH
     num_workers: int | None = None
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.tta_views not in (1, 2, 4, 8):
@@ -128,6 +133,8 @@ class InferenceConfig:
             raise ValueError(f"slide_score must be one of {SLIDE_SCORES}, not {self.slide_score!r}")
         if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError("torch_threads must be >= 1")
         self.post_processing()  # validates smoothing, extent ratio and minimum size
 
     def post_processing(self) -> PostProcessing:
@@ -156,7 +163,7 @@ class InferenceConfig:
     def key(self, model_id: str) -> str:
         """sha256 of the model id and every field that changes the outputs."""
         fields = dataclasses.asdict(self)
-        for streaming_only in ("batch_size", "num_workers"):
+        for streaming_only in ("batch_size", "num_workers", "torch_threads"):
             fields.pop(streaming_only)
         fields["lesion_outline"] = LESION_OUTLINE_VERSION
         text = json.dumps({"model_id": model_id, **fields}, sort_keys=True)
@@ -311,6 +318,22 @@ def _worker_errors_as_one_line() -> Iterator[None]:
         raise type(exc)(message) from exc
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (``None``: unchanged)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # --- one slide ----------------------------------------------------------------------------
 def slide_score_of(probability: np.ndarray, how: str, threshold: float) -> float | None:
     """The slide score from tile probabilities ``(N,)`` alone: ``max`` or ``mean_above``
@@ -447,15 +470,16 @@ def predict_slide(
         logger.info("%s: %s", path.name, note)
     t0 = time.perf_counter()
     dataset = TileDataset(path, grid.xy_px, cfg.tile_px, cfg.mpp, cfg.slide_mpp)
-    scores = score_tiles(
-        model,
-        dataset,
-        batch_size=cfg.batch_size,
-        num_workers=int(cfg.num_workers or 0),
-        progress=progress,
-        tta_views=cfg.tta_views,
-        task=f"tiles {path.name}",
-    )
+    with torch_threads(cfg.torch_threads):
+        scores = score_tiles(
+            model,
+            dataset,
+            batch_size=cfg.batch_size,
+            num_workers=int(cfg.num_workers or 0),
+            progress=progress,
+            tta_views=cfg.tta_views,
+            task=f"tiles {path.name}",
+        )
     timings["score_s"] = time.perf_counter() - t0
     probability = (
         np.asarray(model.calibrate(scores), dtype=np.float32)

@@ -247,6 +247,27 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "device": Key("auto", "str", "torch device: auto, cpu, cuda, cuda:1, mps"),
         "slide_root": Key("", "str", "folder searched for slides that moved"),
         "num_workers": Key(0, "int", "data-loading worker processes", minimum=0),
+        "torch_threads": Key(
+            0,
+            "int",
+            "torch threads while scoring slides (0 = the cores); the scores' last bits depend "
+            "on it: 1 gives the bytes of a [cluster] run",
+            minimum=0,
+        ),
+    },
+    "cluster": {
+        "scheduler": Key(
+            "",
+            "str",
+            "predict on a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (slides at the same "
+            "path on every worker; needs the 'cluster' extra)",
+        ),
+        "local_workers": Key(
+            0, "int", "predict on a local Dask cluster of this many worker processes", minimum=0
+        ),
+        "connect_timeout_s": Key(
+            10.0, "float", "seconds to wait for the scheduler", minimum=0.1, maximum=3600.0
+        ),
     },
     "suggest": {
         "enabled": Key(
@@ -413,7 +434,23 @@ def load_config(
     for dotted, raw in (overrides or {}).items():
         value = parse_cli_value(raw) if isinstance(raw, str) else raw
         _set(config, dotted, value, SOURCE_CLI)
+    _check_cluster(config)
     return config
+
+
+def _check_cluster(config: SyncConfig) -> None:
+    """``[cluster]``: a well-formed scheduler address, or local workers, not both (one-line
+    :class:`ConfigError` naming where the values came from)."""
+    from qupath_rkd.cluster.spec import cluster_spec
+
+    section = config.sources["cluster"]
+    given = sorted({section["scheduler"], section["local_workers"]} - {SOURCE_DEFAULT})
+    cluster_spec(
+        config.get("cluster.scheduler"),
+        config.get("cluster.local_workers"),
+        connect_timeout_s=float(config.get("cluster.connect_timeout_s")),
+        where=f"cluster.scheduler / cluster.local_workers (from {', '.join(given) or 'defaults'})",
+    )
 
 
 def parse_cli_value(text: str) -> Any:

@@ -125,10 +125,12 @@ def run_sync(
     project.check_slides()  # every missing image file in one error (try --slide-root)
     if not dry_run:
         ensure_writable(project.path)
+    # a scheduler is reached before anything is written (the [cluster] section)
+    cluster = None if dry_run else _cluster_session(config, echo)
     lock = None if dry_run else ProjectLock(project.path, command="sync")
-    if lock is not None:
-        lock.acquire()
     try:
+        if lock is not None:
+            lock.acquire()
         backend, backend_note = get_backend(project, config.get("sync.backend"))
         logger.info("%s", backend_note)
         if "(" in backend_note and config.get("sync.backend") == "auto":
@@ -144,11 +146,35 @@ def run_sync(
             for change in rewrite_uris(project, dry_run=dry_run):
                 verb = "would relink" if dry_run else "relinked"
                 _say(outcome.notes, f"{verb} {change.name}: {change.new_uri}", echo)
-        _sync_locked(project, backend, writer, config, outcome, progress, echo)
+        _sync_locked(project, backend, writer, config, outcome, progress, echo, cluster)
     finally:
         if lock is not None:
             lock.release()
+        if cluster is not None:
+            cluster.close()
     return outcome
+
+
+def _cluster_session(config: SyncConfig, echo: Callable[[str], None] | None) -> Any:
+    """The ``[cluster]`` section's :class:`~qupath_rkd.cluster.session.ClusterSession`, or
+    ``None`` (one process; Dask not imported). A scheduler is connected to now; a local
+    cluster starts when there is something to predict."""
+    from qupath_rkd.cluster import cluster_spec
+
+    spec = cluster_spec(
+        config.get("cluster.scheduler"),
+        config.get("cluster.local_workers"),
+        connect_timeout_s=float(config.get("cluster.connect_timeout_s")),
+        where="[cluster] scheduler / local_workers",
+    )
+    if spec is None:
+        return None
+    from qupath_rkd.cluster.session import ClusterSession
+
+    session = ClusterSession(spec, device=config.get("sync.device"), echo=echo)
+    if spec.scheduler:
+        session.connect()
+    return session
 
 
 def _entry_writer(
@@ -182,6 +208,7 @@ def _sync_locked(
     outcome: SyncOutcome,
     progress: ProgressCallback | None,
     echo: Callable[[str], None] | None,
+    cluster: Any = None,
 ) -> None:
     state = load_state(project.path)
     entries = list(backend.images())
@@ -343,17 +370,39 @@ def _sync_locked(
         if to_predict:
             from qupath_rkd.model.scorer import load_model
 
-            model = load_model(model_path, device=config.get("sync.device"))
+            device = "cpu" if cluster is not None else config.get("sync.device")
+            model = load_model(model_path, device=device)
             check_model_scale(config, model, model_path)
             if outcome.operating_point is None:
                 op, negative_preds = _operating_point(
-                    entries, annotation_sets, sources, model, config, outcome, echo, progress
+                    entries,
+                    annotation_sets,
+                    sources,
+                    model,
+                    config,
+                    outcome,
+                    echo,
+                    progress,
+                    cluster=cluster,
+                    checkpoint=model_path,
                 )
                 outcome.operating_point = op
                 new_state.operating_point = {**op, "key": op_full_key}
                 if echo is not None:
                     echo(f"threshold {op['threshold']:.4f} ({op['method']}): {op['note']}")
             threshold = float(outcome.operating_point["threshold"])
+        remote = None
+        if cluster is not None and to_predict:  # one task per slide (qupath_rkd.cluster)
+            assert threshold is not None
+            remote = _submit(
+                cluster,
+                model_path,
+                [
+                    (e.entry_id, e.path, _entry_config(config, e, threshold), region)
+                    for e, _fp, _rh, region, _w in to_predict
+                    if e.entry_id not in negative_preds
+                ],
+            )
         slides_task = ProgressTask(
             progress if to_predict else None, "predicting slides", len(to_predict), "slide"
         )
@@ -372,6 +421,7 @@ def _sync_locked(
                         threshold,
                         negative_preds.pop(entry.entry_id, None),
                         progress,
+                        remote,
                     )
                 except UnknownResolutionError as exc:
                     result.status = STATUS_FAILED
@@ -693,6 +743,9 @@ def _operating_point(
     outcome: SyncOutcome,
     echo: Callable[[str], None] | None,
     progress: ProgressCallback | None = None,
+    *,
+    cluster: Any = None,
+    checkpoint: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The operating point (as a dict) and the predictions made to find it (entry ID →
     :class:`~qupath_rkd.inference.predict.SlidePrediction` at the model's threshold).
@@ -712,18 +765,32 @@ def _operating_point(
     floor = float(model.threshold)
     preds: dict[str, Any] = {}
     negatives = []
+    remote = None
+    if cluster is not None and checkpoint is not None:
+        jobs = []
+        for entry in entries:
+            if sources.get(entry.entry_id) is not None and entry.path is not None:
+                _hash, region = _region(annotation_sets[entry.entry_id].objects, config)
+                jobs.append(
+                    (entry.entry_id, entry.path, inference_config(config, entry.mpp), region)
+                )
+        remote = _submit(cluster, checkpoint, jobs)
     for entry in entries:
         src = sources.get(entry.entry_id)
         if src is None or entry.path is None:
             continue
         _hash, region = _region(annotation_sets[entry.entry_id].objects, config)
         try:
-            pred = predict_slide(
-                entry.path,
-                model,
-                region=region,
-                config=inference_config(config, entry.mpp),
-                progress=progress,
+            pred = (
+                remote.result(entry.entry_id)
+                if remote is not None
+                else predict_slide(
+                    entry.path,
+                    model,
+                    region=region,
+                    config=inference_config(config, entry.mpp),
+                    progress=progress,
+                )
             )
         except QupathRkdError as exc:
             _say(outcome.notes, f"operating point: {entry.name} left out: {exc.one_line()}", echo)
@@ -1020,7 +1087,23 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
         tta_views=int(inf["tta_views"]),
         batch_size=int(inf["batch_size"]),
         num_workers=int(config.get("sync.num_workers")),
+        torch_threads=int(config.get("sync.torch_threads")) or None,
     )
+
+
+def _entry_config(config: SyncConfig, entry: Any, threshold: float) -> Any:
+    """The inference configuration an image is predicted with, at the seed ``threshold``."""
+    import dataclasses
+
+    return dataclasses.replace(inference_config(config, entry.mpp), threshold=threshold)
+
+
+def _submit(cluster: Any, checkpoint: Path, jobs: Sequence[tuple[str, Any, Any, Any]]) -> Any:
+    """``(entry ID, slide path, inference config, region)`` jobs to the cluster (keys: the
+    entry IDs); see :mod:`qupath_rkd.cluster`."""
+    from qupath_rkd.cluster.session import SlideJob
+
+    return cluster.submit(checkpoint, [SlideJob(k, Path(p), c, r) for k, p, c, r in jobs])
 
 
 def _predict_entry(
@@ -1032,6 +1115,7 @@ def _predict_entry(
     threshold: float,
     earlier: Any = None,
     progress: ProgressCallback | None = None,
+    remote: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict one image: (GeoJSON features for the backend, summary for the report).
 
@@ -1041,16 +1125,16 @@ def _predict_entry(
     ``model_id``, see :func:`_model_id`, + settings) and the entry, so the same prediction
     gives the same bytes.
     """
-    import dataclasses
-
     from qupath_rkd.inference import predict_slide
     from qupath_rkd.inference.predict import apply_threshold
     from qupath_rkd.inference.write import lesion_features, tile_features
 
     if earlier is not None:  # predicted to find the operating point: only re-threshold it
         prediction = apply_threshold(earlier, threshold)
+    elif remote is not None:  # sent to the cluster (qupath_rkd.cluster)
+        prediction = remote.result(entry.entry_id)
     else:
-        cfg = dataclasses.replace(inference_config(config, entry.mpp), threshold=threshold)
+        cfg = _entry_config(config, entry, threshold)
         prediction = predict_slide(entry.path, model, region=region, config=cfg, progress=progress)
     key = prediction.config.key(model_id)
     slide_id = f"entry-{entry.entry_id}"
