@@ -17,8 +17,8 @@ import numpy as np
 
 from qupath_rkd.constants import PROJECT_SUBDIR
 from qupath_rkd.heatmap import Heatmap
-from qupath_rkd.inference.write import MEASURE_MAX_PROBABILITY, MEASURE_PROBABILITY
 from qupath_rkd.io_utils import atomic_write_bytes
+from qupath_rkd.outputs import MEASURE_MAX_PROBABILITY, MEASURE_PROBABILITY
 
 if TYPE_CHECKING:
     from qupath_rkd.demo.project import DemoProject, DemoSlide

@@ -271,7 +271,7 @@ def heatmap_from_tile_features(features: Sequence[Mapping[str, Any]], mpp: float
     """The heatmap grid rebuilt from prediction tile objects (GeoJSON dicts: each the square
     footprint of its cell, with ``Tumor probability``); ``None`` without tiles. The footprint
     is the cell's stride square, so tile side = stride here."""
-    from qupath_rkd.inference.write import MEASURE_PROBABILITY
+    from qupath_rkd.outputs import MEASURE_PROBABILITY
 
     boxes = []
     for f in features:
