@@ -11,6 +11,8 @@ Layout of an output folder ``OUT``::
     OUT/<slide>/heatmap.npy / .json    calibrated probability on the tile grid + its geometry
     OUT/<slide>/heatmap.png            the heatmap over the slide thumbnail, with a colour bar
     OUT/<slide>/done.json              written last: model id + config key; a match skips the slide
+    OUT/tumor_free_heatmaps/<slide>.*  heatmaps of the --tumor-free slides, reused while the model,
+                                       the heatmap settings and the slide file are unchanged
 
 All coordinates are level-0 pixels in QuPath's frame, which is OpenSlide's frame for slides
 without ``openslide.bounds-x/y`` (every Camelyon16 TIFF); for e.g. MRXS files with bounds, add
@@ -26,6 +28,8 @@ from pathlib import Path
 RUN_JSON = "run.json"
 SLIDE_SCORES_CSV = "slide_scores.csv"
 SUBMISSION_DIR = "camelyon16"
+#: heatmaps of the tumour-free slides that set the operating point (reused between runs)
+TUMOR_FREE_DIR = "tumor_free_heatmaps"
 SLIDE_SCORES_HEADER = (
     "slide",
     "score",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qupath_rkd.errors import QupathRkdError
+from qupath_rkd.heatmap import Heatmap, HeatmapFileError
 from qupath_rkd.inference.predict import (
     InferenceConfig,
     SlidePrediction,
@@ -21,6 +22,7 @@ from qupath_rkd.inference.predict import (
 )
 from qupath_rkd.inference.write import (
     read_done,
+    slide_identity,
     slide_is_done,
     write_run_json,
     write_slide_outputs,
@@ -34,7 +36,7 @@ from qupath_rkd.lesions.operating_point import (
     fallback,
     given,
 )
-from qupath_rkd.outputs import SlideOutputs, slide_id_for
+from qupath_rkd.outputs import TUMOR_FREE_DIR, SlideOutputs, slide_id_for
 from qupath_rkd.progress import ProgressCallback, ProgressTask
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ def predict_slides(
             cfg,
             target_fp_per_slide,
             progress,
+            out=out,
             cluster=cluster,
             checkpoint=checkpoint,
         )
@@ -209,17 +212,30 @@ def _operating_point(
     target_fp_per_slide: float,
     progress: ProgressCallback | None = None,
     *,
+    out: Path | None = None,
     cluster: ClusterSession | None = None,
     checkpoint: Path | None = None,
 ) -> tuple[OperatingPoint, dict[Path, SlidePrediction]]:
     """Score the tumour-free slides and choose the seed threshold on them.
 
-    Returns the operating point and the predictions by resolved path (reused when a tumour-free
-    slide is also predicted).
+    With ``out``, each tumour-free slide's heatmap is kept in ``out/tumor_free_heatmaps/`` and
+    reused by the next run while the model, the heatmap settings
+    (:meth:`InferenceConfig.heatmap_key`) and the slide file (size, mtime) are unchanged: a new
+    threshold, slide score or lesion setting does not score them again.
+
+    Returns the operating point and the predictions by resolved path of the slides scored in
+    this run (reused when a tumour-free slide is also predicted).
     """
     preds: dict[Path, SlidePrediction] = {}
-    remote = _submit(cluster, checkpoint, list(tumor_free), cfg) if cluster is not None else None
+    heatmaps: dict[Path, Heatmap] = {}
+    hkey = cfg.heatmap_key(model.model_id)
     for path in tumor_free:
+        earlier = _stored_negative(out, Path(path), hkey)
+        if earlier is not None:
+            heatmaps[Path(path).resolve()] = earlier
+    todo = [p for p in tumor_free if Path(p).resolve() not in heatmaps]
+    remote = _submit(cluster, checkpoint, todo, cfg) if cluster is not None and todo else None
+    for path in todo:
         try:
             pred = (
                 remote.result(str(path))
@@ -232,15 +248,56 @@ def _operating_point(
                 hint=exc.hint or "fix or drop it from --tumor-free",
             ) from exc
         preds[Path(path).resolve()] = pred
+        heatmaps[Path(path).resolve()] = pred.heatmap
+        _store_negative(out, Path(path), hkey, pred.heatmap)
     assert cfg.threshold is not None
     op = choose_operating_point(
-        [NegativeHeatmap(p.heatmap, None, p.slide_path.name) for p in preds.values()],
+        [NegativeHeatmap(heatmaps[Path(p).resolve()], None, Path(p).name) for p in tumor_free],
         cfg.post_processing(),
         target_fp_per_slide=target_fp_per_slide,
         floor=float(cfg.threshold),
     )
-    logger.info("operating point: %s", op)
+    logger.info(
+        "operating point: %s (%d tumour-free slide(s) scored, %d reused)",
+        op,
+        len(todo),
+        len(tumor_free) - len(todo),
+    )
     return op, preds
+
+
+def _negative_stem(out: Path, path: Path) -> Path:
+    return out / TUMOR_FREE_DIR / slide_id_for(path)
+
+
+def _stored_negative(out: Path | None, path: Path, hkey: str) -> Heatmap | None:
+    """The stored heatmap of tumour-free slide ``path`` if it is still valid, else ``None``."""
+    if out is None:
+        return None
+    stem = _negative_stem(out, path)
+    if not stem.with_name(stem.name + ".json").is_file():
+        return None
+    try:
+        heatmap = Heatmap.load(stem)
+        identity = slide_identity(path)
+    except (HeatmapFileError, OSError):
+        return None  # unreadable or gone: score it again
+    meta = heatmap.meta
+    same = meta.get("heatmap_key") == hkey and all(meta.get(k) == v for k, v in identity.items())
+    return heatmap if same else None
+
+
+def _store_negative(out: Path | None, path: Path, hkey: str, heatmap: Heatmap) -> None:
+    """Keep a tumour-free slide's heatmap for the next run (atomically; a failure only logs)."""
+    if out is None:
+        return
+    try:
+        meta = {**heatmap.meta, "heatmap_key": hkey, **slide_identity(path)}
+        stem = _negative_stem(out, path)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        dataclasses.replace(heatmap, meta=meta).save(stem)
+    except OSError as exc:
+        logger.warning("could not keep the heatmap of tumour-free slide %s: %s", path, exc)
 
 
 def _submit(

@@ -169,6 +169,17 @@ class InferenceConfig:
         text = json.dumps({"model_id": model_id, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def heatmap_key(self, model_id: str) -> str:
+        """sha256 of the model id and the fields that change the heatmap itself (the tile grid,
+        tissue, views); the threshold, the slide score and the lesion post-processing do not."""
+        fields = {
+            name: getattr(self, name)
+            for name in ("mpp", "tile_px", "stride_px", "min_tissue_fraction", "slide_mpp")
+        }
+        fields["tta_views"] = self.tta_views
+        text = json.dumps({"model_id": model_id, "heatmap": fields}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class TileScores:

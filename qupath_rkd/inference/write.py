@@ -250,7 +250,7 @@ def tiles_csv(pred: SlidePrediction) -> str:
     return buf.getvalue()
 
 
-def _slide_identity(path: Path) -> dict[str, Any]:
+def slide_identity(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"slide_bytes": st.st_size, "slide_mtime_ns": st.st_mtime_ns}
 
@@ -285,7 +285,7 @@ def write_slide_outputs(outputs: SlideOutputs, pred: SlidePrediction, key: str) 
             "key": key,
             "model_id": pred.model_id,
             "slide": str(pred.slide_path),
-            **_slide_identity(pred.slide_path),
+            **slide_identity(pred.slide_path),
             "slide_mpp": pred.slide_mpp,
             "slide_size_px": list(pred.slide_size_px),
             "slide_score": pred.slide_score,
@@ -332,7 +332,7 @@ def slide_is_done(outputs: SlideOutputs, key: str, slide_path: Path) -> bool:
     if done.get("key") != key:
         return False
     try:
-        if {k: done.get(k) for k in ("slide_bytes", "slide_mtime_ns")} != _slide_identity(
+        if {k: done.get(k) for k in ("slide_bytes", "slide_mtime_ns")} != slide_identity(
             slide_path
         ):
             return False
