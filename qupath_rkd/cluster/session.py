@@ -34,6 +34,7 @@ from qupath_rkd.errors import ClusterError, QupathRkdError
 if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
 
+    from qupath_rkd.cluster.worker import SlidePredictor
     from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,17 @@ class ClusterSession:
         *,
         device: str = "auto",
         echo: Callable[[str], None] | None = None,
+        slide_predictor: SlidePredictor | None = None,
     ) -> None:
+        """``slide_predictor`` replaces :func:`~qupath_rkd.inference.predict.predict_slide`
+        on the workers (a test seam: ``benchmarks/cluster_scaling.py`` puts a fixed sleep
+        where the model would run, behind the real submission, checkpoint broadcast, result
+        return and writes). Called as ``f(path, model, region=, config=, progress=)``; it
+        must pickle by reference (a module-level function the workers can import)."""
         self.spec = spec
         self.device = device or "auto"
         self.echo = echo
+        self.slide_predictor = slide_predictor
         self._client: Any = None
         self._cluster: Any = None
         self._plugins: dict[str, str] = {}
@@ -222,6 +230,7 @@ class ClusterSession:
                 job.config,
                 job.region,
                 self.spec.torch_threads,
+                self.slide_predictor,
                 key=f"qupath-rkd-{Path(job.slide_path).name}-{run}-{len(futures)}",
                 retries=1,
                 pure=False,

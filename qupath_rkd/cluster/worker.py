@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 KILL_ONCE_FAULT = "cluster-worker-kill-once"
 FAULT_ENV = "QUPATH_RKD_FAULT"
 FAULT_MARKER_ENV = "QUPATH_RKD_FAULT_MARKER"
+
+#: What a task runs on its slide: :func:`~qupath_rkd.inference.predict.predict_slide`, or what
+#: :class:`~qupath_rkd.cluster.session.ClusterSession` was given instead (a test seam).
+SlidePredictor = Callable[..., "SlidePrediction"]
 
 _CHECKPOINTS: dict[str, bytes] = {}
 _MODELS: dict[tuple[str, str], TrainedModel] = {}
@@ -102,6 +107,7 @@ def predict_on_worker(
     config: InferenceConfig,
     region: BaseGeometry | None,
     torch_threads: int,
+    slide_predictor: SlidePredictor | None = None,
 ) -> SlidePrediction | SlideFailure:
     """Predict one slide here (the Dask task); see the module docstring.
 
@@ -113,6 +119,7 @@ def predict_on_worker(
         config: the resolved :class:`~qupath_rkd.inference.predict.InferenceConfig`.
         region: level-0 px geometry (QuPath frame) tiles must lie in, or ``None``.
         torch_threads: torch intra-op threads while scoring.
+        slide_predictor: runs instead of ``predict_slide`` (same call; benchmarks and tests).
     """
     from qupath_rkd.inference.predict import predict_slide
 
@@ -130,7 +137,8 @@ def predict_on_worker(
         # cluster's parallelism is its workers anyway (readers do not change results)
         readers = 0 if multiprocessing.current_process().daemon else config.num_workers
         cfg = dataclasses.replace(config, num_workers=readers, torch_threads=torch_threads)
-        return predict_slide(path, model, region=region, config=cfg, progress=_fault_progress())
+        predict = slide_predictor or predict_slide
+        return predict(path, model, region=region, config=cfg, progress=_fault_progress())
     except QupathRkdError as exc:
         return SlideFailure(type(exc).__name__, exc.message, exc.hint)
 
