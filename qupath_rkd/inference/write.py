@@ -308,9 +308,7 @@ def _max_or_none(values: np.ndarray) -> float | None:
 
 
 def _config_dict(cfg: InferenceConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
+    return cfg.as_record()
 
 
 def _now() -> str:

@@ -1074,12 +1074,12 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
             hint="fix it in qupath-rkd/config.toml or --set inference.tta_views=1",
         )
     return InferenceConfig(
-        mpp=None,
+        tile_mpp=None,
         tile_px=None,
         stride_px=None if inf["stride_px"] == "auto" else int(inf["stride_px"]),
         min_tissue_fraction=float(config.get("labels.min_tissue_fraction")),
         threshold=None if inf["threshold"] == "auto" else float(inf["threshold"]),
-        min_lesion_um=float(inf["min_lesion_um"]),
+        min_major_axis_um=float(inf["min_lesion_um"]),
         smooth_sigma_um=float(inf["smooth_um"]),
         extent_ratio=float(inf["extent_ratio"]),
         slide_score=str(inf["slide_score"]),
