@@ -203,14 +203,14 @@ class TileScores:
     Attributes:
         xy_px: ``(N, 2)`` int64 level-0 top-left ``(x, y)``, QuPath frame.
         rc: ``(N, 2)`` int64 grid ``(row, col)``.
-        size_level0_px: tile side in level-0 pixels.
+        tile_level0_px: tile side in level-0 pixels.
         score: ``(N,)`` float32 raw model score.
         probability: ``(N,)`` float32 calibrated tumour probability.
     """
 
     xy_px: np.ndarray
     rc: np.ndarray
-    size_level0_px: float
+    tile_level0_px: float
     score: np.ndarray
     probability: np.ndarray
 

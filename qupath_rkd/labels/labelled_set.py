@@ -3,7 +3,7 @@
 The labelled set is torch-free: :attr:`LabelledSet.items` is a list of
 ``(slide_path, x_px, y_px, label)`` (level-0 top-left of the tile, QuPath's frame;
 ``LABEL_TUMOR`` / ``LABEL_NORMAL``) that :class:`qupath_rkd.slides.tiles_dataset.SlideTileDataset`
-reads at :attr:`LabelledSet.mpp` with tiles of :attr:`LabelledSet.tile_px`.
+reads at :attr:`LabelledSet.tile_mpp` with tiles of :attr:`LabelledSet.tile_px`.
 :attr:`LabelledSet.sha256` changes exactly when the tiles, their labels, the class mapping or
 the label config change (it does not depend on where the project or the slides are), so sync
 knows when to retrain.
@@ -259,7 +259,8 @@ class LabelledSet:
             by slide (entry ID) then row then column; at most ``max_tiles_per_class`` of each
             class (seeded sample).
         slides: per-slide candidate tiles and labels (every slide given, in entry-ID order).
-        tile_px, mpp: how to read each tile (side in pixels at µm/px).
+        tile_px, tile_mpp: how to read each tile (side in pixels at µm/px); ``tile_mpp`` is
+            ``config.mpp`` (the ``[labels] mpp`` key).
         classes, config: what produced the labels.
         sha256: hex digest of the above (see module docstring).
         slide_mpp: QuPath's µm/px per slide path (for files without it).
@@ -268,7 +269,7 @@ class LabelledSet:
     items: list[TileItem]
     slides: list[SlideLabels]
     tile_px: int
-    mpp: float
+    tile_mpp: float
     classes: ClassMapping
     config: LabelConfig
     sha256: str
@@ -351,7 +352,8 @@ class LabelledSet:
             if n == 0 or n == len(table) - 2:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append(
-            f"tiles of {self.tile_px} px at {self.mpp:g} µm/px; labelled set {self.sha256[:12]}"
+            f"tiles of {self.tile_px} px at {self.tile_mpp:g} µm/px; "
+            f"labelled set {self.sha256[:12]}"
         )
         return "\n".join(lines)
 
@@ -447,7 +449,7 @@ def assemble_labelled_set(
         items=used,
         slides=list(ordered),
         tile_px=config.tile_px,
-        mpp=float(config.mpp),
+        tile_mpp=float(config.mpp),
         classes=classes,
         config=config,
         sha256=_hash(ordered, used, classes, config),

@@ -976,7 +976,7 @@ def _train(
     dataset = SlideTileDataset(
         labelled.items,
         tile_px=int(labelled.tile_px),
-        mpp=float(labelled.mpp),
+        tile_mpp=float(labelled.tile_mpp),
         slide_mpp=labelled.slide_mpp,
     )
     started = time.perf_counter()
