@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -49,7 +49,9 @@ from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.slides.tiles_dataset import TileDataset
 
 if TYPE_CHECKING:
+    import torch
     from shapely.geometry.base import BaseGeometry
+    from torch.utils.data import DataLoader
 
     from qupath_rkd.model.scorer import TrainedModel
     from qupath_rkd.slides import Slide, TileGrid
@@ -266,15 +268,21 @@ def _worker_init(_worker_id: int) -> None:
         import torch as _torch
 
         _torch.set_num_threads(1)  # readers decode; the model owns the cores
-        info.dataset.open()
+        if isinstance(info.dataset, TileDataset):
+            info.dataset.open()
 
 
-def tile_loader(dataset: TileDataset, batch_size: int, num_workers: int, pin_memory: bool) -> Any:
+def tile_loader(
+    dataset: TileDataset, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader[tuple[int, torch.Tensor]]:
     """DataLoader yielding ``(indices (B,), tiles (B, H, W, 3) uint8)`` in grid order."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
+    # a map-style dataset by protocol (__len__, __getitem__), not a subclass of torch's
+    # Dataset, so that slides/ imports no torch
+    tiles = cast("Dataset[tuple[int, torch.Tensor]]", dataset)
     return DataLoader(
-        dataset,
+        tiles,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -452,17 +460,13 @@ def predict_slide(
 
     started = time.perf_counter()
     base = config or InferenceConfig()
-    overrides = {
-        k: v
-        for k, v in {
-            "tile_mpp": tile_mpp,
-            "stride_px": stride_px,
-            "batch_size": batch_size,
-            "num_workers": num_workers,
-        }.items()
-        if v is not None
-    }
-    cfg = dataclasses.replace(base, **overrides).resolved(model)
+    cfg = dataclasses.replace(
+        base,
+        tile_mpp=base.tile_mpp if tile_mpp is None else tile_mpp,
+        stride_px=base.stride_px if stride_px is None else stride_px,
+        batch_size=base.batch_size if batch_size is None else batch_size,
+        num_workers=base.num_workers if num_workers is None else num_workers,
+    ).resolved(model)
     assert cfg.tile_mpp is not None and cfg.tile_px is not None and cfg.threshold is not None
     path = Path(slide_path)
     timings: dict[str, float] = {}
