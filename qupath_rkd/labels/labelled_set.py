@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from qupath_rkd.errors import DataError, ProjectError, QupathRkdError, SlideErro
 from qupath_rkd.labels.config import ClassMapping, LabelConfig, SlideFlags, slide_flags
 from qupath_rkd.labels.tiles import LABEL_UNLABELLED, RoleGeometry, label_tiles, role_geometry
 from qupath_rkd.qupath.geojson import QupathObject
+
+if TYPE_CHECKING:
+    from qupath_rkd.qupath.backends import AnnotationSet
+    from qupath_rkd.qupath.project import ImageEntry
 
 logger = logging.getLogger(__name__)
 
@@ -81,20 +85,20 @@ class SlideInput:
     source: str = "annotations"
 
     @classmethod
-    def from_entry(cls, entry: object, annotations: object) -> SlideInput:
+    def from_entry(cls, entry: ImageEntry, annotations: AnnotationSet) -> SlideInput:
         """From a :class:`~qupath_rkd.qupath.project.ImageEntry` and the
         :class:`~qupath_rkd.qupath.backends.AnnotationSet` a backend read for it."""
-        source = getattr(annotations, "source", None)
+        source = annotations.source
         return cls(
-            entry_id=str(entry.entry_id),  # type: ignore[attr-defined]
-            name=str(entry.name),  # type: ignore[attr-defined]
-            slide_path=entry.path,  # type: ignore[attr-defined]
-            annotations=list(annotations.objects),  # type: ignore[attr-defined]
-            metadata=dict(annotations.metadata or entry.metadata),  # type: ignore[attr-defined]
-            width_px=entry.width_px,  # type: ignore[attr-defined]
-            height_px=entry.height_px,  # type: ignore[attr-defined]
-            mpp=entry.mpp,  # type: ignore[attr-defined]
-            source=str(source) if source else f"image {entry.name!r}",  # type: ignore[attr-defined]
+            entry_id=str(entry.entry_id),
+            name=str(entry.name),
+            slide_path=entry.path,
+            annotations=list(annotations.objects),
+            metadata=dict(annotations.metadata or entry.metadata),
+            width_px=entry.width_px,
+            height_px=entry.height_px,
+            mpp=entry.mpp,
+            source=str(source) if source else f"image {entry.name!r}",
         )
 
 
@@ -284,7 +288,7 @@ class LabelledSet:
         """Used tiles with ``label``."""
         return sum(1 for it in self.items if it.label == label)
 
-    def summary_rows(self) -> list[dict[str, object]]:
+    def summary_rows(self) -> list[dict[str, str | int]]:
         """One row per slide: candidate counts per class and the tiles used."""
         used: dict[str, dict[int, int]] = {}
         by_path = {str(s.slide_path): s.entry_id for s in self.slides}
@@ -292,7 +296,7 @@ class LabelledSet:
             eid = by_path.get(it.slide_path, "")
             used.setdefault(eid, {}).setdefault(it.label, 0)
             used[eid][it.label] += 1
-        rows = []
+        rows: list[dict[str, str | int]] = []
         for s in self.slides:
             flag = (
                 "tumour-free"
@@ -337,8 +341,8 @@ class LabelledSet:
                 "",
                 "total",
                 "",
-                str(sum(int(r["annotations"]) for r in rows)),  # type: ignore[call-overload]
-                *[str(sum(int(r[k]) for r in rows)) for k in keys[4:]],  # type: ignore[call-overload]
+                str(sum(int(r["annotations"]) for r in rows)),
+                *[str(sum(int(r[k]) for r in rows)) for k in keys[4:]],
             ]
         )
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
