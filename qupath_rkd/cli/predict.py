@@ -249,13 +249,13 @@ def predict(
     trained = load_model(model, device="cpu" if cluster is not None else device)
     check_tile_mpp(model, trained.mpp, tile_mpp, allow_mpp_mismatch)
     config = InferenceConfig(
-        mpp=tile_mpp,
+        tile_mpp=tile_mpp,
         tile_px=tile_px,
         stride_px=stride_px,
         min_tissue_fraction=min_tissue,
         threshold=threshold,
         slide_score=slide_score,
-        min_lesion_um=min_lesion_um,
+        min_major_axis_um=min_lesion_um,
         smooth_sigma_um=smooth_um,
         extent_ratio=extent_ratio,
         simplify_um=simplify_um,

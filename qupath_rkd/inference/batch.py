@@ -108,10 +108,13 @@ def predict_slides(
             checkpoint=checkpoint,
         )
         cfg = dataclasses.replace(cfg, threshold=op.threshold)
-    elif base.threshold is not None:
-        op = given(cfg.threshold)
     else:
-        op = fallback(target_fp_per_slide, cfg.threshold)
+        assert cfg.threshold is not None  # resolved: the given one, else the model's
+        op = (
+            given(cfg.threshold)
+            if base.threshold is not None
+            else fallback(target_fp_per_slide, cfg.threshold)
+        )
     key = cfg.key(model.model_id)
     ids = [slide_id_for(p) for p in slide_paths]
     dupes = sorted({i for i in ids if ids.count(i) > 1})

@@ -233,7 +233,7 @@ def tiles_csv(pred: SlidePrediction) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["x_px", "y_px", "width_px", "height_px", "row", "col", "score", "probability"])
     t = pred.tiles
-    side = f"{t.size_level0_px:.6g}"
+    side = f"{t.tile_level0_px:.6g}"
     for i in range(len(t)):
         w.writerow(
             [
@@ -308,9 +308,7 @@ def _max_or_none(values: np.ndarray) -> float | None:
 
 
 def _config_dict(cfg: InferenceConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
+    return cfg.as_record()
 
 
 def _now() -> str:

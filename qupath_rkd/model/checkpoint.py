@@ -134,6 +134,20 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _input_px(net: torch.nn.Module, config: NetworkConfig) -> int:
+    """The network's input side: the config's, else (RD) the teacher's default."""
+    from qupath_rkd.model.rd import ReverseDistillation
+
+    if config.input_px:
+        return int(config.input_px)
+    if isinstance(net, ReverseDistillation):
+        return int(net.spec.default_input_px)
+    raise CheckpointError(
+        f"no input size for a {type(net).__name__}",
+        hint="save the resolved config (TrainConfig.resolved() sets input_px)",
+    )
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     net: torch.nn.Module,
@@ -149,7 +163,7 @@ def save_checkpoint(
         "package_version": __version__,
         "torch_version": str(torch.__version__),
         "teacher": config.teacher,
-        "input_px": int(config.input_px or net.spec.default_input_px),  # type: ignore[union-attr]
+        "input_px": _input_px(net, config),
         "mpp": config.mpp,
         "config": _plain(config.to_dict()),
         "dataset_hash": str(dataset_hash),

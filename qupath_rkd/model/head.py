@@ -36,6 +36,9 @@ class LinearHead(nn.Module):
     """``(B, D)`` features -> ``(B,)`` logits; buffers ``mean``, ``std`` ``(D,)``, parameters
     ``weight`` ``(D,)`` and ``bias`` ``()``."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -224,6 +227,8 @@ def cross_validate_l2(
         for f in range(k):
             held = folds == f
             tx, ty = feats_of(~held, True)
+            if ty is None:
+                raise ValueError("feats_of(mask, True) must give the labels")
             if len(np.unique(ty)) < 2:
                 raise DataError("a cross-validation fold lacks tumour or normal patches")
             vx, _ = feats_of(held, False)

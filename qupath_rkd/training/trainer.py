@@ -232,6 +232,9 @@ class _Run:
         progress: ProgressCallback | None,
     ) -> None:
         self.cfg = cfg
+        if cfg.input_px is None:
+            raise ConfigError("the trainer needs a resolved config (TrainConfig.resolved())")
+        self.input_px: int = int(cfg.input_px)
         self.out = out
         self.resume_path = out.with_name(out.name + ".resume")
         self.dataset_hash = dataset_hash
@@ -285,17 +288,20 @@ class _Run:
             raise ConfigError("logistic calibration needs tumour and normal validation patches")
 
         seed_everything(cfg.seed)
-        self.net: ReverseDistillation = build_network(cfg).to(self.device)
+        net = build_network(cfg)
+        if not isinstance(net, ReverseDistillation):
+            raise ConfigError(f"the RD trainer cannot train scorer {cfg.scorer!r}")
+        self.net: ReverseDistillation = net.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(
             list(self.net.trainable_parameters()),
             lr=cfg.lr,
-            betas=tuple(cfg.betas),
+            betas=(float(cfg.betas[0]), float(cfg.betas[1])),
             weight_decay=cfg.weight_decay,
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
-        self.collate = Collate(int(cfg.input_px))  # type: ignore[arg-type]
+        self.collate = Collate(self.input_px)
         self.epoch_done = 0
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
@@ -361,7 +367,7 @@ class _Run:
             images = augment_batch(batch.images, aug_gen, self.cfg.batch_size)
         else:
             images = batch.images
-        x = preprocess_batch(images, int(self.cfg.input_px), self.device, self.cfg.channels_last)  # type: ignore[arg-type]
+        x = preprocess_batch(images, self.input_px, self.device, self.cfg.channels_last)
         labels = batch.labels.to(self.device, non_blocking=True)
         with self._autocast():
             t, s = self.net(x)
@@ -391,8 +397,8 @@ class _Run:
                 if len(batch) == 0:
                     continue
                 x = preprocess_batch(
-                    batch.images, int(self.cfg.input_px), self.device, self.cfg.channels_last
-                )  # type: ignore[arg-type]
+                    batch.images, self.input_px, self.device, self.cfg.channels_last
+                )
                 y = batch.labels.to(self.device)
                 with self._autocast():
                     t, s = self.net(x)
@@ -400,7 +406,7 @@ class _Run:
                     focal_similarity_loss(t, s, y, self.cfg.alpha, self.cfg.gamma)
                 ) * len(batch)
                 n += len(batch)
-                maps = anomaly_map(t, s, int(self.cfg.input_px), self.cfg.sigma_px)  # type: ignore[arg-type]
+                maps = anomaly_map(t, s, self.input_px, self.cfg.sigma_px)
                 scores.append(patch_scores(maps, self.cfg.score_reduction).float().cpu().numpy())
                 labels.append(batch.labels.numpy())
                 task.advance(len(batch) + len(batch.skipped))

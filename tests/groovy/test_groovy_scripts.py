@@ -122,6 +122,37 @@ def test_scripts_use_the_python_side_names() -> None:
         assert f'record.put("{name}"' in export, name
 
 
+def test_python_manifest_writer_writes_the_scripts_keys(tmp_path: Path) -> None:
+    """The Python writer of ``manifest.json`` (used by the demo) writes exactly the keys the
+    export script puts in a record and in the manifest (read from the script, not copied)."""
+    import json
+
+    from qupath_rkd.qupath.backends.base import (
+        MANIFEST_FORMAT_VERSION,
+        ManifestImage,
+        read_manifest,
+        write_manifest,
+    )
+
+    export = (GROOVY_DIR / "export_annotations.groovy").read_text(encoding="utf-8")
+    record_keys = re.findall(r'record\.put\("(\w+)"', export)
+    manifest_keys = re.findall(r'manifest\.put\("(\w+)"', export)
+    assert len(record_keys) >= 10 and len(manifest_keys) == 4
+    assert f'manifest.put("formatVersion", {MANIFEST_FORMAT_VERSION})' in export
+    images = [
+        ManifestImage("10", "b", ("file:/b",), 0.5, 0.5, 20, 10, {"k": "v"}, 2),
+        ManifestImage("9", "a", ("file:/a",), None, None, 30, 40),
+    ]
+    path = write_manifest(tmp_path / "manifest.json", images, qupath_version="0.5.1")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert set(data) == set(manifest_keys)
+    assert data["formatVersion"] == MANIFEST_FORMAT_VERSION
+    assert [r["entryID"] for r in data["images"]] == ["9", "10"]  # the script's compareIds
+    for record in data["images"]:
+        assert set(record) == set(record_keys)
+    assert read_manifest(path)["10"]["metadata"] == {"k": "v"}
+
+
 def test_import_replaces_exactly_what_python_writes() -> None:
     """Every detection the writer names starts with the script's TOOL_TAG (so a re-import
     replaces it), and the lesions carry the class and measurements documented for them."""
