@@ -194,6 +194,16 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]  # type: ignore[return-value]
 
 
+def union_of(items: set[int]) -> set[int]:
+    """The union over the ranks of each rank's ``items`` (e.g. the unreadable images it met)."""
+    ctx = current()
+    if not ctx.enabled:
+        return set(items)
+    parts: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, sorted(items))
+    return {int(i) for part in parts for i in part}
+
+
 def run_on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and return its result on every rank.
 
@@ -412,4 +422,5 @@ __all__ = [
     "shard_indices",
     "shard_positions",
     "shutdown",
+    "union_of",
 ]

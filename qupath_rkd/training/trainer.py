@@ -322,9 +322,7 @@ class _Run:
             from torch.nn.parallel import DistributedDataParallel
 
             self.model = DistributedDataParallel(
-                self.net,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,  # the running statistics are already global
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.opt = torch.optim.Adam(
             list(self.net.trainable_parameters()),
@@ -590,7 +588,9 @@ class _Run:
         }
 
     def save_resume(self) -> None:
-        """Write ``<out>.resume`` (rank 0 alone when data-parallel)."""
+        """Write ``<out>.resume`` (rank 0 alone when data-parallel, with every rank's unreadable
+        training images)."""
+        self.skipped_train = distributed.union_of(self.skipped_train)
         if not self.dist.is_main:
             return
         import io
