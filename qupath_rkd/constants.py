@@ -85,3 +85,6 @@ MIN_TILE_PX: Final[int] = 16
 DEFAULT_MIN_TISSUE_FRACTION: Final[float] = 0.5
 #: Lesions whose major axis is shorter are dropped (µm; the Camelyon16 ITC bound).
 DEFAULT_MIN_LESION_UM: Final[float] = 200.0
+#: How long a rank of a data-parallel run (torchrun) waits for the others at a collective before
+#: giving up (seconds): rank 0 validates and fits alone while the others wait.
+DISTRIBUTED_TIMEOUT_S: Final[int] = 3600
