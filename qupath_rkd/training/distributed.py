@@ -191,7 +191,7 @@ def broadcast_object(obj: T, src: int = 0) -> T:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src, device=_comm_device())
-    return box[0]  # type: ignore[return-value]
+    return box[0]
 
 
 def union_of(items: set[int]) -> set[int]:
@@ -228,7 +228,7 @@ def run_on_main(fn: Callable[[], T]) -> T:
     kind, value = outcome
     if kind == "error":
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def shard_indices(n: int, ctx: DistContext | None = None) -> np.ndarray:
@@ -323,7 +323,7 @@ class _AllReduceSum(torch.autograd.Function):
 
 def all_reduce_sum(x: Tensor, group: Any = None) -> Tensor:
     """Differentiable sum of ``x`` over the ranks of ``group`` (default: all)."""
-    return _AllReduceSum.apply(x, group or dist.group.WORLD)  # type: ignore[no-any-return]
+    return _AllReduceSum.apply(x, group or dist.group.WORLD)
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -385,7 +385,7 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         new = GlobalBatchNorm2d(
             module.num_features,
             module.eps,
-            module.momentum,  # type: ignore[arg-type]
+            module.momentum,
             module.affine,
             module.track_running_stats,
         )
