@@ -3,7 +3,8 @@
 Layout of an output folder ``OUT``::
 
     OUT/run.json                       arguments, versions, model id of the last run
-    OUT/slide_scores.csv               slide,score,probability_max,n_tiles,n_lesions,note
+    OUT/slide_scores.csv               one row per slide (SLIDE_SCORES_HEADER): score, lesions,
+                                       burden, out-of-domain check (far fraction, flag), note
     OUT/camelyon16/<slide>.csv         Camelyon16 submission: one "prob,X,Y" line per lesion peak
     OUT/<slide>/lesions.geojson        lesions as QuPath GeoJSON detections (class Tumor)
     OUT/<slide>/tiles.geojson          scored tiles as QuPath tiles (measurement maps)
@@ -40,6 +41,8 @@ SLIDE_SCORES_HEADER = (
     "tumor_area_mm2",
     "largest_lesion_major_axis_um",
     "burden_category",
+    "ood_far_fraction",
+    "out_of_domain",
     "note",
 )
 

@@ -595,8 +595,19 @@ def _content_id(path: Path) -> str | None:
         payload, _ = read_checkpoint(path)
     except CheckpointError:
         return None
-    tensors = payload.get("state_dict") or {}
-    rest = {k: v for k, v in payload.items() if k not in ("state_dict", "created_utc")}
+    tensors = dict(payload.get("state_dict") or {})
+    rest = {
+        k: v for k, v in payload.items() if k not in ("state_dict", "created_utc", "ood_reference")
+    }
+    # the out-of-domain reference (newer checkpoints only, so older IDs stay as they were):
+    # its plain values with the rest, its arrays by bytes like the weights
+    reference = payload.get("ood_reference")
+    if isinstance(reference, dict):
+        plain = {k: v for k, v in reference.items() if not isinstance(v, torch.Tensor)}
+        rest["ood_reference"] = plain
+        tensors.update(
+            {f"ood_reference.{k}": v for k, v in reference.items() if isinstance(v, torch.Tensor)}
+        )
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=repr).encode("utf-8"))
     for name in sorted(tensors):
         tensor = tensors[name].detach().to("cpu").contiguous()
@@ -708,6 +719,9 @@ def _fill_from_record(result: SlideResult, record: PredictionRecord) -> None:
     result.largest_lesion_major_axis_um = summary.get("largest_lesion_major_axis_um")
     result.burden_category = summary.get("burden_category")
     result.positive = summary.get("positive")
+    result.ood_far_fraction = summary.get("ood_far_fraction")
+    result.out_of_domain = summary.get("out_of_domain")
+    result.ood_note = str(summary.get("ood_note") or "")
 
 
 def _negative_sources(
@@ -1157,4 +1171,10 @@ def _predict_entry(
         summary["burden_category"] = prediction.burden.category
     if prediction.note:
         summary["note"] = prediction.note
+    ood = prediction.ood
+    if ood is not None and ood.available:
+        summary["ood_far_fraction"] = ood.as_dict()["ood_far_fraction"]
+        summary["out_of_domain"] = bool(ood.flagged)
+    elif ood is not None:
+        summary["ood_note"] = ood.note
     return features, summary
