@@ -473,16 +473,20 @@ def _sync_locked(
 
         # 4. write back, all or nothing
         state_json = new_state.to_json()
+        values = _slide_values_outputs(backend, outcome)
         unchanged = (
             not outcome.trained
             and not tx.entries
             and not tx.moves
             and _same_json(state_path(project.path), state_json)
             and _same_json(report_path(project.path), report_json(outcome))
+            and all(_same_json(path, obj) for path, obj in values.items())
         )
         if unchanged:
             tx.abort()
             return
+        for path, obj in values.items():  # written at commit, each only if it changed
+            tx.set_json(path, obj)
         tx.set_json(state_path(project.path), state_json)
         tx.digests_into = (f"{PROJECT_SUBDIR}/state.json", ["predictions"])
         tx.set_json(report_path(project.path), report_json(outcome))
@@ -694,6 +698,23 @@ def _stale_geojson(data: bytes) -> bytes:
         props["measurements"] = measurements
     text = json.dumps(collection, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return (text + "\n").encode("utf-8")
+
+
+def _slide_values_outputs(backend: Any, outcome: SyncOutcome) -> dict[Path, dict[str, Any]]:
+    """Each image's slide-level values for QuPath (:mod:`qupath_rkd.sync.slide_values`) by the
+    file they go to; none for an image without predictions or a backend without an exchange
+    folder (paquo)."""
+    from qupath_rkd.sync.slide_values import slide_values
+
+    layout = getattr(backend, "layout", None)
+    if layout is None:
+        return {}
+    out: dict[Path, dict[str, Any]] = {}
+    for result in outcome.slides:
+        obj = slide_values(result)
+        if obj is not None:
+            out[Path(layout.slide_values_file(result.entry_id))] = obj
+    return out
 
 
 def _same_json(path: Path, obj: Any) -> bool:
