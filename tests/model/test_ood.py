@@ -159,10 +159,11 @@ def test_foreign_tissue_is_flagged_and_lymph_node_tissue_is_not(
 ) -> None:
     """Skin (cmu-1, 0.499 µm/px) and a head-and-neck carcinoma (tcga; no µm/px in the file:
     read as 0.25) are flagged; a semi-real slide of PCam patches (the demo's, none of them
-    trained on) is not. The flag reaches predict's slide_scores.csv and done.json."""
+    trained on) is not. The flag reaches predict's run output and slide_scores.csv."""
+    from click.testing import CliRunner
+
+    from qupath_rkd.cli import cli
     from qupath_rkd.demo import LesionSpec, build_semireal_slide, demo_patch_dirs
-    from qupath_rkd.inference import predict_slides
-    from qupath_rkd.inference.predict import InferenceConfig
     from qupath_rkd.model.scorer import load_model
 
     normal, tumour = demo_patch_dirs()
@@ -178,23 +179,29 @@ def test_foreign_tissue_is_flagged_and_lymph_node_tissue_is_not(
     ).path
     skin = real_data / "slides" / "cmu-1-small-region.svs"
     head_neck = real_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
-    model = load_model(trained, device="cpu")
-    assert model.ood_reference is not None
+    assert load_model(trained, device="cpu").ood_reference is not None
     out = tmp_path / "out"
-    runs = predict_slides([lymph, skin], model, out, config=InferenceConfig(num_workers=0))
-    # the slide µm/px replaces what a file says: only for the file that says nothing
-    runs += predict_slides(
-        [head_neck], model, out, config=InferenceConfig(num_workers=0, slide_mpp=0.25)
+    common = ["--out", str(out), "--device", "cpu", "--workers", "0"]
+    first = CliRunner().invoke(cli, ["predict", str(trained), str(lymph), str(skin), *common])
+    assert first.exit_code == 0, first.output
+    # --slide-mpp replaces what a file says: only for the file that says nothing
+    second = CliRunner().invoke(
+        cli, ["predict", str(trained), str(head_neck), "--slide-mpp", "0.25", *common]
     )
-    by_id = {r.slide_id: r for r in runs}
-    assert all(r.status == "ok" for r in runs)
-    assert by_id["lymph"].ood["out_of_domain"] is False
-    assert by_id["lymph"].ood["ood_far_fraction"] < 0.25
-    for slide in ("cmu-1-small-region", "tcga-cr-7395-01a-01-ts1"):
-        assert by_id[slide].ood["out_of_domain"] is True, by_id[slide].ood
-        assert by_id[slide].ood["ood_far_fraction"] > 0.25
-    with (tmp_path / "out" / "slide_scores.csv").open(encoding="utf-8") as fh:
+    assert second.exit_code == 0, second.output
+    lines = {
+        line.split(":")[0].split()[-1]: line
+        for line in first.output.splitlines()
+        if line.startswith("done")
+    }
+    assert "far tiles" in lines["lymph"] and "OUT OF DOMAIN" not in lines["lymph"]
+    assert "OUT OF DOMAIN: far tiles" in lines["cmu-1-small-region"]
+    assert "OUT OF DOMAIN (1 slide(s)" in first.output and "cmu-1-small-region" in first.output
+    assert "OUT OF DOMAIN (1 slide(s)" in second.output
+    with (out / "slide_scores.csv").open(encoding="utf-8") as fh:
         rows = {r["slide"]: r for r in csv.DictReader(fh)}
     assert rows["lymph"]["out_of_domain"] == "false"
-    assert rows["cmu-1-small-region"]["out_of_domain"] == "true"
-    assert float(rows["cmu-1-small-region"]["ood_far_fraction"]) > 0.25
+    assert float(rows["lymph"]["ood_far_fraction"]) < 0.25
+    for slide in ("cmu-1-small-region", "tcga-cr-7395-01a-01-ts1"):
+        assert rows[slide]["out_of_domain"] == "true", rows[slide]
+        assert float(rows[slide]["ood_far_fraction"]) > 0.25
