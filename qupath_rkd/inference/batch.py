@@ -174,6 +174,7 @@ def _one_slide(
             n_tiles=int(done.get("n_tiles", 0)),
             n_lesions=int(done.get("n_lesions", 0)),
             note=done.get("note"),
+            ood={k: v for k, v in done.items() if k.startswith("ood_") or k == "out_of_domain"},
         )
     else:
         try:
@@ -195,6 +196,7 @@ def _one_slide(
                 n_lesions=len(pred.lesions),
                 note=pred.note,
                 seconds=pred.seconds,
+                ood=pred.ood.as_dict() if pred.ood is not None else {},
             )
         except Exception as exc:
             # A failed slide is reported and the batch goes on (NaN scores fail it too).

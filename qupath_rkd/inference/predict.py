@@ -45,6 +45,7 @@ from qupath_rkd.lesions.postprocess import (
     PostProcessing,
 )
 from qupath_rkd.lesions.slide_score import DEFAULT_SLIDE_SCORE, SLIDE_SCORE_RULES, slide_score
+from qupath_rkd.model.ood import OodResult, not_available, slide_ood
 from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.slides.tiles_dataset import TileDataset
 
@@ -240,6 +241,9 @@ class SlidePrediction:
         smoothed: the heatmap the lesions were found on (``heatmap`` when not smoothed).
         burden: predicted tumour area (mm²) and largest lesion's major axis (µm) + category.
         positive: slide-level call at the operating point (any lesion).
+        ood: the out-of-domain check (:mod:`qupath_rkd.model.ood`): the share of tissue tiles
+            far from the training tiles' features and whether the slide is flagged; ``None``
+            for predictions made before it.
     """
 
     slide_path: Path
@@ -257,6 +261,7 @@ class SlidePrediction:
     smoothed: Heatmap | None = None
     burden: TumourBurden | None = None
     positive: bool = False
+    ood: OodResult | None = None
 
 
 # --- tile streaming -----------------------------------------------------------------------
@@ -311,17 +316,43 @@ def score_tiles(
     Raises:
         NonFiniteScoresError: the model returned NaN or infinite scores (names the model).
     """
+    return score_tiles_and_distances(
+        model,
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        tta_views=tta_views,
+        task=task,
+    )[0]
+
+
+def score_tiles_and_distances(
+    model: TrainedModel,
+    dataset: TileDataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: ProgressCallback | None = None,
+    tta_views: int | None = None,
+    task: str = "tiles",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`score_tiles`, and each tile's ``(N,)`` float32 out-of-domain feature distance
+    (:meth:`TrainedModel.scores_and_distances`, same trunk pass) when the model has a
+    reference, else ``None``."""
     import torch
 
     n = len(dataset)
     scores = np.full(n, np.nan, dtype=np.float32)
+    distances = np.full(n, np.nan, dtype=np.float32) if model.ood_reference is not None else None
     if n == 0:
-        return scores
+        return scores, distances
     loader = tile_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
     bar = ProgressTask(progress, task, total=n, unit="tile")
     with torch.inference_mode(), _worker_errors_as_one_line(), bar:
         for indices, tiles in loader:
-            raw = model.raw_scores(model.preprocess(tiles), tta_views).float().cpu().numpy()
+            raw_t, dist_t = model.scores_and_distances(model.preprocess(tiles), tta_views)
+            raw = raw_t.float().cpu().numpy()
             bad = ~np.isfinite(raw)
             if bad.any():
                 first = int(indices[int(np.argmax(bad))])
@@ -332,9 +363,11 @@ def score_tiles(
                     hint="the checkpoint is damaged or was trained into NaN; retrain it",
                 )
             scores[indices.numpy()] = raw
+            if distances is not None and dist_t is not None:
+                distances[indices.numpy()] = dist_t.float().cpu().numpy()
             bar.advance(len(indices))
     dataset.close()
-    return scores
+    return scores, distances
 
 
 @contextlib.contextmanager
@@ -501,7 +534,7 @@ def predict_slide(
     t0 = time.perf_counter()
     dataset = TileDataset(path, grid.xy_px, cfg.tile_px, cfg.tile_mpp, cfg.slide_mpp)
     with torch_threads(cfg.torch_threads):
-        scores = score_tiles(
+        scores, distances = score_tiles_and_distances(
             model,
             dataset,
             batch_size=cfg.batch_size,
@@ -549,6 +582,11 @@ def predict_slide(
         seconds=0.0,
         timings=timings,
     )
+    pred.ood = (
+        slide_ood(model.ood_reference, distances)
+        if model.ood_reference is not None and distances is not None
+        else not_available(model.ood_unavailable_reason() or "")
+    )
     pred = apply_threshold(pred, cfg.threshold)
     pred.seconds = time.perf_counter() - started
     return pred
@@ -569,3 +607,6 @@ class SlideRun:
     note: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    #: the out-of-domain check (:class:`~qupath_rkd.model.ood.OodResult.as_dict` values:
+    #: ``ood_available``, ``ood_far_fraction``, ``out_of_domain``, ...); empty when unknown
+    ood: dict[str, Any] = field(default_factory=dict)

@@ -294,6 +294,7 @@ def write_slide_outputs(outputs: SlideOutputs, pred: SlidePrediction, key: str) 
             "n_lesions": len(pred.lesions),
             "positive": bool(pred.positive),
             **(pred.burden.as_dict() if pred.burden is not None else {}),
+            **(pred.ood.as_dict() if pred.ood is not None else {}),
             "note": pred.note,
             "seconds": round(pred.seconds, 3),
             "config": _config_dict(pred.config),
@@ -370,6 +371,10 @@ def write_slide_scores(out_dir: Path, runs: Sequence[SlideRun]) -> Path:
             "tumor_area_mm2": _csv_value(done.get("tumor_area_mm2")),
             "largest_lesion_major_axis_um": _csv_value(done.get("largest_lesion_major_axis_um")),
             "burden_category": _csv_value(done.get("burden_category")),
+            "ood_far_fraction": _csv_value(done.get("ood_far_fraction")),
+            "out_of_domain": _csv_value(done.get("out_of_domain"))
+            if done.get("ood_available")
+            else "",
             "note": (f"failed: {run.error}" if run.status == "failed" else run.note or ""),
         }
     buf = io.StringIO()

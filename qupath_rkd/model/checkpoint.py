@@ -155,8 +155,13 @@ def save_checkpoint(
     calibration: Calibration,
     dataset_hash: str,
     metrics: dict[str, Any] | None = None,
+    ood_reference: dict[str, Any] | None = None,
 ) -> str:
-    """Write the checkpoint atomically; returns its sha256 (the ``model_id``)."""
+    """Write the checkpoint atomically; returns its sha256 (the ``model_id``).
+
+    ``ood_reference``: the out-of-domain reference's payload
+    (:meth:`qupath_rkd.model.ood.OodReference.to_payload`), stored under ``ood_reference``;
+    checkpoints without it load as before (the check then says it is not available)."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -173,6 +178,8 @@ def save_checkpoint(
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()},
     }
+    if ood_reference is not None:
+        payload["ood_reference"] = ood_reference
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()

@@ -494,16 +494,20 @@ def _sync_locked(
 
         # 4. write back, all or nothing
         state_json = new_state.to_json()
+        values = _slide_values_outputs(backend, outcome)
         unchanged = (
             not outcome.trained
             and not tx.entries
             and not tx.moves
             and _same_json(state_path(project.path), state_json)
             and _same_json(report_path(project.path), report_json(outcome))
+            and all(_same_json(path, obj) for path, obj in values.items())
         )
         if unchanged:
             tx.abort()
             return
+        for path, obj in values.items():  # written at commit, each only if it changed
+            tx.set_json(path, obj)
         tx.set_json(state_path(project.path), state_json)
         tx.digests_into = (f"{PROJECT_SUBDIR}/state.json", ["predictions"])
         tx.set_json(report_path(project.path), report_json(outcome))
@@ -618,8 +622,19 @@ def _content_id(path: Path) -> str | None:
         payload, _ = read_checkpoint(path)
     except CheckpointError:
         return None
-    tensors = payload.get("state_dict") or {}
-    rest = {k: v for k, v in payload.items() if k not in ("state_dict", "created_utc")}
+    tensors = dict(payload.get("state_dict") or {})
+    rest = {
+        k: v for k, v in payload.items() if k not in ("state_dict", "created_utc", "ood_reference")
+    }
+    # the out-of-domain reference (newer checkpoints only, so older IDs stay as they were):
+    # its plain values with the rest, its arrays by bytes like the weights
+    reference = payload.get("ood_reference")
+    if isinstance(reference, dict):
+        plain = {k: v for k, v in reference.items() if not isinstance(v, torch.Tensor)}
+        rest["ood_reference"] = plain
+        tensors.update(
+            {f"ood_reference.{k}": v for k, v in reference.items() if isinstance(v, torch.Tensor)}
+        )
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=repr).encode("utf-8"))
     for name in sorted(tensors):
         tensor = tensors[name].detach().to("cpu").contiguous()
@@ -708,6 +723,23 @@ def _stale_geojson(data: bytes) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
+def _slide_values_outputs(backend: Any, outcome: SyncOutcome) -> dict[Path, dict[str, Any]]:
+    """Each image's slide-level values for QuPath (:mod:`qupath_rkd.sync.slide_values`) by the
+    file they go to; none for an image without predictions or a backend without an exchange
+    folder (paquo)."""
+    from qupath_rkd.sync.slide_values import slide_values
+
+    layout = getattr(backend, "layout", None)
+    if layout is None:
+        return {}
+    out: dict[Path, dict[str, Any]] = {}
+    for result in outcome.slides:
+        obj = slide_values(result)
+        if obj is not None:
+            out[Path(layout.slide_values_file(result.entry_id))] = obj
+    return out
+
+
 def _same_json(path: Path, obj: Any) -> bool:
     try:
         return bool(json.loads(path.read_text(encoding="utf-8")) == obj)
@@ -738,6 +770,9 @@ def _fill_from_record(result: SlideResult, record: PredictionRecord) -> None:
     result.largest_lesion_major_axis_um = summary.get("largest_lesion_major_axis_um")
     result.burden_category = summary.get("burden_category")
     result.positive = summary.get("positive")
+    result.ood_far_fraction = summary.get("ood_far_fraction")
+    result.out_of_domain = summary.get("out_of_domain")
+    result.ood_note = str(summary.get("ood_note") or "")
 
 
 def _negative_sources(
@@ -1200,4 +1235,10 @@ def _predict_entry(
         summary["burden_category"] = prediction.burden.category
     if prediction.note:
         summary["note"] = prediction.note
+    ood = prediction.ood
+    if ood is not None and ood.available:
+        summary["ood_far_fraction"] = ood.as_dict()["ood_far_fraction"]
+        summary["out_of_domain"] = bool(ood.flagged)
+    elif ood is not None:
+        summary["ood_note"] = ood.note
     return features, summary

@@ -8,7 +8,8 @@
    cross-validation on the training patches (``groups``: whole annotated regions held out
    together), scored on view 0.
 3. The head refitted on every training patch at that strength; calibrated (Platt) on the
-   validation logits, or on the out-of-fold logits; written as one checkpoint.
+   validation logits, or on the out-of-fold logits; written as one checkpoint, with the
+   out-of-domain reference of the training patches' features (:mod:`qupath_rkd.model.ood`).
 
 Every step is deterministic for a given seed and set of patches (the fit is convex and run to
 convergence; the folds are seeded), so seeds only change which patches a budget draws.
@@ -48,6 +49,7 @@ from qupath_rkd.model.head import (
     fit_head,
     stratified_folds,
 )
+from qupath_rkd.model.ood import fit_reference
 from qupath_rkd.model.scorer import build_network
 from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.training import distributed
@@ -320,7 +322,12 @@ def _fit_and_save(
     }
     # what the cache held is not part of the model (an identical refit must give an
     # identical checkpoint), so these go to the result only
-    model_id = save_checkpoint(out, net, cfg, calibration, dataset_hash, metrics)
+    # the out-of-domain reference: view 0 of every readable training patch, any label
+    reference = fit_reference(base.values[ok, 0], seed=cfg.seed)
+    metrics["ood_tile_threshold"] = reference.tile_threshold
+    model_id = save_checkpoint(
+        out, net, cfg, calibration, dataset_hash, metrics, ood_reference=reference.to_payload()
+    )
     metrics["features_computed"] = base.computed + (extra.computed if extra else 0)
     metrics["features_cached"] = base.cached + (extra.cached if extra else 0)
     logger.info(

@@ -183,3 +183,34 @@ def test_run_sync_uses_an_argument_list_and_no_shell() -> None:
     assert not re.search(r"\b(sh|bash|cmd(\.exe)?)\b\s*[\"',]\s*\"?-c", text)
     assert ".execute()" not in text  # Groovy's String.execute() would split on spaces
     assert "isAbsolute()" in text
+
+
+def test_the_import_scripts_read_the_slide_values_as_sync_writes_them() -> None:
+    """Issue 10.4: the slide-level values file's name, format and field names, defined once in
+    qupath_rkd/outputs.py, are the ones both import scripts read; the measurement and metadata
+    names themselves come from the file (never hard-coded in a script), and the QuPath calls
+    that put them on the image are there."""
+    from qupath_rkd import outputs
+
+    for name in ("import_predictions.groovy", "run_sync.groovy"):
+        text = (GROOVY_DIR / name).read_text(encoding="utf-8")
+        assert f'+ "{outputs.SLIDE_VALUES_SUFFIX}"' in text, name
+        assert f'"{outputs.SLIDE_VALUES_FORMAT}"' in text, name
+        for field in (
+            outputs.SLIDE_FIELD_MEASUREMENTS,
+            outputs.SLIDE_FIELD_MEASUREMENT_NAMES,
+            outputs.SLIDE_FIELD_METADATA,
+            outputs.SLIDE_FIELD_METADATA_KEYS,
+        ):
+            assert f'values.get("{field}")' in text, (name, field)
+        for call in (
+            "getRootObject().getMeasurementList()",
+            "measurements.remove(",
+            "measurements.put(",
+            "entry.removeMetadataValue(",
+            "entry.putMetadataValue(",
+            "project.syncChanges()",
+        ):
+            assert call in text, (name, call)
+        for measurement in (*outputs.SLIDE_MEASUREMENTS, *outputs.SLIDE_METADATA_KEYS):
+            assert f'"{measurement}"' not in text, (name, measurement)
