@@ -202,10 +202,16 @@ def _lesion_count(lesions: Sequence[Any], mpp: float, size: tuple[int, int]) -> 
 
 
 def _clusters(
-    files: Sequence[Path], n: int, size_px: int, seed: int, max_tumour_fraction: float
+    files: Sequence[Path],
+    n: int,
+    size_px: int,
+    seed: int,
+    max_tumour_fraction: float,
+    min_lesion_um2: float,
 ) -> list[Any]:
     """``n`` placed lesion clusters (one per file, the files in order) with at least one
-    FROC lesion and at most ``max_tumour_fraction`` of the slide in tumour."""
+    FROC lesion, a largest lesion of at least ``min_lesion_um2`` µm² and at most
+    ``max_tumour_fraction`` of the slide in tumour."""
     from qupath_rkd.constants import PCAM_MPP
     from qupath_rkd.demo.camelyon_lesions import load_camelyon16_lesions, place_lesion_cluster
     from qupath_rkd.errors import DataError
@@ -224,7 +230,8 @@ def _clusters(
             except DataError:
                 break
             area = sum(p.area for p in cluster.lesions)
-            if area > max_tumour_fraction * size_px**2:
+            largest_um2 = max((p.area for p in cluster.lesions), default=0.0) * PCAM_MPP**2
+            if area > max_tumour_fraction * size_px**2 or largest_um2 < min_lesion_um2:
                 continue
             if _lesion_count(cluster.lesions, PCAM_MPP, (size_px, size_px)) >= 1:
                 chosen.append(cluster)
@@ -245,7 +252,8 @@ def build_slides(args: argparse.Namespace) -> dict[str, list[SimSlide]]:
         "train": [args.train_tumour, args.train_normal],
         "test": [args.test_tumour, args.test_normal],
         "max_patches": args.max_patches,
-        "version": 1,
+        "min_lesion_um2": args.min_lesion_um2,
+        "version": 2,
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     folder = args.out / f"slides-{key}"
@@ -272,15 +280,15 @@ def build_slides(args: argparse.Namespace) -> dict[str, list[SimSlide]]:
     if not files:
         raise SystemExit(f"{args.annotations}/train: no Camelyon16 annotation files")
     t0 = time.perf_counter()
-    frac = 0.3
+    frac = 0.25
     plan = {
         "train": (
-            _clusters(files[0::2], args.train_tumour, args.size_px, 0, frac),
+            _clusters(files[0::2], args.train_tumour, args.size_px, 0, frac, args.min_lesion_um2),
             args.train_normal,
             args.patches / "train",
         ),
         "test": (
-            _clusters(files[1::2], args.test_tumour, args.size_px, 1, frac),
+            _clusters(files[1::2], args.test_tumour, args.size_px, 1, frac, args.min_lesion_um2),
             args.test_normal,
             args.patches / "valid",
         ),
@@ -838,13 +846,19 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--no-reference", dest="reference", action="store_false")
-    parser.add_argument("--size-px", type=int, default=2000, help="slide side at 0.972 µm/px")
-    parser.add_argument("--train-tumour", type=int, default=6)
-    parser.add_argument("--train-normal", type=int, default=2)
+    parser.add_argument("--size-px", type=int, default=1600, help="slide side at 0.972 µm/px")
+    parser.add_argument("--train-tumour", type=int, default=4)
+    parser.add_argument("--train-normal", type=int, default=1)
     parser.add_argument("--test-tumour", type=int, default=8)
     parser.add_argument("--test-normal", type=int, default=4)
-    parser.add_argument("--max-patches", type=int, default=1500, help="patches read per folder")
-    parser.add_argument("--region-um", type=float, default=400.0, help="suggest.region_um")
+    parser.add_argument("--max-patches", type=int, default=800, help="patches read per folder")
+    parser.add_argument(
+        "--min-lesion-um2",
+        type=float,
+        default=100_000.0,
+        help="the largest lesion of a tumour slide is at least this big (µm²)",
+    )
+    parser.add_argument("--region-um", type=float, default=300.0, help="suggest.region_um")
     parser.add_argument("--per-round", type=int, default=4, help="suggest.per_project")
     parser.add_argument("--per-slide", type=int, default=2, help="suggest.per_slide")
     parser.add_argument("--max-tiles", type=int, default=2000, help="labels.max_tiles_per_class")
