@@ -69,7 +69,7 @@ if str(REPO) not in sys.path:
 
 #: Name prefix of the oracle's annotations (not ``qupath-rkd …``: they are the pathologist's).
 ORACLE_NAME = "oracle"
-STRATEGIES = ("uncertainty_diversity", "uncertainty", "diversity", "random", "top_probability")
+STRATEGIES = ("uncertainty_diversity", "random", "top_probability", "uncertainty", "diversity")
 REFERENCE = "every_lesion"
 
 
@@ -615,35 +615,35 @@ def _row(strategy: str, seed: int, rnd: int, area: Mapping[str, float], **kw: An
     }
 
 
-def run_seed(
+def _classes() -> tuple[str, str]:
+    """The first tumour and normal class names the label reader takes (``classes``)."""
+    from qupath_rkd.sync.config import load_config
+
+    config = load_config(None, {})
+    return str(config.get("classes.tumor")[0]), str(config.get("classes.normal")[0])
+
+
+def start_seed(
     args: argparse.Namespace,
     seed: int,
     slides: Mapping[str, list[SimSlide]],
     memo: MemoTrunk,
-    rows: list[dict[str, Any]],
-    save: Any,
-) -> None:
-    """Round 0 once, then every strategy's rounds; and the reference."""
+) -> dict[str, Any]:
+    """Round 0 of a seed, shared by the strategies: one lesion on one slide (the largest
+    lesion of tumour slide ``seed`` mod n), one slide tumour-free; synced and evaluated."""
     from qupath_rkd.qupath.geojson import make_feature, stable_feature_id
-    from qupath_rkd.sync.config import load_config
 
     train, test = slides["train"], slides["test"]
     tumour = [s for s in train if s.lesions]
     normal = [s for s in train if not s.lesions]
     start = tumour[seed % len(tumour)]
     lesion = max(start.lesions, key=lambda p: p.area)
-    by_name = {s.name: s for s in train}
     root = args.out / "runs" / f"seed{seed}"
     shutil.rmtree(root, ignore_errors=True)
-    settings = base_settings(args, seed)
-    classes_cfg = load_config(None, {})
-    classes = (str(classes_cfg.get("classes.tumor")[0]), str(classes_cfg.get("classes.normal")[0]))
-
-    # round 0: one lesion on one slide, one slide tumour-free
     first = make_feature(
         lesion,
         object_type="annotation",
-        class_name=classes[0],
+        class_name=_classes()[0],
         name=f"{ORACLE_NAME} start",
         feature_id=stable_feature_id(ORACLE_NAME, "start", seed),
     )
@@ -653,7 +653,7 @@ def run_seed(
         train,
         roles={normal[0].name: "tumor-free"},
         annotations={start.name: [first]},
-        settings=settings,
+        settings=base_settings(args, seed),
     )
     t0 = time.perf_counter()
     outcome = sync(start_dir)
@@ -661,95 +661,136 @@ def run_seed(
     t0 = time.perf_counter()
     metrics0 = evaluate(start_dir, outcome, test, memo)
     eval_s = time.perf_counter() - t0
-    area0 = {"tumour_um2": float(lesion.area) * start.mpp**2, "normal_um2": 0.0}
     print(f"seed {seed} start: {metrics0} (sync {sync_s:.0f} s, eval {eval_s:.0f} s)", flush=True)
+    return {
+        "dir": start_dir,
+        "metrics": metrics0,
+        "area": {"tumour_um2": float(lesion.area) * start.mpp**2, "normal_um2": 0.0},
+        "sync_s": sync_s,
+        "eval_s": eval_s,
+    }
 
-    for strategy in args.strategies:
-        run_dir = root / strategy / "project"
-        shutil.copytree(start_dir, run_dir)
-        set_config(run_dir, {"suggest.signal": strategy})
-        outcome = sync(run_dir)  # same model, the strategy's suggestions
-        area = dict(area0)
+
+def run_strategy(
+    args: argparse.Namespace,
+    seed: int,
+    strategy: str,
+    slides: Mapping[str, list[SimSlide]],
+    memo: MemoTrunk,
+    begin: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    save: Any,
+) -> None:
+    """One strategy's rounds from the seed's round 0 (a copy of its project)."""
+    test = slides["test"]
+    by_name = {s.name: s for s in slides["train"]}
+    classes = _classes()
+    metrics0, area0 = begin["metrics"], begin["area"]
+    sync_s, eval_s = begin["sync_s"], begin["eval_s"]
+    run_dir = args.out / "runs" / f"seed{seed}" / strategy / "project"
+    shutil.rmtree(run_dir.parent, ignore_errors=True)
+    shutil.copytree(begin["dir"], run_dir)
+    set_config(run_dir, {"suggest.signal": strategy})
+    outcome = sync(run_dir)  # same model, the strategy's suggestions
+    area = dict(area0)
+    rows.append(
+        _row(
+            strategy,
+            seed,
+            0,
+            area,
+            regions=0,
+            **metrics0,
+            **_labelled_tiles(outcome),
+            sync_s=round(sync_s, 1),
+            eval_s=round(eval_s, 1),
+        )
+    )
+    for rnd in range(1, args.rounds + 1):
+        drawn = annotate_round(run_dir, by_name, rnd, classes)
+        area["tumour_um2"] += drawn["tumour_um2"]
+        area["normal_um2"] += drawn["normal_um2"]
+        t0 = time.perf_counter()
+        outcome = sync(run_dir)
+        s_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metrics = evaluate(run_dir, outcome, test, memo)
+        e_s = time.perf_counter() - t0
         rows.append(
             _row(
                 strategy,
                 seed,
-                0,
+                rnd,
                 area,
-                regions=0,
-                **metrics0,
-                **_labelled_tiles(outcome),
-                sync_s=round(sync_s, 1),
-                eval_s=round(eval_s, 1),
-            )
-        )
-        for rnd in range(1, args.rounds + 1):
-            drawn = annotate_round(run_dir, by_name, rnd, classes)
-            area["tumour_um2"] += drawn["tumour_um2"]
-            area["normal_um2"] += drawn["normal_um2"]
-            t0 = time.perf_counter()
-            outcome = sync(run_dir)
-            s_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            metrics = evaluate(run_dir, outcome, test, memo)
-            e_s = time.perf_counter() - t0
-            rows.append(
-                _row(
-                    strategy,
-                    seed,
-                    rnd,
-                    area,
-                    regions=int(drawn["regions"]),
-                    **metrics,
-                    **_labelled_tiles(outcome),
-                    sync_s=round(s_s, 1),
-                    eval_s=round(e_s, 1),
-                )
-            )
-            print(
-                f"seed {seed} {strategy} round {rnd}: {metrics} area "
-                f"{rows[-1]['area_mm2']} mm² ({drawn['regions']} regions; sync {s_s:.0f} s, "
-                f"eval {e_s:.0f} s, load {os.getloadavg()[0]:.1f})",
-                flush=True,
-            )
-            save()
-
-    if args.reference:
-        ref_dir = root / REFERENCE / "project"
-        ann = {
-            s.name: [
-                make_feature(
-                    p,
-                    object_type="annotation",
-                    class_name=classes[0],
-                    feature_id=stable_feature_id(ORACLE_NAME, "all", s.name, i),
-                )
-                for i, p in enumerate(s.lesions)
-            ]
-            for s in tumour
-        }
-        roles = {s.name: "annotated" for s in tumour} | {s.name: "tumor-free" for s in normal}
-        write_project(ref_dir, train, roles=roles, annotations=ann, settings=settings)
-        t0 = time.perf_counter()
-        outcome = sync(ref_dir)
-        s_s = time.perf_counter() - t0
-        metrics = evaluate(ref_dir, outcome, test, memo)
-        tissue = sum(s.tissue_um2 for s in tumour)
-        lesions = sum(p.area for s in tumour for p in s.lesions) * train[0].mpp ** 2
-        rows.append(
-            {
-                "strategy": REFERENCE,
-                "seed": seed,
-                "round": None,
-                "area_mm2": round(tissue / 1e6, 4),
-                "tumour_area_mm2": round(lesions / 1e6, 4),
+                regions=int(drawn["regions"]),
                 **metrics,
                 **_labelled_tiles(outcome),
-                "sync_s": round(s_s, 1),
-            }
+                sync_s=round(s_s, 1),
+                eval_s=round(e_s, 1),
+            )
         )
-        print(f"seed {seed} reference: {metrics} (area {tissue / 1e6:.2f} mm²)", flush=True)
+        print(
+            f"seed {seed} {strategy} round {rnd}: {metrics} area "
+            f"{rows[-1]['area_mm2']} mm² ({drawn['regions']} regions; sync {s_s:.0f} s, "
+            f"eval {e_s:.0f} s, load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
         save()
+
+
+def run_reference(
+    args: argparse.Namespace,
+    seed: int,
+    slides: Mapping[str, list[SimSlide]],
+    memo: MemoTrunk,
+    rows: list[dict[str, Any]],
+    save: Any,
+) -> None:
+    """The reference: every lesion of every training slide outlined, slides fully annotated."""
+    from qupath_rkd.qupath.geojson import make_feature, stable_feature_id
+
+    train, test = slides["train"], slides["test"]
+    tumour = [s for s in train if s.lesions]
+    normal = [s for s in train if not s.lesions]
+    classes = _classes()
+    settings = base_settings(args, seed)
+    root = args.out / "runs" / f"seed{seed}"
+    shutil.rmtree(root / REFERENCE, ignore_errors=True)
+    ref_dir = root / REFERENCE / "project"
+    ann = {
+        s.name: [
+            make_feature(
+                p,
+                object_type="annotation",
+                class_name=classes[0],
+                feature_id=stable_feature_id(ORACLE_NAME, "all", s.name, i),
+            )
+            for i, p in enumerate(s.lesions)
+        ]
+        for s in tumour
+    }
+    roles = {s.name: "annotated" for s in tumour} | {s.name: "tumor-free" for s in normal}
+    write_project(ref_dir, train, roles=roles, annotations=ann, settings=settings)
+    t0 = time.perf_counter()
+    outcome = sync(ref_dir)
+    s_s = time.perf_counter() - t0
+    metrics = evaluate(ref_dir, outcome, test, memo)
+    tissue = sum(s.tissue_um2 for s in tumour)
+    lesions = sum(p.area for s in tumour for p in s.lesions) * train[0].mpp ** 2
+    rows.append(
+        {
+            "strategy": REFERENCE,
+            "seed": seed,
+            "round": None,
+            "area_mm2": round(tissue / 1e6, 4),
+            "tumour_area_mm2": round(lesions / 1e6, 4),
+            **metrics,
+            **_labelled_tiles(outcome),
+            "sync_s": round(s_s, 1),
+        }
+    )
+    print(f"seed {seed} reference: {metrics} (area {tissue / 1e6:.2f} mm²)", flush=True)
+    save()
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -917,8 +958,14 @@ def main() -> None:
         atomic_write_json(args.out / "results.json", {**meta, "summary": summary, "rows": rows})
         atomic_write_text(args.out / "results.md", markdown(summary))
 
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        run_seed(args, seed, slides, memo, rows, save)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    begins = {seed: start_seed(args, seed, slides, memo) for seed in seeds}
+    if args.reference:
+        for seed in seeds:
+            run_reference(args, seed, slides, memo, rows, save)
+    for strategy in args.strategies:  # strategy-major: a cut-short run has whole strategies
+        for seed in seeds:
+            run_strategy(args, seed, strategy, slides, memo, begins[seed], rows, save)
     save()
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(
