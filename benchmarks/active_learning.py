@@ -504,7 +504,7 @@ def evaluate(
         cfg = dataclasses.replace(inference_config(config, s.mpp), threshold=threshold)
         pred = predict_slide(s.path, model, config=cfg)
         t = pred.tiles
-        side = float(t.size_level0_px)
+        side = float(t.tile_level0_px)
         boxes = shapely.box(
             t.xy_px[:, 0], t.xy_px[:, 1], t.xy_px[:, 0] + side, t.xy_px[:, 1] + side
         )
