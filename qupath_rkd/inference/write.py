@@ -15,6 +15,7 @@ import math
 import platform
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,32 +190,60 @@ def tile_features(pred: SlidePrediction, key: str, slide_id: str) -> list[dict[s
 
     The geometry is the tile's heatmap cell (the stride square around the tile centre), so
     dense grids give a gap-free, non-overlapping measurement map; without overlap it is the
-    tile itself.
-    """
-    from shapely.geometry import box
+    tile itself. The features are those :func:`~qupath_rkd.qupath.geojson.make_feature` makes
+    for a shapely ``box`` per tile, built directly (a Camelyon16 slide has 10,000s of tiles).
 
-    from qupath_rkd.qupath.geojson import TOOL_NAME_PREFIX, make_feature, stable_feature_id
+    Raises:
+        AnnotationError: a tile whose probability or score is not finite (as ``make_feature``).
+    """
+    from qupath_rkd.qupath.geojson import (
+        TOOL_NAME_PREFIX,
+        square_geometries_json,
+        stable_feature_ids,
+    )
 
     t = pred.tiles
     hm = pred.heatmap
     x0, y0 = hm.to_level0_xy(t.rc[:, 0] - 0.5, t.rc[:, 1] - 0.5)
-    side = hm.stride_level0_px
-    feats = []
-    for i in range(len(t)):
-        x, y = float(x0[i]), float(y0[i])
-        feats.append(
-            make_feature(
-                box(x, y, x + side, y + side),
-                object_type="tile",
-                name=f"{TOOL_NAME_PREFIX} tile",
-                feature_id=stable_feature_id(key, slide_id, "tile", i),
-                measurements={
-                    MEASURE_PROBABILITY: float(t.probability[i]),
-                    MEASURE_SCORE: float(t.score[i]),
-                },
-            )
-        )
-    return feats
+    side = float(hm.stride_level0_px)
+    prob = np.asarray(t.probability, np.float64)
+    score = np.asarray(t.score, np.float64)
+    bad = np.flatnonzero(~(np.isfinite(prob) & np.isfinite(score)))
+    if bad.size:
+        _tile_feature_error(float(x0[bad[0]]), float(y0[bad[0]]), side, prob, score, bad[0])
+    name = f"{TOOL_NAME_PREFIX} tile"
+    ids = stable_feature_ids(key, slide_id, "tile", count=len(t))
+    geometries = square_geometries_json(np.ravel(x0).tolist(), np.ravel(y0).tolist(), side)
+    return [
+        {
+            "type": "Feature",
+            "id": fid,
+            "geometry": geometry,
+            "properties": {
+                "objectType": "tile",
+                "name": name,
+                "measurements": {MEASURE_PROBABILITY: p, MEASURE_SCORE: sc},
+            },
+        }
+        for fid, geometry, p, sc in zip(ids, geometries, prob.tolist(), score.tolist(), strict=True)
+    ]
+
+
+def _tile_feature_error(
+    x: float, y: float, side: float, prob: np.ndarray, score: np.ndarray, i: int
+) -> None:
+    """Raise the error ``make_feature`` gives for tile ``i`` (a non-finite measurement)."""
+    from shapely.geometry import box
+
+    from qupath_rkd.qupath.geojson import TOOL_NAME_PREFIX, make_feature
+
+    make_feature(
+        box(x, y, x + side, y + side),
+        object_type="tile",
+        name=f"{TOOL_NAME_PREFIX} tile",
+        measurements={MEASURE_PROBABILITY: float(prob[i]), MEASURE_SCORE: float(score[i])},
+    )
+    raise AssertionError(f"tile {i} has a non-finite measurement, yet make_feature took it")
 
 
 def submission_csv(pred: SlidePrediction) -> str:
@@ -255,30 +284,99 @@ def slide_identity(path: Path) -> dict[str, Any]:
     return {"slide_bytes": st.st_size, "slide_mtime_ns": st.st_mtime_ns}
 
 
-def write_slide_outputs(outputs: SlideOutputs, pred: SlidePrediction, key: str) -> None:
-    """Write every output of one slide; ``done.json`` last."""
-    from qupath_rkd.qupath.geojson import write_geojson
+@dataclass(frozen=True)
+class RenderedSlide:
+    """The bytes of one slide's files but ``done.json``, made by :func:`render_slide_outputs`
+    (here, or on a Dask worker that sends them back) and written by
+    :func:`write_slide_outputs`. ``key`` and ``slide_id`` are what they were made for (the
+    feature ids depend on both)."""
+
+    key: str
+    slide_id: str
+    heatmap_npy: bytes
+    heatmap_json: bytes
+    lesions_geojson: bytes
+    tiles_geojson: bytes
+    tiles_csv: bytes
+    submission_csv: bytes
+    heatmap_png: bytes
+
+    @property
+    def n_bytes(self) -> int:
+        """All the files' bytes together."""
+        return sum(len(v) for v in vars(self).values() if isinstance(v, bytes))
+
+
+def render_slide_outputs(
+    pred: SlidePrediction, key: str, slide_id: str, *, slide_name: str | None = None
+) -> RenderedSlide:
+    """The bytes of every file of one slide but ``done.json`` (see :mod:`qupath_rkd.outputs`).
+
+    Opens the slide (``pred.slide_path``) for the overlay's thumbnail. ``slide_name`` is the
+    file name in the overlay's title (default ``pred.slide_path.name``; a Dask worker, which
+    sees the resolved path, passes the name the client was given).
+
+    Raises:
+        AnnotationError: a tile or lesion that cannot be written (a non-finite measurement).
+    """
+    from qupath_rkd.qupath.geojson import features_to_json
     from qupath_rkd.slides import open_slide
 
-    outputs.folder.mkdir(parents=True, exist_ok=True)
-    outputs.submission_csv.parent.mkdir(parents=True, exist_ok=True)
-    slide_id = outputs.slide_id
-    pred.heatmap.save(outputs.heatmap_stem)
-    write_geojson(outputs.lesions_geojson, lesion_features(pred, key, slide_id))
-    write_geojson(outputs.tiles_geojson, tile_features(pred, key, slide_id))
-    atomic_write_text(outputs.tiles_csv, tiles_csv(pred))
-    atomic_write_text(outputs.submission_csv, submission_csv(pred))
+    npy_name = SlideOutputs(Path(), slide_id).heatmap_npy.name  # the .json names it
+    npy_bytes, heatmap_json = pred.heatmap.file_bytes(npy_name)
+    lesions = features_to_json(lesion_features(pred, key, slide_id)).encode("utf-8")
+    tiles = features_to_json(tile_features(pred, key, slide_id)).encode("utf-8")
     with open_slide(pred.slide_path, mpp=pred.config.slide_mpp) as slide:
         thumb, ds = slide.thumbnail(max_px=1024)
     score = "no slide score" if pred.slide_score is None else f"slide score {pred.slide_score:.3f}"
-    title = f"{pred.slide_path.name}: {score}, {len(pred.lesions)} lesion(s)"
+    name = pred.slide_path.name if slide_name is None else slide_name
+    title = f"{name}: {score}, {len(pred.lesions)} lesion(s)"
     if pred.note:
         title += f" ({pred.note})"
     assert pred.config.threshold is not None
-    atomic_write_bytes(
-        outputs.heatmap_png,
-        overlay_png(thumb, ds, pred.heatmap, threshold=pred.config.threshold, title=title),
+    return RenderedSlide(
+        key=key,
+        slide_id=slide_id,
+        heatmap_npy=npy_bytes,
+        heatmap_json=heatmap_json,
+        lesions_geojson=lesions,
+        tiles_geojson=tiles,
+        tiles_csv=tiles_csv(pred).encode("utf-8"),
+        submission_csv=submission_csv(pred).encode("utf-8"),
+        heatmap_png=overlay_png(
+            thumb, ds, pred.heatmap, threshold=pred.config.threshold, title=title
+        ),
     )
+
+
+def write_slide_outputs(
+    outputs: SlideOutputs,
+    pred: SlidePrediction,
+    key: str,
+    rendered: RenderedSlide | None = None,
+) -> None:
+    """Write every output of one slide, each atomically; ``done.json`` last.
+
+    ``rendered``: the files' bytes made elsewhere (a Dask worker) by
+    :func:`render_slide_outputs` for this ``key`` and slide; without it (or when it was made
+    for another key or slide) they are made here. Either way the bytes are the same.
+    """
+    if rendered is None or (rendered.key, rendered.slide_id) != (key, outputs.slide_id):
+        rendered = render_slide_outputs(pred, key, outputs.slide_id)
+    outputs.folder.mkdir(parents=True, exist_ok=True)
+    outputs.submission_csv.parent.mkdir(parents=True, exist_ok=True)
+    # the order of a one-process run before the files were rendered apart: heatmap .npy
+    # before its .json, done.json last
+    for path, data in (
+        (outputs.heatmap_npy, rendered.heatmap_npy),
+        (outputs.heatmap_json, rendered.heatmap_json),
+        (outputs.lesions_geojson, rendered.lesions_geojson),
+        (outputs.tiles_geojson, rendered.tiles_geojson),
+        (outputs.tiles_csv, rendered.tiles_csv),
+        (outputs.submission_csv, rendered.submission_csv),
+        (outputs.heatmap_png, rendered.heatmap_png),
+    ):
+        atomic_write_bytes(path, data)
     atomic_write_json(
         outputs.done_json,
         {
