@@ -285,6 +285,17 @@ def slide_identity(path: Path) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class FilesRequest:
+    """What rendering a slide's files needs besides its prediction, as the writer will name
+    them: the config key and slide id (the features' ids depend on both) and the slide's file
+    name for the overlay's title (a Dask worker sees the resolved path, maybe another name)."""
+
+    key: str
+    slide_id: str
+    slide_name: str
+
+
+@dataclass(frozen=True)
 class RenderedSlide:
     """The bytes of one slide's files but ``done.json``, made by :func:`render_slide_outputs`
     (here, or on a Dask worker that sends them back) and written by
@@ -447,8 +458,15 @@ def slide_is_done(outputs: SlideOutputs, key: str, slide_path: Path) -> bool:
     return all(p.is_file() for p in needed)
 
 
-def write_slide_scores(out_dir: Path, runs: Sequence[SlideRun]) -> Path:
-    """Update ``slide_scores.csv``: this run's slides replace their rows, other rows stay."""
+def write_slide_scores(
+    out_dir: Path, runs: Sequence[SlideRun], *, done_cache: dict[str, dict[str, Any]] | None = None
+) -> Path:
+    """Update ``slide_scores.csv``: this run's slides replace their rows, other rows stay.
+
+    ``done_cache``: slide id -> its ``done.json``, filled here and reused by the next call of
+    the same run (a batch rewrites the file after every slide; without it each call reads the
+    ``done.json`` of every slide so far). Only for slides whose ``done.json`` no longer changes.
+    """
     path = out_dir / SLIDE_SCORES_CSV
     rows: dict[str, dict[str, str]] = {}
     if path.is_file():
@@ -458,7 +476,14 @@ def write_slide_scores(out_dir: Path, runs: Sequence[SlideRun]) -> Path:
                     rows[row["slide"]] = {k: row.get(k) or "" for k in SLIDE_SCORES_HEADER}
     for run in runs:
         score = run.slide_score
-        done = _done_for(out_dir, run.slide_id) if run.status != "failed" else {}
+        done = {}
+        if run.status != "failed":
+            if done_cache is None or run.slide_id not in done_cache:
+                done = _done_for(out_dir, run.slide_id)
+                if done_cache is not None:
+                    done_cache[run.slide_id] = done
+            else:
+                done = done_cache[run.slide_id]
         prob_max = "" if done.get("probability_max") is None else f"{done['probability_max']:.6g}"
         rows[run.slide_id] = {
             "slide": run.slide_id,

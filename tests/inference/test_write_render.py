@@ -158,3 +158,33 @@ def test_rendered_bytes_are_the_files_written(tmp_path: Path, semireal, model) -
     renamed = render_slide_outputs(pred, key, "semireal_a", slide_name="other-name.tif")
     assert renamed.heatmap_png != rendered.heatmap_png
     assert renamed.tiles_geojson == rendered.tiles_geojson
+
+
+def test_slide_scores_with_a_done_cache_read_each_done_json_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import qupath_rkd.inference.write as write
+    from qupath_rkd.inference.predict import SlideRun
+
+    runs = []
+    for i in range(5):
+        outputs = SlideOutputs(tmp_path, f"s{i}")
+        outputs.folder.mkdir(parents=True)
+        done = {"probability_max": 0.5 + i / 10, "positive": i % 2 == 0, "tumor_area_mm2": 1.25}
+        outputs.done_json.write_text(json.dumps(done))
+        runs.append(SlideRun(Path(f"s{i}.tif"), f"s{i}", "ok", 0.1 * i, 100, i))
+    runs.append(SlideRun(Path("bad.tif"), "bad", "failed", error="unreadable"))
+    reads: list[str] = []
+    real = write._done_for
+    monkeypatch.setattr(write, "_done_for", lambda out, sid: reads.append(sid) or real(out, sid))
+    cache: dict[str, dict[str, Any]] = {}
+    texts = []
+    for n in range(1, len(runs) + 1):
+        texts.append(write.write_slide_scores(tmp_path, runs[:n], done_cache=cache).read_text())
+    assert sorted(reads) == [f"s{i}" for i in range(5)]  # each once, the failed one never
+    reads.clear()
+    assert write.write_slide_scores(tmp_path, runs).read_text() == texts[-1]
+    assert len(reads) == 5
+    assert "0.9" in texts[-1] and "true" in texts[-1] and "failed: unreadable" in texts[-1]
