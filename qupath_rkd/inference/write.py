@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qupath_rkd import __version__
+from qupath_rkd.constants import TOOL_TAG
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 from qupath_rkd.outputs import (  # the measurement names are defined there, once
@@ -196,11 +197,75 @@ def tile_features(pred: SlidePrediction, key: str, slide_id: str) -> list[dict[s
     Raises:
         AnnotationError: a tile whose probability or score is not finite (as ``make_feature``).
     """
-    from qupath_rkd.qupath.geojson import (
-        TOOL_NAME_PREFIX,
-        square_geometries_json,
-        stable_feature_ids,
-    )
+    from qupath_rkd.qupath.geojson import square_geometries_json
+
+    ids, x0, y0, side, prob, score = _tile_parts(pred, key, slide_id)
+    return [
+        {
+            "type": "Feature",
+            "id": fid,
+            "geometry": geometry,
+            "properties": {
+                "objectType": "tile",
+                "name": _TILE_NAME,
+                "measurements": {MEASURE_PROBABILITY: p, MEASURE_SCORE: sc},
+            },
+        }
+        for fid, geometry, p, sc in zip(
+            ids, square_geometries_json(x0, y0, side), prob, score, strict=True
+        )
+    ]
+
+
+def tiles_geojson_text(pred: SlidePrediction, key: str, slide_id: str) -> str:
+    """The tiles' GeoJSON file: the text ``features_to_json(tile_features(...))`` gives,
+    written directly (5 MB for 10,000 tiles; a tenth of the time).
+
+    Raises:
+        AnnotationError: as :func:`tile_features`.
+    """
+    ids, x0, y0, side, prob, score = _tile_parts(pred, key, slide_id)
+    coord: dict[float, str] = {}  # a grid repeats its coordinates: each written once
+
+    def c(v: float) -> str:
+        text = coord.get(v)
+        if text is None:
+            text = coord[v] = json.dumps(_round_coordinate(v))
+        return text
+
+    head = '{"type":"Feature","id":"'
+    props = json.dumps(
+        {"objectType": "tile", "name": _TILE_NAME}, ensure_ascii=False, separators=(",", ":")
+    )[:-1]
+    m_prob = json.dumps(MEASURE_PROBABILITY, ensure_ascii=False)
+    m_score = json.dumps(MEASURE_SCORE, ensure_ascii=False)
+    feats = []
+    for fid, x, y, p, sc in zip(ids, x0, y0, prob, score, strict=True):
+        a, b, top, bottom = c(x + side), c(x), c(y), c(y + side)
+        feats.append(
+            f'{head}{fid}","geometry":{{"type":"Polygon","coordinates":[[[{a},{top}],'
+            f"[{a},{bottom}],[{b},{bottom}],[{b},{top}],[{a},{top}]]]}},"
+            f'"properties":{props},"measurements":{{{m_prob}:{p!r},{m_score}:{sc!r}}}}}}}'
+        )
+    return '{"type":"FeatureCollection","features":[' + ",".join(feats) + "]}\n"
+
+
+#: The tiles' name: ``TOOL_NAME_PREFIX`` of :mod:`qupath_rkd.qupath.geojson` is ``TOOL_TAG``.
+_TILE_NAME = f"{TOOL_TAG} tile"
+
+
+def _round_coordinate(v: float) -> float | int:
+    """A coordinate as the GeoJSON writer rounds it (2 decimals, integral values as ints)."""
+    r = round(v, 2)
+    return int(r) if r.is_integer() else r
+
+
+def _tile_parts(
+    pred: SlidePrediction, key: str, slide_id: str
+) -> tuple[list[str], list[float], list[float], float, list[float], list[float]]:
+    """Per tile: feature id, top-left ``x``, ``y`` of its cell (level-0 px), the cell side,
+    probability, score (Python floats); raises on a non-finite measurement."""
+    from qupath_rkd.qupath.geojson import stable_feature_ids
 
     t = pred.tiles
     hm = pred.heatmap
@@ -211,22 +276,15 @@ def tile_features(pred: SlidePrediction, key: str, slide_id: str) -> list[dict[s
     bad = np.flatnonzero(~(np.isfinite(prob) & np.isfinite(score)))
     if bad.size:
         _tile_feature_error(float(x0[bad[0]]), float(y0[bad[0]]), side, prob, score, bad[0])
-    name = f"{TOOL_NAME_PREFIX} tile"
     ids = stable_feature_ids(key, slide_id, "tile", count=len(t))
-    geometries = square_geometries_json(np.ravel(x0).tolist(), np.ravel(y0).tolist(), side)
-    return [
-        {
-            "type": "Feature",
-            "id": fid,
-            "geometry": geometry,
-            "properties": {
-                "objectType": "tile",
-                "name": name,
-                "measurements": {MEASURE_PROBABILITY: p, MEASURE_SCORE: sc},
-            },
-        }
-        for fid, geometry, p, sc in zip(ids, geometries, prob.tolist(), score.tolist(), strict=True)
-    ]
+    return (
+        ids,
+        np.ravel(x0).tolist(),
+        np.ravel(y0).tolist(),
+        side,
+        prob.tolist(),
+        score.tolist(),
+    )
 
 
 def _tile_feature_error(
@@ -336,7 +394,7 @@ def render_slide_outputs(
     npy_name = SlideOutputs(Path(), slide_id).heatmap_npy.name  # the .json names it
     npy_bytes, heatmap_json = pred.heatmap.file_bytes(npy_name)
     lesions = features_to_json(lesion_features(pred, key, slide_id)).encode("utf-8")
-    tiles = features_to_json(tile_features(pred, key, slide_id)).encode("utf-8")
+    tiles = tiles_geojson_text(pred, key, slide_id).encode("utf-8")
     with open_slide(pred.slide_path, mpp=pred.config.slide_mpp) as slide:
         thumb, ds = slide.thumbnail(max_px=1024)
     score = "no slide score" if pred.slide_score is None else f"slide score {pred.slide_score:.3f}"

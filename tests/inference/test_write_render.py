@@ -21,6 +21,7 @@ from qupath_rkd.inference.predict import TileScores
 from qupath_rkd.inference.write import (
     render_slide_outputs,
     tile_features,
+    tiles_geojson_text,
     write_slide_outputs,
 )
 from qupath_rkd.outputs import MEASURE_PROBABILITY, MEASURE_SCORE, SlideOutputs
@@ -85,6 +86,7 @@ def test_tile_features_are_make_feature_of_a_box_byte_for_byte(
     assert fast == shapely_tile_features(pred, "key-1", "slide_a")
     text = features_to_json(fast)
     assert text == features_to_json(shapely_tile_features(pred, "key-1", "slide_a"))
+    assert tiles_geojson_text(pred, "key-1", "slide_a") == text  # the file, written directly
     import json
 
     assert qupath_import_problems(json.loads(text)) == []
@@ -98,6 +100,9 @@ def test_a_non_finite_tile_measurement_is_the_error_make_feature_gives(field: st
     pred.tiles = dataclasses.replace(pred.tiles, **{field: values})
     with pytest.raises(AnnotationError) as fast:
         tile_features(pred, "k", "s")
+    with pytest.raises(AnnotationError) as text:
+        tiles_geojson_text(pred, "k", "s")
+    assert text.value.one_line() == fast.value.one_line()
     with pytest.raises(AnnotationError) as reference:
         shapely_tile_features(pred, "k", "s")
     assert fast.value.one_line() == reference.value.one_line()
@@ -111,6 +116,7 @@ def test_no_tiles_give_an_empty_collection() -> None:
     pred.tiles = TileScores(t.xy_px[keep], t.rc[keep], t.size_level0_px, t.score[keep],
                             t.probability[keep])  # fmt: skip
     assert tile_features(pred, "k", "s") == []
+    assert tiles_geojson_text(pred, "k", "s") == features_to_json([])
 
 
 def _digests(folder: Path) -> dict[str, str]:
