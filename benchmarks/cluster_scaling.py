@@ -19,11 +19,14 @@ slide, every file).
 
 ``simulated`` keeps everything of a cluster run but the model: the same ``ClusterSession``
 (a LocalCluster of N processes, one thread each), the same ``predict_slides`` submission, the
-checkpoint broadcast, the result sent back and the client writing every output file; on the
-worker, :func:`sleep_predict` stands in for ``predict_slide`` (the session's
-``slide_predictor`` seam): it sleeps ``--gpu-s`` (the per-slide GPU time) and returns a
-prediction the size of a Camelyon16 slide's (``--tiles`` scored tiles, its lesions found by the
-library's own post-processing), so the transfer and the writes are those of a real slide.
+checkpoint broadcast, each worker rendering its slide's files (tile and lesion GeoJSON, CSVs,
+heatmap, overlay PNG), the prediction and the files' bytes sent back and the client writing
+every output file; on the worker, :func:`sleep_predict` stands in for ``predict_slide`` (the
+session's ``slide_predictor`` seam): it sleeps ``--gpu-s`` (the per-slide GPU time) and
+returns a prediction the size of a Camelyon16 slide's (``--tiles`` scored tiles, its lesions
+found by the library's own post-processing), so the rendering, the transfer and the writes are
+those of a real slide. On one small machine the N workers' rendering shares its cores; on a
+cluster each worker renders on its own.
 Timed: ``predict_slides`` only; the cluster's start-up and each worker's one-off model load
 (done before, through the same checkpoint broadcast) are reported apart. Efficiency =
 T1 / (N × TN); ``ideal_efficiency`` = slides × gpu_s / (N × TN) needs no T1 (a lower bound of
@@ -33,7 +36,9 @@ the efficiency, since T1 >= slides × gpu_s).
 10,000-tile prediction): ``write_slide_outputs`` = rendering every file (tile and lesion
 GeoJSON, CSVs, heatmap, overlay PNG from the slide's thumbnail) + writing them atomically. It
 uses only what every version of the package has, so running it with another checkout on
-``PYTHONPATH`` times that version's write path (before/after ratios on one machine).
+``PYTHONPATH`` times that version's write path (before/after ratios on one machine). Where
+the files can be rendered apart (``render_slide_outputs``), it also times what a cluster
+client does per slide: write the bytes a worker rendered (``client_median_s``).
 
 Prints JSON (also written to ``--json``); each run carries the load average before and after.
 """
@@ -427,6 +432,7 @@ def simulated(args: argparse.Namespace) -> dict[str, Any]:
 def writes(args: argparse.Namespace) -> dict[str, Any]:
     """Seconds ``write_slide_outputs`` takes per slide in one process (see the docstring)."""
     import qupath_rkd
+    import qupath_rkd.inference.write as write_module
     from qupath_rkd.inference.predict import InferenceConfig
     from qupath_rkd.inference.write import write_slide_outputs
     from qupath_rkd.model.scorer import load_model
@@ -447,10 +453,19 @@ def writes(args: argparse.Namespace) -> dict[str, Any]:
             write_slide_outputs(SlideOutputs(work / "out", f"s{i}"), pred, key)
             seconds.append(time.perf_counter() - t0)
         out_bytes = sum(f.stat().st_size for f in (work / "out" / "s0").rglob("*"))
+        client = []  # a cluster client's share: the bytes rendered elsewhere, written here
+        render = getattr(write_module, "render_slide_outputs", None)
+        for i in range(args.repeats if render is not None else 0):
+            rendered = render(pred, key, f"c{i}")
+            t0 = time.perf_counter()
+            write_slide_outputs(SlideOutputs(work / "out", f"c{i}"), pred, key, rendered=rendered)
+            client.append(time.perf_counter() - t0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
         "mode": "writes",
+        "client_write_s": [round(x, 4) for x in client] or None,
+        "client_median_s": round(float(np.median(client)), 4) if client else None,
         "machine": _machine(),
         "package": str(Path(qupath_rkd.__file__).resolve().parent),
         "tiles_per_slide": args.tiles,
