@@ -70,7 +70,7 @@ def main() -> None:
     pred_dir = OUT / "pred"
     t0 = time.perf_counter()
     runs = predict_slides(
-        paths, model, pred_dir, config=InferenceConfig(num_workers=args.workers, mpp=args.mpp)
+        paths, model, pred_dir, config=InferenceConfig(num_workers=args.workers, tile_mpp=args.mpp)
     )
     seconds = time.perf_counter() - t0
     assert all(r.status in ("ok", "skipped") for r in runs), [r.error for r in runs]

@@ -16,7 +16,9 @@
  *      sync completed are on disk; import them with import_predictions.groovy if you want);
  *   3. imports <project>/qupath-rkd/predictions/<entryID>.geojson into every image that has one
  *      (as import_predictions.groovy does: removes only detections named "qupath-rkd...", adds
- *      the new ones) and saves those images. The open image is updated in place.
+ *      the new ones) with the slide-level values of <entryID>.slide.json (root-object
+ *      measurements and project-entry metadata, as import_predictions.groovy describes) and
+ *      saves those images. The open image is updated in place.
  * Save your work first (File > Save): images other than the open one are read from disk.
  */
 
@@ -136,7 +138,8 @@ if (exitCode != 0) {
     throw new RuntimeException("qupath-rkd: sync failed (exit code " + exitCode + "; see its messages above): no image was changed. Fix what it reports and run this script again, or import what it completed with import_predictions.groovy")
 }
 
-// 3. Import predictions into every image that has a file.
+// 3. Import predictions (and the slide-level values) into every image that has a file.
+boolean metadataChanged = false
 for (def entry : project.getImageList()) {
     Path file = predictionsDir.resolve(entry.getID() + ".geojson")
     if (!Files.isRegularFile(file)) {
@@ -146,17 +149,60 @@ for (def entry : project.getImageList()) {
     def keep = incoming.findAll { po ->
         po.isDetection() && isToolObject(po, TOOL_TAG) && (IMPORT_HEATMAP_TILES || !po.isTile())
     }
+    Map slideValues = readSlideValues(predictionsDir.resolve(entry.getID() + ".slide.json"))
     boolean isOpen = currentEntry != null && currentEntry.getID() == entry.getID() && currentData != null
     def imageData = isOpen ? currentData : entry.readImageData()
     def hierarchy = imageData.getHierarchy()
     def old = hierarchy.getDetectionObjects().findAll { po -> isToolObject(po, TOOL_TAG) }
     hierarchy.removeObjects(old, true)
     hierarchy.addObjects(keep)
+    if (slideValues != null) {
+        applySlideValues(hierarchy, entry, slideValues)
+        metadataChanged = true
+    }
     if (isOpen) {
         fireHierarchyUpdate()
     }
     entry.saveImageData(imageData)
     println "qupath-rkd: '" + entry.getImageName() + "': removed " + old.size() + ", added " + keep.size()
+}
+
+if (metadataChanged) {
+    project.syncChanges()  // the entry metadata lives in project.qpproj
+}
+
+/** The slide-level values sync wrote for an image (a Map), or null when there is no file. */
+Map readSlideValues(Path slideFile) {
+    if (!Files.isRegularFile(slideFile)) {
+        return null
+    }
+    String text = new String(Files.readAllBytes(slideFile), StandardCharsets.UTF_8)
+    Map values = GsonTools.getInstance().fromJson(text, Map.class)
+    if (values == null || values.get("format") != "qupath-rkd-slide-values") {
+        throw new IllegalArgumentException("qupath-rkd: " + slideFile + " is not a qupath-rkd slide-values file; run qupath-rkd sync again")
+    }
+    return values
+}
+
+/**
+ * Put the slide-level values on the image (as import_predictions.groovy does): numbers as
+ * measurements of the root object, strings as project-entry metadata; listed names removed first.
+ */
+void applySlideValues(def hierarchy, def entry, Map values) {
+    def measurements = hierarchy.getRootObject().getMeasurementList()
+    for (def name : values.get("measurementNames")) {
+        measurements.remove(String.valueOf(name))
+    }
+    values.get("measurements").each { name, value ->
+        measurements.put(String.valueOf(name), ((Number) value).doubleValue())
+    }
+    measurements.close()
+    for (def key : values.get("metadataKeys")) {
+        entry.removeMetadataValue(String.valueOf(key))
+    }
+    values.get("metadata").each { key, value ->
+        entry.putMetadataValue(String.valueOf(key), String.valueOf(value))
+    }
 }
 
 /** A detection qupath-rkd created: its name starts with the tool tag. Never an annotation. */

@@ -85,3 +85,17 @@ MIN_TILE_PX: Final[int] = 16
 DEFAULT_MIN_TISSUE_FRACTION: Final[float] = 0.5
 #: Lesions whose major axis is shorter are dropped (µm; the Camelyon16 ITC bound).
 DEFAULT_MIN_LESION_UM: Final[float] = 200.0
+#: How long a rank of a data-parallel run (torchrun) waits for the others at a collective before
+#: giving up (seconds): rank 0 validates and fits alone while the others wait.
+DISTRIBUTED_TIMEOUT_S: Final[int] = 3600
+
+# --- The out-of-domain check (qupath_rkd.model.ood; measured in docs/benchmarks.md,
+# benchmarks/ood_check.py). ---
+#: PCA components of the training tiles' standardised features kept in the checkpoint.
+DEFAULT_OOD_COMPONENTS: Final[int] = 32
+#: Share of the training tiles held out of the PCA to set the tile distance threshold.
+DEFAULT_OOD_HELD_SHARE: Final[float] = 0.2
+#: A tile is "far" beyond this quantile of the held-out training tiles' distances.
+DEFAULT_OOD_QUANTILE: Final[float] = 0.95
+#: A slide with a larger share of far tissue tiles is flagged out-of-domain.
+DEFAULT_OOD_FAR_FRACTION: Final[float] = 0.25

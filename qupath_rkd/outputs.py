@@ -3,7 +3,8 @@
 Layout of an output folder ``OUT``::
 
     OUT/run.json                       arguments, versions, model id of the last run
-    OUT/slide_scores.csv               slide,score,probability_max,n_tiles,n_lesions,note
+    OUT/slide_scores.csv               one row per slide (SLIDE_SCORES_HEADER): score, lesions,
+                                       burden, out-of-domain check (far fraction, flag), note
     OUT/camelyon16/<slide>.csv         Camelyon16 submission: one "prob,X,Y" line per lesion peak
     OUT/<slide>/lesions.geojson        lesions as QuPath GeoJSON detections (class Tumor)
     OUT/<slide>/tiles.geojson          scored tiles as QuPath tiles (measurement maps)
@@ -40,6 +41,8 @@ SLIDE_SCORES_HEADER = (
     "tumor_area_mm2",
     "largest_lesion_major_axis_um",
     "burden_category",
+    "ood_far_fraction",
+    "out_of_domain",
     "note",
 )
 
@@ -62,6 +65,58 @@ LESION_MEASUREMENTS = (
     MEASURE_MAJOR_AXIS_UM,
     MEASURE_PEAK_X_PX,
     MEASURE_PEAK_Y_PX,
+)
+
+#: Slide-level values ``sync`` writes for QuPath, one small JSON per image beside its
+#: predictions: ``<project>/qupath-rkd/predictions/<entryID>`` + :data:`SLIDE_VALUES_SUFFIX`
+#: (written at sync's commit, only when its content changed). ``groovy/import_predictions.groovy``
+#: and ``groovy/run_sync.groovy`` put its ``measurements`` on the image's root object (QuPath
+#: shows them as image measurements) and its ``metadata`` on the project entry (sortable in the
+#: project pane), after removing every name listed in ``measurementNames`` / ``metadataKeys``
+#: (so a value no longer given is not left behind). The scripts read the names from the file.
+SLIDE_VALUES_SUFFIX = ".slide.json"
+SLIDE_VALUES_FORMAT = "qupath-rkd-slide-values"
+#: Field names of the slide-values JSON (the Groovy scripts read these).
+SLIDE_FIELD_MEASUREMENTS = "measurements"
+SLIDE_FIELD_MEASUREMENT_NAMES = "measurementNames"
+SLIDE_FIELD_METADATA = "metadata"
+SLIDE_FIELD_METADATA_KEYS = "metadataKeys"
+#: Image (root object) measurements: numbers only (QuPath measurements are numbers).
+SLIDE_MEASURE_SCORE = "qupath-rkd slide score"
+SLIDE_MEASURE_POSITIVE = "qupath-rkd positive (1 yes, 0 no)"
+SLIDE_MEASURE_TUMOR_AREA_MM2 = "qupath-rkd tumour area mm^2"
+SLIDE_MEASURE_LARGEST_AXIS_UM = "qupath-rkd largest lesion major axis µm"
+SLIDE_MEASURE_BURDEN_CODE = "qupath-rkd burden (0 none, 1 ITC, 2 micro, 3 macro)"
+SLIDE_MEASURE_OOD_FAR_FRACTION = "qupath-rkd out-of-domain far tile fraction"
+SLIDE_MEASURE_OOD_FLAG = "qupath-rkd out of domain (1 yes, 0 no)"
+SLIDE_MEASURE_STALE = "qupath-rkd stale"
+SLIDE_MEASUREMENTS = (
+    SLIDE_MEASURE_SCORE,
+    SLIDE_MEASURE_POSITIVE,
+    SLIDE_MEASURE_TUMOR_AREA_MM2,
+    SLIDE_MEASURE_LARGEST_AXIS_UM,
+    SLIDE_MEASURE_BURDEN_CODE,
+    SLIDE_MEASURE_OOD_FAR_FRACTION,
+    SLIDE_MEASURE_OOD_FLAG,
+    SLIDE_MEASURE_STALE,
+)
+#: Burden categories (qupath_rkd.lesions.burden) as numbers (:data:`SLIDE_MEASURE_BURDEN_CODE`).
+BURDEN_CATEGORY_CODES = {"none": 0, "ITC": 1, "micrometastasis": 2, "macrometastasis": 3}
+#: Project-entry metadata (strings; QuPath's project pane sorts and filters by them). Their
+#: keys start with ``"qupath-rkd "`` (a space), the user's flags with ``"qupath-rkd."``.
+SLIDE_META_SCORE = "qupath-rkd slide score"
+SLIDE_META_POSITIVE = "qupath-rkd positive"
+SLIDE_META_TUMOR_AREA_MM2 = "qupath-rkd tumour area mm2"
+SLIDE_META_LARGEST_AXIS_UM = "qupath-rkd largest lesion um"
+SLIDE_META_BURDEN = "qupath-rkd burden"
+SLIDE_META_OUT_OF_DOMAIN = "qupath-rkd out of domain"
+SLIDE_METADATA_KEYS = (
+    SLIDE_META_SCORE,
+    SLIDE_META_POSITIVE,
+    SLIDE_META_TUMOR_AREA_MM2,
+    SLIDE_META_LARGEST_AXIS_UM,
+    SLIDE_META_BURDEN,
+    SLIDE_META_OUT_OF_DOMAIN,
 )
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

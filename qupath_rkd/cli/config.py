@@ -58,10 +58,10 @@ def config(project: Path | None, overrides: tuple[str, ...], as_json: bool, init
         click.echo(f"config file: {cfg.project_file} ({state})")
     from qupath_rkd.sync.config import toml_value
 
-    rows = [(k, toml_value(v), s) for k, v, s in cfg.rows()]
-    wk = max(len(r[0]) for r in rows)
-    wv = max(len(r[1]) for r in rows)
-    for key, value, source in rows:
+    table = [(k, toml_value(v), s) for k, v, s in cfg.rows()]
+    wk = max(len(r[0]) for r in table)
+    wv = max(len(r[1]) for r in table)
+    for key, value, source in table:
         click.echo(f"{key:<{wk}}  {value:<{wv}}  # {source}")
 
 

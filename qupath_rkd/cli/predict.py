@@ -249,13 +249,13 @@ def predict(
     trained = load_model(model, device="cpu" if cluster is not None else device)
     check_tile_mpp(model, trained.mpp, tile_mpp, allow_mpp_mismatch)
     config = InferenceConfig(
-        mpp=tile_mpp,
+        tile_mpp=tile_mpp,
         tile_px=tile_px,
         stride_px=stride_px,
         min_tissue_fraction=min_tissue,
         threshold=threshold,
         slide_score=slide_score,
-        min_lesion_um=min_lesion_um,
+        min_major_axis_um=min_lesion_um,
         smooth_sigma_um=smooth_um,
         extent_ratio=extent_ratio,
         simplify_um=simplify_um,
@@ -281,6 +281,8 @@ def predict(
         )
         if run.status == "ok":
             line += f", {run.seconds:.1f} s"
+        if run.ood.get("ood_available"):
+            line += f", {_ood_line(run.ood)}"
         if run.note:
             line += f" — note: {run.note}"
         renderer.echo(line)
@@ -305,6 +307,15 @@ def predict(
             cluster.close()
     failed = [r for r in runs if r.status == "failed"]
     _echo_operating_point(out_dir)
+    if trained.ood_reference is None:
+        click.echo(f"out-of-domain check: {trained.ood_unavailable_reason()}")
+    else:
+        flagged = [r.slide_id for r in runs if r.ood.get("out_of_domain")]
+        if flagged:
+            click.echo(
+                f"OUT OF DOMAIN ({len(flagged)} slide(s): most tissue unlike the training "
+                f"tiles; scores and lesions there mean little): {', '.join(flagged)}"
+            )
     click.echo(
         f"{len(runs) - len(failed)} of {len(runs)} slide(s) predicted into {out_dir}"
         + (f"; {len(failed)} failed" if failed else "")
@@ -313,6 +324,18 @@ def predict(
         raise click.ClickException(
             f"{len(failed)} slide(s) failed: " + ", ".join(str(r.slide_path.name) for r in failed)
         )
+
+
+def _ood_line(ood: dict[str, Any]) -> str:
+    """A run's out-of-domain values (done.json's) as :meth:`OodResult.describe` says them."""
+    from qupath_rkd.model.ood import OodResult
+
+    return OodResult(
+        available=True,
+        far_fraction=ood.get("ood_far_fraction"),
+        flagged=bool(ood.get("out_of_domain")),
+        far_fraction_threshold=ood.get("ood_far_fraction_threshold"),
+    ).describe()
 
 
 def _cluster_session(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from qupath_rkd.cli.flags import MPP_TYPE, deprecated_alias
+
+if TYPE_CHECKING:
+    from qupath_rkd.slides import Slide, TissueMask
 
 
 @click.command("slide-info")
@@ -104,7 +108,9 @@ def _thumbnail_format(out: Path) -> str:
     return image_format
 
 
-def _write_thumbnail(wsi, mask, out: Path, max_px: int, image_format: str) -> None:  # type: ignore[no-untyped-def]
+def _write_thumbnail(
+    wsi: Slide, mask: TissueMask, out: Path, max_px: int, image_format: str
+) -> None:
     """Thumbnail (``image_format``: PNG, JPEG or TIFF) with the tissue mask's outline drawn in
     green, written atomically."""
     import io

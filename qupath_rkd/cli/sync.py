@@ -29,6 +29,23 @@ def _parse_slide_mpps(items: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
+def _refuse_torchrun() -> None:
+    """sync runs in one process: under ``torchrun`` (``WORLD_SIZE`` > 1) every rank would take
+    the project's lock, label, train, predict and commit (docs/architecture.md, "Data-parallel
+    training")."""
+    import os
+
+    from qupath_rkd.errors import ConfigError
+
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        raise ConfigError(
+            "sync runs in one process, not under torchrun (WORLD_SIZE is "
+            f"{os.environ['WORLD_SIZE']})",
+            hint="start it without torchrun; spread its slides with --scheduler or "
+            "--local-cluster; train data-parallel with torchrun ... -m qupath_rkd train-patches",
+        )
+
+
 @click.command()
 @click.argument("project", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Say what would be done; write nothing.")
@@ -103,6 +120,7 @@ def sync(
     from qupath_rkd.sync.report import format_suggestions, format_table, report_path
     from qupath_rkd.sync.runner import run_sync
 
+    _refuse_torchrun()
     values = parse_overrides(overrides)
     if backend is not None:
         values["sync.backend"] = backend

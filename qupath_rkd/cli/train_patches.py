@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,6 +22,10 @@ from qupath_rkd.constants import (
     TEACHER_NAMES,
 )
 from qupath_rkd.errors import DataError
+
+
+def _quiet(*args: object, **kwargs: object) -> None:
+    """What a data-parallel rank other than 0 prints: nothing."""
 
 
 def _default_workers() -> int:
@@ -216,13 +222,24 @@ def train_patches(
 
     Example: qupath-rkd train-patches --normal pcam/train/0 --tumor pcam/train/1 --max-tumor 100
     --valid-normal pcam/valid/0 --valid-tumor pcam/valid/1 --patch-mpp 0.972 --out model.pt
+
+    Data-parallel over N processes (GPUs, or CPU processes): torchrun --nproc-per-node N -m
+    qupath_rkd train-patches ... (rank 0 alone prints and writes --out).
     """
     from qupath_rkd.model.device import resolve_device
+    from qupath_rkd.training import distributed
     from qupath_rkd.training.config import TrainConfig
     from qupath_rkd.training.datasets import PatchFolderDataset
     from qupath_rkd.training.trainer import train
 
-    resolve_device(device)  # fail fast on --device cuda without CUDA
+    dev = resolve_device(device)  # fail fast on --device cuda without CUDA
+    # under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) join the process group; else nothing
+    dist_ctx = distributed.init_from_env(dev)
+    if dist_ctx.enabled:
+        click.get_current_context().call_on_close(distributed.shutdown)
+    echo = click.echo if dist_ctx.is_main else _quiet  # rank 0 alone reports
+    if not dist_ctx.is_main:
+        logging.getLogger().setLevel(logging.ERROR)
     if not out.parent.is_dir():
         raise click.UsageError(f"the folder of --out {out} does not exist")
     train_set = PatchFolderDataset(normal_dirs, tumor_dirs, max_normal, max_tumor, seed=seed)
@@ -262,7 +279,7 @@ def train_patches(
         max_steps_per_epoch=max_steps_per_epoch,
         validate_every_steps=validate_every_steps,
     )
-    click.echo(
+    echo(
         f"Training on {n_normal} normal + {n_tumor} tumour patches"
         + (f", validating on {len(valid_set)}" if valid_set is not None else ", no validation set")
         + f" ({teacher} teacher).",
@@ -270,7 +287,8 @@ def train_patches(
     )
     from qupath_rkd.cli.progress import ProgressRenderer
 
-    with ProgressRenderer() as progress:
+    renderer = ProgressRenderer() if dist_ctx.is_main else contextlib.nullcontext()
+    with renderer as progress:
         result = train(
             train_set,
             valid_set,
@@ -281,9 +299,9 @@ def train_patches(
             resume=resume,
         )
     for warning in result.warnings:
-        click.echo(f"Warning: {warning}", err=True)
+        echo(f"Warning: {warning}", err=True)
     if mpp is None:
-        click.echo(
+        echo(
             "Note: no --patch-mpp given: the checkpoint records an unknown µm/px and predict "
             "will ask for --tile-mpp.",
             err=True,
@@ -292,10 +310,10 @@ def train_patches(
     auc = m.get("val_auroc")
     auc_text = "n/a" if auc is None or auc != auc else f"{auc:.4f}"
     if result.interrupted and not result.model_id:
-        click.echo("Interrupted before a model was written; run the same command again.", err=True)
+        echo("Interrupted before a model was written; run the same command again.", err=True)
         sys.exit(130)
     if "l2" in m:
-        click.echo(
+        echo(
             f"Wrote {out} (supervised head on {teacher} features, L2 {m['l2']:g} chosen by "
             f"{result.selected_by}; validation AUROC {auc_text} on {m.get('val_source')}; "
             f"calibration "
@@ -303,13 +321,13 @@ def train_patches(
         )
         return
     loss = m.get("val_loss", float("nan"))
-    click.echo(
+    echo(
         f"Wrote {out} (epoch {result.best_epoch}, step {result.best_step}, selected by "
         f"{result.selected_by}; validation AUROC {auc_text}, loss {loss:.4f}; "
         f"calibration {result.calibration.get('method', 'none')})."
     )
     if result.interrupted:
-        click.echo(
+        echo(
             f"Interrupted: {out} is usable; continue with the same command plus --resume.", err=True
         )
         sys.exit(130)

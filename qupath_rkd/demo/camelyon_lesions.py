@@ -64,7 +64,7 @@ def load_camelyon16_lesions(path: str | os.PathLike[str]) -> list[Any]:
     from qupath_rkd.evaluation.truth import load_truth
 
     try:
-        truth = load_truth(path)
+        truth = load_truth(Path(path))
     except EvaluationError as exc:
         raise DataError(exc.one_line()) from None
     if truth.format != "camelyon16-json":

@@ -289,12 +289,12 @@ def _pathologist_outline(lesion: Any) -> Any:
 def export_annotations(project_dir: Path, slides: Sequence[DemoSlide]) -> Path:
     """Write ``qupath-rkd/annotations/<entryID>.geojson`` + ``manifest.json`` as the export
     Groovy script does (every image gets a file, empty when it has no annotation)."""
-    from qupath_rkd.qupath.backends.base import MANIFEST_FORMAT
+    from qupath_rkd.qupath.backends.base import ExchangeLayout, ManifestImage, write_manifest
     from qupath_rkd.qupath.geojson import make_feature, stable_feature_id, write_geojson
 
-    folder = project_dir / PROJECT_SUBDIR / "annotations"
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest_images = []
+    layout = ExchangeLayout(project_dir / PROJECT_SUBDIR)
+    layout.annotations_dir.mkdir(parents=True, exist_ok=True)
+    records = []
     for slide in slides:
         features = []
         if slide.spec.role == "annotated":
@@ -307,26 +307,21 @@ def export_annotations(project_dir: Path, slides: Sequence[DemoSlide]) -> Path:
                         feature_id=stable_feature_id("demo-annotation", slide.entry_id, index),
                     )
                 )
-        write_geojson(folder / f"{slide.entry_id}.geojson", features)
-        manifest_images.append(
-            {
-                "entry_id": str(slide.entry_id),
-                "image_name": slide.spec.name,
-                "uri": qupath_file_uri(slide.path),
-                "mpp": slide.mpp,
-                "width": slide.width_px,
-                "height": slide.height_px,
-                "metadata": _entry_metadata(slide.spec),
-                "annotations": f"{slide.entry_id}.geojson",
-                "n_annotations": len(features),
-            }
+        write_geojson(layout.annotations_file(str(slide.entry_id)), features)
+        records.append(
+            ManifestImage(
+                entry_id=str(slide.entry_id),
+                image_name=slide.spec.name,
+                uris=(qupath_file_uri(slide.path),),
+                pixel_width_um=slide.mpp,
+                pixel_height_um=slide.mpp,
+                width_px=slide.width_px,
+                height_px=slide.height_px,
+                metadata=_entry_metadata(slide.spec),
+                n_annotations=len(features),
+            )
         )
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "qupath_version": QUPATH_VERSION,
-        "images": manifest_images,
-    }
-    return atomic_write_json(folder / "manifest.json", manifest)
+    return write_manifest(layout.manifest_path, records, qupath_version=QUPATH_VERSION)
 
 
 def write_truth(root: Path, slides: Sequence[DemoSlide]) -> Path:

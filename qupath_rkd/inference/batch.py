@@ -109,10 +109,13 @@ def predict_slides(
             checkpoint=checkpoint,
         )
         cfg = dataclasses.replace(cfg, threshold=op.threshold)
-    elif base.threshold is not None:
-        op = given(cfg.threshold)
     else:
-        op = fallback(target_fp_per_slide, cfg.threshold)
+        assert cfg.threshold is not None  # resolved: the given one, else the model's
+        op = (
+            given(cfg.threshold)
+            if base.threshold is not None
+            else fallback(target_fp_per_slide, cfg.threshold)
+        )
     key = cfg.key(model.model_id)
     ids = [slide_id_for(p) for p in slide_paths]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -175,6 +178,7 @@ def _one_slide(
             n_tiles=int(done.get("n_tiles", 0)),
             n_lesions=int(done.get("n_lesions", 0)),
             note=done.get("note"),
+            ood={k: v for k, v in done.items() if k.startswith("ood_") or k == "out_of_domain"},
         )
     else:
         try:
@@ -196,6 +200,7 @@ def _one_slide(
                 n_lesions=len(pred.lesions),
                 note=pred.note,
                 seconds=pred.seconds,
+                ood=pred.ood.as_dict() if pred.ood is not None else {},
             )
         except Exception as exc:
             # A failed slide is reported and the batch goes on (NaN scores fail it too).

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -45,11 +45,14 @@ from qupath_rkd.lesions.postprocess import (
     PostProcessing,
 )
 from qupath_rkd.lesions.slide_score import DEFAULT_SLIDE_SCORE, SLIDE_SCORE_RULES, slide_score
+from qupath_rkd.model.ood import OodResult, not_available, slide_ood
 from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.slides.tiles_dataset import TileDataset
 
 if TYPE_CHECKING:
+    import torch
     from shapely.geometry.base import BaseGeometry
+    from torch.utils.data import DataLoader
 
     from qupath_rkd.model.scorer import TrainedModel
     from qupath_rkd.slides import Slide, TileGrid
@@ -74,15 +77,20 @@ def default_num_workers() -> int:
 LESION_OUTLINE_VERSION = "one-object-tile-edges"
 
 
+#: Renamed fields -> the name outputs on disk record them by (keys, ``run.json``,
+#: ``done.json``): unchanged, so outputs written before the rename are still found done.
+RECORDED_NAMES: dict[str, str] = {"tile_mpp": "mpp", "min_major_axis_um": "min_lesion_um"}
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """What defines a prediction (everything here enters the skip-if-done key).
 
     Attributes:
-        mpp: µm/px at which tiles are read; ``None`` = the model's training µm/px.
-        tile_px: tile side in pixels at ``mpp``; ``None`` = the model's training tile side
+        tile_mpp: µm/px at which tiles are read; ``None`` = the model's training µm/px.
+        tile_px: tile side in pixels at ``tile_mpp``; ``None`` = the model's training tile side
             (:attr:`TrainedModel.tile_px`; resized to its input size).
-        stride_px: grid step in pixels at ``mpp``; ``None`` = ``tile_px`` (no overlap). FW-RD's
+        stride_px: grid step in pixels at ``tile_mpp``; ``None`` = ``tile_px`` (no overlap). FW-RD's
             dense grid is 64 px at level 0 (0.243 µm/px): ``stride_px=16`` at 0.972 µm/px.
         min_tissue_fraction: a tile is scored when at least this share of it is tissue.
         threshold: seed threshold of the lesions (the operating point); ``None`` = the model's
@@ -90,7 +98,7 @@ class InferenceConfig:
             (:mod:`qupath_rkd.lesions.operating_point`).
         slide_score: a rule of :data:`qupath_rkd.lesions.slide_score.SLIDE_SCORE_RULES`;
             default ``max_smoothed`` (the highest value of the smoothed heatmap).
-        min_lesion_um: lesions whose major axis is under this are dropped (ITC limit).
+        min_major_axis_um: lesions whose major axis is under this are dropped (ITC limit).
         smooth_sigma_um: Gaussian sigma (µm) of the heatmap smoothing before lesions; 0 = none.
         extent_ratio: hysteresis: a lesion extends over cells ``>= extent_ratio × threshold``
             connected to a cell ``>= threshold``; 1 = a single threshold.
@@ -110,13 +118,13 @@ class InferenceConfig:
             ``torch_threads=1`` here gives its bytes.
     """
 
-    mpp: float | None = None
+    tile_mpp: float | None = None
     tile_px: int | None = None
     stride_px: int | None = None
     min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION
     threshold: float | None = None
     slide_score: str = DEFAULT_SLIDE_SCORE
-    min_lesion_um: float = DEFAULT_MIN_LESION_UM
+    min_major_axis_um: float = DEFAULT_MIN_LESION_UM
     smooth_sigma_um: float = DEFAULT_SMOOTH_SIGMA_UM
     extent_ratio: float = DEFAULT_EXTENT_RATIO
     simplify_um: float | None = None
@@ -142,13 +150,13 @@ class InferenceConfig:
         return PostProcessing(
             smooth_sigma_um=float(self.smooth_sigma_um),
             extent_ratio=float(self.extent_ratio),
-            min_lesion_um=float(self.min_lesion_um),
+            min_major_axis_um=float(self.min_major_axis_um),
         )
 
     def resolved(self, model: TrainedModel) -> InferenceConfig:
         """A copy with the model's defaults filled in; raises when the tile µm/px is unknown."""
-        mpp = self.mpp if self.mpp is not None else model.mpp
-        if mpp is None:
+        tile_mpp = self.tile_mpp if self.tile_mpp is not None else model.mpp
+        if tile_mpp is None:
             raise ResolutionError(
                 f"model {model.model_id[:12]} records no µm/px and none was given",
                 hint="pass --tile-mpp with the µm/px of the patches the model was trained on",
@@ -157,12 +165,21 @@ class InferenceConfig:
         threshold = self.threshold if self.threshold is not None else float(model.threshold)
         workers = self.num_workers if self.num_workers is not None else default_num_workers()
         return dataclasses.replace(
-            self, mpp=float(mpp), tile_px=tile_px, threshold=threshold, num_workers=workers
+            self,
+            tile_mpp=float(tile_mpp),
+            tile_px=tile_px,
+            threshold=threshold,
+            num_workers=workers,
         )
+
+    def as_record(self) -> dict[str, Any]:
+        """The fields under the names the skip-if-done keys, ``run.json`` and ``done.json``
+        have always recorded (:data:`RECORDED_NAMES`), so earlier outputs stay valid."""
+        return {RECORDED_NAMES.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
     def key(self, model_id: str) -> str:
         """sha256 of the model id and every field that changes the outputs."""
-        fields = dataclasses.asdict(self)
+        fields = self.as_record()
         for streaming_only in ("batch_size", "num_workers", "torch_threads"):
             fields.pop(streaming_only)
         fields["lesion_outline"] = LESION_OUTLINE_VERSION
@@ -172,10 +189,11 @@ class InferenceConfig:
     def heatmap_key(self, model_id: str) -> str:
         """sha256 of the model id and the fields that change the heatmap itself (the tile grid,
         tissue, views); the threshold, the slide score and the lesion post-processing do not."""
+        record = self.as_record()
         fields = {
-            name: getattr(self, name)
+            name: record[name]
             for name in ("mpp", "tile_px", "stride_px", "min_tissue_fraction", "slide_mpp")
-        }
+        }  # recorded names: "mpp" is tile_mpp
         fields["tta_views"] = self.tta_views
         text = json.dumps({"model_id": model_id, "heatmap": fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -188,14 +206,14 @@ class TileScores:
     Attributes:
         xy_px: ``(N, 2)`` int64 level-0 top-left ``(x, y)``, QuPath frame.
         rc: ``(N, 2)`` int64 grid ``(row, col)``.
-        size_level0_px: tile side in level-0 pixels.
+        tile_level0_px: tile side in level-0 pixels.
         score: ``(N,)`` float32 raw model score.
         probability: ``(N,)`` float32 calibrated tumour probability.
     """
 
     xy_px: np.ndarray
     rc: np.ndarray
-    size_level0_px: float
+    tile_level0_px: float
     score: np.ndarray
     probability: np.ndarray
 
@@ -223,6 +241,9 @@ class SlidePrediction:
         smoothed: the heatmap the lesions were found on (``heatmap`` when not smoothed).
         burden: predicted tumour area (mm²) and largest lesion's major axis (µm) + category.
         positive: slide-level call at the operating point (any lesion).
+        ood: the out-of-domain check (:mod:`qupath_rkd.model.ood`): the share of tissue tiles
+            far from the training tiles' features and whether the slide is flagged; ``None``
+            for predictions made before it.
     """
 
     slide_path: Path
@@ -240,6 +261,7 @@ class SlidePrediction:
     smoothed: Heatmap | None = None
     burden: TumourBurden | None = None
     positive: bool = False
+    ood: OodResult | None = None
 
 
 # --- tile streaming -----------------------------------------------------------------------
@@ -251,15 +273,21 @@ def _worker_init(_worker_id: int) -> None:
         import torch as _torch
 
         _torch.set_num_threads(1)  # readers decode; the model owns the cores
-        info.dataset.open()
+        if isinstance(info.dataset, TileDataset):
+            info.dataset.open()
 
 
-def tile_loader(dataset: TileDataset, batch_size: int, num_workers: int, pin_memory: bool) -> Any:
+def tile_loader(
+    dataset: TileDataset, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader[tuple[int, torch.Tensor]]:
     """DataLoader yielding ``(indices (B,), tiles (B, H, W, 3) uint8)`` in grid order."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
+    # a map-style dataset by protocol (__len__, __getitem__), not a subclass of torch's
+    # Dataset, so that slides/ imports no torch
+    tiles = cast("Dataset[tuple[int, torch.Tensor]]", dataset)
     return DataLoader(
-        dataset,
+        tiles,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -288,17 +316,43 @@ def score_tiles(
     Raises:
         NonFiniteScoresError: the model returned NaN or infinite scores (names the model).
     """
+    return score_tiles_and_distances(
+        model,
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        tta_views=tta_views,
+        task=task,
+    )[0]
+
+
+def score_tiles_and_distances(
+    model: TrainedModel,
+    dataset: TileDataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: ProgressCallback | None = None,
+    tta_views: int | None = None,
+    task: str = "tiles",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`score_tiles`, and each tile's ``(N,)`` float32 out-of-domain feature distance
+    (:meth:`TrainedModel.scores_and_distances`, same trunk pass) when the model has a
+    reference, else ``None``."""
     import torch
 
     n = len(dataset)
     scores = np.full(n, np.nan, dtype=np.float32)
+    distances = np.full(n, np.nan, dtype=np.float32) if model.ood_reference is not None else None
     if n == 0:
-        return scores
+        return scores, distances
     loader = tile_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
     bar = ProgressTask(progress, task, total=n, unit="tile")
     with torch.inference_mode(), _worker_errors_as_one_line(), bar:
         for indices, tiles in loader:
-            raw = model.raw_scores(model.preprocess(tiles), tta_views).float().cpu().numpy()
+            raw_t, dist_t = model.scores_and_distances(model.preprocess(tiles), tta_views)
+            raw = raw_t.float().cpu().numpy()
             bad = ~np.isfinite(raw)
             if bad.any():
                 first = int(indices[int(np.argmax(bad))])
@@ -309,9 +363,11 @@ def score_tiles(
                     hint="the checkpoint is damaged or was trained into NaN; retrain it",
                 )
             scores[indices.numpy()] = raw
+            if distances is not None and dist_t is not None:
+                distances[indices.numpy()] = dist_t.float().cpu().numpy()
             bar.advance(len(indices))
     dataset.close()
-    return scores
+    return scores, distances
 
 
 @contextlib.contextmanager
@@ -387,14 +443,14 @@ def apply_threshold(pred: SlidePrediction, threshold: float) -> SlidePrediction:
     )
 
 
-def _check_resolution(slide: Slide, model: TrainedModel, mpp: float) -> None:
+def _check_resolution(slide: Slide, model: TrainedModel, tile_mpp: float) -> None:
     try:
-        slide.downsample_for(mpp)
+        slide.downsample_for(tile_mpp)
     except ResolutionError as exc:
         raise ResolutionError(
-            f"model {model.model_id[:12]} reads tiles at {mpp:g} µm/px but {slide.path.name} "
+            f"model {model.model_id[:12]} reads tiles at {tile_mpp:g} µm/px but {slide.path.name} "
             f"has {slide.mpp:g} µm/px at level 0: it would have to be upsampled "
-            f"{slide.mpp / mpp:.2f}×",
+            f"{slide.mpp / tile_mpp:.2f}×",
             hint="use a slide scanned at the model's magnification or higher, or a model "
             "trained at a coarser µm/px",
         ) from exc
@@ -404,7 +460,7 @@ def predict_slide(
     slide_path: str | Path,
     model: TrainedModel,
     *,
-    mpp: float | None = None,
+    tile_mpp: float | None = None,
     stride_px: int | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -417,7 +473,7 @@ def predict_slide(
     Args:
         slide_path: any slide OpenSlide reads.
         model: a loaded model (:func:`qupath_rkd.model.scorer.load_model`).
-        mpp, stride_px, batch_size, num_workers: shortcuts that override ``config``'s fields.
+        tile_mpp, stride_px, batch_size, num_workers: shortcuts that override ``config``'s fields.
         region: optional shapely geometry (level-0 px, QuPath frame); only tiles whose centre
             lies inside it are scored.
         config: everything else (:class:`InferenceConfig`); defaults from the model.
@@ -429,7 +485,7 @@ def predict_slide(
 
     Raises:
         SlideError: the slide cannot be opened or read (incl. unknown µm/px).
-        ResolutionError: neither the model nor ``mpp`` gives the tile µm/px, or the slide is
+        ResolutionError: neither the model nor ``tile_mpp`` gives the tile µm/px, or the slide is
             coarser than the model's µm/px.
         NonFiniteScoresError: the model produced NaN/inf.
     """
@@ -437,18 +493,14 @@ def predict_slide(
 
     started = time.perf_counter()
     base = config or InferenceConfig()
-    overrides = {
-        k: v
-        for k, v in {
-            "mpp": mpp,
-            "stride_px": stride_px,
-            "batch_size": batch_size,
-            "num_workers": num_workers,
-        }.items()
-        if v is not None
-    }
-    cfg = dataclasses.replace(base, **overrides).resolved(model)
-    assert cfg.mpp is not None and cfg.tile_px is not None and cfg.threshold is not None
+    cfg = dataclasses.replace(
+        base,
+        tile_mpp=base.tile_mpp if tile_mpp is None else tile_mpp,
+        stride_px=base.stride_px if stride_px is None else stride_px,
+        batch_size=base.batch_size if batch_size is None else batch_size,
+        num_workers=base.num_workers if num_workers is None else num_workers,
+    ).resolved(model)
+    assert cfg.tile_mpp is not None and cfg.tile_px is not None and cfg.threshold is not None
     path = Path(slide_path)
     timings: dict[str, float] = {}
     with open_slide(path, mpp=cfg.slide_mpp) as slide:
@@ -459,12 +511,12 @@ def predict_slide(
                 exc.message,
                 hint="pass --slide-mpp with the slide's level-0 µm/px",
             ) from exc
-        _check_resolution(slide, model, cfg.mpp)
+        _check_resolution(slide, model, cfg.tile_mpp)
         t0 = time.perf_counter()
         grid: TileGrid = tile_grid(
             slide,
             cfg.tile_px,
-            cfg.mpp,
+            cfg.tile_mpp,
             stride_px=cfg.stride_px,
             min_tissue_fraction=cfg.min_tissue_fraction,
             region=region,
@@ -480,9 +532,9 @@ def predict_slide(
         )
         logger.info("%s: %s", path.name, note)
     t0 = time.perf_counter()
-    dataset = TileDataset(path, grid.xy_px, cfg.tile_px, cfg.mpp, cfg.slide_mpp)
+    dataset = TileDataset(path, grid.xy_px, cfg.tile_px, cfg.tile_mpp, cfg.slide_mpp)
     with torch_threads(cfg.torch_threads):
-        scores = score_tiles(
+        scores, distances = score_tiles_and_distances(
             model,
             dataset,
             batch_size=cfg.batch_size,
@@ -509,7 +561,7 @@ def predict_slide(
         mpp=float(slide_mpp),
         meta={
             "model_id": model.model_id,
-            "tile_mpp": cfg.mpp,
+            "tile_mpp": cfg.tile_mpp,
             "tile_px": cfg.tile_px,
             "stride_px": grid.stride_px,
             "threshold": cfg.threshold,
@@ -529,6 +581,11 @@ def predict_slide(
         slide_size_px=size,
         seconds=0.0,
         timings=timings,
+    )
+    pred.ood = (
+        slide_ood(model.ood_reference, distances)
+        if model.ood_reference is not None and distances is not None
+        else not_available(model.ood_unavailable_reason() or "")
     )
     pred = apply_threshold(pred, cfg.threshold)
     pred.seconds = time.perf_counter() - started
@@ -550,3 +607,6 @@ class SlideRun:
     note: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    #: the out-of-domain check (:class:`~qupath_rkd.model.ood.OodResult.as_dict` values:
+    #: ``ood_available``, ``ood_far_fraction``, ``out_of_domain``, ...); empty when unknown
+    ood: dict[str, Any] = field(default_factory=dict)

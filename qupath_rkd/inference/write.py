@@ -324,7 +324,7 @@ def tiles_csv(pred: SlidePrediction) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["x_px", "y_px", "width_px", "height_px", "row", "col", "score", "probability"])
     t = pred.tiles
-    side = f"{t.size_level0_px:.6g}"
+    side = f"{t.tile_level0_px:.6g}"
     for i in range(len(t)):
         w.writerow(
             [
@@ -465,6 +465,7 @@ def write_slide_outputs(
             "n_lesions": len(pred.lesions),
             "positive": bool(pred.positive),
             **(pred.burden.as_dict() if pred.burden is not None else {}),
+            **(pred.ood.as_dict() if pred.ood is not None else {}),
             "note": pred.note,
             "seconds": round(pred.seconds, 3),
             "config": _config_dict(pred.config),
@@ -479,9 +480,7 @@ def _max_or_none(values: np.ndarray) -> float | None:
 
 
 def _config_dict(cfg: InferenceConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
+    return cfg.as_record()
 
 
 def _now() -> str:
@@ -557,6 +556,10 @@ def write_slide_scores(
             "tumor_area_mm2": _csv_value(done.get("tumor_area_mm2")),
             "largest_lesion_major_axis_um": _csv_value(done.get("largest_lesion_major_axis_um")),
             "burden_category": _csv_value(done.get("burden_category")),
+            "ood_far_fraction": _csv_value(done.get("ood_far_fraction")),
+            "out_of_domain": _csv_value(done.get("out_of_domain"))
+            if done.get("ood_available")
+            else "",
             "note": (f"failed: {run.error}" if run.status == "failed" else run.note or ""),
         }
     buf = io.StringIO()

@@ -3,7 +3,7 @@
 The labelled set is torch-free: :attr:`LabelledSet.items` is a list of
 ``(slide_path, x_px, y_px, label)`` (level-0 top-left of the tile, QuPath's frame;
 ``LABEL_TUMOR`` / ``LABEL_NORMAL``) that :class:`qupath_rkd.slides.tiles_dataset.SlideTileDataset`
-reads at :attr:`LabelledSet.mpp` with tiles of :attr:`LabelledSet.tile_px`.
+reads at :attr:`LabelledSet.tile_mpp` with tiles of :attr:`LabelledSet.tile_px`.
 :attr:`LabelledSet.sha256` changes exactly when the tiles, their labels, the class mapping or
 the label config change (it does not depend on where the project or the slides are), so sync
 knows when to retrain.
@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from qupath_rkd.errors import DataError, ProjectError, QupathRkdError, SlideErro
 from qupath_rkd.labels.config import ClassMapping, LabelConfig, SlideFlags, slide_flags
 from qupath_rkd.labels.tiles import LABEL_UNLABELLED, RoleGeometry, label_tiles, role_geometry
 from qupath_rkd.qupath.geojson import QupathObject
+
+if TYPE_CHECKING:
+    from qupath_rkd.qupath.backends import AnnotationSet
+    from qupath_rkd.qupath.project import ImageEntry
 
 logger = logging.getLogger(__name__)
 
@@ -81,20 +85,20 @@ class SlideInput:
     source: str = "annotations"
 
     @classmethod
-    def from_entry(cls, entry: object, annotations: object) -> SlideInput:
+    def from_entry(cls, entry: ImageEntry, annotations: AnnotationSet) -> SlideInput:
         """From a :class:`~qupath_rkd.qupath.project.ImageEntry` and the
         :class:`~qupath_rkd.qupath.backends.AnnotationSet` a backend read for it."""
-        source = getattr(annotations, "source", None)
+        source = annotations.source
         return cls(
-            entry_id=str(entry.entry_id),  # type: ignore[attr-defined]
-            name=str(entry.name),  # type: ignore[attr-defined]
-            slide_path=entry.path,  # type: ignore[attr-defined]
-            annotations=list(annotations.objects),  # type: ignore[attr-defined]
-            metadata=dict(annotations.metadata or entry.metadata),  # type: ignore[attr-defined]
-            width_px=entry.width_px,  # type: ignore[attr-defined]
-            height_px=entry.height_px,  # type: ignore[attr-defined]
-            mpp=entry.mpp,  # type: ignore[attr-defined]
-            source=str(source) if source else f"image {entry.name!r}",  # type: ignore[attr-defined]
+            entry_id=str(entry.entry_id),
+            name=str(entry.name),
+            slide_path=entry.path,
+            annotations=list(annotations.objects),
+            metadata=dict(annotations.metadata or entry.metadata),
+            width_px=entry.width_px,
+            height_px=entry.height_px,
+            mpp=entry.mpp,
+            source=str(source) if source else f"image {entry.name!r}",
         )
 
 
@@ -259,7 +263,8 @@ class LabelledSet:
             by slide (entry ID) then row then column; at most ``max_tiles_per_class`` of each
             class (seeded sample).
         slides: per-slide candidate tiles and labels (every slide given, in entry-ID order).
-        tile_px, mpp: how to read each tile (side in pixels at µm/px).
+        tile_px, tile_mpp: how to read each tile (side in pixels at µm/px); ``tile_mpp`` is
+            ``config.mpp`` (the ``[labels] mpp`` key).
         classes, config: what produced the labels.
         sha256: hex digest of the above (see module docstring).
         slide_mpp: QuPath's µm/px per slide path (for files without it).
@@ -268,7 +273,7 @@ class LabelledSet:
     items: list[TileItem]
     slides: list[SlideLabels]
     tile_px: int
-    mpp: float
+    tile_mpp: float
     classes: ClassMapping
     config: LabelConfig
     sha256: str
@@ -283,7 +288,7 @@ class LabelledSet:
         """Used tiles with ``label``."""
         return sum(1 for it in self.items if it.label == label)
 
-    def summary_rows(self) -> list[dict[str, object]]:
+    def summary_rows(self) -> list[dict[str, str | int]]:
         """One row per slide: candidate counts per class and the tiles used."""
         used: dict[str, dict[int, int]] = {}
         by_path = {str(s.slide_path): s.entry_id for s in self.slides}
@@ -291,7 +296,7 @@ class LabelledSet:
             eid = by_path.get(it.slide_path, "")
             used.setdefault(eid, {}).setdefault(it.label, 0)
             used[eid][it.label] += 1
-        rows = []
+        rows: list[dict[str, str | int]] = []
         for s in self.slides:
             flag = (
                 "tumour-free"
@@ -336,8 +341,8 @@ class LabelledSet:
                 "",
                 "total",
                 "",
-                str(sum(int(r["annotations"]) for r in rows)),  # type: ignore[call-overload]
-                *[str(sum(int(r[k]) for r in rows)) for k in keys[4:]],  # type: ignore[call-overload]
+                str(sum(int(r["annotations"]) for r in rows)),
+                *[str(sum(int(r[k]) for r in rows)) for k in keys[4:]],
             ]
         )
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
@@ -351,7 +356,8 @@ class LabelledSet:
             if n == 0 or n == len(table) - 2:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append(
-            f"tiles of {self.tile_px} px at {self.mpp:g} µm/px; labelled set {self.sha256[:12]}"
+            f"tiles of {self.tile_px} px at {self.tile_mpp:g} µm/px; "
+            f"labelled set {self.sha256[:12]}"
         )
         return "\n".join(lines)
 
@@ -447,7 +453,7 @@ def assemble_labelled_set(
         items=used,
         slides=list(ordered),
         tile_px=config.tile_px,
-        mpp=float(config.mpp),
+        tile_mpp=float(config.mpp),
         classes=classes,
         config=config,
         sha256=_hash(ordered, used, classes, config),

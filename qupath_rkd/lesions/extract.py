@@ -99,7 +99,7 @@ def component_polygon(
         heatmap: gives the grid geometry.
         offset_rc: grid ``(row, col)`` of ``component[0, 0]``.
     """
-    boxes = []
+    boxes: list[Polygon] = []
     r0, c0 = offset_rc
     for i in range(component.shape[0]):
         row = component[i]

@@ -176,7 +176,9 @@ def choose_operating_point(
 
     def rate(t: float) -> float:
         n = sum(
-            count_lesions(g, t, post.extent_for(t), cell_um=um, min_lesion_um=post.min_lesion_um)
+            count_lesions(
+                g, t, post.extent_for(t), cell_um=um, min_major_axis_um=post.min_major_axis_um
+            )
             for g, um in zip(grids, cell_um, strict=True)
         )
         return n / equivalents

@@ -58,7 +58,7 @@ def find_lesions(
     lesions = extract_lesions(
         smoothed,
         seed_threshold,
-        min_major_axis_um=post.min_lesion_um,
+        min_major_axis_um=post.min_major_axis_um,
         simplify_um=simplify_um,
         extent_threshold=extent,
     )
@@ -71,12 +71,12 @@ def count_lesions(
     extent: float,
     *,
     cell_um: float,
-    min_lesion_um: float,
+    min_major_axis_um: float,
 ) -> int:
     """How many lesions :func:`~qupath_rkd.lesions.extract.extract_lesions` would return.
 
     The same steps without polygons (hysteresis, holes filled, 8-connected components whose
-    major axis is ``>= min_lesion_um`` µm).
+    major axis is ``>= min_major_axis_um`` µm).
 
     Args:
         probability: ``(rows, cols)`` float (already smoothed), NaN off tissue or outside the
@@ -93,6 +93,6 @@ def count_lesions(
         if sl is None:  # pragma: no cover - labels are consecutive
             continue
         rr, cc = np.nonzero(labels[sl] == k)
-        if major_axis_cells(rr, cc) * cell_um >= min_lesion_um:
+        if major_axis_cells(rr, cc) * cell_um >= min_major_axis_um:
             n += 1
     return n

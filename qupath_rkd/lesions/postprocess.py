@@ -9,7 +9,7 @@ The steps between a heatmap and its lesions, in order:
 2. **hysteresis**: a lesion is a region of cells ``>= extent`` (8-connected) that holds at least
    one cell ``>= seed``. The seed is the operating point; the extent is ``extent_ratio × seed``
    (default 1: a plain threshold; 0.5 grows lesions over weaker cells).
-3. **minimum size**: regions whose major axis is under ``min_lesion_um`` are dropped
+3. **minimum size**: regions whose major axis is under ``min_major_axis_um`` are dropped
    (:func:`qupath_rkd.lesions.extract.extract_lesions` does it, with holes filled first).
 
 Frames: heatmaps are indexed ``(row, col)`` on the tile grid; sizes are in µm throughout.
@@ -50,20 +50,20 @@ class PostProcessing:
     Attributes:
         smooth_sigma_um: Gaussian sigma in µm; 0 = no smoothing.
         extent_ratio: extent threshold / seed threshold, in (0, 1]; 1 = one threshold.
-        min_lesion_um: lesions whose major axis is shorter (µm) are dropped.
+        min_major_axis_um: lesions whose major axis is shorter (µm) are dropped.
     """
 
     smooth_sigma_um: float = DEFAULT_SMOOTH_SIGMA_UM
     extent_ratio: float = DEFAULT_EXTENT_RATIO
-    min_lesion_um: float = DEFAULT_MIN_LESION_UM
+    min_major_axis_um: float = DEFAULT_MIN_LESION_UM
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.smooth_sigma_um) and self.smooth_sigma_um >= 0):
             raise ValueError(f"smoothing sigma must be >= 0 µm, got {self.smooth_sigma_um}")
         if not (0.0 < self.extent_ratio <= 1.0):
             raise ValueError(f"extent_ratio must be in (0, 1], got {self.extent_ratio}")
-        if not (math.isfinite(self.min_lesion_um) and self.min_lesion_um >= 0):
-            raise ValueError(f"min_lesion_um must be >= 0, got {self.min_lesion_um}")
+        if not (math.isfinite(self.min_major_axis_um) and self.min_major_axis_um >= 0):
+            raise ValueError(f"min_major_axis_um must be >= 0, got {self.min_major_axis_um}")
 
     def extent_for(self, seed: float) -> float:
         """The extent threshold that goes with seed threshold ``seed``."""

@@ -134,6 +134,20 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _input_px(net: torch.nn.Module, config: NetworkConfig) -> int:
+    """The network's input side: the config's, else (RD) the teacher's default."""
+    from qupath_rkd.model.rd import ReverseDistillation
+
+    if config.input_px:
+        return int(config.input_px)
+    if isinstance(net, ReverseDistillation):
+        return int(net.spec.default_input_px)
+    raise CheckpointError(
+        f"no input size for a {type(net).__name__}",
+        hint="save the resolved config (TrainConfig.resolved() sets input_px)",
+    )
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     net: torch.nn.Module,
@@ -141,15 +155,20 @@ def save_checkpoint(
     calibration: Calibration,
     dataset_hash: str,
     metrics: dict[str, Any] | None = None,
+    ood_reference: dict[str, Any] | None = None,
 ) -> str:
-    """Write the checkpoint atomically; returns its sha256 (the ``model_id``)."""
+    """Write the checkpoint atomically; returns its sha256 (the ``model_id``).
+
+    ``ood_reference``: the out-of-domain reference's payload
+    (:meth:`qupath_rkd.model.ood.OodReference.to_payload`), stored under ``ood_reference``;
+    checkpoints without it load as before (the check then says it is not available)."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "torch_version": str(torch.__version__),
         "teacher": config.teacher,
-        "input_px": int(config.input_px or net.spec.default_input_px),  # type: ignore[union-attr]
+        "input_px": _input_px(net, config),
         "mpp": config.mpp,
         "config": _plain(config.to_dict()),
         "dataset_hash": str(dataset_hash),
@@ -159,6 +178,8 @@ def save_checkpoint(
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()},
     }
+    if ood_reference is not None:
+        payload["ood_reference"] = ood_reference
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()

@@ -36,6 +36,9 @@ class LinearHead(nn.Module):
     """``(B, D)`` features -> ``(B,)`` logits; buffers ``mean``, ``std`` ``(D,)``, parameters
     ``weight`` ``(D,)`` and ``bias`` ``()``."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -224,6 +227,8 @@ def cross_validate_l2(
         for f in range(k):
             held = folds == f
             tx, ty = feats_of(~held, True)
+            if ty is None:
+                raise ValueError("feats_of(mask, True) must give the labels")
             if len(np.unique(ty)) < 2:
                 raise DataError("a cross-validation fold lacks tumour or normal patches")
             vx, _ = feats_of(held, False)
@@ -259,11 +264,20 @@ class HeadNetwork(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor, views: Sequence[int] = (0,)) -> Tensor:
+        return self.logits_and_features(x, views)[0]
+
+    def logits_and_features(self, x: Tensor, views: Sequence[int] = (0,)) -> tuple[Tensor, Tensor]:
+        """``(B,)`` logits averaged over ``views`` and the ``(B, D)`` pooled features of the
+        first view (rounded to float16 as the head sees them): what the out-of-domain check
+        (:mod:`qupath_rkd.model.ood`) measures, at no extra trunk pass."""
         from qupath_rkd.features.views import view_images
 
         total: Tensor | None = None
+        first: Tensor | None = None
         for v in views:
-            z = self.head(self.trunk(view_images(x, v)).half().float())
+            feats = self.trunk(view_images(x, v)).half().float()
+            first = feats if first is None else first
+            z = self.head(feats)
             total = z if total is None else total + z
-        assert total is not None
-        return total / len(views)
+        assert total is not None and first is not None
+        return total / len(views), first

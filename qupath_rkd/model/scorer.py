@@ -24,6 +24,8 @@ from qupath_rkd.model.calibration import Calibration
 from qupath_rkd.model.checkpoint import NetworkConfig, StoredConfig, read_checkpoint
 from qupath_rkd.model.device import amp_dtype, resolve_device
 from qupath_rkd.model.head import HeadNetwork
+from qupath_rkd.model.ood import PAYLOAD_KEY as OOD_PAYLOAD_KEY
+from qupath_rkd.model.ood import OodReference
 from qupath_rkd.model.rd import ReverseDistillation
 from qupath_rkd.model.teachers import build_teacher
 
@@ -116,6 +118,7 @@ class TrainedModel:
         model_id: str,
         device: torch.device,
         info: dict[str, Any] | None = None,
+        ood_reference: OodReference | None = None,
     ) -> None:
         self.net = net.eval()
         self._cfg = config
@@ -141,6 +144,17 @@ class TrainedModel:
         self.sigma_px = config.sigma_px
         self.info = info or {}
         self._amp = amp_dtype(device) if config.amp else None
+        #: the training tiles' feature reference of the out-of-domain check
+        #: (:mod:`qupath_rkd.model.ood`); ``None`` for RD models and older checkpoints
+        self.ood_reference: OodReference | None = ood_reference
+
+    def ood_unavailable_reason(self) -> str | None:
+        """Why this model cannot run the out-of-domain check (``None`` when it can)."""
+        if self.ood_reference is not None:
+            return None
+        if self.kind == "rd":
+            return "not available for --scorer rd models"
+        return "the model was trained before qupath-rkd stored its training features; retrain it"
 
     def preprocess(self, batch: Tensor) -> Tensor:
         """``(B, H, W, 3)`` uint8 tensor -> ``(B, 3, input_px, input_px)`` on :attr:`device`."""
@@ -169,6 +183,20 @@ class TrainedModel:
             with torch.inference_mode():
                 return self.net(x, view_list(tta_views or self.tta_views)).float()
         return patch_scores(self.anomaly_maps(x), self.score_reduction)
+
+    def scores_and_distances(
+        self, x: Tensor, tta_views: int | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`raw_scores` of preprocessed ``(B, 3, S, S)``, and with an out-of-domain
+        reference each tile's ``(B,)`` feature distance from the training tiles
+        (:meth:`OodReference.distances`, from the same trunk pass; ``None`` without one)."""
+        if isinstance(self.net, HeadNetwork) and self.ood_reference is not None:
+            with torch.inference_mode():
+                logits, feats = self.net.logits_and_features(
+                    x, view_list(tta_views or self.tta_views)
+                )
+                return logits.float(), self.ood_reference.distances(feats)
+        return self.raw_scores(x, tta_views), None
 
     def calibrate(self, scores: np.ndarray) -> np.ndarray:
         """Raw scores -> probabilities of tumour in [0, 1] (float32)."""
@@ -259,7 +287,25 @@ def load_model(
     net = net.to(dev).eval()
     if dev.type == "cuda" and config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    info = {k: v for k, v in obj.items() if k not in ("state_dict", "config", "calibration")}
+    skip = ("state_dict", "config", "calibration", OOD_PAYLOAD_KEY)
+    info = {k: v for k, v in obj.items() if k not in skip}
+    reference = None
+    if obj.get(OOD_PAYLOAD_KEY) is not None and config.scorer == "head":
+        try:
+            reference = OodReference.from_payload(obj[OOD_PAYLOAD_KEY])
+        except ValueError as exc:  # the scores still hold; only the check is lost
+            logger.warning("%s: out-of-domain check not available: %s", path, exc)
+        dim = int(net.head.weight.shape[0]) if isinstance(net, HeadNetwork) else -1
+        if reference is not None and reference.mean.shape[0] != dim:
+            logger.warning("%s: out-of-domain reference of another feature size: ignored", path)
+            reference = None
     return TrainedModel(
-        net, config, calibration, float(obj.get("threshold", config.threshold)), model_id, dev, info
+        net,
+        config,
+        calibration,
+        float(obj.get("threshold", config.threshold)),
+        model_id,
+        dev,
+        info,
+        ood_reference=reference,
     )

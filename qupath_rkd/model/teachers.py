@@ -151,8 +151,9 @@ class EfficientNetLite0Teacher(Teacher):
         self.spec = spec
         self.conv_stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
         last = self.FEATURE_BLOCKS[-1]
-        self.blocks = nn.ModuleList(list(net._blocks)[: last + 1])
-        outs = [self.blocks[i]._block_args.output_filters for i in self.FEATURE_BLOCKS]
+        blocks = list(net._blocks)[: last + 1]  # the library's untyped MBConvBlocks
+        self.blocks = nn.ModuleList(blocks)
+        outs = [blocks[i]._block_args.output_filters for i in self.FEATURE_BLOCKS]
         if tuple(outs) != spec.channels:  # pragma: no cover - guards a changed dependency
             raise ModelError(
                 f"EfficientNet-Lite0 block outputs are {outs}, expected {spec.channels}"

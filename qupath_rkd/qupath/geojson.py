@@ -358,17 +358,19 @@ def _object_type(feature: Mapping[str, Any], props: Mapping[str, Any]) -> str:
 
 def _features_of(data: Any, source: str) -> list[Mapping[str, Any]]:
     """The list of feature mappings in any top-level form QuPath wrote."""
+    feats: list[Any]
     if isinstance(data, list):
         feats = data
     elif isinstance(data, Mapping):
         kind = data.get("type")
         if kind == "FeatureCollection":
-            feats = data.get("features")
-            if not isinstance(feats, list):
+            listed = data.get("features")
+            if not isinstance(listed, list):
                 raise AnnotationError(
                     f"{source}: FeatureCollection without a 'features' list",
                     hint="export the annotations again from QuPath",
                 )
+            feats = listed
         elif kind == "Feature":
             feats = [data]
         elif kind in {
@@ -629,7 +631,7 @@ def features_to_json(
     features: Sequence[Mapping[str, Any]], *, shift_px: tuple[float, float] = (0.0, 0.0)
 ) -> str:
     """The exact text :func:`write_geojson` writes (deterministic for identical input)."""
-    feats = list(features)
+    feats: Sequence[Mapping[str, Any]] = list(features)
     if shift_px != (0.0, 0.0) and shift_px != (0, 0):
         feats = _shift_features(feats, shift_px)
     # json needs dicts; a dict is not copied (10,000s of tiles)

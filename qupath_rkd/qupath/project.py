@@ -388,8 +388,11 @@ def _mpp_from(metadata: Mapping[str, Any] | None) -> float | None:
             return None
         unit = str(item.get("unit", "")).strip()
         scale = _UNIT_TO_UM.get(unit)
+        raw = item.get("value")
+        if raw is None:
+            return None
         try:
-            value = float(item.get("value"))
+            value = float(raw)
         except (TypeError, ValueError):
             return None
         if scale is None or not value > 0:

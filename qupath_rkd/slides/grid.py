@@ -30,9 +30,9 @@ class TileGrid:
         xy_px: (N, 2) int64, level-0 top-left (x, y) of each tile, QuPath's frame, row-major.
         rc: (N, 2) int64, grid (row, col) of each tile.
         grid_shape: (rows, cols) of the full grid (tissue or not).
-        tile_px: tile side in pixels at ``mpp``.
-        stride_px: stride in pixels at ``mpp``.
-        mpp: target µm/px of the tiles.
+        tile_px: tile side in pixels at ``tile_mpp``.
+        stride_px: stride in pixels at ``tile_mpp``.
+        tile_mpp: target µm/px of the tiles.
         tile_level0_px: tile side in level-0 pixels.
         stride_level0_px: stride in level-0 pixels.
         tissue_fraction: (N,) float32, fraction of each tile covered by the tissue mask.
@@ -43,7 +43,7 @@ class TileGrid:
     grid_shape: tuple[int, int]
     tile_px: int
     stride_px: int
-    mpp: float
+    tile_mpp: float
     tile_level0_px: float
     stride_level0_px: float
     tissue_fraction: np.ndarray
@@ -75,20 +75,20 @@ def _box_fraction(
 def tile_grid(
     slide: Slide,
     tile_px: int,
-    mpp: float,
+    tile_mpp: float,
     *,
     stride_px: int | None = None,
     min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION,
     mask: TissueMask | None = None,
     region: BaseGeometry | None = None,
 ) -> TileGrid:
-    """Lay a grid of tiles at ``mpp`` µm/px over the slide's tissue.
+    """Lay a grid of tiles at ``tile_mpp`` µm/px over the slide's tissue.
 
     Args:
         slide: an open slide with a known µm/px.
-        tile_px: tile side in pixels at ``mpp``.
-        mpp: target µm/px (not finer than the slide's level 0).
-        stride_px: step between tiles in pixels at ``mpp`` (default ``tile_px``:
+        tile_px: tile side in pixels at ``tile_mpp``.
+        tile_mpp: target µm/px (not finer than the slide's level 0).
+        stride_px: step between tiles in pixels at ``tile_mpp`` (default ``tile_px``:
             non-overlapping).
         min_tissue_fraction: keep tiles whose tissue cover is at least this (0 keeps every
             tile inside the slide).
@@ -99,7 +99,7 @@ def tile_grid(
     if tile_px <= 0 or (stride_px is not None and stride_px <= 0):
         raise ValueError("tile_px and stride_px must be positive")
     stride_px = tile_px if stride_px is None else stride_px
-    downsample = slide.downsample_for(mpp)
+    downsample = slide.downsample_for(tile_mpp)
     tile0 = tile_px * downsample
     stride0 = stride_px * downsample
     cols = max(0, math.floor((slide.width_px - tile0) / stride0 + 1e-9) + 1)
@@ -137,7 +137,7 @@ def tile_grid(
         grid_shape=(rows, cols),
         tile_px=tile_px,
         stride_px=stride_px,
-        mpp=mpp,
+        tile_mpp=tile_mpp,
         tile_level0_px=tile0,
         stride_level0_px=stride0,
         tissue_fraction=fraction[keep],

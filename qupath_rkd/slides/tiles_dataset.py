@@ -77,7 +77,7 @@ class SlideTileDataset:
         tiles: ``(slide_path, x_px, y_px, label)`` per tile; ``(x_px, y_px)`` is the tile's
             top-left corner in level-0 pixels, QuPath's frame.
         tile_px: side of the returned image in pixels.
-        mpp: µm/px at which tiles are read (the tile covers ``tile_px * mpp`` µm).
+        tile_mpp: µm/px at which tiles are read (the tile covers ``tile_px * tile_mpp`` µm).
         slide_mpp: per-slide µm/px overrides (``{path: mpp}``) for slides without it in their
             metadata (QuPath's pixel calibration).
 
@@ -90,7 +90,7 @@ class SlideTileDataset:
         tiles: Sequence[tuple[str | os.PathLike[str], int, int, int]],
         *,
         tile_px: int,
-        mpp: float,
+        tile_mpp: float,
         slide_mpp: dict[str, float] | None = None,
     ) -> None:
         if len(tiles) == 0:
@@ -99,7 +99,7 @@ class SlideTileDataset:
         self.xy_px = np.asarray([(int(t[1]), int(t[2])) for t in tiles], dtype=np.int64)
         self.labels = np.asarray([int(t[3]) for t in tiles], dtype=np.int64)
         self.tile_px = int(tile_px)
-        self.mpp = float(mpp)
+        self.tile_mpp = float(tile_mpp)
         self.slide_mpp = dict(slide_mpp or {})
         self._handles = SlideHandles(self.slide_mpp)
 
@@ -112,7 +112,7 @@ class SlideTileDataset:
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path = self.paths[index]
         x_px, y_px = (int(v) for v in self.xy_px[index])
-        image = self._slide(path).read_tile(x_px, y_px, self.tile_px, self.mpp)
+        image = self._slide(path).read_tile(x_px, y_px, self.tile_px, self.tile_mpp)
         return image, int(self.labels[index])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> SlideTileDataset:
@@ -122,7 +122,9 @@ class SlideTileDataset:
             (self.paths[i], int(self.xy_px[i, 0]), int(self.xy_px[i, 1]), int(self.labels[i]))
             for i in indices
         ]
-        return SlideTileDataset(tiles, tile_px=self.tile_px, mpp=self.mpp, slide_mpp=self.slide_mpp)
+        return SlideTileDataset(
+            tiles, tile_px=self.tile_px, tile_mpp=self.tile_mpp, slide_mpp=self.slide_mpp
+        )
 
     def close(self) -> None:
         """Close every slide handle this process opened."""
@@ -133,7 +135,7 @@ class TileDataset:
     """Map-style dataset of tiles of one slide; each process opens its own slide handle.
 
     Items are ``(index, tile)``: ``tile`` is a ``(tile_px, tile_px, 3)`` uint8 tensor read at
-    ``mpp`` from level-0 top-left ``xy_px[index]``.
+    ``tile_mpp`` from level-0 top-left ``xy_px[index]``.
     """
 
     def __init__(
@@ -141,13 +143,13 @@ class TileDataset:
         slide_path: Path,
         xy_px: np.ndarray,
         tile_px: int,
-        mpp: float,
+        tile_mpp: float,
         slide_mpp: float | None,
     ) -> None:
         self.slide_path = slide_path
         self.xy_px = xy_px
         self.tile_px = tile_px
-        self.mpp = mpp
+        self.tile_mpp = tile_mpp
         self.slide_mpp = slide_mpp
         self._handles = SlideHandles({str(slide_path): slide_mpp})
 
@@ -169,7 +171,7 @@ class TileDataset:
         slide = self.open()
         x, y = self.xy_px[index]
         try:
-            tile = slide.read_tile(float(x), float(y), self.tile_px, self.mpp)
+            tile = slide.read_tile(float(x), float(y), self.tile_px, self.tile_mpp)
         except QupathRkdError:
             raise
         except Exception as exc:  # OpenSlideError, OSError: the file broke while being read

@@ -223,7 +223,7 @@ def suggest_regions(
             usable &= pool
             if labelled_features is not None and len(labelled_features):
                 lab = _unit(np.asarray(labelled_features).reshape(len(labelled_features), -1))
-                for i in np.flatnonzero(pool):
+                for i in np.flatnonzero(pool).tolist():
                     d_lab[i] = float(np.min(np.linalg.norm(lab - feats[i], axis=1)))
             else:
                 d_lab[pool] = 2.0
@@ -302,7 +302,7 @@ def _pool_features(
             chosen = idx[np.argsort(-np.round(unc[idx], 9), kind="stable")[:k]]
         pool[chosen] = True
     feats: np.ndarray | None = None
-    for i in np.flatnonzero(pool):
+    for i in np.flatnonzero(pool).tolist():
         c = candidates[i]
         cells = c.cells[_spread(len(c.cells), FEATURE_CELLS)]
         values = np.asarray(feature_fn(c.slide_index, cells), np.float64).reshape(len(cells), -1)

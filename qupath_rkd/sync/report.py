@@ -44,6 +44,11 @@ class SlideResult:
         largest_lesion_major_axis_um: major axis of the largest lesion in µm (0: none).
         burden_category: ``none``, ``ITC``, ``micrometastasis`` or ``macrometastasis``.
         positive: slide-level call at the operating point (any lesion).
+        ood_far_fraction: share of the tissue tiles far from the model's training tiles
+            (:mod:`qupath_rkd.model.ood`); ``None`` when the check is not available.
+        out_of_domain: ``ood_far_fraction`` above the limit: the slide looks unlike anything
+            the model was trained on; ``None`` when the check is not available.
+        ood_note: why the check is not available ("" when it ran).
         reason: why it was (re)predicted, or the error of a failed slide.
         note: why the result is empty or unusual (e.g. "no tissue found: nothing scored").
         stale: a failed slide whose previous predictions (another model or settings) are
@@ -59,6 +64,9 @@ class SlideResult:
     largest_lesion_major_axis_um: float | None = None
     burden_category: str | None = None
     positive: bool | None = None
+    ood_far_fraction: float | None = None
+    out_of_domain: bool | None = None
+    ood_note: str = ""
     reason: str = ""
     note: str = ""
     stale: bool = False
@@ -69,6 +77,8 @@ class SlideResult:
         row.pop("reason")
         if not self.note:
             row.pop("note")
+        if not self.ood_note:
+            row.pop("ood_note")
         row["status"] = "failed" if self.status == STATUS_FAILED else "ok"
         if self.status == STATUS_FAILED:
             row["error"] = self.reason
@@ -172,7 +182,15 @@ def _fmt(value: float | int | None, spec: str) -> str:
 
 def format_table(slides: list[SlideResult]) -> str:
     """The per-slide table as plain text (the CLI prints it)."""
-    header = ("image", "tumour score", "lesions", "lesion area mm²", "largest µm", "status")
+    header = (
+        "image",
+        "tumour score",
+        "lesions",
+        "lesion area mm²",
+        "largest µm",
+        "far tiles",
+        "status",
+    )
     rows = [
         (
             s.image_name,
@@ -180,6 +198,7 @@ def format_table(slides: list[SlideResult]) -> str:
             _fmt(s.lesions, "d"),
             _fmt(s.lesion_area_mm2, ".3f"),
             _fmt(s.largest_lesion_major_axis_um, ".0f"),
+            _fmt(s.ood_far_fraction, ".0%") + (" OOD" if s.out_of_domain else ""),
             s.status
             + (f" ({s.reason})" if s.reason else "")
             + (f"; {s.note}" if s.note else "")
@@ -188,7 +207,7 @@ def format_table(slides: list[SlideResult]) -> str:
         for s in slides
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {1, 2, 3, 4}
+    right = {1, 2, 3, 4, 5}
 
     def line(cells: tuple[str, ...]) -> str:
         parts = [
@@ -198,7 +217,22 @@ def format_table(slides: list[SlideResult]) -> str:
 
     out = [line(header), line(tuple("-" * w for w in widths))]
     out.extend(line(r) for r in rows)
+    out.extend(ood_lines(slides))
     return "\n".join(out)
+
+
+def ood_lines(slides: list[SlideResult]) -> list[str]:
+    """The out-of-domain check below the table: one line per flagged slide, or one line
+    saying the check is not available."""
+    flagged = [s for s in slides if s.out_of_domain]
+    lines = [
+        f"OUT OF DOMAIN: {s.image_name}: {_fmt(s.ood_far_fraction, '.0%')} of its tissue tiles "
+        "are unlike the model's training tiles; its scores and lesions mean little"
+        for s in flagged
+    ]
+    notes = sorted({s.ood_note for s in slides if s.ood_note and s.out_of_domain is None})
+    lines.extend(notes[:1])
+    return lines
 
 
 def format_suggestions(suggestions: dict[str, Any] | None, top: int = 5) -> str:

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from qupath_rkd.constants import PROJECT_SUBDIR
 from qupath_rkd.errors import (
@@ -48,6 +48,23 @@ from qupath_rkd.sync.config import (
     config_path,
 )
 from qupath_rkd.sync.lock import ProjectLock
+
+if TYPE_CHECKING:
+    import numpy as np
+    from shapely.geometry.base import BaseGeometry
+    from torch.utils.data import Dataset
+
+    from qupath_rkd.cluster.session import ClusterSession, RemoteSlides
+    from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction
+    from qupath_rkd.labels import LabelledSet
+    from qupath_rkd.model.scorer import TrainedModel
+    from qupath_rkd.qupath.backends import AnnotationSet, ExchangeLayout, ProjectBackend
+    from qupath_rkd.qupath.geojson import QupathObject
+    from qupath_rkd.qupath.project import ImageEntry, Project
+    from qupath_rkd.slides.tiles_dataset import SlideTileDataset
+    from qupath_rkd.sync.operating import NegativeSource
+    from qupath_rkd.training.config import TrainConfig
+    from qupath_rkd.training.trainer import TrainResult
 from qupath_rkd.sync.report import (
     STATUS_FAILED,
     STATUS_PREDICTED,
@@ -155,7 +172,9 @@ def run_sync(
     return outcome
 
 
-def _cluster_session(config: SyncConfig, echo: Callable[[str], None] | None) -> Any:
+def _cluster_session(
+    config: SyncConfig, echo: Callable[[str], None] | None
+) -> ClusterSession | None:
     """The ``[cluster]`` section's :class:`~qupath_rkd.cluster.session.ClusterSession`, or
     ``None`` (one process; Dask not imported). A scheduler is connected to now; a local
     cluster starts when there is something to predict."""
@@ -178,17 +197,17 @@ def _cluster_session(config: SyncConfig, echo: Callable[[str], None] | None) -> 
 
 
 def _entry_writer(
-    backend: Any, project: Any
+    backend: ProjectBackend, project: Project
 ) -> Callable[[str, Sequence[Mapping[str, Any]]], str | None]:
     def write(entry_id: str, features: Sequence[Mapping[str, Any]]) -> str | None:
         result = backend.write_predictions(project.entry(entry_id), features)
-        path = getattr(result, "path", None)
+        path = result.path
         return file_sha256(path) if path is not None and Path(path).is_file() else None
 
     return write
 
 
-def _region(objects: Sequence[Any], config: SyncConfig) -> tuple[str, Any]:
+def _region(objects: Sequence[QupathObject], config: SyncConfig) -> tuple[str, BaseGeometry | None]:
     """The union of the region annotations that restrict where to predict, and its hash
     (``"none"`` when there are none: predict everywhere)."""
     from qupath_rkd.labels.config import ClassMapping
@@ -201,14 +220,14 @@ def _region(objects: Sequence[Any], config: SyncConfig) -> tuple[str, Any]:
 
 
 def _sync_locked(
-    project: Any,
-    backend: Any,
+    project: Project,
+    backend: ProjectBackend,
     writer: Callable[[str, Sequence[Mapping[str, Any]]], str | None],
     config: SyncConfig,
     outcome: SyncOutcome,
     progress: ProgressCallback | None,
     echo: Callable[[str], None] | None,
-    cluster: Any = None,
+    cluster: ClusterSession | None = None,
 ) -> None:
     state = load_state(project.path)
     entries = list(backend.images())
@@ -220,7 +239,7 @@ def _sync_locked(
     # 1. annotations (read-only) and the labelled set
     annotation_sets = _read_annotations(backend, entries)
     for aset in annotation_sets.values():
-        for line in getattr(aset, "repairs", []):
+        for line in aset.repairs:
             _say(outcome.notes, f"repaired: {line}", echo)
     try:
         labelled = build_labelled_set(entries, annotation_sets, config)
@@ -256,11 +275,12 @@ def _sync_locked(
             if echo:
                 more = ", continuing the interrupted training" if resumed else ""
                 echo(f"training: {reason} ({len(labelled.items)} labelled tiles{more})")
+            train_result: TrainResult | None
             try:
-                result = _train(labelled, config, model_path, progress, resume=resumed)
+                train_result = _train(labelled, config, model_path, progress, resume=resumed)
             except KeyboardInterrupt:  # a second Ctrl-C, outside the trainer's own handling
-                result = None
-            if result is None or getattr(result, "interrupted", False):
+                train_result = None
+            if train_result is None or train_result.interrupted:
                 kept = _keep_resume(project.path, model_path, resume_key)
                 again = f"run `qupath-rkd sync {project.path}` again"
                 raise SyncInterruptedError(
@@ -280,13 +300,13 @@ def _sync_locked(
             else:
                 tx.add_move(_STAGED_MODEL, MODEL_RELPATH, backup=True)
             outcome.trained = True
-            train_warnings = [str(w) for w in getattr(result, "warnings", None) or []]
+            train_warnings = [str(w) for w in train_result.warnings]
         new_state = SyncState(
             model=state.model,
             predictions=dict(state.predictions),
             operating_point=state.operating_point,
         )
-        model = None
+        model: TrainedModel | None = None
         if not outcome.dry_run:
             model_id = _model_id(model_path, state.model)
             if model_id is None:
@@ -321,7 +341,7 @@ def _sync_locked(
         stored_op = state.operating_point
         if stored_op is not None and stored_op.get("key") == op_full_key:
             outcome.operating_point = {k: v for k, v in stored_op.items() if k != "key"}
-        to_predict: list[tuple[Any, str, str, Any, str]] = []
+        to_predict: list[tuple[ImageEntry, str, str, BaseGeometry | None, str]] = []
         for entry in entries:
             result = SlideResult(entry_id=entry.entry_id, image_name=entry.name, status="")
             outcome.slides.append(result)
@@ -365,7 +385,7 @@ def _sync_locked(
 
         if outcome.dry_run:
             return
-        negative_preds: dict[str, Any] = {}
+        negative_preds: dict[str, SlidePrediction] = {}
         threshold: float | None = None
         if to_predict:
             from qupath_rkd.model.scorer import load_model
@@ -391,7 +411,7 @@ def _sync_locked(
                 if echo is not None:
                     echo(f"threshold {op['threshold']:.4f} ({op['method']}): {op['note']}")
             threshold = float(outcome.operating_point["threshold"])
-        remote = None
+        remote: RemoteSlides | None = None
         if cluster is not None and to_predict:  # one task per slide (qupath_rkd.cluster)
             assert threshold is not None
             remote = _submit(
@@ -400,7 +420,7 @@ def _sync_locked(
                 [
                     (e.entry_id, e.path, _entry_config(config, e, threshold), region)
                     for e, _fp, _rh, region, _w in to_predict
-                    if e.entry_id not in negative_preds
+                    if e.entry_id not in negative_preds and e.path is not None
                 ],
             )
         slides_task = ProgressTask(
@@ -411,7 +431,8 @@ def _sync_locked(
                 result = next(s for s in outcome.slides if s.entry_id == entry.entry_id)
                 slides_task.update(index, slide=entry.name)
                 try:
-                    assert threshold is not None
+                    assert threshold is not None and model is not None
+                    assert outcome.model_id is not None  # set before anything is predicted
                     features, summary = _predict_entry(
                         entry,
                         model,
@@ -473,16 +494,20 @@ def _sync_locked(
 
         # 4. write back, all or nothing
         state_json = new_state.to_json()
+        values = _slide_values_outputs(backend, outcome)
         unchanged = (
             not outcome.trained
             and not tx.entries
             and not tx.moves
             and _same_json(state_path(project.path), state_json)
             and _same_json(report_path(project.path), report_json(outcome))
+            and all(_same_json(path, obj) for path, obj in values.items())
         )
         if unchanged:
             tx.abort()
             return
+        for path, obj in values.items():  # written at commit, each only if it changed
+            tx.set_json(path, obj)
         tx.set_json(state_path(project.path), state_json)
         tx.digests_into = (f"{PROJECT_SUBDIR}/state.json", ["predictions"])
         tx.set_json(report_path(project.path), report_json(outcome))
@@ -495,13 +520,15 @@ def _sync_locked(
         raise
 
 
-def _load(model_path: Path, config: SyncConfig) -> Any:
+def _load(model_path: Path, config: SyncConfig) -> TrainedModel:
     from qupath_rkd.model.scorer import load_model
 
     return load_model(model_path, device=config.get("sync.device"))
 
 
-def _read_annotations(backend: Any, entries: Sequence[Any]) -> dict[str, Any]:
+def _read_annotations(
+    backend: ProjectBackend, entries: Sequence[ImageEntry]
+) -> dict[str, AnnotationSet]:
     """Every image's annotations (read only), keyed by entry ID.
 
     An image without an export is an error, never "no annotations": a deleted export would
@@ -513,9 +540,9 @@ def _read_annotations(backend: Any, entries: Sequence[Any]) -> dict[str, Any]:
             export is unusable.
     """
     sets = {e.entry_id: backend.read_annotations(e) for e in entries}
-    missing = [e for e in entries if not getattr(sets[e.entry_id], "exported", True)]
+    missing = [e for e in entries if not sets[e.entry_id].exported]
     if missing:
-        layout = getattr(backend, "layout", None)
+        layout = _layout(backend)
         where = f" in {layout.annotations_dir}" if layout is not None else ""
         names = ", ".join(
             f"{e.name!r} (entry {e.entry_id}: no {e.entry_id}.geojson)" for e in missing[:5]
@@ -530,8 +557,8 @@ def _read_annotations(backend: Any, entries: Sequence[Any]) -> dict[str, Any]:
 
 
 def _with_mpp_overrides(
-    entries: Sequence[Any], overrides: Mapping[str, float], config: SyncConfig
-) -> list[Any]:
+    entries: Sequence[ImageEntry], overrides: Mapping[str, float], config: SyncConfig
+) -> list[ImageEntry]:
     """``entries`` with ``images.mpp``'s level-0 µm/px (by image name) in place of QuPath's.
 
     Raises:
@@ -559,7 +586,7 @@ def _with_mpp_overrides(
 
 
 def _mpp_hint(
-    exc: UnknownResolutionError, entries: Sequence[Any], project_dir: Path
+    exc: UnknownResolutionError, entries: Sequence[ImageEntry], project_dir: Path
 ) -> UnknownResolutionError:
     """``exc`` with a hint that names what ``sync`` accepts: ``--slide-mpp`` or
     ``[images] mpp`` in the project's config.toml, for the image(s) the message is about."""
@@ -595,8 +622,19 @@ def _content_id(path: Path) -> str | None:
         payload, _ = read_checkpoint(path)
     except CheckpointError:
         return None
-    tensors = payload.get("state_dict") or {}
-    rest = {k: v for k, v in payload.items() if k not in ("state_dict", "created_utc")}
+    tensors = dict(payload.get("state_dict") or {})
+    rest = {
+        k: v for k, v in payload.items() if k not in ("state_dict", "created_utc", "ood_reference")
+    }
+    # the out-of-domain reference (newer checkpoints only, so older IDs stay as they were):
+    # its plain values with the rest, its arrays by bytes like the weights
+    reference = payload.get("ood_reference")
+    if isinstance(reference, dict):
+        plain = {k: v for k, v in reference.items() if not isinstance(v, torch.Tensor)}
+        rest["ood_reference"] = plain
+        tensors.update(
+            {f"ood_reference.{k}": v for k, v in reference.items() if isinstance(v, torch.Tensor)}
+        )
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=repr).encode("utf-8"))
     for name in sorted(tensors):
         tensor = tensors[name].detach().to("cpu").contiguous()
@@ -624,7 +662,7 @@ def _mark_stale(
     result: SlideResult,
     state: SyncState,
     new_state: SyncState,
-    backend: Any,
+    backend: ProjectBackend,
     tx: Transaction,
     attempted: set[str],
     model_id: str | None,
@@ -645,7 +683,7 @@ def _mark_stale(
         return
     _fill_from_record(result, record)
     result.stale = True
-    layout = getattr(backend, "layout", None)
+    layout = _layout(backend)
     output = Path(layout.predictions_file(result.entry_id)) if layout is not None else None
     if output is None or not output.is_file():
         return
@@ -685,6 +723,23 @@ def _stale_geojson(data: bytes) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
+def _slide_values_outputs(backend: Any, outcome: SyncOutcome) -> dict[Path, dict[str, Any]]:
+    """Each image's slide-level values for QuPath (:mod:`qupath_rkd.sync.slide_values`) by the
+    file they go to; none for an image without predictions or a backend without an exchange
+    folder (paquo)."""
+    from qupath_rkd.sync.slide_values import slide_values
+
+    layout = getattr(backend, "layout", None)
+    if layout is None:
+        return {}
+    out: dict[Path, dict[str, Any]] = {}
+    for result in outcome.slides:
+        obj = slide_values(result)
+        if obj is not None:
+            out[Path(layout.slide_values_file(result.entry_id))] = obj
+    return out
+
+
 def _same_json(path: Path, obj: Any) -> bool:
     try:
         return bool(json.loads(path.read_text(encoding="utf-8")) == obj)
@@ -692,8 +747,15 @@ def _same_json(path: Path, obj: Any) -> bool:
         return False
 
 
-def _prediction_file(backend: Any, entry: Any) -> Path | None:
-    layout = getattr(backend, "layout", None)
+def _layout(backend: ProjectBackend) -> ExchangeLayout | None:
+    """The exchange folder of a GeoJSON backend (``None`` for paquo: QuPath's own files)."""
+    from qupath_rkd.qupath.backends import GeojsonBackend
+
+    return backend.layout if isinstance(backend, GeojsonBackend) else None
+
+
+def _prediction_file(backend: ProjectBackend, entry: ImageEntry) -> Path | None:
+    layout = _layout(backend)
     if layout is not None:
         return Path(layout.predictions_file(entry.entry_id))
     return None
@@ -708,11 +770,14 @@ def _fill_from_record(result: SlideResult, record: PredictionRecord) -> None:
     result.largest_lesion_major_axis_um = summary.get("largest_lesion_major_axis_um")
     result.burden_category = summary.get("burden_category")
     result.positive = summary.get("positive")
+    result.ood_far_fraction = summary.get("ood_far_fraction")
+    result.out_of_domain = summary.get("out_of_domain")
+    result.ood_note = str(summary.get("ood_note") or "")
 
 
 def _negative_sources(
-    entries: Sequence[Any], annotation_sets: Mapping[str, Any], config: SyncConfig
-) -> dict[str, Any]:
+    entries: Sequence[ImageEntry], annotation_sets: Mapping[str, AnnotationSet], config: SyncConfig
+) -> dict[str, NegativeSource]:
     """Images with tumour-free knowledge (none when ``inference.threshold`` is a number)."""
     if config.get("inference.threshold") != "auto":
         return {}
@@ -721,7 +786,7 @@ def _negative_sources(
     return negative_sources(entries, annotation_sets, config.section("classes"))
 
 
-def _operating_key(entries: Sequence[Any], sources: Mapping[str, Any]) -> str:
+def _operating_key(entries: Sequence[ImageEntry], sources: Mapping[str, NegativeSource]) -> str:
     from qupath_rkd.sync.operating import operating_key
 
     fingerprints: dict[str, str] = {}
@@ -735,18 +800,18 @@ def _operating_key(entries: Sequence[Any], sources: Mapping[str, Any]) -> str:
 
 
 def _operating_point(
-    entries: Sequence[Any],
-    annotation_sets: Mapping[str, Any],
-    sources: Mapping[str, Any],
-    model: Any,
+    entries: Sequence[ImageEntry],
+    annotation_sets: Mapping[str, AnnotationSet],
+    sources: Mapping[str, NegativeSource],
+    model: TrainedModel,
     config: SyncConfig,
     outcome: SyncOutcome,
     echo: Callable[[str], None] | None,
     progress: ProgressCallback | None = None,
     *,
-    cluster: Any = None,
+    cluster: ClusterSession | None = None,
     checkpoint: Path | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, SlidePrediction]]:
     """The operating point (as a dict) and the predictions made to find it (entry ID →
     :class:`~qupath_rkd.inference.predict.SlidePrediction` at the model's threshold).
 
@@ -763,9 +828,9 @@ def _operating_point(
     if config.get("inference.threshold") != "auto":
         return given(float(config.get("inference.threshold"))).as_dict(), {}
     floor = float(model.threshold)
-    preds: dict[str, Any] = {}
+    preds: dict[str, SlidePrediction] = {}
     negatives = []
-    remote = None
+    remote: RemoteSlides | None = None
     if cluster is not None and checkpoint is not None:
         jobs = []
         for entry in entries:
@@ -806,8 +871,8 @@ def _operating_point(
 
 # --- the seams to the other stages ----------------------------------------------------------
 def build_labelled_set(
-    entries: Sequence[Any], annotation_sets: Mapping[str, Any], config: SyncConfig
-) -> Any:
+    entries: Sequence[ImageEntry], annotation_sets: Mapping[str, AnnotationSet], config: SyncConfig
+) -> LabelledSet:
     """The project's labelled set (:func:`qupath_rkd.labels.build_labelled_set`).
 
     Raises:
@@ -829,7 +894,9 @@ def build_labelled_set(
 
 
 def _training_data_key(
-    labelled: Any, entries: Sequence[Any] = (), overrides: Mapping[str, float] | None = None
+    labelled: LabelledSet,
+    entries: Sequence[ImageEntry] = (),
+    overrides: Mapping[str, float] | None = None,
 ) -> str:
     """The labelled set's hash combined with the fingerprints of the slide files its tiles
     come from (a re-scanned or replaced training slide retrains too) and the µm/px
@@ -846,7 +913,7 @@ def _training_data_key(
     return digest.hexdigest()
 
 
-def _label_summary(labelled: Any) -> dict[str, dict[str, int]]:
+def _label_summary(labelled: LabelledSet) -> dict[str, dict[str, int]]:
     """``{image: {"tumor": used, "normal": used}}`` for the report."""
     return {
         str(row["image"]): {"tumor": int(row["used_tumor"]), "normal": int(row["used_normal"])}
@@ -868,7 +935,7 @@ def _label_warnings(summary: Mapping[str, Mapping[str, int]], config: SyncConfig
     ]
 
 
-def _train_config(config: SyncConfig, n_train: int) -> Any:
+def _train_config(config: SyncConfig, n_train: int) -> TrainConfig:
     from qupath_rkd.training.config import TrainConfig
 
     t = config.section("training")
@@ -953,14 +1020,21 @@ def _drop_resume(project_dir: Path) -> None:
     shutil.rmtree(project_dir / RESUME_RELDIR, ignore_errors=True)
 
 
+def _as_dataset(tiles: SlideTileDataset) -> Dataset[tuple[np.ndarray, int]]:
+    """``tiles`` as the trainer's torch ``Dataset``: a map-style dataset by protocol
+    (``__len__``, ``__getitem__``, ``labels``), not a subclass, so that slides/ imports no
+    torch."""
+    return cast("Dataset[tuple[np.ndarray, int]]", tiles)
+
+
 def _train(
-    labelled: Any,
+    labelled: LabelledSet,
     config: SyncConfig,
     out: Path,
     progress: ProgressCallback | None,
     *,
     resume: bool = False,
-) -> Any:
+) -> TrainResult:
     """Train on the labelled set; the checkpoint is written to ``out``.
 
     With ``resume``, continue from ``<out>.resume`` (an interrupted sync's training); a resume
@@ -976,7 +1050,7 @@ def _train(
     dataset = SlideTileDataset(
         labelled.items,
         tile_px=int(labelled.tile_px),
-        mpp=float(labelled.mpp),
+        tile_mpp=float(labelled.tile_mpp),
         slide_mpp=labelled.slide_mpp,
     )
     started = time.perf_counter()
@@ -987,7 +1061,7 @@ def _train(
         from qupath_rkd.labels.regions import tile_groups
 
         result = train(
-            dataset,
+            _as_dataset(dataset),
             None,
             _train_config(config, len(dataset)),
             out,
@@ -1011,10 +1085,10 @@ def _train(
     valid_set = dataset.subset(valid_idx) if len(valid_idx) else None
     train_config = _train_config(config, len(train_set))
 
-    def run(resume_from: bool) -> Any:
+    def run(resume_from: bool) -> TrainResult:
         return train(
-            train_set,
-            valid_set,
+            _as_dataset(train_set),
+            None if valid_set is None else _as_dataset(valid_set),
             train_config,
             out,
             dataset_hash=labelled.sha256,
@@ -1032,9 +1106,9 @@ def _train(
             path.unlink(missing_ok=True)
         result = run(False)
     logger.info("trained in %.1f s: %s", time.perf_counter() - started, result)
-    if getattr(result, "interrupted", False):
+    if result.interrupted:
         return result
-    checkpoint = Path(getattr(result, "checkpoint", out))
+    checkpoint = Path(result.checkpoint)
     if checkpoint != out and checkpoint.is_file():
         checkpoint.replace(out)
     if not out.is_file():
@@ -1042,7 +1116,7 @@ def _train(
     return result
 
 
-def check_model_scale(config: SyncConfig, model: Any, model_path: Path) -> None:
+def check_model_scale(config: SyncConfig, model: TrainedModel, model_path: Path) -> None:
     """Refuse a model whose training tiles (recorded in its checkpoint) are not the tiles
     ``labels.tile_px`` at ``labels.mpp`` describe: inference reads the checkpoint's, so a
     disagreement means the model was trained for other settings (one-line :class:`ConfigError`).
@@ -1059,7 +1133,7 @@ def check_model_scale(config: SyncConfig, model: Any, model_path: Path) -> None:
         )
 
 
-def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
+def inference_config(config: SyncConfig, slide_mpp: float | None) -> InferenceConfig:
     """The :class:`~qupath_rkd.inference.InferenceConfig` of sync's settings. Tile size and
     µm/px are left to the model (``None``: what its checkpoint records, the training tiles;
     :func:`check_model_scale` holds them equal to ``labels.tile_px`` at ``labels.mpp``)."""
@@ -1074,12 +1148,12 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
             hint="fix it in qupath-rkd/config.toml or --set inference.tta_views=1",
         )
     return InferenceConfig(
-        mpp=None,
+        tile_mpp=None,
         tile_px=None,
         stride_px=None if inf["stride_px"] == "auto" else int(inf["stride_px"]),
         min_tissue_fraction=float(config.get("labels.min_tissue_fraction")),
         threshold=None if inf["threshold"] == "auto" else float(inf["threshold"]),
-        min_lesion_um=float(inf["min_lesion_um"]),
+        min_major_axis_um=float(inf["min_lesion_um"]),
         smooth_sigma_um=float(inf["smooth_um"]),
         extent_ratio=float(inf["extent_ratio"]),
         slide_score=str(inf["slide_score"]),
@@ -1091,14 +1165,18 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> Any:
     )
 
 
-def _entry_config(config: SyncConfig, entry: Any, threshold: float) -> Any:
+def _entry_config(config: SyncConfig, entry: ImageEntry, threshold: float) -> InferenceConfig:
     """The inference configuration an image is predicted with, at the seed ``threshold``."""
     import dataclasses
 
     return dataclasses.replace(inference_config(config, entry.mpp), threshold=threshold)
 
 
-def _submit(cluster: Any, checkpoint: Path, jobs: Sequence[tuple[str, Any, Any, Any]]) -> Any:
+def _submit(
+    cluster: ClusterSession,
+    checkpoint: Path,
+    jobs: Sequence[tuple[str, Path, InferenceConfig, BaseGeometry | None]],
+) -> RemoteSlides:
     """``(entry ID, slide path, inference config, region)`` jobs to the cluster (keys: the
     entry IDs); see :mod:`qupath_rkd.cluster`."""
     from qupath_rkd.cluster.session import SlideJob
@@ -1107,15 +1185,15 @@ def _submit(cluster: Any, checkpoint: Path, jobs: Sequence[tuple[str, Any, Any, 
 
 
 def _predict_entry(
-    entry: Any,
-    model: Any,
+    entry: ImageEntry,
+    model: TrainedModel,
     model_id: str,
-    region: Any,
+    region: BaseGeometry | None,
     config: SyncConfig,
     threshold: float,
-    earlier: Any = None,
+    earlier: SlidePrediction | None = None,
     progress: ProgressCallback | None = None,
-    remote: Any = None,
+    remote: RemoteSlides | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict one image: (GeoJSON features for the backend, summary for the report).
 
@@ -1142,7 +1220,7 @@ def _predict_entry(
     if config.get("inference.heatmap_tiles"):
         features.extend(tile_features(prediction, key, slide_id))
     area_mm2 = sum(float(lesion.area_um2) for lesion in prediction.lesions) / 1e6
-    summary = {
+    summary: dict[str, float | int | str | bool | None] = {
         # None (empty in the table, no number in QuPath) when no tissue was scored: 0 would
         # read as "benign"; the note says why
         "tumor_score": (
@@ -1157,4 +1235,10 @@ def _predict_entry(
         summary["burden_category"] = prediction.burden.category
     if prediction.note:
         summary["note"] = prediction.note
+    ood = prediction.ood
+    if ood is not None and ood.available:
+        summary["ood_far_fraction"] = ood.as_dict()["ood_far_fraction"]
+        summary["out_of_domain"] = bool(ood.flagged)
+    elif ood is not None:
+        summary["ood_note"] = ood.note
     return features, summary

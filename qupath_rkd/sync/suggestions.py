@@ -28,6 +28,7 @@ import numpy as np
 from qupath_rkd.constants import TOOL_TAG
 from qupath_rkd.errors import QupathRkdError
 from qupath_rkd.heatmap import Heatmap
+from qupath_rkd.outputs import SLIDE_METADATA_KEYS
 from qupath_rkd.sync.config import SyncConfig
 from qupath_rkd.sync.report import STATUS_PREDICTED, STATUS_UP_TO_DATE, SyncOutcome
 
@@ -180,7 +181,13 @@ def _key(
                     record.region_hash,
                 ],
                 "annotations": getattr(aset, "sha256", None),
-                "metadata": dict(sorted((getattr(aset, "metadata", None) or {}).items())),
+                # the slide values the import script puts into the metadata are sync's own
+                # output, not an input: they must not make the next sync recompute
+                "metadata": {
+                    k: v
+                    for k, v in sorted((getattr(aset, "metadata", None) or {}).items())
+                    if k not in SLIDE_METADATA_KEYS
+                },
                 "offset": [float(v) for v in entry.bounds_offset_px],
             }
         )

@@ -8,16 +8,25 @@
    cross-validation on the training patches (``groups``: whole annotated regions held out
    together), scored on view 0.
 3. The head refitted on every training patch at that strength; calibrated (Platt) on the
-   validation logits, or on the out-of-fold logits; written as one checkpoint.
+   validation logits, or on the out-of-fold logits; written as one checkpoint, with the
+   out-of-domain reference of the training patches' features (:mod:`qupath_rkd.model.ood`).
 
 Every step is deterministic for a given seed and set of patches (the fit is convex and run to
 convergence; the folds are seeded), so seeds only change which patches a budget draws.
+
+Data-parallel (``torchrun``, :mod:`qupath_rkd.training.distributed`): the features are the
+expensive part, so each rank extracts those of every ``world_size``-th patch (through its feature
+cache) and the features are gathered on every rank; rank 0 alone then chooses L2, fits,
+calibrates and writes the checkpoint (the same computation on the same features as one process:
+the same model), and the other ranks receive its result.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +49,10 @@ from qupath_rkd.model.head import (
     fit_head,
     stratified_folds,
 )
+from qupath_rkd.model.ood import fit_reference
 from qupath_rkd.model.scorer import build_network
 from qupath_rkd.progress import ProgressCallback, ProgressTask
+from qupath_rkd.training import distributed
 from qupath_rkd.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -64,9 +75,14 @@ def _features(
     progress: ProgressCallback | None,
     task: str,
 ) -> Features:
-    return extract_features(
+    """Features of ``dataset``; data-parallel, each rank extracts every ``world_size``-th item
+    and every rank gets all of them (``computed``/``cached`` summed over the ranks)."""
+    ctx = distributed.current()
+    n = len(dataset)  # type: ignore[arg-type]
+    share = distributed.shard_indices(n, ctx)
+    feats = extract_features(
         net.trunk,  # type: ignore[arg-type]
-        dataset,
+        Subset(dataset, share.tolist()) if ctx.enabled else dataset,
         input_px=int(cfg.input_px),  # type: ignore[arg-type]
         views=views,
         device=device,
@@ -75,6 +91,17 @@ def _features(
         num_workers=cfg.num_workers,
         progress=progress,
         task=task,
+    )
+    if not ctx.enabled:
+        return feats
+    computed, cached = distributed.all_sum([feats.computed, feats.cached])
+    return Features(
+        values=distributed.gather_rows(feats.values, n, ctx),
+        ok=distributed.gather_rows(feats.ok, n, ctx),
+        views=feats.views,
+        computed=int(computed),
+        cached=int(cached),
+        seconds=feats.seconds,
     )
 
 
@@ -104,7 +131,9 @@ def train_head(
             validation AUROC or the fold) and ``fitting the head`` (one fit).
     """
     t0 = time.monotonic()
-    device = resolve_device(cfg.device)
+    device = distributed.rank_device(resolve_device(cfg.device))
+    if not distributed.current().is_main:
+        progress = None
     if cache == "default":
         cache = open_default_cache()
     assert not isinstance(cache, str)
@@ -151,9 +180,7 @@ def train_head(
             ys.append(np.full(int(t_keep.sum()) * len(rare), LABEL_TUMOR))
         return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
-    history: list[dict[str, Any]] = []
     warnings: list[str] = []
-    n_valid = {"normal": 0, "tumor": 0}
     valid_y: np.ndarray | None = None
     if valid_set is not None and len(valid_set) > 0:  # type: ignore[arg-type]
         valid_y = _labels(valid_set)
@@ -167,10 +194,66 @@ def train_head(
                 "strength by cross-validation on the training patches instead"
             )
             valid_y = None
-    all_rows = np.ones(len(y), dtype=bool)
-    tx, ty = train_rows(all_rows)
+    vf = None
     if valid_y is not None:
         vf = _features(net, valid_set, tta, cfg, device, cache, progress, "validation")  # type: ignore[arg-type]
+    # every feature is here (on every rank); what follows is cheap and runs on rank 0 alone
+    # when data-parallel
+    feats = _Extracted(y, groups, train_rows, base, extra, ok, skipped, vf, valid_y, warnings)
+    return distributed.run_on_main(
+        lambda: _fit_and_save(net, cfg, out, dataset_hash, feats, progress, t0)
+    )
+
+
+@dataclass
+class _Extracted:
+    """What step 1 gives the fit: labels ``y (N,)``, ``groups``, ``train_rows`` (features and
+    labels of the training rows of a mask), the features (``base``: view 0; ``extra``: the
+    tumour views; ``vf``: validation in the TTA views), ``ok (N,)``, the unreadable count,
+    the validation labels and the warnings so far."""
+
+    y: np.ndarray
+    groups: np.ndarray | None
+    train_rows: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    base: Features
+    extra: Features | None
+    ok: np.ndarray
+    skipped: int
+    vf: Features | None
+    valid_y: np.ndarray | None
+    warnings: list[str]
+
+
+def _fit_and_save(
+    net: HeadNetwork,
+    cfg: TrainConfig,
+    out: Path,
+    dataset_hash: str,
+    feats: _Extracted,
+    progress: ProgressCallback | None,
+    t0: float,
+) -> dict[str, Any]:
+    """Steps 2 and 3 of the module doc on the extracted features; the fields of
+    :func:`train_head`'s result."""
+    y, groups, train_rows, base, extra = (
+        feats.y,
+        feats.groups,
+        feats.train_rows,
+        feats.base,
+        feats.extra,
+    )
+    ok, skipped, vf, valid_y, warnings = (
+        feats.ok,
+        feats.skipped,
+        feats.vf,
+        feats.valid_y,
+        feats.warnings,
+    )
+    history: list[dict[str, Any]] = []
+    n_valid = {"normal": 0, "tumor": 0}
+    all_rows = np.ones(len(y), dtype=bool)
+    tx, ty = train_rows(all_rows)
+    if valid_y is not None and vf is not None:
         vx, vy = vf.values[vf.ok].astype(np.float32), valid_y[vf.ok]
         skipped += int((~vf.ok).sum())
         choice, fit = choose_l2_on_valid(
@@ -239,7 +322,12 @@ def train_head(
     }
     # what the cache held is not part of the model (an identical refit must give an
     # identical checkpoint), so these go to the result only
-    model_id = save_checkpoint(out, net, cfg, calibration, dataset_hash, metrics)
+    # the out-of-domain reference: view 0 of every readable training patch, any label
+    reference = fit_reference(base.values[ok, 0], seed=cfg.seed)
+    metrics["ood_tile_threshold"] = reference.tile_threshold
+    model_id = save_checkpoint(
+        out, net, cfg, calibration, dataset_hash, metrics, ood_reference=reference.to_payload()
+    )
     metrics["features_computed"] = base.computed + (extra.computed if extra else 0)
     metrics["features_cached"] = base.cached + (extra.cached if extra else 0)
     logger.info(

@@ -10,6 +10,13 @@ Ctrl-C, and removed when the run finishes; ``resume=True`` continues from it.
 Reproducibility: torch, numpy and Python are seeded from ``config.seed`` and the data order of
 epoch ``e`` comes from a generator seeded with ``(seed, e)``, so a CPU run (and a resumed run)
 gives the same weights as an uninterrupted one.
+
+Data-parallel (``torchrun``, :mod:`qupath_rkd.training.distributed`): when a process group is
+initialised, each step's batch is the one a single process would draw, split between the ranks
+(tumour and normal shares apart, so each rank's share stays balanced); ``DistributedDataParallel``
+averages the gradients, each rank's loss is weighted by its share of the readable patches, and
+BatchNorm uses the whole batch's statistics, so a step equals one process's step on the union
+batch. Rank 0 alone validates and writes; the others receive the outcome.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset
 
 from qupath_rkd import __version__
 from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
@@ -42,6 +49,7 @@ from qupath_rkd.model.loss import focal_similarity_loss
 from qupath_rkd.model.rd import ReverseDistillation
 from qupath_rkd.model.scorer import build_network, preprocess_batch
 from qupath_rkd.progress import ProgressCallback, ProgressTask
+from qupath_rkd.training import distributed
 from qupath_rkd.training.config import TrainConfig
 from qupath_rkd.training.datasets import Collate, IndexedDataset, PatchBatch
 
@@ -208,10 +216,21 @@ def augment_draws(generator: torch.Generator, batch_size: int) -> tuple[list[int
     return ks, flips
 
 
-def augment_batch(batch: torch.Tensor, generator: torch.Generator, batch_size: int) -> torch.Tensor:
-    """Random 90° rotation and horizontal flip per sample of a ``(B, H, W, 3)`` batch (H == W)."""
-    ks, flips = augment_draws(generator, max(batch_size, batch.shape[0]))
-    ks, flips = ks[: batch.shape[0]], flips[: batch.shape[0]]
+def augment_batch(
+    batch: torch.Tensor,
+    generator: torch.Generator,
+    batch_size: int,
+    positions: list[int] | None = None,
+) -> torch.Tensor:
+    """Random 90° rotation and horizontal flip per sample of a ``(B, H, W, 3)`` batch (H == W).
+
+    ``positions``: each sample's place in the step's whole batch (a data-parallel rank holds a
+    share of it), so it gets the draw one process would give it; None = ``0 .. B-1``.
+    """
+    n = batch.shape[0]
+    pos = list(range(n)) if positions is None else positions
+    ks, flips = augment_draws(generator, max(batch_size, n, max(pos, default=-1) + 1))
+    ks, flips = [ks[p] for p in pos], [flips[p] for p in pos]
     out = []
     for img, k, flip in zip(batch, ks, flips, strict=True):
         img = torch.rot90(img, k, dims=(0, 1))
@@ -232,11 +251,20 @@ class _Run:
         progress: ProgressCallback | None,
     ) -> None:
         self.cfg = cfg
+        if cfg.input_px is None:
+            raise ConfigError("the trainer needs a resolved config (TrainConfig.resolved())")
+        self.input_px: int = int(cfg.input_px)
         self.out = out
         self.resume_path = out.with_name(out.name + ".resume")
         self.dataset_hash = dataset_hash
-        self.progress = progress
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.current()
+        self.progress = progress if self.dist.is_main else None
+        self.device = distributed.rank_device(resolve_device(cfg.device), self.dist)
+        if self.dist.enabled and cfg.batch_size < self.dist.world_size:
+            raise ConfigError(
+                f"batch size {cfg.batch_size} is smaller than the {self.dist.world_size} ranks",
+                hint="each rank needs a patch per step: raise --batch-size or use fewer ranks",
+            )
         self.amp = amp_dtype(self.device) if cfg.amp else None
         self.train_set = train_set
         self.train_labels = _labels_of(train_set, "training")
@@ -285,17 +313,31 @@ class _Run:
             raise ConfigError("logistic calibration needs tumour and normal validation patches")
 
         seed_everything(cfg.seed)
-        self.net: ReverseDistillation = build_network(cfg).to(self.device)
+        net = build_network(cfg)
+        if not isinstance(net, ReverseDistillation):
+            raise ConfigError(f"the RD trainer cannot train scorer {cfg.scorer!r}")
+        self.net: ReverseDistillation = net.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.model: torch.nn.Module = self.net  # what a training step runs (DDP when parallel)
+        if self.dist.enabled:
+            # BatchNorm over the union batch (SyncBatchNorm on GPUs, GlobalBatchNorm2d on CPU);
+            # the teacher is frozen and in eval mode: its BatchNorm uses stored statistics
+            distributed.convert_batchnorm(self.net.bottleneck, self.device)
+            distributed.convert_batchnorm(self.net.student, self.device)
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.opt = torch.optim.Adam(
             list(self.net.trainable_parameters()),
             lr=cfg.lr,
-            betas=tuple(cfg.betas),
+            betas=(float(cfg.betas[0]), float(cfg.betas[1])),
             weight_decay=cfg.weight_decay,
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
-        self.collate = Collate(int(cfg.input_px))  # type: ignore[arg-type]
+        self.collate = Collate(self.input_px)
         self.epoch_done = 0
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
@@ -324,18 +366,22 @@ class _Run:
         indexed = IndexedDataset(dataset)
         if epoch is None:
             return DataLoader(indexed, batch_size=cfg.batch_size, shuffle=False, **common)
+        sampler: Sampler[list[int]] = self.union_batches(epoch, skip_batches)
+        if self.dist.enabled:
+            sampler = distributed.ShardedBatchSampler(sampler, self.train_labels, self.dist)
+        return DataLoader(indexed, batch_sampler=sampler, **common)
+
+    def union_batches(self, epoch: int, skip_batches: int = 0) -> Sampler[list[int]]:
+        """The training batches of ``epoch`` as one process draws them (all ranks together)."""
+        cfg = self.cfg
         seed = cfg.seed * 100_003 + epoch
         if self.balance:
-            sampler = BalancedBatchSampler(self.train_labels, cfg.batch_size, seed, skip_batches)
-            return DataLoader(indexed, batch_sampler=sampler, **common)
+            return BalancedBatchSampler(self.train_labels, cfg.batch_size, seed, skip_batches)
         n = len(self.train_labels)
-        drop_last = n > cfg.batch_size
-        return DataLoader(
-            indexed,
-            batch_size=cfg.batch_size,
-            sampler=EpochSampler(n, seed, skip_batches * cfg.batch_size),
-            drop_last=drop_last,
-            **common,
+        return BatchSampler(
+            EpochSampler(n, seed, skip_batches * cfg.batch_size),
+            cfg.batch_size,
+            drop_last=n > cfg.batch_size,
         )
 
     def batches_per_epoch(self) -> int:
@@ -351,22 +397,45 @@ class _Run:
             self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None
         )
 
-    def _step(self, batch: PatchBatch, aug_gen: torch.Generator | None) -> None:
+    def _step(
+        self,
+        batch: PatchBatch,
+        aug_gen: torch.Generator | None,
+        shard: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """One optimiser step on ``batch``: the step's batch, or this rank's share of it when
+        data-parallel (``shard``: ``(dataset index, place in the whole batch)`` of each of its
+        patches, so the augmentation gives each the draw one process would)."""
         self.skipped_train.update(batch.skipped)
-        if len(batch) < 2:  # BatchNorm needs two samples; a batch emptied by bad files is skipped
+        n_local = len(batch)
+        counts = distributed.all_values(float(n_local)) if self.dist.enabled else [n_local]
+        n_total = int(sum(counts))
+        # BatchNorm needs two samples (and every rank one); a batch emptied by bad files is skipped
+        if n_total < 2 or min(counts) < 1:
             if aug_gen is not None:
                 augment_draws(aug_gen, self.cfg.batch_size)
             return
         if aug_gen is not None:
-            images = augment_batch(batch.images, aug_gen, self.cfg.batch_size)
+            positions = None
+            if shard is not None:
+                skipped = set(batch.skipped)
+                positions = [p for i, p in shard if i not in skipped]
+            images = augment_batch(batch.images, aug_gen, self.cfg.batch_size, positions)
         else:
             images = batch.images
-        x = preprocess_batch(images, int(self.cfg.input_px), self.device, self.cfg.channels_last)  # type: ignore[arg-type]
+        x = preprocess_batch(images, self.input_px, self.device, self.cfg.channels_last)
         labels = batch.labels.to(self.device, non_blocking=True)
         with self._autocast():
-            t, s = self.net(x)
+            t, s = self.model(x)
         loss = focal_similarity_loss(t, s, labels, self.cfg.alpha, self.cfg.gamma)
-        if not torch.isfinite(loss):
+        loss_sum, nonfinite = float(loss.detach()) * n_local, not bool(torch.isfinite(loss))
+        if self.dist.enabled:
+            # the union batch's mean loss is the patch-weighted mean of the ranks' means, and
+            # DistributedDataParallel averages the gradients over the ranks: weight by share
+            loss = loss * (n_local * self.dist.world_size / n_total)
+            loss_sum, n_bad = distributed.all_sum([loss_sum if not nonfinite else 0.0, nonfinite])
+            nonfinite = n_bad > 0
+        if nonfinite:
             self.nonfinite_steps += 1
             logger.warning("non-finite loss at step %d; step skipped", self.global_step)
             return
@@ -375,8 +444,8 @@ class _Run:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.global_step += 1
-        self._loss_sum += float(loss.detach()) * len(batch)
-        self._loss_n += len(batch)
+        self._loss_sum += loss_sum
+        self._loss_n += n_total
 
     # ---- validation ----------------------------------------------------------------------
     def _score_valid(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -391,8 +460,8 @@ class _Run:
                 if len(batch) == 0:
                     continue
                 x = preprocess_batch(
-                    batch.images, int(self.cfg.input_px), self.device, self.cfg.channels_last
-                )  # type: ignore[arg-type]
+                    batch.images, self.input_px, self.device, self.cfg.channels_last
+                )
                 y = batch.labels.to(self.device)
                 with self._autocast():
                     t, s = self.net(x)
@@ -400,7 +469,7 @@ class _Run:
                     focal_similarity_loss(t, s, y, self.cfg.alpha, self.cfg.gamma)
                 ) * len(batch)
                 n += len(batch)
-                maps = anomaly_map(t, s, int(self.cfg.input_px), self.cfg.sigma_px)  # type: ignore[arg-type]
+                maps = anomaly_map(t, s, self.input_px, self.cfg.sigma_px)
                 scores.append(patch_scores(maps, self.cfg.score_reduction).float().cpu().numpy())
                 labels.append(batch.labels.numpy())
                 task.advance(len(batch) + len(batch.skipped))
@@ -425,6 +494,37 @@ class _Run:
         return len(self.skipped_train) + len(self.skipped_valid)
 
     def validate(self, epoch: int, limit: int | None = None) -> dict[str, Any]:
+        """Validate, keep the model if it is the best so far (checkpoint written); returns the
+        record of this validation. Data-parallel: rank 0 alone validates and writes, every
+        rank gets the same record and state (so all take the same decisions afterwards)."""
+        if not self.dist.enabled:
+            return self._validate(epoch, limit)
+
+        def on_main() -> tuple[dict[str, Any], dict[str, Any]]:
+            return self._validate(epoch, limit), self._validation_state()
+
+        record, state = distributed.run_on_main(on_main)
+        if not self.dist.is_main:
+            self.history = list(state["history"])
+            self.best_value, self.best = state["best_value"], dict(state["best"])
+            self.model_id = state["model_id"]
+            cal = state["calibration"]
+            self.calibration = Calibration.from_dict(cal) if cal is not None else None
+            self.skipped_valid = set(state["skipped_valid"])
+            self._loss_sum, self._loss_n = 0.0, 0
+        return record
+
+    def _validation_state(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "best_value": self.best_value,
+            "best": self.best,
+            "model_id": self.model_id,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "skipped_valid": sorted(self.skipped_valid),
+        }
+
+    def _validate(self, epoch: int, limit: int | None) -> dict[str, Any]:
         scores, labels, val_loss = self._score_valid(limit)
         train_loss = self._loss_sum / self._loss_n if self._loss_n else math.nan
         self._loss_sum, self._loss_n = 0.0, 0
@@ -494,6 +594,11 @@ class _Run:
         }
 
     def save_resume(self) -> None:
+        """Write ``<out>.resume`` (rank 0 alone when data-parallel, with every rank's unreadable
+        training images)."""
+        self.skipped_train = distributed.union_of(self.skipped_train)
+        if not self.dist.is_main:
+            return
         import io
 
         from qupath_rkd.io_utils import atomic_write_bytes
@@ -577,6 +682,19 @@ class _Run:
             for epoch in range(first, cfg.epochs + 1):
                 self._run_epoch(epoch, n_steps, task)
 
+    def _shards(self, epoch: int, skip: int) -> Iterator[list[tuple[int, int]]] | None:
+        """Data-parallel: per step, ``(dataset index, place in the step's batch)`` of this
+        rank's patches (the batches its loader yields, in order); None for one process."""
+        if not self.dist.enabled:
+            return None
+
+        def gen() -> Iterator[list[tuple[int, int]]]:
+            for union in self.union_batches(epoch, skip):
+                pos = distributed.shard_positions(self.train_labels[union], self.dist)
+                yield [(int(union[p]), p) for p in pos]
+
+        return gen()
+
     def _progress_info(self, epoch: int) -> dict[str, float | str]:
         info: dict[str, float | str] = {"epoch": f"{epoch}/{self.cfg.epochs}"}
         if self._loss_n:
@@ -604,12 +722,14 @@ class _Run:
             # uninterrupted run did, so that resuming keeps the same best model
             self.validate(epoch)
             validated_at = self.global_step
+        shards = self._shards(epoch, skip)
         for batch in _stoppable(loader, self):
             if self.batches_done >= n_steps:
                 break
-            self._step(batch, aug_gen)
+            self._step(batch, aug_gen, next(shards) if shards is not None else None)
             self.batches_done += 1
-            if self.stop_requested:
+            # every rank stops at the same step (a Ctrl-C may reach only one of them)
+            if distributed.any_flag(self.stop_requested):
                 raise KeyboardInterrupt
             task.advance(1, **self._progress_info(epoch))
             due = every and self.global_step % every == 0 and self.global_step != validated_at
@@ -747,6 +867,8 @@ def train(
     t0 = time.monotonic()
     cfg = config.resolved()
     out = Path(out)
+    if not distributed.current().is_main:
+        progress = None  # data-parallel: rank 0 alone reports
     if not out.parent.is_dir():
         raise DataError(f"the folder of {out} does not exist")
     head_warning = None
@@ -805,7 +927,7 @@ def train(
             warnings.append(swapped)
     for w in warnings:  # the caller shows TrainResult.warnings; logged for the record
         logger.info("%s", w)
-    if not interrupted and run.resume_path.exists():
+    if not interrupted and run.dist.is_main and run.resume_path.exists():
         run.resume_path.unlink()
     return TrainResult(
         checkpoint=out,

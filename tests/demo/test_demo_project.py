@@ -85,6 +85,22 @@ def test_project_reads_back_with_its_labels(demo) -> None:  # type: ignore[no-un
     assert sets["3"].objects == [] and not sets["3"].metadata
 
 
+def test_demo_manifest_is_in_the_export_scripts_format(demo) -> None:  # type: ignore[no-untyped-def]
+    """The demo's manifest.json has the keys groovy/export_annotations.groovy writes (taken
+    from the script), not a form of its own."""
+    import re
+
+    script = Path(__file__).resolve().parents[2] / "groovy" / "export_annotations.groovy"
+    text = script.read_text(encoding="utf-8")
+    manifest_path = demo.project_dir / "qupath-rkd" / "annotations" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    assert set(manifest) == set(re.findall(r'manifest\.put\("(\w+)"', text))
+    assert [r["entryID"] for r in manifest["images"]] == ["1", "2", "3"]
+    for record in manifest["images"]:
+        assert set(record) == set(re.findall(r'record\.put\("(\w+)"', text))
+        assert record["pixelWidthMicrons"] == pytest.approx(0.972)
+
+
 def test_demo_folder_must_be_new(tmp_path: Path) -> None:
     (tmp_path / "something").write_text("x")
     with pytest.raises(ProjectError, match="not empty"):

@@ -122,6 +122,37 @@ def test_scripts_use_the_python_side_names() -> None:
         assert f'record.put("{name}"' in export, name
 
 
+def test_python_manifest_writer_writes_the_scripts_keys(tmp_path: Path) -> None:
+    """The Python writer of ``manifest.json`` (used by the demo) writes exactly the keys the
+    export script puts in a record and in the manifest (read from the script, not copied)."""
+    import json
+
+    from qupath_rkd.qupath.backends.base import (
+        MANIFEST_FORMAT_VERSION,
+        ManifestImage,
+        read_manifest,
+        write_manifest,
+    )
+
+    export = (GROOVY_DIR / "export_annotations.groovy").read_text(encoding="utf-8")
+    record_keys = re.findall(r'record\.put\("(\w+)"', export)
+    manifest_keys = re.findall(r'manifest\.put\("(\w+)"', export)
+    assert len(record_keys) >= 10 and len(manifest_keys) == 4
+    assert f'manifest.put("formatVersion", {MANIFEST_FORMAT_VERSION})' in export
+    images = [
+        ManifestImage("10", "b", ("file:/b",), 0.5, 0.5, 20, 10, {"k": "v"}, 2),
+        ManifestImage("9", "a", ("file:/a",), None, None, 30, 40),
+    ]
+    path = write_manifest(tmp_path / "manifest.json", images, qupath_version="0.5.1")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert set(data) == set(manifest_keys)
+    assert data["formatVersion"] == MANIFEST_FORMAT_VERSION
+    assert [r["entryID"] for r in data["images"]] == ["9", "10"]  # the script's compareIds
+    for record in data["images"]:
+        assert set(record) == set(record_keys)
+    assert read_manifest(path)["10"]["metadata"] == {"k": "v"}
+
+
 def test_import_replaces_exactly_what_python_writes() -> None:
     """Every detection the writer names starts with the script's TOOL_TAG (so a re-import
     replaces it), and the lesions carry the class and measurements documented for them."""
@@ -152,3 +183,34 @@ def test_run_sync_uses_an_argument_list_and_no_shell() -> None:
     assert not re.search(r"\b(sh|bash|cmd(\.exe)?)\b\s*[\"',]\s*\"?-c", text)
     assert ".execute()" not in text  # Groovy's String.execute() would split on spaces
     assert "isAbsolute()" in text
+
+
+def test_the_import_scripts_read_the_slide_values_as_sync_writes_them() -> None:
+    """Issue 10.4: the slide-level values file's name, format and field names, defined once in
+    qupath_rkd/outputs.py, are the ones both import scripts read; the measurement and metadata
+    names themselves come from the file (never hard-coded in a script), and the QuPath calls
+    that put them on the image are there."""
+    from qupath_rkd import outputs
+
+    for name in ("import_predictions.groovy", "run_sync.groovy"):
+        text = (GROOVY_DIR / name).read_text(encoding="utf-8")
+        assert f'+ "{outputs.SLIDE_VALUES_SUFFIX}"' in text, name
+        assert f'"{outputs.SLIDE_VALUES_FORMAT}"' in text, name
+        for field in (
+            outputs.SLIDE_FIELD_MEASUREMENTS,
+            outputs.SLIDE_FIELD_MEASUREMENT_NAMES,
+            outputs.SLIDE_FIELD_METADATA,
+            outputs.SLIDE_FIELD_METADATA_KEYS,
+        ):
+            assert f'values.get("{field}")' in text, (name, field)
+        for call in (
+            "getRootObject().getMeasurementList()",
+            "measurements.remove(",
+            "measurements.put(",
+            "entry.removeMetadataValue(",
+            "entry.putMetadataValue(",
+            "project.syncChanges()",
+        ):
+            assert call in text, (name, call)
+        for measurement in (*outputs.SLIDE_MEASUREMENTS, *outputs.SLIDE_METADATA_KEYS):
+            assert f'"{measurement}"' not in text, (name, measurement)

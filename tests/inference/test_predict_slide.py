@@ -62,7 +62,7 @@ def test_slide_score_and_lesions_follow_the_config(prediction, semireal, model) 
     want0 = extract_lesions(
         smoothed,
         thr0,
-        min_major_axis_um=prediction.config.min_lesion_um,
+        min_major_axis_um=prediction.config.min_major_axis_um,
         extent_threshold=prediction.config.extent_ratio * thr0,
     )
     assert [les.peak_xy_px for les in prediction.lesions] == [les.peak_xy_px for les in want0]
@@ -72,7 +72,7 @@ def test_slide_score_and_lesions_follow_the_config(prediction, semireal, model) 
     cfg = InferenceConfig(
         threshold=thr,
         slide_score="max",
-        min_lesion_um=0.0,
+        min_major_axis_um=0.0,
         num_workers=0,
         smooth_sigma_um=0.0,
         extent_ratio=1.0,
@@ -181,7 +181,7 @@ def test_resolution_refusals(semireal, tmp_path) -> None:
         predict_slide(semireal.path, unknown, num_workers=0)
     # the slide is 0.972 µm/px: a model at 0.243 µm/px would need 4× upsampling
     with pytest.raises(ResolutionError, match=r"upsampled 4\.00×") as info:
-        predict_slide(semireal.path, unknown, mpp=0.243, num_workers=0)
+        predict_slide(semireal.path, unknown, tile_mpp=0.243, num_workers=0)
     assert unknown.model_id[:12] in str(info.value)
 
 
@@ -194,7 +194,7 @@ def test_slides_are_read_with_the_training_field_of_view(semireal, tmp_path) -> 
     model = load_model(make_checkpoint(tmp_path / "wide.pt", tile_px=2 * INPUT_PX), device="cpu")
     assert (model.tile_px, model.input_px) == (2 * INPUT_PX, INPUT_PX)
     cfg = InferenceConfig(num_workers=0, batch_size=16).resolved(model)
-    assert (cfg.tile_px, cfg.mpp) == (2 * INPUT_PX, pytest.approx(MODEL_MPP))
+    assert (cfg.tile_px, cfg.tile_mpp) == (2 * INPUT_PX, pytest.approx(MODEL_MPP))
     pred = predict_slide(semireal.path, model, config=cfg)
     tile_um = 2 * INPUT_PX * MODEL_MPP
     assert pred.heatmap.tile_level0_px == pytest.approx(tile_um / semireal.mpp, rel=1e-3)

@@ -14,7 +14,7 @@ from qupath_rkd.lesions.operating_point import (
 )
 from qupath_rkd.lesions.postprocess import PostProcessing
 
-POST = PostProcessing(smooth_sigma_um=0.0, extent_ratio=0.5, min_lesion_um=0.0)
+POST = PostProcessing(smooth_sigma_um=0.0, extent_ratio=0.5, min_major_axis_um=0.0)
 
 
 def f32(value: float) -> float:
@@ -96,11 +96,11 @@ def test_false_lesions_are_counted_with_the_same_smoothing_and_minimum_size() ->
     p = np.full((30, 30), 0.1, np.float32)
     p[10, 10] = 0.9
     h = Heatmap(p, (0.0, 0.0), 100.0, 100.0, 0.5)
-    small = PostProcessing(smooth_sigma_um=0.0, extent_ratio=1.0, min_lesion_um=200.0)
+    small = PostProcessing(smooth_sigma_um=0.0, extent_ratio=1.0, min_major_axis_um=200.0)
     assert choose_operating_point([NegativeHeatmap(h)], small, target_fp_per_slide=0).threshold == (
         pytest.approx(0.5)
     )
-    none = PostProcessing(smooth_sigma_um=0.0, extent_ratio=1.0, min_lesion_um=0.0)
+    none = PostProcessing(smooth_sigma_um=0.0, extent_ratio=1.0, min_major_axis_um=0.0)
     assert choose_operating_point(
         [NegativeHeatmap(h)], none, target_fp_per_slide=0
     ).threshold > f32(0.9)

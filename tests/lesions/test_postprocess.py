@@ -66,7 +66,7 @@ def test_smoothing_removes_salt_and_pepper_but_keeps_a_lesion() -> None:
     p[(yy - 30) ** 2 + (xx - 30) ** 2 <= 36] = 0.95  # a disc of radius 6 cells (300 µm)
     hm = heatmap(p)
     raw = extract_lesions(hm, 0.5, min_major_axis_um=0.0)
-    found = find_lesions(hm, 0.5, PostProcessing(smooth_sigma_um=50.0, min_lesion_um=0.0))
+    found = find_lesions(hm, 0.5, PostProcessing(smooth_sigma_um=50.0, min_major_axis_um=0.0))
     assert len(raw) > 10
     assert len(found.lesions) == 1
     assert found.lesions[0].polygon.contains(
@@ -113,7 +113,7 @@ def test_count_lesions_matches_extract_lesions() -> None:
     hm = heatmap(p)
     for seed, extent, min_um in [(0.9, 0.45, 0.0), (0.8, 0.8, 100.0), (0.95, 0.6, 150.0)]:
         want = extract_lesions(hm, seed, min_major_axis_um=min_um, extent_threshold=extent)
-        got = count_lesions(p, seed, extent, cell_um=hm.cell_um, min_lesion_um=min_um)
+        got = count_lesions(p, seed, extent, cell_um=hm.cell_um, min_major_axis_um=min_um)
         assert got == len(want)
 
 
@@ -133,7 +133,7 @@ def test_slide_score_rules() -> None:
     p[8, 8] = 0.7
     p[0, 0] = np.nan
     hm = heatmap(p)
-    post = PostProcessing(smooth_sigma_um=0.0, extent_ratio=1.0, min_lesion_um=0.0)
+    post = PostProcessing(smooth_sigma_um=0.0, extent_ratio=1.0, min_major_axis_um=0.0)
     found = find_lesions(hm, 0.5, post)
     kw = {"raw": p, "smoothed": found.smoothed.probability, "lesions": found.lesions}
     assert slide_score("max", threshold=0.5, **kw) == pytest.approx(0.9)

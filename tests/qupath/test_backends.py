@@ -118,6 +118,36 @@ def test_manifest_accepts_the_list_form_keyed_by_entry_id(tmp_path: Path) -> Non
     assert read_manifest(tmp_path / "absent.json") == {}
 
 
+def test_old_demo_snake_case_manifest_still_reads(project_dir: Path) -> None:
+    """Demos built before the demo used the export's format wrote ``entry_id`` and
+    ``image_name``: their metadata (the tumour-free / fully-annotated flags) still reads."""
+    entry = open_project(project_dir).entries[0]
+    folder = project_dir / "qupath-rkd" / "annotations"
+    folder.mkdir(parents=True)
+    (folder / f"{entry.entry_id}.geojson").write_text(
+        '{"type": "FeatureCollection", "features": []}'
+    )
+    old = {
+        "format": "qupath-rkd-annotations",
+        "qupath_version": "0.5.1",
+        "images": [
+            {
+                "entry_id": entry.entry_id,
+                "image_name": "x",
+                "mpp": 0.972,
+                "metadata": {"qupath-rkd.tumor-free": "true"},
+                "annotations": f"{entry.entry_id}.geojson",
+                "n_annotations": 0,
+            }
+        ],
+    }
+    (folder / "manifest.json").write_text(json.dumps(old))
+    backend = GeojsonBackend(open_project(project_dir))
+    got = backend.read_annotations(backend.images()[0])
+    assert got.entry_id == entry.entry_id
+    assert got.exported and got.metadata["qupath-rkd.tumor-free"] == "true"
+
+
 def test_write_predictions_atomic_with_backup_and_idempotent(project_dir: Path) -> None:
     project = open_project(project_dir)
     backend = GeojsonBackend(project)

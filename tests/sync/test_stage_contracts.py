@@ -39,7 +39,7 @@ def test_train_config_from_sync_defaults_equals_train_config_defaults() -> None:
 
 #: predict option -> InferenceConfig field (same quantity).
 PREDICT_TO_INFERENCE = {
-    "tile_mpp": "mpp",
+    "tile_mpp": "tile_mpp",
     "slide_mpp": "slide_mpp",
     "tile_px": "tile_px",
     "stride_px": "stride_px",
@@ -48,7 +48,7 @@ PREDICT_TO_INFERENCE = {
     "smooth_um": "smooth_sigma_um",
     "extent_ratio": "extent_ratio",
     "tta_views": "tta_views",
-    "min_lesion_um": "min_lesion_um",
+    "min_lesion_um": "min_major_axis_um",
     "simplify_um": "simplify_um",
     "min_tissue": "min_tissue_fraction",
     "batch_size": "batch_size",
@@ -172,4 +172,4 @@ def test_sync_refuses_a_model_trained_for_other_tiles(tmp_path) -> None:
             check_model_scale(config, SimpleNamespace(**wrong), tmp_path / "m.pt")
         assert "\n" not in err.value.one_line()
     inf = inference_config(config, None)
-    assert inf.mpp is None and inf.tile_px is None, "sync must read tiles from the checkpoint"
+    assert inf.tile_mpp is None and inf.tile_px is None, "sync must read tiles from the checkpoint"

@@ -50,7 +50,7 @@ def _rewrite_annotations(project: Path, keep_tumour: bool, flags: bool) -> None:
         if not flags:
             record["metadata"] = {}
         if not keep_tumour:
-            (folder / f"{record['entry_id']}.geojson").write_text(
+            (folder / f"{record['entryID']}.geojson").write_text(
                 '{"type": "FeatureCollection", "features": []}'
             )
     (folder / "manifest.json").write_text(json.dumps(manifest))

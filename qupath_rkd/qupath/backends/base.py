@@ -4,10 +4,13 @@ Exchange folder (``<project>/qupath-rkd/``, :data:`~qupath_rkd.constants.PROJECT
 
     annotations/<entryID>.geojson   written by groovy/export_annotations.groovy (QuPath's own
                                     GeoJSON of the image's annotations, FeatureCollection)
-    annotations/manifest.json       written by the same script: {"qupathVersion": ..., "images":
-                                    [{"entryID", "imageName", "uri", "pixelWidthMicrons",
-                                    "pixelHeightMicrons", "width", "height", "metadata",
-                                    "annotations": "<entryID>.geojson"}, ...]}
+    annotations/manifest.json       written by the same script: {"format", "formatVersion",
+                                    "qupathVersion", "images": [{"entryID", "imageName", "uri",
+                                    "uris", "pixelWidthMicrons", "pixelHeightMicrons", "width",
+                                    "height", "metadata", "annotations": "<entryID>.geojson",
+                                    "nAnnotations", "exportedAt"}, ...]} (the Python writer of
+                                    the same format: :class:`ManifestImage`,
+                                    :func:`write_manifest`; the demo uses it)
     predictions/<entryID>.geojson   written by qupath-rkd (detections named "qupath-rkd …"),
                                     read by groovy/import_predictions.groovy
     predictions/<entryID>.geojson.bak   the previous predictions, kept as a backup
@@ -22,11 +25,13 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from qupath_rkd.errors import AnnotationError, ProjectError, ProjectReadOnlyError
-from qupath_rkd.io_utils import atomic_write_bytes
+from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json
+from qupath_rkd.outputs import SLIDE_VALUES_SUFFIX
 from qupath_rkd.qupath.geojson import QupathObject
 from qupath_rkd.qupath.project import ImageEntry, Project
 
@@ -35,18 +40,23 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "MANIFEST_ENTRY_ID",
     "MANIFEST_FORMAT",
+    "MANIFEST_FORMAT_VERSION",
     "MANIFEST_IMAGES",
     "MANIFEST_METADATA",
     "AnnotationSet",
     "ExchangeLayout",
+    "ManifestImage",
     "PredictionWrite",
     "ProjectBackend",
     "read_manifest",
     "replace_with_backup",
+    "write_manifest",
 ]
 
 #: ``format`` field of ``annotations/manifest.json`` (informative; readers key on ``images``).
 MANIFEST_FORMAT = "qupath-rkd-annotations"
+#: ``formatVersion`` field of ``annotations/manifest.json``.
+MANIFEST_FORMAT_VERSION = 1
 #: Key of the list of image records in ``manifest.json``.
 MANIFEST_IMAGES = "images"
 #: Keys of an image record that qupath-rkd reads (the export script writes more).
@@ -83,6 +93,10 @@ class ExchangeLayout:
 
     def predictions_file(self, entry_id: str) -> Path:
         return self.predictions_dir / f"{_plain_entry_id(entry_id)}.geojson"
+
+    def slide_values_file(self, entry_id: str) -> Path:
+        """The image's slide-level values for QuPath (``qupath_rkd.outputs``)."""
+        return self.predictions_dir / f"{_plain_entry_id(entry_id)}{SLIDE_VALUES_SUFFIX}"
 
     def predictions_backup(self, entry_id: str) -> Path:
         return self.predictions_dir / f"{_plain_entry_id(entry_id)}.geojson.bak"
@@ -230,6 +244,75 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
         if key is not None:
             out[str(key)] = dict(rec)
     return out
+
+
+@dataclass(frozen=True)
+class ManifestImage:
+    """One image record of ``annotations/manifest.json``, as groovy/export_annotations.groovy
+    writes it (:meth:`to_json` gives its keys and order; ``tests/groovy`` compares them with
+    the script's).
+
+    Attributes:
+        entry_id: the image's entry ID (whole number as text).
+        image_name: the entry's name in QuPath.
+        uris: the image server's URIs (``file:`` URIs); the first is the record's ``uri``.
+        pixel_width_um / pixel_height_um: level-0 µm/px (x, y), ``None`` when uncalibrated.
+        width_px / height_px: level-0 size in QuPath's frame.
+        metadata: the entry's metadata (key -> text).
+        n_annotations: annotation objects written to the image's GeoJSON file.
+        exported_at: ISO-8601 UTC time of the export; ``None`` = now.
+    """
+
+    entry_id: str
+    image_name: str
+    uris: tuple[str, ...]
+    pixel_width_um: float | None
+    pixel_height_um: float | None
+    width_px: int
+    height_px: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    n_annotations: int = 0
+    exported_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict with the Groovy script's keys."""
+        exported_at = self.exported_at or datetime.now(timezone.utc).isoformat().replace(
+            "+00:00", "Z"
+        )
+        return {
+            MANIFEST_ENTRY_ID: str(self.entry_id),
+            "imageName": self.image_name,
+            "uri": self.uris[0] if self.uris else None,
+            "uris": list(self.uris),
+            "pixelWidthMicrons": self.pixel_width_um,
+            "pixelHeightMicrons": self.pixel_height_um,
+            "width": int(self.width_px),
+            "height": int(self.height_px),
+            MANIFEST_METADATA: {str(k): str(v) for k, v in self.metadata.items()},
+            "annotations": ExchangeLayout(Path()).annotations_file(str(self.entry_id)).name,
+            "nAnnotations": int(self.n_annotations),
+            "exportedAt": exported_at,
+        }
+
+
+def _entry_id_order(entry_id: str) -> tuple[int, int, str]:
+    """The Groovy script's ``compareIds``: whole numbers in numeric order, others after."""
+    return (0, int(entry_id), "") if entry_id.isdigit() else (1, 0, entry_id)
+
+
+def write_manifest(path: Path, images: Sequence[ManifestImage], *, qupath_version: str) -> Path:
+    """Write ``annotations/manifest.json`` atomically in the format the Groovy export writes
+    (records sorted by entry ID as the script sorts them); returns ``path``."""
+    records = sorted(
+        (image.to_json() for image in images), key=lambda r: _entry_id_order(r[MANIFEST_ENTRY_ID])
+    )
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "formatVersion": MANIFEST_FORMAT_VERSION,
+        "qupathVersion": qupath_version,
+        MANIFEST_IMAGES: records,
+    }
+    return atomic_write_json(path, manifest)
 
 
 def sha256_bytes(data: bytes) -> str:

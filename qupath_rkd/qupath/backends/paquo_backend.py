@@ -70,7 +70,7 @@ def _path_class(class_name: str, color: Sequence[int] | None) -> Any:
     parent = None
     for k, part in enumerate(parts):
         rgb = (
-            tuple(int(c) for c in color[:3])
+            (int(color[0]), int(color[1]), int(color[2]))
             if (color is not None and k == len(parts) - 1)
             else None
         )

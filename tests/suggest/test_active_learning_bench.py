@@ -1,0 +1,134 @@
+"""benchmarks/active_learning.py (issue 13.3): the simulated pathologist's annotations (Tumor =
+truth ∩ region, Normal = region − truth, existing annotations untouched, read by the label
+reader as tumour and normal), and the whole simulation run tiny."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from shapely.geometry import Point, box
+
+from qupath_rkd.labels import ClassMapping
+from qupath_rkd.qupath.geojson import (
+    make_feature,
+    parse_features,
+    qupath_import_problems,
+    stable_feature_id,
+)
+from qupath_rkd.sync.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "active_learning.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("active_learning_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(spec.name, None)
+        raise
+    return module
+
+
+def _classes() -> tuple[str, str]:
+    config = load_config(None, {})
+    return str(config.get("classes.tumor")[0]), str(config.get("classes.normal")[0])
+
+
+def test_oracle_cuts_the_truth_to_the_region(bench: ModuleType) -> None:
+    region = box(0, 0, 400, 400)
+    truth = Point(400, 200).buffer(150)  # half inside the region
+    tumour, normal = bench.oracle_geometries(region, truth)
+    assert tumour.area == pytest.approx(region.intersection(truth).area)
+    assert tumour.area == pytest.approx(truth.area / 2, rel=1e-3)
+    assert normal.intersection(truth).area == pytest.approx(0.0, abs=1e-6)
+    assert tumour.union(normal).symmetric_difference(region).area == pytest.approx(0, abs=1e-6)
+    # no tumour on the slide: the whole region is normal
+    tumour, normal = bench.oracle_geometries(region, None)
+    assert tumour.is_empty and normal.equals(region)
+
+
+def test_oracle_features_are_labels_of_the_right_class(bench: ModuleType) -> None:
+    tumor_class, normal_class = _classes()
+    regions = [box(0, 0, 400, 400), box(1000, 1000, 1400, 1400)]
+    truth = Point(400, 200).buffer(150)
+    features, tumour_px2, normal_px2 = bench.oracle_features(
+        regions, truth, tumor_class=tumor_class, normal_class=normal_class, key="k"
+    )
+    assert qupath_import_problems({"type": "FeatureCollection", "features": features}) == []
+    objects = parse_features({"type": "FeatureCollection", "features": features}, source="t")
+    assert [o.class_name for o in objects] == [tumor_class, normal_class, normal_class]
+    assert all(o.is_annotation and not o.is_tool_object for o in objects)
+    roles = ClassMapping.from_config(load_config(None, {}).section("classes"))
+    assert [roles.role(o.class_name) for o in objects] == ["tumor", "normal", "normal"]
+    assert tumour_px2 == pytest.approx(objects[0].geometry.area, rel=1e-4)  # rounded coords
+    assert tumour_px2 + normal_px2 == pytest.approx(sum(r.area for r in regions))
+    # the same key gives the same ids (a rerun writes the same file)
+    again, _, _ = bench.oracle_features(
+        regions, truth, tumor_class=tumor_class, normal_class=normal_class, key="k"
+    )
+    assert [f["id"] for f in again] == [f["id"] for f in features]
+
+
+def test_append_never_touches_existing_annotations(bench: ModuleType, tmp_path: Path) -> None:
+    export = tmp_path / "7.geojson"
+    drawn = make_feature(
+        Point(50, 50).buffer(30),
+        object_type="annotation",
+        class_name="Tumor",
+        feature_id=stable_feature_id("hers", 1),
+    )
+    drawn["properties"]["isLocked"] = True  # whatever QuPath wrote stays as it was
+    original = {"type": "FeatureCollection", "features": [drawn], "extra": {"kept": 1}}
+    export.write_text(json.dumps(original), encoding="utf-8")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(
+        json.dumps({"images": [{"entry_id": "7", "annotations": "7.geojson", "n_annotations": 1}]})
+    )
+    features, _, _ = bench.oracle_features(
+        [box(100, 100, 200, 200)], None, tumor_class="Tumor", normal_class="Normal", key="x"
+    )
+    bench.append_annotations(export, features)
+    data = json.loads(export.read_text(encoding="utf-8"))
+    assert data["features"][0] == original["features"][0]
+    assert data["extra"] == {"kept": 1}
+    assert data["features"][1:] == features
+    assert json.loads(manifest.read_text())["images"][0]["n_annotations"] == 2
+
+
+@pytest.mark.slow
+def test_simulation_tiny(shared_data: Path, tmp_path: Path) -> None:
+    """One round, tiny slides, through sync: suggestions annotated, the rows sane."""
+    out = tmp_path / "al"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable, str(SCRIPT), "--smoke", "--out", str(out),
+            "--patches", str(shared_data / "pcam"),
+            "--annotations", str(shared_data / "camelyon16-annotations"),
+        ],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "al_smoke" / "results.json").read_text())
+    rows = result["rows"]
+    assert {r["strategy"] for r in rows} == {"uncertainty_diversity", "random"}
+    for strategy in ("uncertainty_diversity", "random"):
+        mine = sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: r["round"])
+        assert [r["round"] for r in mine] == [0, 1]
+        assert mine[1]["regions"] > 0 and mine[1]["area_mm2"] > mine[0]["area_mm2"]
+        assert mine[1]["normal"] > mine[0]["normal"]  # the oracle's Normal became labels
+        assert 0.0 <= mine[1]["tile_auroc"] <= 1.0
+    assert "tile_auroc" in (tmp_path / "al_smoke" / "results.md").read_text()
