@@ -312,11 +312,12 @@ class RemoteSlides:
                 future.release()
         if isinstance(outcome, SlideFailure):
             raise outcome.exception()
-        rendered = None
+        pred: SlidePrediction = outcome
+        rendered: RenderedSlide | None = None
         if isinstance(outcome, SlideResult):
-            outcome, rendered = outcome.prediction, outcome.rendered
+            pred, rendered = outcome.prediction, outcome.rendered
         # the worker saw the resolved path; the outputs name the path the caller gave
-        return dataclasses.replace(outcome, slide_path=path), rendered
+        return dataclasses.replace(pred, slide_path=path), rendered
 
     def cancel(self) -> None:
         """Drop what has not been collected (the cluster stops working on it)."""

@@ -114,10 +114,10 @@ def overlay_png(
     values[np.ix_(ok_r, ok_c)] = heatmap.probability[cells]
     shown = np.isfinite(values)
     # colours per grid cell, then per pixel (the same values: colormap is per element)
-    rgb = np.zeros((h, w, 3), np.uint8)
-    rgb[np.ix_(ok_r, ok_c)] = colormap(heatmap.probability)[cells]
+    colours = np.zeros((h, w, 3), np.uint8)
+    colours[np.ix_(ok_r, ok_c)] = colormap(heatmap.probability)[cells]
     blended = thumbnail.astype(np.float32)
-    blended[shown] = (1 - alpha) * blended[shown] + alpha * rgb[shown]
+    blended[shown] = (1 - alpha) * blended[shown] + alpha * colours[shown]
     bar_w, margin_top = 110, 28
     canvas = Image.new("RGB", (w + bar_w, max(h, 220) + margin_top), "white")
     canvas.paste(Image.fromarray(blended.astype(np.uint8)), (0, margin_top))
