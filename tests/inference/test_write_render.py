@@ -113,8 +113,9 @@ def test_no_tiles_give_an_empty_collection() -> None:
     pred = grid_prediction((0.0, 0.0), 32.0)
     keep = np.zeros(len(pred.tiles), bool)
     t = pred.tiles
-    pred.tiles = TileScores(t.xy_px[keep], t.rc[keep], t.size_level0_px, t.score[keep],
-                            t.probability[keep])  # fmt: skip
+    pred.tiles = dataclasses.replace(
+        t, xy_px=t.xy_px[keep], rc=t.rc[keep], score=t.score[keep], probability=t.probability[keep]
+    )
     assert tile_features(pred, "k", "s") == []
     assert tiles_geojson_text(pred, "k", "s") == features_to_json([])
 
