@@ -149,11 +149,16 @@ def sleep_predict(
 
 
 def _warm_worker(sha256: str, device: str, slide: str, config: Any, n_tiles: int) -> int:
-    """On each worker before the timed region: load the model (the worker's own cache) and
-    build the fake prediction once; returns the process id."""
+    """On each worker before the timed region: load the model (the worker's own cache), build
+    the fake prediction once and, where workers render the files, render them once (the
+    one-off imports of PIL, the font, OpenSlide's thumbnail path); returns the process id."""
+    import qupath_rkd.inference.write as write_module
     from qupath_rkd.cluster.worker import _model
 
-    fake_prediction(Path(slide), _model(sha256, device), config, n_tiles)
+    pred = fake_prediction(Path(slide), _model(sha256, device), config, n_tiles)
+    render = getattr(write_module, "render_slide_outputs", None)
+    if render is not None:
+        render(pred, "warm-up", "warm-up")
     return os.getpid()
 
 
