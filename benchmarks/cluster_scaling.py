@@ -5,6 +5,8 @@
     # simulated: orchestration overhead for 1..16 workers, the model replaced by a sleep
     PYTHONPATH=$PWD nice -n 10 python benchmarks/cluster_scaling.py simulated \\
         --workers 1,2,4,8,16 --slides 64 --gpu-s 5 --tiles 10000
+    # writes: one process's write time per Camelyon16-size slide (10,000 tiles)
+    PYTHONPATH=$PWD nice -n 10 python benchmarks/cluster_scaling.py writes --repeats 5
 
 ``measured`` builds (cached in benchmarks/out/) a few small semi-real slides (mosaics of real
 PCam **validation** patches, 0.972 µm/px) and a supervised head trained by ``qupath-rkd
@@ -17,15 +19,26 @@ slide, every file).
 
 ``simulated`` keeps everything of a cluster run but the model: the same ``ClusterSession``
 (a LocalCluster of N processes, one thread each), the same ``predict_slides`` submission, the
-checkpoint broadcast, the result sent back and the client writing every output file; on the
-worker, :func:`sleep_predict` stands in for ``predict_slide`` (the session's
-``slide_predictor`` seam): it sleeps ``--gpu-s`` (the per-slide GPU time) and returns a
-prediction the size of a Camelyon16 slide's (``--tiles`` scored tiles, its lesions found by the
-library's own post-processing), so the transfer and the writes are those of a real slide.
+checkpoint broadcast, each worker rendering its slide's files (tile and lesion GeoJSON, CSVs,
+heatmap, overlay PNG), the prediction and the files' bytes sent back and the client writing
+every output file; on the worker, :func:`sleep_predict` stands in for ``predict_slide`` (the
+session's ``slide_predictor`` seam): it sleeps ``--gpu-s`` (the per-slide GPU time) and
+returns a prediction the size of a Camelyon16 slide's (``--tiles`` scored tiles, its lesions
+found by the library's own post-processing), so the rendering, the transfer and the writes are
+those of a real slide. On one small machine the N workers' rendering shares its cores; on a
+cluster each worker renders on its own.
 Timed: ``predict_slides`` only; the cluster's start-up and each worker's one-off model load
 (done before, through the same checkpoint broadcast) are reported apart. Efficiency =
 T1 / (N × TN); ``ideal_efficiency`` = slides × gpu_s / (N × TN) needs no T1 (a lower bound of
 the efficiency, since T1 >= slides × gpu_s).
+
+``writes`` times what one process spends writing one Camelyon16-size slide (the same fake
+10,000-tile prediction): ``write_slide_outputs`` = rendering every file (tile and lesion
+GeoJSON, CSVs, heatmap, overlay PNG from the slide's thumbnail) + writing them atomically. It
+uses only what every version of the package has, so running it with another checkout on
+``PYTHONPATH`` times that version's write path (before/after ratios on one machine). Where
+the files can be rendered apart (``render_slide_outputs``), it also times what a cluster
+client does per slide: write the bytes a worker rendered (``client_median_s``).
 
 Prints JSON (also written to ``--json``); each run carries the load average before and after.
 """
@@ -136,11 +149,16 @@ def sleep_predict(
 
 
 def _warm_worker(sha256: str, device: str, slide: str, config: Any, n_tiles: int) -> int:
-    """On each worker before the timed region: load the model (the worker's own cache) and
-    build the fake prediction once; returns the process id."""
+    """On each worker before the timed region: load the model (the worker's own cache), build
+    the fake prediction once and, where workers render the files, render them once (the
+    one-off imports of PIL, the font, OpenSlide's thumbnail path); returns the process id."""
+    import qupath_rkd.inference.write as write_module
     from qupath_rkd.cluster.worker import _model
 
-    fake_prediction(Path(slide), _model(sha256, device), config, n_tiles)
+    pred = fake_prediction(Path(slide), _model(sha256, device), config, n_tiles)
+    render = getattr(write_module, "render_slide_outputs", None)
+    if render is not None:
+        render(pred, "warm-up", "warm-up")
     return os.getpid()
 
 
@@ -416,6 +434,54 @@ def simulated(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def writes(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds ``write_slide_outputs`` takes per slide in one process (see the docstring)."""
+    import qupath_rkd
+    import qupath_rkd.inference.write as write_module
+    from qupath_rkd.inference.predict import InferenceConfig
+    from qupath_rkd.inference.write import write_slide_outputs
+    from qupath_rkd.model.scorer import load_model
+    from qupath_rkd.outputs import SlideOutputs
+
+    work = Path(tempfile.mkdtemp(prefix="cluster-scaling-writes-"))
+    try:
+        slides, model_path = build_sim_inputs(work / "in", 1)
+        model = load_model(model_path, device="cpu")
+        cfg = InferenceConfig().resolved(model)
+        pred = fake_prediction(slides[0], model, cfg, args.tiles)
+        key = cfg.key(model.model_id)
+        write_slide_outputs(SlideOutputs(work / "out", "warm"), pred, key)  # imports, caches
+        load_before = _load()
+        seconds = []
+        for i in range(args.repeats):
+            t0 = time.perf_counter()
+            write_slide_outputs(SlideOutputs(work / "out", f"s{i}"), pred, key)
+            seconds.append(time.perf_counter() - t0)
+        out_bytes = sum(f.stat().st_size for f in (work / "out" / "s0").rglob("*"))
+        client = []  # a cluster client's share: the bytes rendered elsewhere, written here
+        render = getattr(write_module, "render_slide_outputs", None)
+        for i in range(args.repeats if render is not None else 0):
+            rendered = render(pred, key, f"c{i}")
+            t0 = time.perf_counter()
+            write_slide_outputs(SlideOutputs(work / "out", f"c{i}"), pred, key, rendered=rendered)
+            client.append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "mode": "writes",
+        "client_write_s": [round(x, 4) for x in client] or None,
+        "client_median_s": round(float(np.median(client)), 4) if client else None,
+        "machine": _machine(),
+        "package": str(Path(qupath_rkd.__file__).resolve().parent),
+        "tiles_per_slide": args.tiles,
+        "seconds": [round(x, 4) for x in seconds],
+        "median_s": round(float(np.median(seconds)), 4),
+        "output_bytes_per_slide": int(out_bytes),
+        "load_before": load_before,
+        "load_after": _load(),
+    }
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -436,12 +502,16 @@ def main() -> None:
     s.add_argument("--slides", type=int, default=64)
     s.add_argument("--gpu-s", type=float, default=30.0, help="per-slide GPU time slept")
     s.add_argument("--tiles", type=int, default=10_000, help="scored tiles per fake slide")
-    for p in (m, s):
+    w = sub.add_parser("writes", help="one process's write time per 10,000-tile slide")
+    w.add_argument("--tiles", type=int, default=10_000, help="scored tiles of the fake slide")
+    w.add_argument("--repeats", type=int, default=5, help="slides written (timed one by one)")
+    for p in (m, s, w):
         p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.mode == "simulated" and (args.slides < 1 or args.gpu_s < 0 or min(args.workers) < 1):
         parser.error("simulated needs --slides >= 1, --gpu-s >= 0 and workers >= 1")
-    result = measured(args) if args.mode == "measured" else simulated(args)
+    modes = {"measured": measured, "simulated": simulated, "writes": writes}
+    result = modes[args.mode](args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from qupath_rkd.errors import QupathRkdError
-from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json
+from qupath_rkd.io_utils import atomic_write_bytes, json_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -132,27 +132,31 @@ class Heatmap:
         stem = Path(stem)
         npy_path = stem.with_name(stem.name + ".npy")
         json_path = stem.with_name(stem.name + ".json")
+        npy_bytes, json_bytes_ = self.file_bytes(npy_path.name)
+        atomic_write_bytes(npy_path, npy_bytes)
+        atomic_write_bytes(json_path, json_bytes_)
+        return npy_path, json_path
+
+    def file_bytes(self, npy_name: str) -> tuple[bytes, bytes]:
+        """The bytes :meth:`save` writes: ``(.npy file, .json file)``; the JSON names the
+        array file ``npy_name`` (``"heatmap.npy"``: the name beside it, no folder)."""
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(self.probability, dtype=np.float32), allow_pickle=False)
-        atomic_write_bytes(npy_path, buf.getvalue())
-        atomic_write_json(
-            json_path,
-            {
-                "format_version": HEATMAP_FORMAT_VERSION,
-                "array": npy_path.name,
-                "array_axes": ["row", "col"],
-                "value": "calibrated tumour probability (NaN = not scored)",
-                "shape_rows_cols": list(self.shape),
-                "origin_xy_px": [float(v) for v in self.origin_xy_px],
-                "stride_level0_px": float(self.stride_level0_px),
-                "tile_level0_px": float(self.tile_level0_px),
-                "mpp": float(self.mpp),
-                "cell_um": self.cell_um,
-                "value_at": "tile centre: x = origin_x + tile/2 + col*stride (level-0 px)",
-                "meta": _jsonable(self.meta),
-            },
-        )
-        return npy_path, json_path
+        meta = {
+            "format_version": HEATMAP_FORMAT_VERSION,
+            "array": npy_name,
+            "array_axes": ["row", "col"],
+            "value": "calibrated tumour probability (NaN = not scored)",
+            "shape_rows_cols": list(self.shape),
+            "origin_xy_px": [float(v) for v in self.origin_xy_px],
+            "stride_level0_px": float(self.stride_level0_px),
+            "tile_level0_px": float(self.tile_level0_px),
+            "mpp": float(self.mpp),
+            "cell_um": self.cell_um,
+            "value_at": "tile centre: x = origin_x + tile/2 + col*stride (level-0 px)",
+            "meta": _jsonable(self.meta),
+        }
+        return buf.getvalue(), json_bytes(meta)
 
     @classmethod
     def load(cls, stem_or_json: str | Path) -> Heatmap:

@@ -50,7 +50,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_bytes(obj: Any, *, indent: int | None = 2) -> bytes:
+    """The UTF-8 bytes :func:`atomic_write_json` writes for ``obj`` (sorted keys, so identical
+    content gives identical bytes; a final newline)."""
+    text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON (sorted keys, so identical content gives identical bytes)."""
-    text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
+    return atomic_write_bytes(path, json_bytes(obj, indent=indent))

@@ -163,6 +163,10 @@ class SlideOutputs:
         return self.folder / "heatmap"
 
     @property
+    def heatmap_npy(self) -> Path:
+        return self.folder / "heatmap.npy"
+
+    @property
     def heatmap_json(self) -> Path:
         return self.folder / "heatmap.json"
 

@@ -6,7 +6,9 @@ checks that client, scheduler and workers run the same package versions (Dask's 
 as one line), and :meth:`ClusterSession.submit` sends one task per slide. The checkpoint's
 bytes go once to every worker (a worker plugin, see :mod:`qupath_rkd.cluster.worker`); each
 task names the checkpoint by its sha256, so no slide carries the model. Results come back as
-the slides' predictions; the caller writes them.
+the slides' predictions (and, for a job with a
+:class:`~qupath_rkd.inference.write.FilesRequest`, the bytes of its files, rendered on the
+worker); the caller writes them.
 
 Failures: a task that raises (not one of our errors) is retried once (``retries=1``); a worker
 that dies mid-slide has its slide run again elsewhere, and a slide whose worker died twice
@@ -28,7 +30,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from qupath_rkd.cluster.spec import ClusterSpec
-from qupath_rkd.cluster.worker import ModelPlugin, SlideFailure, predict_on_worker
+from qupath_rkd.cluster.worker import (
+    ModelPlugin,
+    SlideFailure,
+    SlideResult,
+    predict_on_worker,
+)
 from qupath_rkd.errors import ClusterError, QupathRkdError
 
 if TYPE_CHECKING:
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 
     from qupath_rkd.cluster.worker import SlidePredictor
     from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction
+    from qupath_rkd.inference.write import FilesRequest, RenderedSlide
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +55,14 @@ LOCAL_ALLOWED_FAILURES = 1
 
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide to predict: ``key`` names it in :meth:`RemoteSlides.result`."""
+    """One slide to predict: ``key`` names it in :meth:`RemoteSlides.result`; with ``files``
+    the worker renders the slide's files too (:meth:`RemoteSlides.result_with_files`)."""
 
     key: str
     slide_path: Path
     config: InferenceConfig
     region: BaseGeometry | None = None
+    files: FilesRequest | None = None
 
 
 class ClusterSession:
@@ -231,6 +241,7 @@ class ClusterSession:
                 job.region,
                 self.spec.torch_threads,
                 self.slide_predictor,
+                job.files,
                 key=f"qupath-rkd-{Path(job.slide_path).name}-{run}-{len(futures)}",
                 retries=1,
                 pure=False,
@@ -262,6 +273,11 @@ class RemoteSlides:
             QupathRkdError: the slide failed (on the worker, or the client cannot find it).
             ClusterError: its workers died twice, or the cluster went away.
         """
+        return self.result_with_files(key)[0]
+
+    def result_with_files(self, key: str) -> tuple[SlidePrediction, RenderedSlide | None]:
+        """:meth:`result` and the bytes of the slide's files when its job asked for them and
+        the worker could render them (else ``None``: the caller renders them)."""
         import dataclasses
 
         path = self._paths[key]
@@ -296,8 +312,12 @@ class RemoteSlides:
                 future.release()
         if isinstance(outcome, SlideFailure):
             raise outcome.exception()
+        pred: SlidePrediction = outcome
+        rendered: RenderedSlide | None = None
+        if isinstance(outcome, SlideResult):
+            pred, rendered = outcome.prediction, outcome.rendered
         # the worker saw the resolved path; the outputs name the path the caller gave
-        return dataclasses.replace(outcome, slide_path=path)
+        return dataclasses.replace(pred, slide_path=path), rendered
 
     def cancel(self) -> None:
         """Drop what has not been collected (the cluster stops working on it)."""

@@ -5,7 +5,13 @@ worker, and to each worker that joins or restarts later; tasks name the checkpoi
 sha256 only. :func:`_model` loads it once per worker process and keeps it, keyed by the sha256
 and the device. (A broadcast ``scatter`` is not enough: Dask's active memory manager drops
 the extra copies, and the data is lost with the worker that kept it.) Nothing is written
-here: the client writes every file.
+here: the client writes every file. A task asked for a slide's files
+(:class:`~qupath_rkd.inference.write.FilesRequest`, ``predict``'s path) also renders their
+bytes here with the functions a one-process run uses
+(:func:`~qupath_rkd.inference.write.render_slide_outputs`) and sends them back with the
+prediction (:class:`SlideResult`), so the client only writes bytes: rendering a
+Camelyon16-size slide's files (tile GeoJSON, overlay PNG, ...) takes most of a CPU second,
+which the client would spend on every slide one after another.
 
 Errors: an error of ours (:class:`~qupath_rkd.errors.QupathRkdError`: unreadable slide,
 unknown µm/px, NaN scores...) is a property of the slide, not of the worker, so it is returned
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import multiprocessing
 import os
 import socket
@@ -38,7 +45,10 @@ if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
 
     from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction
+    from qupath_rkd.inference.write import FilesRequest, RenderedSlide
     from qupath_rkd.model.scorer import TrainedModel
+
+logger = logging.getLogger(__name__)
 
 #: Fault injection for tests and benchmarks: with ``$QUPATH_RKD_FAULT`` set to this, the first
 #: worker to score a batch (of any slide) kills its own process mid-slide, once: it first
@@ -78,6 +88,15 @@ class SlideFailure:
         return QupathRkdError(self.message, hint=self.hint)
 
 
+@dataclass
+class SlideResult:
+    """A slide's prediction and, when asked for (a ``FilesRequest``), its files' bytes
+    (``None`` when rendering failed here: the client renders them and meets the error itself)."""
+
+    prediction: SlidePrediction
+    rendered: RenderedSlide | None
+
+
 class ModelPlugin(WorkerPlugin):
     """Puts a checkpoint's bytes on each worker (once; again on a worker that restarts)."""
 
@@ -108,7 +127,8 @@ def predict_on_worker(
     region: BaseGeometry | None,
     torch_threads: int,
     slide_predictor: SlidePredictor | None = None,
-) -> SlidePrediction | SlideFailure:
+    files: FilesRequest | None = None,
+) -> SlidePrediction | SlideResult | SlideFailure:
     """Predict one slide here (the Dask task); see the module docstring.
 
     Args:
@@ -120,6 +140,8 @@ def predict_on_worker(
         region: level-0 px geometry (QuPath frame) tiles must lie in, or ``None``.
         torch_threads: torch intra-op threads while scoring.
         slide_predictor: runs instead of ``predict_slide`` (same call; benchmarks and tests).
+        files: render the slide's files too and return a :class:`SlideResult`; without it
+            the prediction alone.
     """
     from qupath_rkd.inference.predict import predict_slide
 
@@ -138,9 +160,24 @@ def predict_on_worker(
         readers = 0 if multiprocessing.current_process().daemon else config.num_workers
         cfg = dataclasses.replace(config, num_workers=readers, torch_threads=torch_threads)
         predict = slide_predictor or predict_slide
-        return predict(path, model, region=region, config=cfg, progress=_fault_progress())
+        pred = predict(path, model, region=region, config=cfg, progress=_fault_progress())
     except QupathRkdError as exc:
         return SlideFailure(type(exc).__name__, exc.message, exc.hint)
+    if files is None:
+        return pred
+    return SlideResult(pred, _render(pred, files))
+
+
+def _render(pred: SlidePrediction, files: FilesRequest) -> RenderedSlide | None:
+    """The slide's files' bytes, or ``None`` when rendering fails here (any error: the client
+    then renders them itself, so a slide fails with the error a one-process run gives)."""
+    from qupath_rkd.inference.write import render_slide_outputs
+
+    try:
+        return render_slide_outputs(pred, files.key, files.slide_id, slide_name=files.slide_name)
+    except Exception:
+        logger.debug("rendering %s failed; the client will", pred.slide_path, exc_info=True)
+        return None
 
 
 def _model(sha256: str, device: str) -> TrainedModel:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from qupath_rkd.inference.predict import (
     predict_slide,
 )
 from qupath_rkd.inference.write import (
+    FilesRequest,
     read_done,
     slide_identity,
     slide_is_done,
@@ -132,8 +133,11 @@ def predict_slides(
             if (overwrite or not slide_is_done(SlideOutputs(out, i), key, Path(p)))
             and Path(p).resolve() not in cached
         ]
-        remote = _submit(cluster, checkpoint, todo, cfg)
+        # the workers render each slide's files too; this process only writes their bytes
+        files = {p: FilesRequest(key, slide_id_for(p), Path(p).name) for p in todo}
+        remote = _submit(cluster, checkpoint, todo, cfg, files)
     runs: list[SlideRun] = []
+    done_cache: dict[str, dict[str, Any]] = {}  # each slide's done.json, read once
     with ProgressTask(progress, "slides", len(slide_paths), "slide") as task:
         for path, slide_id in zip(slide_paths, ids, strict=True):
             runs.append(
@@ -141,7 +145,7 @@ def predict_slides(
                     path, slide_id, out, model, cfg, key, overwrite, cached, progress, remote
                 )
             )
-            write_slide_scores(out, runs)
+            write_slide_scores(out, runs, done_cache=done_cache)
             if on_slide_done is not None:
                 on_slide_done(runs[-1])
             task.advance(1)
@@ -179,14 +183,14 @@ def _one_slide(
     else:
         try:
             earlier = cached.get(Path(path).resolve())
-            pred = (
-                apply_threshold(earlier, cfg.threshold)
-                if earlier is not None
-                else remote.result(str(path))
-                if remote is not None
-                else predict_slide(path, model, config=cfg, progress=progress)
-            )
-            write_slide_outputs(outputs, pred, key)
+            rendered = None  # the files' bytes, when a worker rendered them
+            if earlier is not None:
+                pred = apply_threshold(earlier, cfg.threshold)
+            elif remote is not None:
+                pred, rendered = remote.result_with_files(str(path))
+            else:
+                pred = predict_slide(path, model, config=cfg, progress=progress)
+            write_slide_outputs(outputs, pred, key, rendered=rendered)
             run = SlideRun(
                 Path(path),
                 slide_id,
@@ -306,11 +310,17 @@ def _store_negative(out: Path | None, path: Path, hkey: str, heatmap: Heatmap) -
 
 
 def _submit(
-    cluster: ClusterSession, checkpoint: Path | None, paths: Sequence[Path], cfg: InferenceConfig
+    cluster: ClusterSession,
+    checkpoint: Path | None,
+    paths: Sequence[Path],
+    cfg: InferenceConfig,
+    files: Mapping[Path, FilesRequest] | None = None,
 ) -> Any:
-    """Send ``paths`` to the cluster (keys: ``str(path)``); see :mod:`qupath_rkd.cluster`."""
+    """Send ``paths`` to the cluster (keys: ``str(path)``); with ``files``, the workers render
+    those slides' files too. See :mod:`qupath_rkd.cluster`."""
     from qupath_rkd.cluster.session import SlideJob
 
     if checkpoint is None:
         raise ValueError("predicting on a cluster needs the checkpoint file")
-    return cluster.submit(checkpoint, [SlideJob(str(p), Path(p), cfg) for p in paths])
+    jobs = [SlideJob(str(p), Path(p), cfg, files=(files or {}).get(p)) for p in paths]
+    return cluster.submit(checkpoint, jobs)

@@ -28,6 +28,7 @@ keeps one name and one set of measurements); holes are kept; invalid polygons ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -63,7 +64,9 @@ __all__ = [
     "qupath_import_problems",
     "read_geojson",
     "repair_geometry",
+    "square_geometries_json",
     "stable_feature_id",
+    "stable_feature_ids",
     "write_geojson",
 ]
 
@@ -176,6 +179,27 @@ def stable_feature_id(*parts: object) -> str:
     the parts must differ for different objects, or QuPath duplicates them on import.
     """
     return str(uuid.uuid5(_UUID_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+def stable_feature_ids(*parts: object, count: int) -> list[str]:
+    """``[stable_feature_id(*parts, i) for i in range(count)]``, several times faster.
+
+    The same UUIDs (version 5: SHA-1 of the namespace and the ``\x1f``-joined parts): the hash
+    of the common prefix is computed once and copied for each index. For the many objects of
+    one slide (its tiles), whose ids differ only in the last part.
+    """
+    prefix = "\x1f".join([*(str(p) for p in parts), ""])
+    head = hashlib.sha1(_UUID_NAMESPACE.bytes + prefix.encode("utf-8"), usedforsecurity=False)
+    ids = []
+    for i in range(count):
+        h = head.copy()
+        h.update(str(i).encode("ascii"))
+        d = bytearray(h.digest()[:16])
+        d[6] = (d[6] & 0x0F) | 0x50  # version 5
+        d[8] = (d[8] & 0x3F) | 0x80  # RFC 4122 variant
+        x = d.hex()
+        ids.append(f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}")
+    return ids
 
 
 # --- geometry repair ----------------------------------------------------------------------
@@ -502,6 +526,27 @@ def _geometry_json(geom: BaseGeometry, ndigits: int = 2) -> dict[str, Any]:
     return _round_coords(dict(mapping(geom)), ndigits)
 
 
+def square_geometries_json(
+    x_px: Sequence[float], y_px: Sequence[float], side_px: float, ndigits: int = 2
+) -> list[dict[str, Any]]:
+    """The geometries :func:`make_feature` writes for squares ``box(x, y, x + side, y + side)``
+    (level-0 px; the same rounding and ring order as shapely's counter-clockwise box), built
+    without shapely: a slide's tile grid has 10,000s of them. ``side_px`` must be > 0."""
+    rounded: dict[float, Any] = {}  # a grid repeats its coordinates: round each value once
+
+    def r(v: float) -> Any:
+        if v not in rounded:
+            rounded[v] = _round_coords(v, ndigits)
+        return rounded[v]
+
+    out = []
+    for x0, y0 in zip(x_px, y_px, strict=True):
+        x0, y0 = float(x0), float(y0)
+        a, b, c, d = r(x0 + side_px), r(x0), r(y0), r(y0 + side_px)
+        out.append({"type": "Polygon", "coordinates": [[[a, c], [a, d], [b, d], [b, c], [a, c]]]})
+    return out
+
+
 def make_feature(
     geometry: BaseGeometry,
     *,
@@ -589,7 +634,11 @@ def features_to_json(
     feats: Sequence[Mapping[str, Any]] = list(features)
     if shift_px != (0.0, 0.0) and shift_px != (0, 0):
         feats = _shift_features(feats, shift_px)
-    collection = {"type": "FeatureCollection", "features": [dict(f) for f in feats]}
+    # json needs dicts; a dict is not copied (10,000s of tiles)
+    collection = {
+        "type": "FeatureCollection",
+        "features": [f if type(f) is dict else dict(f) for f in feats],
+    }
     return json.dumps(collection, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
 
 

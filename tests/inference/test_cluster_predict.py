@@ -166,3 +166,29 @@ def test_a_worker_killed_mid_slide_is_retried(
     assert [r.status for r in runs] == ["ok", "ok"], [r.error for r in runs]
     assert [r.status for r in runs] == ["ok", "ok"]
     assert digests(out) == digests(one_process)
+
+
+def test_the_workers_render_the_files_the_client_writes(
+    session, slides, model, model_path, config, one_process
+) -> None:
+    """A ``predict`` task renders its slide's files on the worker (the client only writes
+    their bytes): they are the files of the one-process run, the overlay PNG included."""
+    from qupath_rkd.cluster.worker import SlideResult, predict_on_worker
+    from qupath_rkd.inference.write import FilesRequest, RenderedSlide
+    from qupath_rkd.outputs import SlideOutputs, slide_id_for
+
+    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    key = config.resolved(model).key(model.model_id)
+    slide = slides[0]
+    files = FilesRequest(key, slide_id_for(slide), slide.name)
+    result = session._client.submit(
+        predict_on_worker, sha, "cpu", str(slide), config, None, 1, None, files, pure=False
+    ).result()
+    assert isinstance(result, SlideResult)
+    rendered = result.rendered
+    assert isinstance(rendered, RenderedSlide)
+    assert (rendered.key, rendered.slide_id) == (key, "semireal_a")
+    written = SlideOutputs(one_process, "semireal_a")
+    for name in ("heatmap_npy", "heatmap_json", "lesions_geojson", "tiles_geojson",
+                 "tiles_csv", "submission_csv", "heatmap_png"):  # fmt: skip
+        assert getattr(rendered, name) == getattr(written, name).read_bytes(), name

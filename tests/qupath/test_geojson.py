@@ -319,3 +319,28 @@ def test_qupath_import_problems_finds_what_qupath_would_refuse() -> None:
     twice["features"].append(dict(twice["features"][1], id=str(uuid.uuid4())))
     assert qupath_import_problems(twice) == ["feature 2: a second detection named 'qupath-rkd b'"]
     assert qupath_import_problems([]) == ["not a FeatureCollection"]
+
+
+def test_stable_feature_ids_are_stable_feature_id_for_each_index() -> None:
+    from qupath_rkd.qupath.geojson import stable_feature_ids
+
+    ids = stable_feature_ids("key", "slide é", "tile", count=1200)
+    assert ids == [stable_feature_id("key", "slide é", "tile", i) for i in range(1200)]
+    assert stable_feature_ids("a", count=0) == []
+
+
+def test_square_geometries_json_is_the_geometry_of_a_shapely_box() -> None:
+    import random
+
+    from qupath_rkd.qupath.geojson import square_geometries_json
+
+    rng = random.Random(3)
+    xs = [0.0, 1.005, 2.675, -0.004999, 1e6 + 0.125] + [rng.uniform(-1e4, 1e5) for _ in range(500)]
+    ys = [0.0, 3.0, 0.015, 7.5, 255.995] + [rng.uniform(0, 1e5) for _ in range(500)]
+    for side in (256.0, 41.70913, 0.01):
+        fast = square_geometries_json(xs, ys, side)
+        slow = [
+            make_feature(box(x, y, x + side, y + side), object_type="tile")["geometry"]
+            for x, y in zip(xs, ys, strict=True)
+        ]
+        assert json.dumps(fast) == json.dumps(slow)
