@@ -107,9 +107,7 @@ class _Calibrated:
 def test_held_out_heatmap_puts_each_tiles_fold_probability_on_its_cell() -> None:
     rng = np.random.default_rng(2)
     feats = rng.normal(size=(3, 4)).astype(np.float32)
-    fit = fit_head(
-        rng.normal(size=(40, 4)), np.repeat([LABEL_NORMAL, LABEL_TUMOR], 20), l2=1.0
-    )
+    fit = fit_head(rng.normal(size=(40, 4)), np.repeat([LABEL_NORMAL, LABEL_TUMOR], 20), l2=1.0)
     pred = _prediction(feats)
     heat = held_out_heatmap(pred, fit, _Calibrated())  # type: ignore[arg-type]
     expect = 1.0 / (1.0 + np.exp(-fit.logits(feats).astype(np.float32)))
