@@ -252,8 +252,9 @@ class SlidePrediction:
             far from the training tiles' features and whether the slide is flagged; ``None``
             for predictions made before it.
         tile_features: with :attr:`InferenceConfig.return_features` and a head model, the
-            ``(N, D)`` float32 pooled trunk features of the scored tiles (in ``tiles`` order),
-            averaged over the ``tta_views`` views; else ``None``.
+            ``(N, D)`` pooled trunk features of the scored tiles (in ``tiles`` order), averaged
+            over the ``tta_views`` views (float16 with one view, exactly what the head sees;
+            float32 with more); else ``None``.
     """
 
     slide_path: Path
@@ -375,8 +376,10 @@ def score_tiles_distances_features(
     features: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """:func:`score_tiles_and_distances`, and with ``features`` (head models) each tile's
-    ``(N, D)`` float32 pooled features averaged over the views
-    (:meth:`TrainedModel.scores_distances_features`, same trunk pass), else ``None``."""
+    ``(N, D)`` pooled features averaged over the views
+    (:meth:`TrainedModel.scores_distances_features`, same trunk pass), else ``None``: float16
+    with one view (exact: the head sees its features rounded to float16; half the memory of a
+    large slide's), float32 with more."""
     import torch
 
     n = len(dataset)
@@ -407,8 +410,10 @@ def score_tiles_distances_features(
                 distances[indices.numpy()] = dist_t.float().cpu().numpy()
             if feat_t is not None:
                 if feats is None:
-                    feats = np.full((n, int(feat_t.shape[1])), np.nan, dtype=np.float32)
-                feats[indices.numpy()] = feat_t.float().cpu().numpy()
+                    one_view = (tta_views or model.tta_views) == 1
+                    dtype = np.float16 if one_view else np.float32
+                    feats = np.full((n, int(feat_t.shape[1])), np.nan, dtype=dtype)
+                feats[indices.numpy()] = feat_t.float().cpu().numpy().astype(feats.dtype)
             bar.advance(len(indices))
     dataset.close()
     return scores, distances, feats

@@ -96,6 +96,7 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     pred_b = predict_slide(entries[B].path, model, config=cfg_b)
     assert pred_b.tile_features is not None
     assert pred_b.tile_features.shape == (len(pred_b.tiles), base.values.shape[-1])
+    assert pred_b.tile_features.dtype == np.float16  # one view: exactly what the head sees
     pred_a = predict_slide(entries[A].path, model, config=inference_config(config, entries[A].mpp))
     held_b = held_out_heatmap(pred_b, direct, model)
     negatives = [
