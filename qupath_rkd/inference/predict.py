@@ -116,6 +116,10 @@ class InferenceConfig:
             (the cores). Not in the key, but the scores' last float32 bits depend on it (and
             on ``batch_size``): a Dask worker scores with 1 (:mod:`qupath_rkd.cluster`), so
             ``torch_threads=1`` here gives its bytes.
+        return_features: also return every scored tile's pooled trunk features
+            (:attr:`SlidePrediction.tile_features`; head models only): sync's held-out operating
+            point scores a training slide with heads fitted without it
+            (:mod:`qupath_rkd.sync.heldout`). Changes no result, so not in the key or records.
     """
 
     tile_mpp: float | None = None
@@ -133,6 +137,7 @@ class InferenceConfig:
     batch_size: int = DEFAULT_INFERENCE_BATCH
     num_workers: int | None = None
     torch_threads: int | None = None
+    return_features: bool = False
 
     def __post_init__(self) -> None:
         if self.tta_views not in (1, 2, 4, 8):
@@ -175,7 +180,9 @@ class InferenceConfig:
     def as_record(self) -> dict[str, Any]:
         """The fields under the names the skip-if-done keys, ``run.json`` and ``done.json``
         have always recorded (:data:`RECORDED_NAMES`), so earlier outputs stay valid."""
-        return {RECORDED_NAMES.get(k, k): v for k, v in dataclasses.asdict(self).items()}
+        fields = dataclasses.asdict(self)
+        fields.pop("return_features")  # what is returned, not what is predicted
+        return {RECORDED_NAMES.get(k, k): v for k, v in fields.items()}
 
     def key(self, model_id: str) -> str:
         """sha256 of the model id and every field that changes the outputs."""
@@ -244,6 +251,10 @@ class SlidePrediction:
         ood: the out-of-domain check (:mod:`qupath_rkd.model.ood`): the share of tissue tiles
             far from the training tiles' features and whether the slide is flagged; ``None``
             for predictions made before it.
+        tile_features: with :attr:`InferenceConfig.return_features` and a head model, the
+            ``(N, D)`` pooled trunk features of the scored tiles (in ``tiles`` order), averaged
+            over the ``tta_views`` views (float16 with one view, exactly what the head sees;
+            float32 with more); else ``None``.
     """
 
     slide_path: Path
@@ -262,6 +273,7 @@ class SlidePrediction:
     burden: TumourBurden | None = None
     positive: bool = False
     ood: OodResult | None = None
+    tile_features: np.ndarray | None = None
 
 
 # --- tile streaming -----------------------------------------------------------------------
@@ -340,18 +352,49 @@ def score_tiles_and_distances(
     """:func:`score_tiles`, and each tile's ``(N,)`` float32 out-of-domain feature distance
     (:meth:`TrainedModel.scores_and_distances`, same trunk pass) when the model has a
     reference, else ``None``."""
+    scores, distances, _feats = score_tiles_distances_features(
+        model,
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        tta_views=tta_views,
+        task=task,
+    )
+    return scores, distances
+
+
+def score_tiles_distances_features(
+    model: TrainedModel,
+    dataset: TileDataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: ProgressCallback | None = None,
+    tta_views: int | None = None,
+    task: str = "tiles",
+    features: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`score_tiles_and_distances`, and with ``features`` (head models) each tile's
+    ``(N, D)`` pooled features averaged over the views
+    (:meth:`TrainedModel.scores_distances_features`, same trunk pass), else ``None``: float16
+    with one view (exact: the head sees its features rounded to float16; half the memory of a
+    large slide's), float32 with more."""
     import torch
 
     n = len(dataset)
     scores = np.full(n, np.nan, dtype=np.float32)
     distances = np.full(n, np.nan, dtype=np.float32) if model.ood_reference is not None else None
+    feats: np.ndarray | None = None
     if n == 0:
-        return scores, distances
+        return scores, distances, feats
     loader = tile_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
     bar = ProgressTask(progress, task, total=n, unit="tile")
     with torch.inference_mode(), _worker_errors_as_one_line(), bar:
         for indices, tiles in loader:
-            raw_t, dist_t = model.scores_and_distances(model.preprocess(tiles), tta_views)
+            raw_t, dist_t, feat_t = model.scores_distances_features(
+                model.preprocess(tiles), tta_views, features=features
+            )
             raw = raw_t.float().cpu().numpy()
             bad = ~np.isfinite(raw)
             if bad.any():
@@ -365,9 +408,15 @@ def score_tiles_and_distances(
             scores[indices.numpy()] = raw
             if distances is not None and dist_t is not None:
                 distances[indices.numpy()] = dist_t.float().cpu().numpy()
+            if feat_t is not None:
+                if feats is None:
+                    one_view = (tta_views or model.tta_views) == 1
+                    dtype = np.float16 if one_view else np.float32
+                    feats = np.full((n, int(feat_t.shape[1])), np.nan, dtype=dtype)
+                feats[indices.numpy()] = feat_t.float().cpu().numpy().astype(feats.dtype)
             bar.advance(len(indices))
     dataset.close()
-    return scores, distances
+    return scores, distances, feats
 
 
 @contextlib.contextmanager
@@ -534,7 +583,7 @@ def predict_slide(
     t0 = time.perf_counter()
     dataset = TileDataset(path, grid.xy_px, cfg.tile_px, cfg.tile_mpp, cfg.slide_mpp)
     with torch_threads(cfg.torch_threads):
-        scores, distances = score_tiles_and_distances(
+        scores, distances, tile_feats = score_tiles_distances_features(
             model,
             dataset,
             batch_size=cfg.batch_size,
@@ -542,6 +591,7 @@ def predict_slide(
             progress=progress,
             tta_views=cfg.tta_views,
             task=f"tiles {path.name}",
+            features=cfg.return_features,
         )
     timings["score_s"] = time.perf_counter() - t0
     probability = (
@@ -581,6 +631,7 @@ def predict_slide(
         slide_size_px=size,
         seconds=0.0,
         timings=timings,
+        tile_features=tile_feats,
     )
     pred.ood = (
         slide_ood(model.ood_reference, distances)

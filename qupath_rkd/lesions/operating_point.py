@@ -54,6 +54,11 @@ class OperatingPoint:
             fallback without data).
         target_fp_per_slide: the target asked for.
         note: one line for the user.
+        held_out: how the heatmaps it was chosen on relate to the model's training (sync,
+            :mod:`qupath_rkd.sync.heldout`): ``"leave-one-image-out"`` (each training image
+            scored by a head fitted without it), ``"not-in-training"``, ``"in-sample"``,
+            ``"partly-in-sample"``; ``None`` where not recorded (fallback, given, ``predict``;
+            then left out of :meth:`as_dict`).
     """
 
     threshold: float
@@ -64,6 +69,7 @@ class OperatingPoint:
     false_lesions_per_slide: float | None = None
     target_fp_per_slide: float = DEFAULT_TARGET_FP_PER_SLIDE
     note: str = ""
+    held_out: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON values for ``report.json`` / ``run.json`` (the threshold unrounded: it is
@@ -73,6 +79,8 @@ class OperatingPoint:
         for key in ("slide_equivalents", "false_lesions_per_slide"):
             if d[key] is not None:
                 d[key] = round(float(d[key]), 6)
+        if d["held_out"] is None:  # not recorded: the records stay as they were
+            del d["held_out"]
         return d
 
 

@@ -270,14 +270,27 @@ class HeadNetwork(nn.Module):
         """``(B,)`` logits averaged over ``views`` and the ``(B, D)`` pooled features of the
         first view (rounded to float16 as the head sees them): what the out-of-domain check
         (:mod:`qupath_rkd.model.ood`) measures, at no extra trunk pass."""
+        logits, first, _mean = self.logits_with_features(x, views)
+        return logits, first
+
+    def logits_with_features(
+        self, x: Tensor, views: Sequence[int] = (0,)
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`logits_and_features`, and the ``(B, D)`` float32 features averaged over
+        ``views`` (each view's rounded to float16 as the head sees them). The head is linear,
+        so any linear head ``w . ((f - mean) / std) + b`` of those averaged features is its
+        logit averaged over the views: what sync's held-out operating point scores with heads
+        fitted without a slide's labels (:mod:`qupath_rkd.sync.heldout`)."""
         from qupath_rkd.features.views import view_images
 
         total: Tensor | None = None
         first: Tensor | None = None
+        summed: Tensor | None = None
         for v in views:
             feats = self.trunk(view_images(x, v)).half().float()
             first = feats if first is None else first
+            summed = feats if summed is None else summed + feats
             z = self.head(feats)
             total = z if total is None else total + z
-        assert total is not None and first is not None
-        return total / len(views), first
+        assert total is not None and first is not None and summed is not None
+        return total / len(views), first, summed / len(views)

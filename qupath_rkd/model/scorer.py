@@ -190,13 +190,25 @@ class TrainedModel:
         """:meth:`raw_scores` of preprocessed ``(B, 3, S, S)``, and with an out-of-domain
         reference each tile's ``(B,)`` feature distance from the training tiles
         (:meth:`OodReference.distances`, from the same trunk pass; ``None`` without one)."""
-        if isinstance(self.net, HeadNetwork) and self.ood_reference is not None:
+        scores, distances, _feats = self.scores_distances_features(x, tta_views)
+        return scores, distances
+
+    def scores_distances_features(
+        self, x: Tensor, tta_views: int | None = None, *, features: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """:meth:`scores_and_distances`, and with ``features`` (head models only) each tile's
+        ``(B, D)`` float32 pooled features averaged over the views
+        (:meth:`HeadNetwork.logits_with_features`, same trunk pass; ``None`` otherwise)."""
+        if isinstance(self.net, HeadNetwork) and (features or self.ood_reference is not None):
             with torch.inference_mode():
-                logits, feats = self.net.logits_and_features(
+                logits, first, mean = self.net.logits_with_features(
                     x, view_list(tta_views or self.tta_views)
                 )
-                return logits.float(), self.ood_reference.distances(feats)
-        return self.raw_scores(x, tta_views), None
+                distances = (
+                    self.ood_reference.distances(first) if self.ood_reference is not None else None
+                )
+                return logits.float(), distances, mean if features else None
+        return self.raw_scores(x, tta_views), None, None
 
     def calibrate(self, scores: np.ndarray) -> np.ndarray:
         """Raw scores -> probabilities of tumour in [0, 1] (float32)."""

@@ -7,7 +7,8 @@ tile does not touch them); and every ``Normal``-class annotation (``[classes] no
 other images. Their heatmaps go to
 :func:`qupath_rkd.lesions.operating_point.choose_operating_point`; with none, the model's
 calibrated threshold is used (the fallback). ``inference.threshold`` set to a number bypasses all
-this (method ``given``).
+this (method ``given``). Images whose tiles trained the model are scored out-of-sample, by
+heads fitted without them (:mod:`qupath_rkd.sync.heldout`).
 
 :func:`negative_sources` and :func:`operating_key` are pure bookkeeping; the key enters the
 prediction-config hash, so changing what is tumour-free (a flag, a normal outline, a tumour-free
@@ -87,8 +88,11 @@ def negative_sources(
 
 def operating_key(sources: Mapping[str, NegativeSource], fingerprints: Mapping[str, str]) -> str:
     """sha256 of what the operating point is chosen on: each source's entry, flag, normal
-    geometry and slide fingerprint (``fingerprints``: entry ID → :func:`slide_fingerprint`)."""
-    digest = hashlib.sha256(b"operating-point-v1")
+    geometry and slide fingerprint (``fingerprints``: entry ID → :func:`slide_fingerprint`).
+
+    v2: the heatmaps are held out (:mod:`qupath_rkd.sync.heldout`), so a project synced
+    before is predicted again once, at the held-out operating point."""
+    digest = hashlib.sha256(b"operating-point-v2")
     for entry_id in sorted(sources):
         src = sources[entry_id]
         normal = b"" if src.normal is None else src.normal.wkb

@@ -405,6 +405,7 @@ def _sync_locked(
                     progress,
                     cluster=cluster,
                     checkpoint=model_path,
+                    labelled=labelled,
                 )
                 outcome.operating_point = op
                 new_state.operating_point = {**op, "key": op_full_key}
@@ -811,6 +812,7 @@ def _operating_point(
     *,
     cluster: ClusterSession | None = None,
     checkpoint: Path | None = None,
+    labelled: LabelledSet | None = None,
 ) -> tuple[dict[str, Any], dict[str, SlidePrediction]]:
     """The operating point (as a dict) and the predictions made to find it (entry ID →
     :class:`~qupath_rkd.inference.predict.SlidePrediction` at the model's threshold).
@@ -819,9 +821,28 @@ def _operating_point(
     normal regions are predicted and the threshold chosen on them; with none of them, the
     model's calibrated threshold (method ``fallback``). A tumour-free image that cannot be
     predicted is left out (noted); the slide itself fails later with its own error.
+
+    Out-of-sample (:mod:`qupath_rkd.sync.heldout`): an image whose tiles are in ``labelled``
+    (the training set) is scored by a head fitted without them, from the features its
+    prediction returns (on the cluster too: the workers send them back, the client scores);
+    where that cannot be done it stays in-sample. ``held_out`` and the note say which.
     """
+    import dataclasses
+
     from qupath_rkd.inference import predict_slide
-    from qupath_rkd.lesions.operating_point import choose_operating_point, fallback, given
+    from qupath_rkd.lesions.operating_point import (
+        METHOD_FALLBACK,
+        choose_operating_point,
+        fallback,
+        given,
+    )
+    from qupath_rkd.sync.heldout import (
+        HeldOutHeads,
+        held_out_heads,
+        held_out_heatmap,
+        held_out_summary,
+        without_features,
+    )
     from qupath_rkd.sync.operating import negative_heatmap
 
     target = float(config.get("inference.target_fp_per_slide"))
@@ -830,20 +851,37 @@ def _operating_point(
     floor = float(model.threshold)
     preds: dict[str, SlidePrediction] = {}
     negatives = []
+    wanted = [e for e in entries if sources.get(e.entry_id) is not None and e.path is not None]
+    heads = HeldOutHeads()
+    if labelled is not None and wanted:
+        heads = held_out_heads(
+            labelled,
+            [str(e.path) for e in wanted],
+            model,
+            _train_config(config, len(labelled.items)),
+            progress=progress,
+        )
+
+    def entry_config(entry: ImageEntry) -> InferenceConfig:
+        cfg = inference_config(config, entry.mpp)
+        if str(entry.path) in heads.fits:
+            cfg = dataclasses.replace(cfg, return_features=True)
+        return cfg
+
     remote: RemoteSlides | None = None
     if cluster is not None and checkpoint is not None:
         jobs = []
-        for entry in entries:
-            if sources.get(entry.entry_id) is not None and entry.path is not None:
-                _hash, region = _region(annotation_sets[entry.entry_id].objects, config)
-                jobs.append(
-                    (entry.entry_id, entry.path, inference_config(config, entry.mpp), region)
-                )
+        for entry in wanted:
+            assert entry.path is not None
+            _hash, region = _region(annotation_sets[entry.entry_id].objects, config)
+            jobs.append((entry.entry_id, entry.path, entry_config(entry), region))
         remote = _submit(cluster, checkpoint, jobs)
-    for entry in entries:
-        src = sources.get(entry.entry_id)
-        if src is None or entry.path is None:
-            continue
+    held: list[str] = []
+    in_sample: dict[str, str] = {}
+    not_trained: list[str] = []
+    for entry in wanted:
+        src = sources[entry.entry_id]
+        assert entry.path is not None
         _hash, region = _region(annotation_sets[entry.entry_id].objects, config)
         try:
             pred = (
@@ -853,19 +891,31 @@ def _operating_point(
                     entry.path,
                     model,
                     region=region,
-                    config=inference_config(config, entry.mpp),
+                    config=entry_config(entry),
                     progress=progress,
                 )
             )
         except QupathRkdError as exc:
             _say(outcome.notes, f"operating point: {entry.name} left out: {exc.one_line()}", echo)
             continue
-        preds[entry.entry_id] = pred
-        negatives.append(negative_heatmap(src, pred.heatmap, entry.name))
+        heatmap = pred.heatmap
+        fit = heads.fits.get(str(entry.path))
+        if fit is not None:
+            heatmap = held_out_heatmap(pred, fit, model)
+            held.append(entry.name)
+        elif str(entry.path) in heads.in_sample:
+            in_sample[entry.name] = heads.in_sample[str(entry.path)]
+        elif labelled is not None:
+            not_trained.append(entry.name)
+        preds[entry.entry_id] = without_features(pred)
+        negatives.append(negative_heatmap(src, heatmap, entry.name))
     if not negatives:
         return fallback(target, floor).as_dict(), preds
     post = inference_config(config, None).post_processing()
     op = choose_operating_point(negatives, post, target_fp_per_slide=target, floor=floor)
+    if labelled is not None and op.method != METHOD_FALLBACK:
+        how, note = held_out_summary(held, in_sample, not_trained)
+        op = dataclasses.replace(op, held_out=how, note=f"{op.note}; {note}")
     return op.as_dict(), preds
 
 

@@ -145,40 +145,13 @@ def train_head(
     if len(tumor_idx) == 0 or not (y == LABEL_NORMAL).any():
         raise DataError("the supervised head needs tumour and normal training patches")
     tta = view_list(cfg.tta_views)
-    rare = [v for v in view_list(cfg.rare_views) if v != 0]
-
-    base = _features(net, train_set, [0], cfg, device, cache, progress, "features")
-    extra = (
-        _features(
-            net,
-            Subset(train_set, tumor_idx.tolist()),
-            rare,
-            cfg,
-            device,
-            cache,
-            progress,
-            "tumour views",
-        )
-        if rare
-        else None
-    )
-    ok = base.ok
-    if extra is not None:
-        ok = ok.copy()
-        ok[tumor_idx] &= extra.ok
+    rows = training_features(net, train_set, cfg, device, cache, progress)
+    base, extra, ok = rows.base, rows.extra, rows.ok
     skipped = int((~ok).sum())
 
     def train_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Features ``(M, D)`` and labels of the training rows of ``mask``: view 0 of every
-        patch, plus the extra views of its tumour patches."""
-        keep = mask & ok
-        xs = [base.values[keep, 0]]
-        ys = [y[keep]]
-        if extra is not None:
-            t_keep = keep[tumor_idx]
-            xs.append(extra.values[t_keep].reshape(-1, base.values.shape[-1]))
-            ys.append(np.full(int(t_keep.sum()) * len(rare), LABEL_TUMOR))
-        return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+        x, labels, _index = rows.rows(mask)
+        return x, labels
 
     warnings: list[str] = []
     valid_y: np.ndarray | None = None
@@ -203,6 +176,73 @@ def train_head(
     return distributed.run_on_main(
         lambda: _fit_and_save(net, cfg, out, dataset_hash, feats, progress, t0)
     )
+
+
+@dataclass
+class TrainingFeatures:
+    """The head's training features of a patch set: ``base`` (view 0 of every patch),
+    ``extra`` (the ``rare`` dihedral views of the tumour patches ``tumor_idx``, or ``None``),
+    labels ``y (N,)`` and ``ok (N,)`` (readable in every view it needs)."""
+
+    y: np.ndarray
+    base: Features
+    extra: Features | None
+    tumor_idx: np.ndarray
+    rare: list[int]
+    ok: np.ndarray
+
+    def rows(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The training rows of the patches in ``mask`` ``(N,)`` bool: features ``(M, D)``
+        float32, labels ``(M,)`` and the patch index of each row ``(M,)`` — view 0 of every
+        readable patch, then the extra views of its tumour patches (patch-major)."""
+        keep = mask & self.ok
+        xs = [self.base.values[keep, 0]]
+        ys = [self.y[keep]]
+        index = [np.flatnonzero(keep)]
+        if self.extra is not None:
+            t_keep = keep[self.tumor_idx]
+            xs.append(self.extra.values[t_keep].reshape(-1, self.base.values.shape[-1]))
+            ys.append(np.full(int(t_keep.sum()) * len(self.rare), LABEL_TUMOR))
+            index.append(np.repeat(self.tumor_idx[t_keep], len(self.rare)))
+        return np.concatenate(xs).astype(np.float32), np.concatenate(ys), np.concatenate(index)
+
+
+def training_features(
+    net: HeadNetwork,
+    train_set: Dataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    cache: FeatureCache | None,
+    progress: ProgressCallback | None = None,
+) -> TrainingFeatures:
+    """Step 1 of the module doc: the features the head is fitted on, through ``cache`` (a
+    second call on the same patches with the same trunk is all cache hits). ``cfg``: resolved
+    (``input_px``, ``rare_views``, ``batch_size``, ``num_workers``).
+
+    ``progress``: tasks ``features`` and ``tumour views`` (patches)."""
+    y = _labels(train_set)
+    tumor_idx = np.flatnonzero(y == LABEL_TUMOR)
+    rare = [v for v in view_list(cfg.rare_views) if v != 0]
+    base = _features(net, train_set, [0], cfg, device, cache, progress, "features")
+    extra = (
+        _features(
+            net,
+            Subset(train_set, tumor_idx.tolist()),
+            rare,
+            cfg,
+            device,
+            cache,
+            progress,
+            "tumour views",
+        )
+        if rare and len(tumor_idx)
+        else None
+    )
+    ok = base.ok
+    if extra is not None:
+        ok = ok.copy()
+        ok[tumor_idx] &= extra.ok
+    return TrainingFeatures(y, base, extra, tumor_idx, rare, ok)
 
 
 @dataclass
@@ -349,4 +389,4 @@ def _fit_and_save(
     }
 
 
-__all__ = ["FALLBACK_L2", "train_head"]
+__all__ = ["FALLBACK_L2", "TrainingFeatures", "train_head", "training_features"]
