@@ -102,6 +102,10 @@ class InferenceConfig:
         smooth_sigma_um: Gaussian sigma (µm) of the heatmap smoothing before lesions; 0 = none.
         extent_ratio: hysteresis: a lesion extends over cells ``>= extent_ratio × threshold``
             connected to a cell ``>= threshold``; 1 = a single threshold.
+        extent_cap: the extent threshold is never above this calibrated probability; ``None``
+            = the model's calibrated threshold (filled in by :meth:`resolved`): an operating
+            point above it picks which lesions are reported, not how far they extend
+            (:mod:`qupath_rkd.lesions.postprocess`).
         simplify_um: lesion outline tolerance in µm; outlines always follow tile edges, so every
             value gives the same outline (see :func:`qupath_rkd.lesions.extract_lesions`).
         slide_mpp: level-0 µm/px of the slide when its metadata has none.
@@ -131,6 +135,7 @@ class InferenceConfig:
     min_major_axis_um: float = DEFAULT_MIN_LESION_UM
     smooth_sigma_um: float = DEFAULT_SMOOTH_SIGMA_UM
     extent_ratio: float = DEFAULT_EXTENT_RATIO
+    extent_cap: float | None = None
     simplify_um: float | None = None
     slide_mpp: float | None = None
     tta_views: int = DEFAULT_SLIDE_TTA_VIEWS
@@ -156,6 +161,7 @@ class InferenceConfig:
             smooth_sigma_um=float(self.smooth_sigma_um),
             extent_ratio=float(self.extent_ratio),
             min_major_axis_um=float(self.min_major_axis_um),
+            extent_cap=None if self.extent_cap is None else float(self.extent_cap),
         )
 
     def resolved(self, model: TrainedModel) -> InferenceConfig:
@@ -174,6 +180,7 @@ class InferenceConfig:
             tile_mpp=float(tile_mpp),
             tile_px=tile_px,
             threshold=threshold,
+            extent_cap=self.extent_cap if self.extent_cap is not None else float(model.threshold),
             num_workers=workers,
         )
 

@@ -8,7 +8,11 @@ The steps between a heatmap and its lesions, in order:
    probabilities next to the tissue edge are not pulled towards 0.
 2. **hysteresis**: a lesion is a region of cells ``>= extent`` (8-connected) that holds at least
    one cell ``>= seed``. The seed is the operating point; the extent is ``extent_ratio × seed``
-   (default 1: a plain threshold; 0.5 grows lesions over weaker cells).
+   (default 1: a plain threshold; 0.5 grows lesions over weaker cells), never above
+   ``extent_cap`` when one is given: ``predict`` and ``sync`` cap it at the model's calibrated
+   threshold, so an operating point raised above it (to keep tumour-free slides free of false
+   lesions) decides which lesions are reported, while a lesion still extends over the cells the
+   calibrated probability calls tumour (a raised single threshold shrank true lesions by half).
 3. **minimum size**: regions whose major axis is under ``min_major_axis_um`` are dropped
    (:func:`qupath_rkd.lesions.extract.extract_lesions` does it, with holes filled first).
 
@@ -51,11 +55,14 @@ class PostProcessing:
         smooth_sigma_um: Gaussian sigma in µm; 0 = no smoothing.
         extent_ratio: extent threshold / seed threshold, in (0, 1]; 1 = one threshold.
         min_major_axis_um: lesions whose major axis is shorter (µm) are dropped.
+        extent_cap: the extent threshold is never above this calibrated probability (``None``:
+            no cap); see the module docstring.
     """
 
     smooth_sigma_um: float = DEFAULT_SMOOTH_SIGMA_UM
     extent_ratio: float = DEFAULT_EXTENT_RATIO
     min_major_axis_um: float = DEFAULT_MIN_LESION_UM
+    extent_cap: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.smooth_sigma_um) and self.smooth_sigma_um >= 0):
@@ -64,10 +71,14 @@ class PostProcessing:
             raise ValueError(f"extent_ratio must be in (0, 1], got {self.extent_ratio}")
         if not (math.isfinite(self.min_major_axis_um) and self.min_major_axis_um >= 0):
             raise ValueError(f"min_major_axis_um must be >= 0, got {self.min_major_axis_um}")
+        if self.extent_cap is not None and not (0.0 < self.extent_cap <= 1.0):
+            raise ValueError(f"extent_cap must be in (0, 1], got {self.extent_cap}")
 
     def extent_for(self, seed: float) -> float:
-        """The extent threshold that goes with seed threshold ``seed``."""
-        return float(self.extent_ratio * seed)
+        """The extent threshold that goes with seed threshold ``seed``: ``extent_ratio × seed``,
+        at most ``extent_cap``."""
+        extent = float(self.extent_ratio * seed)
+        return extent if self.extent_cap is None else min(extent, float(self.extent_cap))
 
 
 def smooth_probability(probability: np.ndarray, sigma_cells: float) -> np.ndarray:

@@ -20,6 +20,7 @@ A second run with nothing changed trains nothing, predicts nothing and writes no
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -565,7 +566,6 @@ def _with_mpp_overrides(
     Raises:
         ConfigError: an override names no image of the project (a typo must not be ignored).
     """
-    import dataclasses
 
     from qupath_rkd.errors import ConfigError
 
@@ -677,7 +677,6 @@ def _mark_stale(
     ``qupath-rkd stale = 1`` (GeoJSON backend; the file is replaced at commit, its previous
     version backed up). The state keeps the old record, so the next sync tries again.
     """
-    import dataclasses
 
     record = state.predictions.get(result.entry_id)
     if record is None or (result.entry_id not in attempted and record.model_id == model_id):
@@ -827,7 +826,6 @@ def _operating_point(
     prediction returns (on the cluster too: the workers send them back, the client scores);
     where that cannot be done it stays in-sample. ``held_out`` and the note say which.
     """
-    import dataclasses
 
     from qupath_rkd.inference import predict_slide
     from qupath_rkd.lesions.operating_point import (
@@ -911,7 +909,8 @@ def _operating_point(
         negatives.append(negative_heatmap(src, heatmap, entry.name))
     if not negatives:
         return fallback(target, floor).as_dict(), preds
-    post = inference_config(config, None).post_processing()
+    # the extent capped at the calibrated threshold, as predict_slide's resolved config does
+    post = dataclasses.replace(inference_config(config, None).post_processing(), extent_cap=floor)
     op = choose_operating_point(negatives, post, target_fp_per_slide=target, floor=floor)
     if labelled is not None and op.method != METHOD_FALLBACK:
         how, note = held_out_summary(held, in_sample, not_trained)
@@ -1217,7 +1216,6 @@ def inference_config(config: SyncConfig, slide_mpp: float | None) -> InferenceCo
 
 def _entry_config(config: SyncConfig, entry: ImageEntry, threshold: float) -> InferenceConfig:
     """The inference configuration an image is predicted with, at the seed ``threshold``."""
-    import dataclasses
 
     return dataclasses.replace(inference_config(config, entry.mpp), threshold=threshold)
 

@@ -123,6 +123,27 @@ def test_post_processing_validates() -> None:
     with pytest.raises(ValueError):
         PostProcessing(smooth_sigma_um=-1.0)
     assert PostProcessing(extent_ratio=0.5).extent_for(0.7) == pytest.approx(0.35)
+    with pytest.raises(ValueError):
+        PostProcessing(extent_cap=0.0)
+
+
+def test_a_raised_operating_point_picks_lesions_but_the_cap_keeps_their_extent() -> None:
+    # Regression (held-out operating point, 0.5 -> 0.67 on the demo): with one threshold a
+    # raised seed shrank true lesions to their hottest cells (area -53 % / -74 %). Capped at the
+    # calibrated 0.5, a lesion keeps every connected cell >= 0.5; a region without a cell >=
+    # the seed is still no lesion.
+    p = np.zeros((8, 8), np.float32)
+    p[1:4, 1:4] = 0.6
+    p[2, 2] = 0.8  # a lesion with one hot cell
+    p[5:7, 5:7] = 0.6  # warm, but no cell reaches the seed
+    hm = heatmap(p)
+    plain = find_lesions(hm, 0.7, PostProcessing(min_major_axis_um=0.0))
+    capped = find_lesions(hm, 0.7, PostProcessing(min_major_axis_um=0.0, extent_cap=0.5))
+    assert [les.n_cells for les in plain.lesions] == [1]
+    assert [les.n_cells for les in capped.lesions] == [9]
+    assert PostProcessing(extent_cap=0.5).extent_for(0.7) == pytest.approx(0.5)
+    assert PostProcessing(extent_cap=0.5).extent_for(0.4) == pytest.approx(0.4)
+    assert PostProcessing(extent_ratio=0.5, extent_cap=0.5).extent_for(0.8) == pytest.approx(0.4)
 
 
 # --- slide scores --------------------------------------------------------------------------
