@@ -41,8 +41,8 @@ def _ctrl_c_at(monkeypatch: pytest.MonkeyPatch, step: int, times: int = 1) -> No
 
     original = trainer._Run._step
 
-    def step_then_ctrl_c(self, batch, aug_gen):  # type: ignore[no-untyped-def]
-        original(self, batch, aug_gen)
+    def step_then_ctrl_c(self, batch, aug_gen, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original(self, batch, aug_gen, *args, **kwargs)
         if self.global_step == step:
             for _ in range(times):
                 os.kill(os.getpid(), signal.SIGINT)
