@@ -218,12 +218,23 @@ def evaluate_setting(
     result = froc(dets)
     negatives = [NegativeHeatmap(heatmaps[s["slide_id"]]) for s in slides if not s["tumor"]]
     op = choose_operating_point(negatives, post, target_fp_per_slide=target_fp)
-    # sensitivity at the chosen operating point: lesions hit by a lesion found at that seed
+    # the default operating point as a user meets it on a slide it was not chosen on: for each
+    # tumour-free slide, the threshold chosen on the others, its false lesions at that threshold
+    normal_ids = [s["slide_id"] for s in slides if not s["tumor"]]
+    fp_cv = []
+    for left_out in normal_ids if len(normal_ids) > 1 else []:
+        others = [NegativeHeatmap(heatmaps[i]) for i in normal_ids if i != left_out]
+        op_i = choose_operating_point(others, post, target_fp_per_slide=target_fp)
+        fp_cv.append(len(find_lesions(heatmaps[left_out], op_i.threshold, post).lesions))
+    # sensitivity (and area) at the chosen operating point: lesions hit by a lesion found there
     hits = n_lesions = 0
+    area_err_op = []
     for s in slides:
         if not s["tumor"]:
             continue
         les = find_lesions(heatmaps[s["slide_id"]], op.threshold, post).lesions
+        truth_mm2 = sum(p_.area for p_ in s["tumor"]) * s["mpp"] ** 2 / 1e6
+        area_err_op.append((tumour_burden(les).tumor_area_mm2 - truth_mm2) / truth_mm2)
         d = score_detections(
             s["slide_id"],
             np.array([le.max_probability for le in les]),
@@ -243,6 +254,12 @@ def evaluate_setting(
         else None,
         "operating_point": op.as_dict(),
         "sensitivity_at_operating_point": round(hits / max(n_lesions, 1), 4),
+        "false_lesions_per_tumor_free_slide_cv_operating_point": round(float(np.mean(fp_cv)), 3)
+        if fp_cv
+        else None,
+        "area_error_at_operating_point_mean": round(float(np.mean(area_err_op)), 4)
+        if area_err_op
+        else None,
         "slide_auc": {
             rule: round(roc_auc(y, np.array(v)), 4) if 0 < y.sum() < y.size else None
             for rule, v in scores.items()
@@ -338,6 +355,12 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, default=None, help="folder caching the model's heatmaps"
     )
+    parser.add_argument(
+        "--extent-cap",
+        type=float,
+        default=None,
+        help="cap of the extent threshold (predict and sync use the model's calibrated 0.5)",
+    )
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -376,7 +399,7 @@ def main() -> None:
         heat_s = time.perf_counter() - t0
         settings = list(itertools.product(sigmas, ratios, min_sizes))
         for sigma, ratio, min_um in settings:
-            post = PostProcessing(sigma, ratio, min_um)
+            post = PostProcessing(sigma, ratio, min_um, extent_cap=args.extent_cap)
             t1 = time.perf_counter()
             row = {
                 "heatmap": source,
@@ -385,6 +408,7 @@ def main() -> None:
                 "smooth_sigma_um": sigma,
                 "extent_ratio": ratio,
                 "min_lesion_um": min_um,
+                "extent_cap": args.extent_cap,
                 "tta_views": args.tta_views if model is not None else None,
                 **evaluate_setting(slides, heatmaps, post, args.seed_threshold, args.target_fp),
                 "seconds": round(time.perf_counter() - t1 + heat_s / len(settings), 2),

@@ -57,13 +57,15 @@ def test_slide_score_and_lesions_follow_the_config(prediction, semireal, model) 
     assert prediction.smoothed is not None
     np.testing.assert_array_equal(prediction.smoothed.probability, smoothed.probability)
     assert prediction.slide_score == pytest.approx(float(np.nanmax(smoothed.probability)))
-    # its lesions are those of the smoothed heatmap with hysteresis (extent = ratio × seed)
+    # its lesions are those of the smoothed heatmap with hysteresis (extent = ratio × seed, at
+    # most the model's calibrated threshold)
     thr0 = prediction.config.threshold
+    assert prediction.config.extent_cap == pytest.approx(model.threshold)
     want0 = extract_lesions(
         smoothed,
         thr0,
         min_major_axis_um=prediction.config.min_major_axis_um,
-        extent_threshold=prediction.config.extent_ratio * thr0,
+        extent_threshold=min(prediction.config.extent_ratio * thr0, model.threshold),
     )
     assert [les.peak_xy_px for les in prediction.lesions] == [les.peak_xy_px for les in want0]
     assert prediction.positive == bool(want0)
@@ -81,7 +83,10 @@ def test_slide_score_and_lesions_follow_the_config(prediction, semireal, model) 
     np.testing.assert_array_equal(pred.tiles.score, t.score)  # same tiles, same scores
     assert pred.slide_score == pytest.approx(float(t.probability.max()))
     assert len(pred.lesions) >= 1
-    want = extract_lesions(pred.heatmap, thr, min_major_axis_um=0.0)
+    # a seed above the calibrated threshold picks lesions; their extent stops at the latter
+    want = extract_lesions(
+        pred.heatmap, thr, min_major_axis_um=0.0, extent_threshold=min(thr, model.threshold)
+    )
     # with smoothing asked for (µm), the score and lesions come from the smoothed heatmap
     smooth_cfg = dataclasses.replace(pred.config, smooth_sigma_um=150.0, slide_score="max_smoothed")
     smoothed_pred = apply_threshold(dataclasses.replace(pred, config=smooth_cfg), thr)

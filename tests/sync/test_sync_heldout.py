@@ -103,7 +103,10 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
         negative_heatmap(sources[entries[A].entry_id], pred_a.heatmap, A),
         negative_heatmap(sources[entries[B].entry_id], held_b, B),
     ]
-    post = inference_config(config, None).post_processing()
+    # the extent capped at the calibrated threshold, as predict_slide's resolved config has it
+    post = dataclasses.replace(
+        inference_config(config, None).post_processing(), extent_cap=model.threshold
+    )
     target = float(config.get("inference.target_fp_per_slide"))
     expect = choose_operating_point(
         negatives, post, target_fp_per_slide=target, floor=model.threshold
