@@ -260,6 +260,9 @@ def evaluate_setting(
         "area_error_at_operating_point_mean": round(float(np.mean(area_err_op)), 4)
         if area_err_op
         else None,
+        "area_error_abs_at_operating_point_mean": round(float(np.mean(np.abs(area_err_op))), 4)
+        if area_err_op
+        else None,
         "slide_auc": {
             rule: round(roc_auc(y, np.array(v)), 4) if 0 < y.sum() < y.size else None
             for rule, v in scores.items()
