@@ -326,67 +326,21 @@ def score_tiles(
     progress: ProgressCallback | None = None,
     tta_views: int | None = None,
     task: str = "tiles",
-) -> np.ndarray:
-    """Raw model scores ``(N,)`` float32 of every tile of ``dataset``, in its order
-    (``tta_views``: views per tile for a head model, ``None`` = the model's own).
+    features: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Every tile of ``dataset`` scored, in its order: raw model scores ``(N,)`` float32
+    (``tta_views``: views per tile for a head model, ``None`` = the model's own); each tile's
+    ``(N,)`` float32 out-of-domain feature distance when the model has a reference, else
+    ``None``; and with ``features`` (head models) each tile's ``(N, D)`` pooled features
+    averaged over the views, else ``None``: float16 with one view (exact: the head sees its
+    features rounded to float16; half the memory of a large slide's), float32 with more. One
+    trunk pass gives all three (:meth:`TrainedModel.scores_distances_features`).
 
     ``progress`` gets task ``task``: tiles scored of ``N``, unit ``tile``, after each batch.
 
     Raises:
         NonFiniteScoresError: the model returned NaN or infinite scores (names the model).
     """
-    return score_tiles_and_distances(
-        model,
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        tta_views=tta_views,
-        task=task,
-    )[0]
-
-
-def score_tiles_and_distances(
-    model: TrainedModel,
-    dataset: TileDataset,
-    *,
-    batch_size: int,
-    num_workers: int,
-    progress: ProgressCallback | None = None,
-    tta_views: int | None = None,
-    task: str = "tiles",
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`score_tiles`, and each tile's ``(N,)`` float32 out-of-domain feature distance
-    (:meth:`TrainedModel.scores_and_distances`, same trunk pass) when the model has a
-    reference, else ``None``."""
-    scores, distances, _feats = score_tiles_distances_features(
-        model,
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        tta_views=tta_views,
-        task=task,
-    )
-    return scores, distances
-
-
-def score_tiles_distances_features(
-    model: TrainedModel,
-    dataset: TileDataset,
-    *,
-    batch_size: int,
-    num_workers: int,
-    progress: ProgressCallback | None = None,
-    tta_views: int | None = None,
-    task: str = "tiles",
-    features: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """:func:`score_tiles_and_distances`, and with ``features`` (head models) each tile's
-    ``(N, D)`` pooled features averaged over the views
-    (:meth:`TrainedModel.scores_distances_features`, same trunk pass), else ``None``: float16
-    with one view (exact: the head sees its features rounded to float16; half the memory of a
-    large slide's), float32 with more."""
     import torch
 
     n = len(dataset)
@@ -590,7 +544,7 @@ def predict_slide(
     t0 = time.perf_counter()
     dataset = TileDataset(path, grid.xy_px, cfg.tile_px, cfg.tile_mpp, cfg.slide_mpp)
     with torch_threads(cfg.torch_threads):
-        scores, distances, tile_feats = score_tiles_distances_features(
+        scores, distances, tile_feats = score_tiles(
             model,
             dataset,
             batch_size=cfg.batch_size,

@@ -184,20 +184,13 @@ class TrainedModel:
                 return self.net(x, view_list(tta_views or self.tta_views)).float()
         return patch_scores(self.anomaly_maps(x), self.score_reduction)
 
-    def scores_and_distances(
-        self, x: Tensor, tta_views: int | None = None
-    ) -> tuple[Tensor, Tensor | None]:
-        """:meth:`raw_scores` of preprocessed ``(B, 3, S, S)``, and with an out-of-domain
-        reference each tile's ``(B,)`` feature distance from the training tiles
-        (:meth:`OodReference.distances`, from the same trunk pass; ``None`` without one)."""
-        scores, distances, _feats = self.scores_distances_features(x, tta_views)
-        return scores, distances
-
     def scores_distances_features(
         self, x: Tensor, tta_views: int | None = None, *, features: bool = False
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """:meth:`scores_and_distances`, and with ``features`` (head models only) each tile's
-        ``(B, D)`` float32 pooled features averaged over the views
+        """:meth:`raw_scores` of preprocessed ``(B, 3, S, S)``; with an out-of-domain reference
+        each tile's ``(B,)`` feature distance from the training tiles
+        (:meth:`OodReference.distances`, ``None`` without one); and with ``features`` (head
+        models only) each tile's ``(B, D)`` float32 pooled features averaged over the views
         (:meth:`HeadNetwork.logits_with_features`, same trunk pass; ``None`` otherwise)."""
         if isinstance(self.net, HeadNetwork) and (features or self.ood_reference is not None):
             with torch.inference_mode():
