@@ -8,7 +8,7 @@ from shapely.geometry import Point
 
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.lesions import extract_lesions
-from qupath_rkd.lesions.candidates import candidate_detections, local_maxima
+from qupath_rkd.lesions.candidates import BELOW_SEED, candidate_detections, local_maxima
 
 ORIGIN = (1000.0, 2000.0)
 STRIDE = 100.0  # level-0 px between tile centres
@@ -162,3 +162,23 @@ def test_bad_arguments_raise() -> None:
         candidate_detections(hm, [], nms_radius_um=-1.0)
     with pytest.raises(ValueError, match="max_candidates"):
         candidate_detections(hm, [], max_candidates=0)
+
+
+def test_with_the_seed_every_lesion_ranks_above_the_other_candidates() -> None:
+    p = np.zeros((4, 12), np.float32)
+    p[1, 1] = 0.99  # a component the minimum size drops: a candidate, not a lesion
+    p[1, 3:8] = 0.7  # a lesion, peak (1, 3)
+    p[2, 10] = 0.3
+    hm = make_heatmap(p)
+    lesions = extract_lesions(hm, 0.6, min_major_axis_um=200.0)
+    assert len(lesions) == 1
+    own = candidate_detections(hm, lesions, nms_radius_um=0.0)
+    assert points(own) == [(0.99, *centre(1, 1)), (0.7, *centre(1, 3)), (0.3, *centre(2, 10))]
+    ranked = candidate_detections(hm, lesions, nms_radius_um=0.0, seed_threshold=0.6)
+    # the lesion first; the dropped component just below the seed, above the weaker maximum
+    assert points(ranked) == [(0.7, *centre(1, 3)), (0.6, *centre(1, 1)), (0.3, *centre(2, 10))]
+    assert ranked.probs[1] == pytest.approx(0.6 - BELOW_SEED, abs=1e-12)
+    assert ranked.probs[1] < 0.6 and ranked.is_lesion_peak.tolist() == [True, False, False]
+    # the ranking decides suppression: the lesion peak now suppresses its neighbour
+    near = candidate_detections(hm, lesions, nms_radius_um=120.0, seed_threshold=0.6)
+    assert points(near) == [(0.7, *centre(1, 3)), (0.3, *centre(2, 10))]
