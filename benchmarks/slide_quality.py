@@ -14,13 +14,17 @@ hysteresis extent ratio) on
 (ii) a model's heatmap (``--model``) on the slides of a set built by ``build_slide_set.py``
     (``--set``), each slide scored once per stride and post-processed in every setting.
 
-Per setting: Camelyon16 lesion FROC (organisers' protocol, lesions extracted at the seed
-``--seed-threshold``, default the calibrated 0.5, as ``predict`` writes them), sensitivity at
-0.25 / 1 / 8 FP per slide, false lesions per tumour-free slide at that seed, the operating point
-chosen on the tumour-free slides (``choose_operating_point``, in-sample) with the sensitivity
-there, slide AUC for every slide-score rule, lesion Dice and tumour-area error on the tumour
-slides, and how often the burden category (ITC / micro / macro) matches the truth's. Prints JSON
-and writes it to ``--out``.
+Per setting: Camelyon16 lesion FROC (organisers' protocol) twice, with sensitivity at
+0.25 / 1 / 8 FP per slide: of the lesion peaks alone (lesions extracted at the seed
+``--seed-threshold``, default the calibrated 0.5) and, under ``candidates``, of the candidate
+list ``predict`` writes to ``camelyon16/<slide>.csv`` (the lesion peaks plus the local maxima
+outside the lesions down to a floor, non-maximum suppression in µm:
+:func:`qupath_rkd.lesions.candidates.candidate_detections`; one entry per
+``--candidate-floors`` × ``--candidate-nms-um``); false lesions per tumour-free slide at that
+seed, the operating point chosen on the tumour-free slides (``choose_operating_point``,
+in-sample) with the sensitivity there, slide AUC for every slide-score rule, lesion Dice and
+tumour-area error on the tumour slides, and how often the burden category (ITC / micro / macro)
+matches the truth's. Prints JSON and writes it to ``--out``.
 """
 
 from __future__ import annotations
@@ -161,16 +165,30 @@ def evaluate_setting(
     post: Any,
     seed_threshold: float,
     target_fp: float,
+    candidate_settings: list[tuple[float, float, bool]] | None = None,
 ) -> dict[str, Any]:
-    """Every metric of one post-processing setting over all slides."""
+    """Every metric of one post-processing setting over all slides.
+
+    ``candidate_settings``: ``(floor, NMS radius µm, clamped)`` triples; for each, the FROC
+    of the candidate list ``predict`` submits (:func:`qupath_rkd.lesions.candidates.
+    candidate_detections`: the lesion peaks plus the local maxima outside them; ``clamped``:
+    those reported below the seed, as ``predict`` does) beside the lesions-only FROC.
+    Default: the package defaults, clamped.
+    """
+    from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM
     from qupath_rkd.evaluation.camelyon16 import evaluation_mask, froc, score_detections
     from qupath_rkd.evaluation.metrics import roc_auc
     from qupath_rkd.lesions.burden import burden_category, tumour_burden
+    from qupath_rkd.lesions.candidates import candidate_detections
     from qupath_rkd.lesions.operating_point import NegativeHeatmap, choose_operating_point
     from qupath_rkd.lesions.pipeline import find_lesions
     from qupath_rkd.lesions.slide_score import SLIDE_SCORE_RULES, slide_score
 
+    if candidate_settings is None:
+        candidate_settings = [(DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM, True)]
     dets = []
+    cand_dets: dict[tuple[float, float, bool], list[Any]] = {c: [] for c in candidate_settings}
+    n_cands: dict[tuple[float, float, bool], list[int]] = {c: [] for c in candidate_settings}
     scores: dict[str, list[float]] = {rule: [] for rule in SLIDE_SCORE_RULES}
     labels = []
     dice, area_err, cat_ok = [], [], []
@@ -190,6 +208,19 @@ def evaluate_setting(
         y = np.array([le.peak_xy_px[1] for le in les])
         p = np.array([le.max_probability for le in les])
         dets.append(score_detections(s["slide_id"], p, x, y, mask))
+        for setting in candidate_settings:  # what predict's Camelyon16 CSV holds
+            floor, radius_um, clamped = setting
+            c = candidate_detections(
+                found.smoothed,
+                les,
+                floor=floor,
+                nms_radius_um=radius_um,
+                seed_threshold=seed_threshold if clamped else None,
+            )
+            cand_dets[setting].append(
+                score_detections(s["slide_id"], c.probs, c.x_px, c.y_px, mask)
+            )
+            n_cands[setting].append(len(c))
         for rule in SLIDE_SCORE_RULES:
             scores[rule].append(
                 slide_score(
@@ -216,6 +247,21 @@ def evaluate_setting(
             burden_category(_largest_extent_um(s["tumor"], s["mpp"])) == tumour_burden(les).category
         )
     result = froc(dets)
+    candidates = []
+    for (floor, radius_um, clamped), per_slide in cand_dets.items():
+        cr = froc(per_slide)
+        counts = n_cands[(floor, radius_um, clamped)]
+        candidates.append(
+            {
+                "floor": floor,
+                "nms_radius_um": radius_um,
+                "below_seed": clamped,
+                "froc": round(cr.score, 4),
+                "sensitivity_at": {str(k): round(v, 4) for k, v in cr.sensitivity_at.items()},
+                "candidates_per_slide_mean": round(float(np.mean(counts)), 1),
+                "candidates_per_slide_max": int(max(counts)),
+            }
+        )
     negatives = [NegativeHeatmap(heatmaps[s["slide_id"]]) for s in slides if not s["tumor"]]
     op = choose_operating_point(negatives, post, target_fp_per_slide=target_fp)
     # the default operating point as a user meets it on a slide it was not chosen on: for each
@@ -249,6 +295,7 @@ def evaluate_setting(
         "froc": round(result.score, 4),
         "sensitivity_at": {str(k): round(v, 4) for k, v in result.sensitivity_at.items()},
         "n_lesions": result.n_lesions,
+        "candidates": candidates,
         "false_lesions_per_tumor_free_slide": round(float(np.mean(fp_normal)), 3)
         if fp_normal
         else None,
@@ -364,13 +411,42 @@ def main() -> None:
         default=None,
         help="cap of the extent threshold (predict and sync use the model's calibrated 0.5)",
     )
+    parser.add_argument(
+        "--candidate-floors",
+        default=None,
+        help="floors of the Camelyon16 candidate list, comma-separated (default: the package's)",
+    )
+    parser.add_argument(
+        "--candidate-nms-um",
+        default=None,
+        help="NMS radii (µm) of the candidate list, comma-separated (default: the package's)",
+    )
+    parser.add_argument(
+        "--candidate-unclamped",
+        action="store_true",
+        help="also score each candidate list with the maxima outside the lesions at their own "
+        "probability (predict reports those at or above the seed just below it)",
+    )
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
+    from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM
     from qupath_rkd.lesions.postprocess import PostProcessing
 
+    floors = (
+        [float(v) for v in args.candidate_floors.split(",")]
+        if args.candidate_floors
+        else [DEFAULT_CANDIDATE_FLOOR]
+    )
+    radii = (
+        [float(v) for v in args.candidate_nms_um.split(",")]
+        if args.candidate_nms_um
+        else [DEFAULT_CANDIDATE_NMS_UM]
+    )
+    clamps = [True, False] if args.candidate_unclamped else [True]
+    candidate_settings = list(itertools.product(floors, radii, clamps))
     started = time.perf_counter()
     if args.model is not None and args.set is None:
         sys.exit("--model needs --set (run benchmarks/build_slide_set.py first)")
@@ -413,7 +489,14 @@ def main() -> None:
                 "min_lesion_um": min_um,
                 "extent_cap": args.extent_cap,
                 "tta_views": args.tta_views if model is not None else None,
-                **evaluate_setting(slides, heatmaps, post, args.seed_threshold, args.target_fp),
+                **evaluate_setting(
+                    slides,
+                    heatmaps,
+                    post,
+                    args.seed_threshold,
+                    args.target_fp,
+                    candidate_settings,
+                ),
                 "seconds": round(time.perf_counter() - t1 + heat_s / len(settings), 2),
             }
             rows.append(row)

@@ -34,6 +34,18 @@ DEFAULT_SMOOTH_SIGMA_UM: Final[float] = 0.0
 DEFAULT_EXTENT_RATIO: Final[float] = 1.0
 #: False lesions per tumour-free slide allowed at the operating point.
 DEFAULT_TARGET_FP_PER_SLIDE: Final[float] = 0.25
+#: Camelyon16 candidate list (qupath_rkd.lesions.candidates; ``predict``'s
+#: ``camelyon16/<slide>.csv``): besides every lesion's peak, the local maxima of the heatmap
+#: outside the lesions down to this probability, so the FROC curve goes on below the seed
+#: threshold (docs/benchmarks.md, "Candidate list for the FROC").
+DEFAULT_CANDIDATE_FLOOR: Final[float] = 0.05
+#: Non-maximum suppression radius of the candidates in µm: a local maximum is dropped when a
+#: higher candidate lies within it. Two PCam tiles (2 x 96 px x 0.972 µm/px): of 0, 1, 2 and 3
+#: tiles, the best candidate FROC of the patch model on the benchmark set (3 tiles lost lesions,
+#: also on the perfect heatmap; 0 and 1 tile tied with it but submit more points).
+DEFAULT_CANDIDATE_NMS_UM: Final[float] = 187.0
+#: At most this many candidates per slide (the highest), so a bad model cannot write huge files.
+DEFAULT_MAX_CANDIDATES: Final[int] = 1000
 #: Slide-score rules (qupath_rkd.lesions.slide_score), the default first.
 SLIDE_SCORE_RULES: Final[tuple[str, ...]] = (
     "max_smoothed",

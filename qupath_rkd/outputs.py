@@ -5,7 +5,8 @@ Layout of an output folder ``OUT``::
     OUT/run.json                       arguments, versions, model id of the last run
     OUT/slide_scores.csv               one row per slide (SLIDE_SCORES_HEADER): score, lesions,
                                        burden, out-of-domain check (far fraction, flag), note
-    OUT/camelyon16/<slide>.csv         Camelyon16 submission: one "prob,X,Y" line per lesion peak
+    OUT/camelyon16/<slide>.csv         Camelyon16 submission: the candidate list, one "prob,X,Y"
+                                       line per candidate, highest first (see below)
     OUT/<slide>/lesions.geojson        lesions as QuPath GeoJSON detections (class Tumor)
     OUT/<slide>/tiles.geojson          scored tiles as QuPath tiles (measurement maps)
     OUT/<slide>/tiles.csv              the same tiles as data (x_px,y_px,width_px,...)
@@ -14,6 +15,16 @@ Layout of an output folder ``OUT``::
     OUT/<slide>/done.json              written last: model id + config key; a match skips the slide
     OUT/tumor_free_heatmaps/<slide>.*  heatmaps of the --tumor-free slides, reused while the model,
                                        the heatmap settings and the slide file are unchanged
+
+The Camelyon16 CSV is the FROC submission, not the lesion list: every lesion's peak (its maximum
+probability; the lesions are those of ``lesions.geojson``) and, below them, the local maxima of
+the heatmap outside the lesions down to ``DEFAULT_CANDIDATE_FLOOR`` (0.05), one per
+``DEFAULT_CANDIDATE_NMS_UM`` µm, at most ``DEFAULT_MAX_CANDIDATES`` per slide
+(:mod:`qupath_rkd.lesions.candidates`). A maximum that reaches the seed threshold outside the
+lesions (a component under the minimum lesion size) is written just below the seed, so the lines
+at or above the seed are exactly the lesion peaks; the rest carries the FROC curve to lower
+probabilities. ``done.json``'s ``camelyon16_submission`` records this; outputs written before
+(one line per lesion) are predicted again.
 
 All coordinates are level-0 pixels in QuPath's frame, which is OpenSlide's frame for slides
 without ``openslide.bounds-x/y`` (every Camelyon16 TIFF); for e.g. MRXS files with bounds, add

@@ -237,7 +237,8 @@ def predict(
       OUT/<slide>/lesions.geojson     lesions as QuPath detections (class Tumor)
       OUT/<slide>/tiles.geojson       scored tiles for QuPath measurement maps (+ tiles.csv)
       OUT/<slide>/heatmap.npy/.json   calibrated probability on the tile grid (+ heatmap.png)
-      OUT/camelyon16/<slide>.csv      Camelyon16 submission: prob,X,Y per lesion peak
+      OUT/camelyon16/<slide>.csv      Camelyon16 submission: prob,X,Y per candidate (lesion
+                                      peaks, then heatmap maxima below the threshold)
       OUT/slide_scores.csv            one row per slide
     Slides already predicted with the same model and settings are skipped.
     """

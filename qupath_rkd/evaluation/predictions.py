@@ -70,7 +70,9 @@ class PredictedSlide:
         slide_id: the name shown in the report (``predict``'s slide id; for ``sync``, the image
             name's stem made safe, as ``predict`` names the same slide).
         names: every name a truth file may carry for this slide (``slide_id`` first).
-        detections: the lesion candidates, one per lesion.
+        detections: the detections scored: ``predict``'s candidate list (lesion peaks and
+            heatmap maxima below the seed, :mod:`qupath_rkd.lesions.candidates`), a bare
+            submission's lines, or for ``sync`` one per lesion (its peak).
         score: the slide score (``slide_scores.csv`` or ``report.json``), ``None`` when absent.
         mpp: the slide's level-0 µm/px as the predictions record it, ``None`` when unknown.
     """

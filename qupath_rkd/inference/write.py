@@ -22,9 +22,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qupath_rkd import __version__
-from qupath_rkd.constants import TOOL_TAG
+from qupath_rkd.constants import (
+    DEFAULT_CANDIDATE_FLOOR,
+    DEFAULT_CANDIDATE_NMS_UM,
+    DEFAULT_MAX_CANDIDATES,
+    TOOL_TAG,
+)
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from qupath_rkd.lesions.candidates import Candidates, candidate_detections
 from qupath_rkd.outputs import (  # the measurement names are defined there, once
     LESION_MEASUREMENTS,
     MEASURE_PROBABILITY,
@@ -308,14 +314,56 @@ def _tile_feature_error(
     raise AssertionError(f"tile {i} has a non-finite measurement, yet make_feature took it")
 
 
+def slide_candidates(pred: SlidePrediction) -> Candidates:
+    """The slide's Camelyon16 candidate list: its lesion peaks and the local maxima of the
+    heatmap the lesions were found on (``pred.smoothed``) outside them, with the package's
+    floor, NMS radius and cap, those reported below the seed threshold
+    (:func:`qupath_rkd.lesions.candidates.candidate_detections`)."""
+    heatmap = pred.smoothed if pred.smoothed is not None else pred.heatmap
+    return candidate_detections(
+        heatmap,
+        pred.lesions,
+        floor=DEFAULT_CANDIDATE_FLOOR,
+        nms_radius_um=DEFAULT_CANDIDATE_NMS_UM,
+        max_candidates=DEFAULT_MAX_CANDIDATES,
+        seed_threshold=pred.config.threshold,
+    )
+
+
+#: ``done.json``'s record of what ``camelyon16/<slide>.csv`` holds; a slide whose record differs
+#: (written when the file held one line per lesion, or with other candidate defaults) is
+#: predicted again rather than skipped as done.
+SUBMISSION_RECORD: dict[str, Any] = {
+    "content": "candidates: lesion peaks + local maxima outside the lesions, below the seed",
+    "floor": DEFAULT_CANDIDATE_FLOOR,
+    "nms_radius_um": DEFAULT_CANDIDATE_NMS_UM,
+    "max_candidates": DEFAULT_MAX_CANDIDATES,
+}
+
+
+def candidates_csv(candidates: Candidates) -> str:
+    """``prob,X,Y`` per candidate in the given order (level-0 px rounded to integers), no
+    header, as the organisers' script reads it."""
+    return "".join(
+        f"{p:.6f},{round(x)},{round(y)}\n"
+        for p, x, y in zip(
+            candidates.probs.tolist(),
+            candidates.x_px.tolist(),
+            candidates.y_px.tolist(),
+            strict=True,
+        )
+    )
+
+
 def submission_csv(pred: SlidePrediction) -> str:
-    """Camelyon16 submission: ``prob,X,Y`` per lesion peak (level-0 px, integers), no header,
-    as the organisers' script reads it."""
-    lines = [
-        f"{les.max_probability:.6f},{round(les.peak_xy_px[0])},{round(les.peak_xy_px[1])}"
-        for les in pred.lesions
-    ]
-    return "".join(line + "\n" for line in lines)
+    """Camelyon16 submission: the slide's candidate detections (:func:`slide_candidates`:
+    every lesion's peak and the heatmap's local maxima outside the lesions down to
+    :data:`~qupath_rkd.constants.DEFAULT_CANDIDATE_FLOOR`, reported below the seed
+    threshold), one ``prob,X,Y`` line each (level-0 px, integers), highest probability first,
+    no header. At and above the seed it holds exactly the lesion peaks; scored at every
+    probability, the rest carries the FROC curve below the seed. The lesions themselves
+    (GeoJSON, ``slide_scores.csv``) are the ones found at the seed."""
+    return candidates_csv(slide_candidates(pred))
 
 
 def tiles_csv(pred: SlidePrediction) -> str:
@@ -463,6 +511,7 @@ def write_slide_outputs(
             "probability_max": _max_or_none(pred.tiles.probability),
             "n_tiles": len(pred.tiles),
             "n_lesions": len(pred.lesions),
+            "camelyon16_submission": SUBMISSION_RECORD,
             "positive": bool(pred.positive),
             **(pred.burden.as_dict() if pred.burden is not None else {}),
             **(pred.ood.as_dict() if pred.ood is not None else {}),
@@ -499,7 +548,7 @@ def read_done(outputs: SlideOutputs) -> dict[str, Any]:
 def slide_is_done(outputs: SlideOutputs, key: str, slide_path: Path) -> bool:
     """Whether the outputs exist for this model + config and this very slide file."""
     done = read_done(outputs)
-    if done.get("key") != key:
+    if done.get("key") != key or done.get("camelyon16_submission") != SUBMISSION_RECORD:
         return False
     try:
         if {k: done.get(k) for k in ("slide_bytes", "slide_mtime_ns")} != slide_identity(

@@ -18,8 +18,15 @@ INPUT_PX = 32
 
 
 def make_checkpoint(
-    path: Path, *, mpp: float | None = MODEL_MPP, nan: bool = False, tile_px: int | None = None
+    path: Path,
+    *,
+    mpp: float | None = MODEL_MPP,
+    nan: bool = False,
+    tile_px: int | None = None,
+    calibration: tuple[float, float] = (4.0, -10.0),
 ) -> Path:
+    """A real RD checkpoint (random teacher); ``calibration``: ``(a, b)`` of
+    ``p = sigmoid(a * score + b)``."""
     import torch
 
     from qupath_rkd.model.calibration import Calibration
@@ -43,7 +50,7 @@ def make_checkpoint(
         )
         with torch.no_grad():
             param.fill_(float("nan"))
-    save_checkpoint(path, net, cfg, Calibration("logistic", 4.0, -10.0, 5, 5), "test-hash")
+    save_checkpoint(path, net, cfg, Calibration("logistic", *calibration, 5, 5), "test-hash")
     return path
 
 

@@ -113,19 +113,17 @@ def test_outputs_of_a_slide(predicted) -> None:
     hm = Heatmap.load(o.heatmap_json)
     np.testing.assert_allclose(hm.probability, first.heatmap.probability, rtol=1e-6, equal_nan=True)
     assert hm.meta["model_id"] == first.model_id and hm.mpp == pytest.approx(first.slide_mpp)
-    # lesions as QuPath detections; Camelyon16 CSV = one line per lesion peak
+    # lesions as QuPath detections: one per lesion (a lesion in parts is one MultiPolygon)
     lesions = read_geojson(o.lesions_geojson)
     assert lesions and all(
         obj.object_type == "detection" and obj.class_name == "Tumor" for obj in lesions
     )
     assert all(obj.is_tool_object for obj in lesions)
-    lines = o.submission_csv.read_text().splitlines()
-    probs = sorted((float(line.split(",")[0]) for line in lines), reverse=True)
-    maxima = sorted((obj.measurements["Tumor probability (max)"] for obj in lesions), reverse=True)
-    # one detection per lesion (a lesion in parts is one MultiPolygon), names unique
-    assert len(lesions) == len(lines)
     assert len({obj.name for obj in lesions}) == len(lesions)
-    np.testing.assert_allclose(maxima, probs, atol=1e-6)
+    # Camelyon16 CSV: the candidate list, highest first (test_camelyon16_csv_is_the_candidate_list)
+    lines = o.submission_csv.read_text().splitlines()
+    probs = [float(line.split(",")[0]) for line in lines]
+    assert probs == sorted(probs, reverse=True) and len(lines) >= len(lesions)
     for line in lines:
         _p, x, y = line.split(",")
         assert x.isdigit() and y.isdigit()  # integers, as the organisers' reader expects
@@ -145,6 +143,82 @@ def test_outputs_of_a_slide(predicted) -> None:
     assert done["n_tiles"] == len(first.tiles) and done["model_id"] == first.model_id
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["model_id"] == first.model_id and "torch" in run_json
+
+
+def test_camelyon16_csv_is_the_candidate_list(tmp_path, semireal, model) -> None:
+    """The CSV holds every lesion's peak once and, beyond them, local maxima of the heatmap
+    below the threshold and outside the lesions (the FROC's candidates), none within the NMS
+    radius of a higher one. The model's calibration puts 0.5 at this slide's 90th percentile
+    score, so that lesions and sub-threshold maxima both exist."""
+    from shapely.geometry import Point
+    from shapely.ops import unary_union
+
+    from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM
+    from qupath_rkd.inference import predict_slide
+
+    from .conftest import make_checkpoint
+
+    scores = predict_slide(semireal.path, model, num_workers=0).tiles.score
+    a = 3.0 / float(np.std(scores))
+    checkpoint = make_checkpoint(
+        tmp_path / "spread.pt", calibration=(a, -a * float(np.percentile(scores, 90)))
+    )
+    out = tmp_path / "out"
+    args = ["predict", str(checkpoint), str(semireal.path), "--out", str(out)]
+    res = run(*args, "--min-lesion-um", "0", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    thr = json.loads((out / "run.json").read_text())["operating_point"]["threshold"]
+    o = SlideOutputs(out, "semireal_a")
+    hm = Heatmap.load(o.heatmap_json)  # not smoothed (sigma 0): the lesions' own grid
+    lesions = read_geojson(o.lesions_geojson)
+    assert lesions
+    rows = [
+        (float(p), int(x), int(y))
+        for p, x, y in (line.split(",") for line in o.submission_csv.read_text().splitlines())
+    ]
+    peaks = {
+        (round(obj.measurements["Peak x px"]), round(obj.measurements["Peak y px"])): (
+            obj.measurements["Tumor probability (max)"]
+        )
+        for obj in lesions
+    }
+    at_peaks = {(x, y): p for p, x, y in rows if (x, y) in peaks}
+    assert at_peaks.keys() == peaks.keys() and len(peaks) == len(lesions)
+    for xy, p in at_peaks.items():
+        assert p == pytest.approx(peaks[xy], abs=1e-6)
+    # sub-threshold local maxima outside every lesion, by brute force over the cells
+    prob = hm.probability
+    inside = unary_union([obj.geometry for obj in lesions])
+    maxima: dict[tuple[int, int], float] = {}
+    for r, c in np.argwhere(np.isfinite(prob)):
+        v = float(prob[r, c])
+        around = prob[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
+        if DEFAULT_CANDIDATE_FLOOR <= v < thr and v >= np.nanmax(around):
+            x, y = (float(a) for a in hm.to_level0_xy(r, c))
+            if not inside.contains(Point(x, y)):
+                maxima[(round(x), round(y))] = v
+    assert maxima, "the fixture has no sub-threshold maximum: the test would check nothing"
+    # the CSV holds more than the lesion peaks, and the others are such maxima
+    others = [(p, x, y) for p, x, y in rows if (x, y) not in peaks]
+    assert others and len(rows) > len(lesions), "no candidate beyond the lesion peaks"
+    for p, x, y in others:
+        assert p == pytest.approx(maxima[(x, y)], abs=1e-6)
+    assert [p for p, _x, _y in rows] == sorted((p for p, _x, _y in rows), reverse=True)
+    # non-maximum suppression: no candidate within the radius of a higher kept one
+    radius_px = DEFAULT_CANDIDATE_NMS_UM / hm.mpp
+    kept = sorted(rows, reverse=True)
+    for i, (_p, x, y) in enumerate(kept):
+        if (x, y) in peaks:
+            continue
+        assert all(np.hypot(x - x2, y - y2) > radius_px - 1 for _q, x2, y2 in kept[:i])
+    # the highest sub-threshold maximum is submitted unless a lesion peak is within the radius
+    best = max(maxima, key=lambda k: maxima[k])
+    near = any(np.hypot(best[0] - px, best[1] - py) <= radius_px + 1 for px, py in peaks)
+    assert near or best in {(x, y) for _p, x, y in others}
+    # done.json records what the CSV holds
+    from qupath_rkd.inference.write import SUBMISSION_RECORD
+
+    assert json.loads(o.done_json.read_text())["camelyon16_submission"] == SUBMISSION_RECORD
 
 
 def test_second_run_skips_finished_slides_and_a_new_setting_reruns(predicted) -> None:
