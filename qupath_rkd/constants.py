@@ -75,6 +75,8 @@ SCORERS: Final[tuple[str, ...]] = ("head", "rd")
 DEFAULT_SCORER: Final[str] = "head"
 #: Dihedral views a head averages per patch when training and scoring patches.
 DEFAULT_PATCH_TTA_VIEWS: Final[int] = 8
+#: How the head's frozen trunk pools each tap (qupath_rkd.features.trunk.POOLINGS).
+DEFAULT_POOLING: Final[str] = "mean_centre"
 #: ... and per tile on whole slides (8 views cost 8x the time; neighbouring tiles overlap at
 #: strides below the tile already).
 DEFAULT_SLIDE_TTA_VIEWS: Final[int] = 1

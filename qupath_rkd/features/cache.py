@@ -60,9 +60,20 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def feature_space(trunk_name: str, weights_sha256: str, layout_version: int, input_px: int) -> str:
-    """The key of one feature space (what must match for two features to be the same)."""
+def feature_space(
+    trunk_name: str,
+    weights_sha256: str,
+    layout_version: int,
+    input_px: int,
+    pooling: str = "mean_centre",
+) -> str:
+    """The key of one feature space (what must match for two features to be the same).
+
+    ``pooling`` enters the key except for ``mean_centre``, the only pooling before it was
+    recorded, so caches written then stay valid."""
     text = f"{trunk_name}|{weights_sha256}|layout{layout_version}|{input_px}px"
+    if pooling != "mean_centre":
+        text += f"|{pooling}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 

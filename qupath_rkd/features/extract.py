@@ -48,7 +48,9 @@ class Features:
 
 def trunk_space(trunk: FeatureTrunk, input_px: int) -> str:
     """The cache space of ``trunk`` at ``input_px`` (hashes the weights: about 20 ms)."""
-    return feature_space(trunk.name, state_dict_sha256(trunk), LAYOUT_VERSION, input_px)
+    return feature_space(
+        trunk.name, state_dict_sha256(trunk), LAYOUT_VERSION, input_px, trunk.pooling
+    )
 
 
 @torch.inference_mode()

@@ -2,11 +2,14 @@
 
 A pretrained ImageNet network run to its last feature map, tapped at the last block of every
 resolution (strides 4, 8, 16, 32) and, for EfficientNet-Lite, at the 1x1 head convolution
-(1280 channels). Each tap ``(B, C_k, h_k, w_k)`` is pooled twice: the mean over the whole map
-and the mean over its centre third (rows and columns ``[floor(h/3), ceil(2h/3))``), because the
-label of a tile is that of the tissue at its centre (PatchCamelyon labels the centre 32 x 32 of
-a 96 px patch; slide tiles are labelled by what they mostly cover). Output: ``(B, D)`` float32,
-``D = 2 * sum(C_k)`` (3,552 for EfficientNet-Lite0).
+(1280 channels). Each tap ``(B, C_k, h_k, w_k)`` is pooled by the statistics of the trunk's
+``pooling`` (:data:`POOLINGS`): the mean over the whole map, the mean over its centre third
+(rows and columns ``[floor(h/3), ceil(2h/3))``), because the label of a tile is that of the
+tissue at its centre (PatchCamelyon labels the centre 32 x 32 of a 96 px patch; slide tiles are
+labelled by what they mostly cover), and with ``mean_centre_max`` the maximum over the whole map
+(a few tumour cells anywhere in the tile). Output: ``(B, D)`` float32, ``D = S * sum(C_k)`` for
+``S`` statistics (3,552 for EfficientNet-Lite0 with ``mean_centre``, 5,328 with
+``mean_centre_max``), tap-major, then statistic, then channel.
 
 Trunks, all with ImageNet weights that need no download except the ResNets':
 
@@ -28,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from qupath_rkd.constants import DEFAULT_POOLING
 from qupath_rkd.errors import ModelError, TeacherWeightsError
 
 #: trunk name -> default input side in pixels
@@ -40,6 +44,13 @@ TRUNKS: dict[str, int] = {
 }
 #: bump when the pooled layout changes (it is part of every cache key)
 LAYOUT_VERSION = 1
+#: pooling name -> the statistics taken of every tap, in output order
+POOLINGS: dict[str, tuple[str, ...]] = {
+    "mean_centre": ("mean", "centre_mean"),
+    "mean_centre_max": ("mean", "centre_mean", "max"),
+}
+#: the pooling of checkpoints and feature caches written before the pooling was recorded
+LEGACY_POOLING = "mean_centre"
 
 
 def centre_third_mean(x: Tensor) -> Tensor:
@@ -50,13 +61,29 @@ def centre_third_mean(x: Tensor) -> Tensor:
     return x[..., r0:r1, c0:c1].mean(dim=(-2, -1))
 
 
-def pool_taps(taps: list[Tensor]) -> Tensor:
-    """Per tap the whole-map mean and the centre-third mean, concatenated: ``(B, D)`` float32."""
+def check_pooling(pooling: str) -> tuple[str, ...]:
+    """The statistics of ``pooling``; :class:`ModelError` for an unknown name."""
+    if pooling not in POOLINGS:
+        raise ModelError(
+            f"unknown trunk pooling {pooling!r}", hint=f"choose one of {', '.join(POOLINGS)}"
+        )
+    return POOLINGS[pooling]
+
+
+def pool_taps(taps: list[Tensor], pooling: str = LEGACY_POOLING) -> Tensor:
+    """Per tap the statistics of ``pooling`` (each ``(B, C_k)``), concatenated tap-major:
+    ``(B, D)`` float32."""
+    stats = check_pooling(pooling)
     parts: list[Tensor] = []
     for t in taps:
         t = t.float()
-        parts.append(t.mean(dim=(-2, -1)))
-        parts.append(centre_third_mean(t))
+        for stat in stats:
+            if stat == "mean":
+                parts.append(t.mean(dim=(-2, -1)))
+            elif stat == "centre_mean":
+                parts.append(centre_third_mean(t))
+            else:
+                parts.append(t.amax(dim=(-2, -1)))
     return torch.cat(parts, dim=1)
 
 
@@ -82,6 +109,7 @@ class FeatureTrunk(nn.Module):
 
     name: str
     dim: int
+    pooling: str = LEGACY_POOLING
 
     def train(self, mode: bool = True) -> FeatureTrunk:
         return super().train(False)
@@ -95,7 +123,7 @@ class FeatureTrunk(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        return pool_taps(self.taps(x))
+        return pool_taps(self.taps(x), self.pooling)
 
     def _set_dim(self) -> None:
         with torch.no_grad():
@@ -106,8 +134,12 @@ class EfficientNetLiteTrunk(FeatureTrunk):
     """EfficientNet-Lite0/1/2: every MBConv block, taps at the last block of each resolution
     (found from the feature-map sizes) and after the head convolution."""
 
-    def __init__(self, name: str, state_dict: dict[str, Tensor] | None) -> None:
+    def __init__(
+        self, name: str, state_dict: dict[str, Tensor] | None, pooling: str = LEGACY_POOLING
+    ) -> None:
         super().__init__()
+        self.pooling = pooling
+        check_pooling(pooling)
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:
@@ -151,8 +183,12 @@ class EfficientNetLiteTrunk(FeatureTrunk):
 class ResNetTrunk(FeatureTrunk):
     """torchvision ResNet, taps at layer1-4 (the classifier is dropped)."""
 
-    def __init__(self, name: str, state_dict: dict[str, Tensor] | None) -> None:
+    def __init__(
+        self, name: str, state_dict: dict[str, Tensor] | None, pooling: str = LEGACY_POOLING
+    ) -> None:
         super().__init__()
+        self.pooling = pooling
+        check_pooling(pooling)
         import torchvision
 
         net = getattr(torchvision.models, name)(weights=None)
@@ -194,9 +230,11 @@ def build_trunk(
     name: str,
     weights_path: str | os.PathLike[str] | None = None,
     *,
+    pooling: str = DEFAULT_POOLING,
     random_weights_for_tests: bool = False,
 ) -> FeatureTrunk:
-    """The frozen trunk ``name`` with ImageNet weights (see the module docstring for where from).
+    """The frozen trunk ``name`` with ImageNet weights (see the module docstring for where from),
+    pooled by ``pooling`` (:data:`POOLINGS`).
 
     ``random_weights_for_tests``: random init — for tests, and for rebuilding a model whose
     checkpoint carries every weight anyway.
@@ -216,6 +254,7 @@ def build_trunk(
         state = _wheel_weights(name)
     else:
         state = _torchvision_weights(name, download=True)
+    check_pooling(pooling)
     if name.startswith("efficientnet_lite"):
-        return EfficientNetLiteTrunk(name, state)
-    return ResNetTrunk(name, state)
+        return EfficientNetLiteTrunk(name, state, pooling)
+    return ResNetTrunk(name, state, pooling)

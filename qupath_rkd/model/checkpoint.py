@@ -65,6 +65,8 @@ class NetworkConfig(Protocol):
     def scorer(self) -> str: ...
     @property
     def tta_views(self) -> int: ...
+    @property
+    def pooling(self) -> str: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -89,6 +91,7 @@ class StoredConfig:
     channels_last: bool
     scorer: str = "rd"
     tta_views: int = 1
+    pooling: str = "mean_centre"
     stored: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -111,6 +114,8 @@ class StoredConfig:
             **{name: d[name] for name in names},
             scorer=str(d.get("scorer", "rd")),
             tta_views=int(d.get("tta_views", 1)),
+            # checkpoints before the pooling was recorded pooled every tap as mean + centre mean
+            pooling=str(d.get("pooling", "mean_centre")),
             stored=dict(d),
         )
 

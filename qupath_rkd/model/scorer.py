@@ -44,6 +44,7 @@ def build_network(
         trunk = build_trunk(
             config.teacher,
             None if weights_from_checkpoint else config.teacher_weights,
+            pooling=config.pooling,
             random_weights_for_tests=random,
         )
         return HeadNetwork(trunk, trunk.dim)

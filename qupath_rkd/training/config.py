@@ -11,6 +11,7 @@ from qupath_rkd.constants import (
     DEFAULT_EPOCHS,
     DEFAULT_GAMMA,
     DEFAULT_PATCH_TTA_VIEWS,
+    DEFAULT_POOLING,
     DEFAULT_RD_LR,
     DEFAULT_SCORER,
     DEFAULT_TEACHER,
@@ -18,7 +19,7 @@ from qupath_rkd.constants import (
     SCORERS,
 )
 from qupath_rkd.errors import ConfigError
-from qupath_rkd.features.trunk import TRUNKS
+from qupath_rkd.features.trunk import POOLINGS, TRUNKS
 from qupath_rkd.model.anomaly_map import REDUCTIONS
 from qupath_rkd.model.bottleneck import SHORTCUTS
 from qupath_rkd.model.teachers import teacher_spec
@@ -52,6 +53,7 @@ class TrainConfig:
         teacher: RD: ``wide_resnet50_2`` | ``resnet18`` | ``efficientnet_lite0``; the head also
             takes ``efficientnet_lite1`` | ``efficientnet_lite2``.
         teacher_weights: a state-dict file with the teacher's ImageNet weights.
+        pooling: the head's trunk pooling (``qupath_rkd.features.trunk.POOLINGS``).
         teacher_random_weights_for_tests: random teacher (tests only; never for real use).
         shortcut: first OCBE block's shortcut, ``conv3x3`` (FW-RD) or ``conv1x1`` (RD4AD).
         input_px: network input side (multiple of 32); None = the teacher's default.
@@ -89,6 +91,7 @@ class TrainConfig:
     rare_views: int = DEFAULT_PATCH_TTA_VIEWS
     cv_folds: int = 5
     teacher: str = DEFAULT_TEACHER
+    pooling: str = DEFAULT_POOLING
     teacher_weights: str | None = None
     teacher_random_weights_for_tests: bool = False
     shortcut: str = "conv3x3"
@@ -153,6 +156,7 @@ class TrainConfig:
             (cfg.gamma >= 0, f"gamma must be >= 0, got {cfg.gamma}"),
             (cfg.mpp is None or cfg.mpp > 0, f"mpp must be > 0, got {cfg.mpp}"),
             (cfg.shortcut in SHORTCUTS, f"shortcut must be one of {SHORTCUTS}"),
+            (cfg.pooling in POOLINGS, f"pooling must be one of {tuple(POOLINGS)}"),
             (cfg.select_by in SELECT_BY, f"select_by must be one of {SELECT_BY}"),
             (cfg.score_reduction in REDUCTIONS, f"score_reduction must be one of {REDUCTIONS}"),
             (cfg.calibration in CALIBRATIONS, f"calibration must be one of {CALIBRATIONS}"),

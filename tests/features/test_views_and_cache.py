@@ -77,6 +77,43 @@ def test_other_weights_are_another_feature_space(tmp_path, trunk) -> None:
     assert extract_features(other, ds, input_px=32, cache=cache).computed == 3
 
 
+def test_each_pooling_is_its_own_feature_space_and_adds_the_max(tmp_path) -> None:
+    """``mean_centre_max`` keeps the ``mean_centre`` statistics and adds each tap's maximum;
+    the cache never hands one pooling's features to the other."""
+    from qupath_rkd.features.trunk import POOLINGS
+
+    ds = ArrayDataset(_tiles(3), np.zeros(3, dtype=np.int64))
+    torch.manual_seed(0)
+    old = build_trunk("efficientnet_lite0", pooling="mean_centre", random_weights_for_tests=True)
+    torch.manual_seed(0)
+    new = build_trunk(
+        "efficientnet_lite0", pooling="mean_centre_max", random_weights_for_tests=True
+    )
+    assert new.dim == old.dim // 2 * 3 == 5328 and set(POOLINGS) == {
+        "mean_centre",
+        "mean_centre_max",
+    }
+    cache = FeatureCache(tmp_path)
+    a = extract_features(old, ds, input_px=32, cache=cache)
+    b = extract_features(new, ds, input_px=32, cache=cache)
+    assert b.computed == 3 and b.cached == 0
+    # per tap: mean, centre mean (as before), then the max, which is >= the mean
+    x = torch.from_numpy(_tiles(3)).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        taps = new.taps(x)
+    start = 0
+    for t in taps:
+        c = int(t.shape[1])
+        got = torch.from_numpy(np.asarray(new(x))[:, start : start + 3 * c])
+        torch.testing.assert_close(got[:, :c], t.mean(dim=(-2, -1)))
+        torch.testing.assert_close(got[:, 2 * c :], t.amax(dim=(-2, -1)))
+        start += 3 * c
+    assert start == new.dim
+    assert a.values.shape[-1] == 3552
+    with pytest.raises(Exception, match="unknown trunk pooling"):
+        build_trunk("efficientnet_lite0", pooling="gem", random_weights_for_tests=True)
+
+
 def test_cache_is_bounded_least_recently_used_first(tmp_path) -> None:
     dim = 256  # 512 bytes a vector
     cache = FeatureCache(tmp_path, max_bytes=10 * 512)

@@ -160,6 +160,34 @@ def test_a_format_1_checkpoint_from_before_the_head_loads_as_rd(tmp_path, pcam_s
     )
 
 
+def test_a_head_checkpoint_from_before_the_pooling_field_loads_as_mean_centre(
+    tmp_path, pcam_small
+) -> None:
+    """Head checkpoints written before the trunk's pooling was recorded pooled every tap as
+    mean + centre mean; they load with that pooling and score as before."""
+    import io
+
+    cfg = _cfg(scorer="head", pooling="mean_centre")
+    torch.manual_seed(0)
+    net = build_network(cfg).eval()
+    with torch.no_grad():
+        net.head.weight.normal_()  # type: ignore[union-attr]
+    new = tmp_path / "new.pt"
+    save_checkpoint(new, net, cfg, CAL, "h")
+    payload = torch.load(new, weights_only=True)
+    del payload["config"]["pooling"]
+    old = tmp_path / "old.pt"
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    old.write_bytes(buf.getvalue())
+    model = load_model(old, device="cpu")
+    assert model.kind == "head"
+    images = _images(pcam_small)
+    np.testing.assert_array_equal(
+        model.score_images(images)[0], load_model(new, device="cpu").score_images(images)[0]
+    )
+
+
 def test_a_head_checkpoint_round_trips(tmp_path, pcam_small) -> None:
     """A head model (the default) saved and loaded scores identically, in format 2."""
     cfg = _cfg(scorer="head", tta_views=4)
