@@ -6,10 +6,11 @@ resolution (strides 4, 8, 16, 32) and, for EfficientNet-Lite, at the 1x1 head co
 ``pooling`` (:data:`POOLINGS`): the mean over the whole map, the mean over its centre third
 (rows and columns ``[floor(h/3), ceil(2h/3))``), because the label of a tile is that of the
 tissue at its centre (PatchCamelyon labels the centre 32 x 32 of a 96 px patch; slide tiles are
-labelled by what they mostly cover), and with ``mean_centre_max`` the maximum over the whole map
-(a few tumour cells anywhere in the tile). Output: ``(B, D)`` float32, ``D = S * sum(C_k)`` for
-``S`` statistics (3,552 for EfficientNet-Lite0 with ``mean_centre``, 5,328 with
-``mean_centre_max``), tap-major, then statistic, then channel.
+labelled by what they mostly cover), and optionally the maximum over the whole map (a few
+tumour cells anywhere in the tile) and the standard deviation over the whole map (how uneven the
+texture is: crowded, pleomorphic nuclei). Output: ``(B, D)`` float32, ``D = S * sum(C_k)`` for
+``S`` statistics (3,552 for EfficientNet-Lite0 with ``mean_centre``, 5,328 with three
+statistics), tap-major, then statistic, then channel.
 
 Trunks, all with ImageNet weights that need no download except the ResNets':
 
@@ -48,6 +49,8 @@ LAYOUT_VERSION = 1
 POOLINGS: dict[str, tuple[str, ...]] = {
     "mean_centre": ("mean", "centre_mean"),
     "mean_centre_max": ("mean", "centre_mean", "max"),
+    "mean_centre_std": ("mean", "centre_mean", "std"),
+    "mean_centre_max_std": ("mean", "centre_mean", "max", "std"),
 }
 #: the pooling of checkpoints and feature caches written before the pooling was recorded
 LEGACY_POOLING = "mean_centre"
@@ -82,8 +85,10 @@ def pool_taps(taps: list[Tensor], pooling: str = LEGACY_POOLING) -> Tensor:
                 parts.append(t.mean(dim=(-2, -1)))
             elif stat == "centre_mean":
                 parts.append(centre_third_mean(t))
-            else:
+            elif stat == "max":
                 parts.append(t.amax(dim=(-2, -1)))
+            else:  # the population std (0 on a 1 x 1 map, never NaN)
+                parts.append(t.std(dim=(-2, -1), correction=0))
     return torch.cat(parts, dim=1)
 
 

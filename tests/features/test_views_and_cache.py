@@ -89,10 +89,7 @@ def test_each_pooling_is_its_own_feature_space_and_adds_the_max(tmp_path) -> Non
     new = build_trunk(
         "efficientnet_lite0", pooling="mean_centre_max", random_weights_for_tests=True
     )
-    assert new.dim == old.dim // 2 * 3 == 5328 and set(POOLINGS) == {
-        "mean_centre",
-        "mean_centre_max",
-    }
+    assert new.dim == old.dim // 2 * 3 == 5328 and "mean_centre_std" in POOLINGS
     cache = FeatureCache(tmp_path)
     a = extract_features(old, ds, input_px=32, cache=cache)
     b = extract_features(new, ds, input_px=32, cache=cache)
@@ -110,6 +107,16 @@ def test_each_pooling_is_its_own_feature_space_and_adds_the_max(tmp_path) -> Non
         start += 3 * c
     assert start == new.dim
     assert a.values.shape[-1] == 3552
+    # the std statistic: the population std of every channel (0, not NaN, on a 1 x 1 map)
+    torch.manual_seed(0)
+    std = build_trunk(
+        "efficientnet_lite0", pooling="mean_centre_std", random_weights_for_tests=True
+    )
+    with torch.no_grad():
+        feats = std(x)
+    assert torch.isfinite(feats).all()
+    c0 = int(taps[0].shape[1])
+    torch.testing.assert_close(feats[:, 2 * c0 : 3 * c0], taps[0].std(dim=(-2, -1), correction=0))
     with pytest.raises(Exception, match="unknown trunk pooling"):
         build_trunk("efficientnet_lite0", pooling="gem", random_weights_for_tests=True)
 
