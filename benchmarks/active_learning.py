@@ -22,10 +22,10 @@ shows), and for each region appends to that image's exported GeoJSON a ``Tumor``
 truth ∩ region and a ``Normal`` annotation (the class the label reader takes as normal:
 ``classes.normal``) = region − truth; existing annotations are never touched. Then ``sync`` runs
 again. Strategies: the ``suggest.signal`` values (the default ``uncertainty_diversity``, the
-single signals ``uncertainty`` and ``diversity``, the baselines ``random`` — random regions of
-the same size from unannotated tissue — and ``top_probability``). ``tta_disagreement`` is not
-run: sync does not compute per-view probabilities, so it suggests nothing there (noted in the
-results). Round 0 (the start) is synced once per seed and shared by the strategies.
+single signals ``uncertainty``, ``diversity`` and ``tta_disagreement`` (sync scores the tiles
+of each slide's most uncertain candidates in 4 dihedral views), the baselines ``random`` —
+random regions of the same size from unannotated tissue — and ``top_probability``). Round 0
+(the start) is synced once per seed and shared by the strategies.
 
 Measured per round on the held-out slides, with the model and operating point ``sync`` made:
 tile AUROC (tiles >= 50 % in a lesion are tumour, tiles touching no lesion normal, the rest
@@ -69,7 +69,14 @@ if str(REPO) not in sys.path:
 
 #: Name prefix of the oracle's annotations (not ``qupath-rkd …``: they are the pathologist's).
 ORACLE_NAME = "oracle"
-STRATEGIES = ("uncertainty_diversity", "random", "top_probability", "uncertainty", "diversity")
+STRATEGIES = (
+    "uncertainty_diversity",
+    "random",
+    "top_probability",
+    "uncertainty",
+    "diversity",
+    "tta_disagreement",
+)
 REFERENCE = "every_lesion"
 
 
@@ -945,8 +952,6 @@ def main() -> None:
             ]
             for part, ss in slides.items()
         },
-        "not_run": "tta_disagreement: sync passes no per-view probabilities, so it suggests "
-        "nothing (a note in report.json)",
     }
 
     def save() -> None:

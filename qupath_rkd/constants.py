@@ -80,6 +80,9 @@ DEFAULT_POOLING: Final[str] = "mean_centre"
 #: ... and per tile on whole slides (8 views cost 8x the time; neighbouring tiles overlap at
 #: strides below the tile already).
 DEFAULT_SLIDE_TTA_VIEWS: Final[int] = 1
+#: ... and per tile when ``sync`` ranks suggestions by ``tta_disagreement`` (the 4 rotations;
+#: only the tiles of each slide's most uncertain candidate regions are scored again).
+SUGGEST_TTA_VIEWS: Final[int] = 4
 #: RD optimisation. Two learning rates on purpose: ``train-patches`` runs epochs (10 by default)
 #: at 1e-3; sync runs a short fixed schedule (``training.steps``), where 3e-3 reached the same
 #: peak sooner (docs/benchmarks.md, "RD training: learning rate", D).

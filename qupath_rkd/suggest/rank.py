@@ -10,7 +10,10 @@ Signals (``SuggestConfig.signal``), each a score per candidate region, higher fi
   ``p`` the cell's probability and ``t`` the decision threshold (the operating point): 1 at
   the threshold, 0 at the far end.
 - ``tta_disagreement``: the mean over cells of the standard deviation of the per-view
-  probabilities (slides without them are left out, with a note).
+  probabilities: from a slide's dense ``view_probability``, or else from ``view_fn`` for the
+  ``FEATURE_CELLS`` spread cells of each slide's ``FEATURE_POOL * per_slide`` most uncertain
+  candidates (the others are not ranked: what ``sync`` does, so that only those tiles are read
+  again). Slides with neither are left out, with a note.
 - ``diversity``: the distance (L2-normalised mean features, Euclidean, in [0, 2]) from the
   region to the nearest labelled tile and to the regions already picked.
 - ``uncertainty_diversity`` (default): uncertainty times the diversity relative to the
@@ -50,6 +53,9 @@ from qupath_rkd.suggest.regions import Candidate, SuggestSlide, candidate_region
 #: ``feature_fn(slide_index, cells (n, 2) (row, col)) -> (n, D)`` features of those cells'
 #: tiles (any float dtype); must be deterministic.
 FeatureFn = Callable[[int, np.ndarray], np.ndarray]
+#: ``view_fn(slide_index, cells (n, 2) (row, col)) -> (V, n)`` tumour probabilities of those
+#: cells' tiles in each of ``V >= 2`` test-time views; must be deterministic.
+ViewFn = Callable[[int, np.ndarray], np.ndarray]
 
 #: Cells whose features stand for a region (evenly spread over its cells, row-major).
 FEATURE_CELLS = 9
@@ -139,6 +145,7 @@ def suggest_regions(
     config: SuggestConfig,
     feature_fn: FeatureFn | None = None,
     labelled_features: np.ndarray | None = None,
+    view_fn: ViewFn | None = None,
 ) -> SuggestResult:
     """Rank candidate regions across ``slides`` and pick at most ``config.per_project``.
 
@@ -150,6 +157,8 @@ def suggest_regions(
             (``None``: those use no features; ``diversity`` then has nothing to rank by).
         labelled_features: ``(M, D)`` features of labelled tiles (``None`` or empty: the
             distance is to the earlier picks only).
+        view_fn: per-view probabilities of cells' tiles, for ``tta_disagreement`` on slides
+            without a dense ``view_probability`` (only the pooled candidates are ranked).
 
     Returns:
         The suggestions (rank 1 first) and notes.
@@ -196,13 +205,21 @@ def suggest_regions(
     elif sig == SIGNAL_TTA:
         base = np.zeros(len(candidates))
         missing: set[str] = set()
+        pool = _pool_mask(candidates, unc, sig, config) if view_fn is not None else None
         for i, c in enumerate(candidates):
             views = slides[c.slide_index].view_probability
-            if views is None:
+            if views is not None:
+                per = np.asarray(views, np.float64)[:, c.cells[:, 0], c.cells[:, 1]]
+            elif pool is not None and view_fn is not None:
+                if not pool[i]:
+                    usable[i] = False
+                    continue
+                cells = c.cells[_spread(len(c.cells), FEATURE_CELLS)]
+                per = np.asarray(view_fn(c.slide_index, cells), np.float64).reshape(-1, len(cells))
+            else:
                 usable[i] = False
                 missing.add(slides[c.slide_index].image_name)
                 continue
-            per = np.asarray(views, np.float64)[:, c.cells[:, 0], c.cells[:, 1]]
             base[i] = float(np.mean(np.std(per, axis=0)))
         if missing:
             result.notes.append(
@@ -289,18 +306,7 @@ def _pool_features(
     mask: per slide the ``FEATURE_POOL * per_slide`` most uncertain candidates (``diversity``:
     evenly spread in window order)."""
     n = len(candidates)
-    pool = np.zeros(n, dtype=bool)
-    by_slide: dict[int, list[int]] = {}
-    for i, c in enumerate(candidates):
-        by_slide.setdefault(c.slide_index, []).append(i)
-    k = FEATURE_POOL * max(1, config.per_slide)
-    for members in by_slide.values():
-        idx = np.asarray(members)
-        if sig == SIGNAL_DIVERSITY:
-            chosen = idx[_spread(len(idx), k)]
-        else:  # most uncertain first; stable sort keeps window order on ties
-            chosen = idx[np.argsort(-np.round(unc[idx], 9), kind="stable")[:k]]
-        pool[chosen] = True
+    pool = _pool_mask(candidates, unc, sig, config)
     feats: np.ndarray | None = None
     for i in np.flatnonzero(pool).tolist():
         c = candidates[i]
@@ -312,6 +318,26 @@ def _pool_features(
         feats[i] = mean
     assert feats is not None
     return feats, pool
+
+
+def _pool_mask(
+    candidates: Sequence[Candidate], unc: np.ndarray, sig: str, config: SuggestConfig
+) -> np.ndarray:
+    """``(n,)`` bool: per slide the ``FEATURE_POOL * per_slide`` most uncertain candidates
+    (``diversity``: evenly spread in window order), those whose tiles are read again."""
+    pool = np.zeros(len(candidates), dtype=bool)
+    by_slide: dict[int, list[int]] = {}
+    for i, c in enumerate(candidates):
+        by_slide.setdefault(c.slide_index, []).append(i)
+    k = FEATURE_POOL * max(1, config.per_slide)
+    for members in by_slide.values():
+        idx = np.asarray(members)
+        if sig == SIGNAL_DIVERSITY:
+            chosen = idx[_spread(len(idx), k)]
+        else:  # most uncertain first; stable sort keeps window order on ties
+            chosen = idx[np.argsort(-np.round(unc[idx], 9), kind="stable")[:k]]
+        pool[chosen] = True
+    return pool
 
 
 def _reason(sig: str, d_lab: float, d_ref: float) -> str:

@@ -8,7 +8,9 @@ to date), and puts them into each image's predictions as detections of class
 ``suggestions`` with the key of what they were computed from; when that key and the staged
 predictions are unchanged, nothing is recomputed or rewritten (a sync with nothing changed
 writes nothing). Features for the diversity signals come from a head model's frozen trunk, for
-a few cells of the most promising regions and a seeded sample of the labelled tiles.
+a few cells of the most promising regions and a seeded sample of the labelled tiles; the
+per-view probabilities of ``tta_disagreement`` come from the head model too, for the same few
+cells (:data:`~qupath_rkd.constants.SUGGEST_TTA_VIEWS` dihedral views each).
 
 Frames: heatmaps, annotations and staged features are in the slide layer's frame; prediction
 files are in QuPath's (minus ``bounds_offset_px``); report rows give µm in QuPath's frame.
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 #: At most this many labelled tiles (evenly spread over the labelled set) stand for it.
 MAX_LABELLED_TILES = 256
 _FEATURE_SIGNALS = ("diversity", "uncertainty_diversity")
+_VIEW_SIGNALS = ("tta_disagreement",)
 
 
 def suggest_config(config: SyncConfig) -> Any:
@@ -113,6 +116,10 @@ def update_suggestions(
     if cfg.signal in _FEATURE_SIGNALS and slides:
         model = model or load_model()
         feature_fn, labelled_features = _features(model, slides, usable, labelled, config, notes)
+    view_fn = None
+    if cfg.signal in _VIEW_SIGNALS and slides:
+        model = model or load_model()
+        view_fn = _views(model, slides, usable, config, notes)
     from qupath_rkd.suggest import suggest_regions
     from qupath_rkd.suggest.write import suggestion_features, suggestion_row
 
@@ -123,11 +130,12 @@ def update_suggestions(
             config=cfg,
             feature_fn=feature_fn,
             labelled_features=labelled_features,
+            view_fn=view_fn,
         )
     except (QupathRkdError, OSError) as exc:  # a tile the features could not read
-        if feature_fn is None:
+        if feature_fn is None and view_fn is None:
             raise
-        notes.append(f"features unreadable ({exc}): ranked without them")
+        notes.append(f"tiles unreadable ({exc}): ranked without features or views")
         result = suggest_regions(slides, threshold=float(threshold), config=cfg)
     notes.extend(result.notes)
     by_id = {e.entry_id: e for e in usable}
@@ -349,39 +357,19 @@ def _features(
     if trunk is None or getattr(model, "kind", "") != "head":
         notes.append("diversity needs a head model's features: ranked by uncertainty alone")
         return None, None
+    import torch
+
     tile_px = int(config.get("labels.tile_px"))
     read_mpp = float(config.get("labels.mpp"))
-    by_id = {e.entry_id: e for e in entries}
+    read_cells = _cell_reader(slides, entries, tile_px, read_mpp)
 
     def embed(images: list[np.ndarray]) -> np.ndarray:
-        import torch
-
-        from qupath_rkd.model.scorer import resize_uint8
-
-        batch = torch.stack([resize_uint8(torch.from_numpy(a), model.input_px) for a in images])
         with torch.inference_mode():
-            out = trunk(model.preprocess(batch)).float().cpu().numpy()
+            out = trunk(_batch(model, images)).float().cpu().numpy()
         return out.astype(np.float16).astype(np.float64)
 
-    def read(path: Path, mpp: float | None, xy: Sequence[tuple[float, float]]) -> list[np.ndarray]:
-        from qupath_rkd.slides import open_slide
-
-        with open_slide(path, mpp=mpp) as slide:
-            side = tile_px * read_mpp / slide.mpp
-            out = []
-            for x, y in xy:
-                x0 = min(max(0.0, x), max(0.0, slide.width_px - side))
-                y0 = min(max(0.0, y), max(0.0, slide.height_px - side))
-                out.append(slide.read_tile(round(x0), round(y0), tile_px, read_mpp))
-            return out
-
     def feature_fn(slide_index: int, cells: np.ndarray) -> np.ndarray:
-        s = slides[slide_index]
-        entry = by_id[s.entry_id]
-        cx, cy = s.heatmap.to_level0_xy(cells[:, 0], cells[:, 1])
-        half = 0.5 * tile_px * read_mpp / s.heatmap.mpp
-        xy = [(float(x) - half, float(y) - half) for x, y in zip(cx, cy, strict=True)]
-        return embed(read(entry.path, entry.mpp, xy))
+        return embed(read_cells(slide_index, cells))
 
     try:
         items = list(labelled.items)
@@ -400,6 +388,81 @@ def _features(
     except (QupathRkdError, OSError) as exc:
         notes.append(f"labelled tiles unreadable for diversity ({exc}): ranked by uncertainty")
         return None, None
+
+
+def _batch(model: Any, images: Sequence[np.ndarray]) -> Any:
+    """``(B, 3, S, S)`` network inputs of uint8 tiles (each resized to ``model.input_px``)."""
+    import torch
+
+    from qupath_rkd.model.scorer import resize_uint8
+
+    batch = torch.stack([resize_uint8(torch.from_numpy(a), model.input_px) for a in images])
+    return model.preprocess(batch)
+
+
+def _cell_reader(
+    slides: Sequence[Any], entries: Sequence[Any], tile_px: int, read_mpp: float
+) -> Callable[[int, np.ndarray], list[np.ndarray]]:
+    """``read(slide_index, cells (n, 2) (row, col)) -> n`` uint8 ``(tile_px, tile_px, 3)``
+    tiles at ``read_mpp`` centred on the cells (clamped into the slide), as predicted."""
+    by_id = {e.entry_id: e for e in entries}
+
+    def read(slide_index: int, cells: np.ndarray) -> list[np.ndarray]:
+        from qupath_rkd.slides import open_slide
+
+        s = slides[slide_index]
+        entry = by_id[s.entry_id]
+        cx, cy = s.heatmap.to_level0_xy(cells[:, 0], cells[:, 1])
+        half = 0.5 * tile_px * read_mpp / s.heatmap.mpp
+        with open_slide(entry.path, mpp=entry.mpp) as slide:
+            side = tile_px * read_mpp / slide.mpp
+            out = []
+            for x, y in zip(cx, cy, strict=True):
+                x0 = min(max(0.0, float(x) - half), max(0.0, slide.width_px - side))
+                y0 = min(max(0.0, float(y) - half), max(0.0, slide.height_px - side))
+                out.append(slide.read_tile(round(x0), round(y0), tile_px, read_mpp))
+            return out
+
+    return read
+
+
+def _views(
+    model: Any, slides: Sequence[Any], entries: Sequence[Any], config: SyncConfig, notes: list[str]
+) -> Any:
+    """``view_fn(slide_index, cells) -> (V, n)`` calibrated tumour probabilities of the cells'
+    tiles in :data:`~qupath_rkd.constants.SUGGEST_TTA_VIEWS` dihedral views (a head model's;
+    each cell scored once per sync), or ``None`` with a note (an RD model)."""
+    from qupath_rkd.constants import SUGGEST_TTA_VIEWS
+
+    net: Any = getattr(model, "net", None)
+    if getattr(model, "kind", "") != "head" or not hasattr(net, "logits_with_features"):
+        notes.append("tta_disagreement needs a head model's test-time views: not suggested on")
+        return None
+    import torch
+
+    from qupath_rkd.features.views import view_list
+
+    read_cells = _cell_reader(
+        slides, entries, int(config.get("labels.tile_px")), float(config.get("labels.mpp"))
+    )
+    views = view_list(SUGGEST_TTA_VIEWS)
+    cache: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def view_fn(slide_index: int, cells: np.ndarray) -> np.ndarray:
+        cells = np.asarray(cells, np.int64).reshape(-1, 2)
+        todo = [(int(r), int(c)) for r, c in cells if (slide_index, int(r), int(c)) not in cache]
+        if todo:
+            x = _batch(model, read_cells(slide_index, np.asarray(todo, np.int64)))
+            with torch.inference_mode():
+                logits = np.stack([net(x, [v]).float().cpu().numpy() for v in views])  # (V, n)
+            probs = np.asarray(model.calibrate(logits.reshape(-1)), np.float64).reshape(
+                logits.shape
+            )
+            for k, (r, c) in enumerate(todo):
+                cache[(slide_index, r, c)] = probs[:, k]
+        return np.stack([cache[(slide_index, int(r), int(c))] for r, c in cells], axis=1)
+
+    return view_fn
 
 
 def _read_top_left(

@@ -142,6 +142,33 @@ def test_tta_disagreement_uses_the_views() -> None:
     assert not none.suggestions and "per-view" in none.notes[0]
 
 
+def test_tta_disagreement_from_view_fn_scores_only_the_pooled_cells() -> None:
+    """Without dense views (what sync gives), ``view_fn`` is asked only for the spread cells of
+    each slide's most uncertain candidates, and the one whose views disagree is picked."""
+    prob = np.full((10, 20), 0.9, np.float32)
+    prob[:, 10:] = 0.6
+    prob[5:, 10:] = 0.5  # the most uncertain: the bottom right quarter
+    hm = Heatmap(prob, (0.0, 0.0), CELL_PX, CELL_PX, 1.0)
+    asked: list[tuple[int, int]] = []
+
+    def view_fn(index: int, cells: np.ndarray) -> np.ndarray:
+        asked.extend((int(r), int(c)) for r, c in cells)
+        out = np.full((4, len(cells)), 0.5)
+        out[::2, cells[:, 1] >= 12] = 0.1  # the views disagree from column 12 on
+        return out
+
+    cfg = SuggestConfig(signal="tta_disagreement", per_slide=1, region_um=300.0)
+    result = suggest_regions(
+        [SuggestSlide("1", "a", hm)], threshold=0.5, config=cfg, view_fn=view_fn
+    )
+    best = result.suggestions[0]
+    assert best.reason == "views disagree" and best.score > 0
+    assert best.cells[:, 1].min() >= 12 and best.cells[:, 0].min() >= 5
+    # only the cells of the most uncertain (pooled) candidates were scored
+    assert asked and all(r >= 5 and c >= 10 for r, c in asked)
+    assert not result.notes
+
+
 def test_random_is_seeded() -> None:
     slides = _slides()
     pick = lambda seed: [  # noqa: E731

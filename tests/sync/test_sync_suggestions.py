@@ -115,3 +115,17 @@ def test_no_unannotated_tissue_no_suggestions_and_a_note(synced_copy: Path) -> N
     assert all(objs == [] for objs in _suggested(synced_copy).values())
     report = json.loads((synced_copy / TOOL / "report.json").read_text())
     assert report["suggestions"]["regions"] == []
+
+
+def test_tta_disagreement_suggests_in_sync(synced_copy: Path) -> None:
+    """Regression: sync gave the ranking no per-view probabilities, so ``tta_disagreement``
+    suggested nothing; now the head scores the candidate tiles in test-time views."""
+    config = load_config(synced_copy, {**FAST, "suggest.signal": "tta_disagreement"})
+    outcome = run_sync(synced_copy, config)
+    assert outcome.exit_code == 0 and not outcome.trained
+    assert outcome.suggestions is not None
+    regions = outcome.suggestions["regions"]
+    assert regions, outcome.suggestions["notes"]
+    assert {r["reason"] for r in regions} == {"views disagree"}
+    assert not any("per-view" in n for n in outcome.suggestions["notes"])
+    assert sum(len(v) for v in _suggested(synced_copy).values()) == len(regions)
