@@ -60,6 +60,10 @@ class LinearHead(nn.Module):
         return self
 
 
+#: rows per block in :meth:`HeadFit.logits`
+_LOGIT_ROWS = 4096
+
+
 @dataclass
 class HeadFit:
     """A fitted head: ``mean``, ``std``, ``weight`` ``(D,)`` float64, ``bias``, ``l2``."""
@@ -71,9 +75,15 @@ class HeadFit:
     l2: float
 
     def logits(self, feats: np.ndarray) -> np.ndarray:
-        """``(..., D)`` features -> ``(...)`` logits (float64)."""
-        z = (np.asarray(feats, dtype=np.float64) - self.mean) / self.std
-        return z @ self.weight + self.bias
+        """``(..., D)`` features -> ``(...)`` logits (float64), computed in float64 in blocks of
+        rows (the same numbers as one block, without a float64 copy of all the features)."""
+        x = np.asarray(feats)
+        flat = x.reshape(-1, x.shape[-1])
+        out = np.empty(flat.shape[0], dtype=np.float64)
+        for start in range(0, flat.shape[0], _LOGIT_ROWS):
+            block = flat[start : start + _LOGIT_ROWS].astype(np.float64)
+            out[start : start + _LOGIT_ROWS] = ((block - self.mean) / self.std) @ self.weight
+        return (out + self.bias).reshape(x.shape[:-1])
 
 
 def standardiser(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
