@@ -77,7 +77,7 @@ DEFAULT_SCORER: Final[str] = "head"
 DEFAULT_PATCH_TTA_VIEWS: Final[int] = 8
 #: How the head's frozen trunk pools each tap (qupath_rkd.features.trunk.POOLINGS): the mean,
 #: the centre-third mean and the std over the map. Chosen on a split of PCam train among 8
-#: poolings (docs/benchmarks.md, "Which pooled statistics"): +0.002 / +0.006 AUROC on PCam
+#: poolings (docs/benchmarks.md, "Which pooled statistics"): +0.002 / +0.005 AUROC on PCam
 #: valid at 100 / 1,000 tumour patches over mean + centre mean.
 DEFAULT_POOLING: Final[str] = "mean_centre_std"
 #: ... and per tile on whole slides (8 views cost 8x the time; neighbouring tiles overlap at

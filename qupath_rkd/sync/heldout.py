@@ -16,7 +16,7 @@ from the trunk pass it makes anyway (:attr:`~qupath_rkd.inference.predict.Infere
 return_features`): no tile is read twice. The fold logits are computed on the client in float64
 from those ``(N, D)`` features, so one process and a Dask cluster give the same bytes. They are
 held for the negative sources' slides only, while the operating point is chosen: ``N × D × 2``
-bytes with one view (float16; 3,552 dims: 0.7 GB for 100,000 tiles), twice that with more.
+bytes with one view (float16; 5,328 dims: 1.1 GB for 100,000 tiles), twice that with more.
 
 An image stays in-sample (and the operating point says so) when removing its tiles leaves no
 tumour or no normal tile to fit on (a project whose only tumour outlines lie on that image),
