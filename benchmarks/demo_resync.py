@@ -29,8 +29,11 @@ What it does, in one process, through the library functions the CLI calls:
 Scored after each sync: the operating point (``report.json``), the Camelyon16 lesion FROC over
 the demo's held-out slides (role ``unlabelled``: LN-03/04/05, what the demo prints; after the
 new annotation LN-03 is no longer unseen, so the FROC over LN-04/05 alone is given too),
-per slide the predicted lesions, how many of them touch no true lesion ("false"), their area
-against the true area, and the tumour score.
+per slide the predicted lesions, how many of them touch no true lesion ("false"), how many true
+lesions some predicted lesion touches, the lesions' maximum probabilities, their area against the
+true area, and the tumour score. The FROC is the organisers' (:func:`qupath_rkd.evaluation.
+camelyon16.froc`), which never counts the lowest-probability detection of all slides: with 4
+true lesions and a handful of detections, a false lesion scored above a true one moves it a lot.
 
 Feature cache: ``--cache DIR`` sets ``QUPATH_RKD_CACHE_DIR`` (a warm cache makes the first demo
 faster); by default a fresh empty temporary folder, deleted at the end, so the first run is cold
@@ -161,6 +164,7 @@ class Recorder(logging.Handler):
                 "cached": sum(c["cached"] for c in self.feature_calls),
                 "calls": self.feature_calls,
             },
+            "echoes": [[round(t, 2), line.splitlines()[0][:120]] for t, line in self.echoes],
             "tasks": [
                 {
                     "task": s.task,
@@ -349,14 +353,14 @@ def score_demo(demo_root: Path, outcome: Any, annotated: str | None = None) -> d
         row = rows.get(str(s.entry_id))
         pred = layout.predictions_file(str(s.entry_id))
         lesions = [
-            o.geometry
+            (o.geometry, float(o.measurements[MEASURE_MAX_PROBABILITY]))
             for o in (read_geojson(pred) if pred.is_file() else [])
             if o.object_type == "detection"
             and MEASURE_MAX_PROBABILITY in o.measurements
             and MEASURE_PEAK_X_PX in o.measurements
         ]
         truth = unary_union(s.lesions) if s.lesions else None
-        false = [g for g in lesions if truth is None or not g.intersects(truth)]
+        false = [g for g, _p in lesions if truth is None or not g.intersects(truth)]
         mm2 = s.mpp * s.mpp / 1e6
         per_slide.append(
             {
@@ -366,6 +370,12 @@ def score_demo(demo_root: Path, outcome: Any, annotated: str | None = None) -> d
                 "true_area_mm2": round(sum(g.area for g in s.lesions) * mm2, 4),
                 "lesions": len(lesions),
                 "false_lesions": len(false),
+                "true_lesions_touched": sum(
+                    any(g.intersects(t) for g, _p in lesions) for t in s.lesions
+                ),
+                # the FROC ranks lesions by these (and, as the organisers' code does, never
+                # counts the lowest one of all slides: with 5 lesions in all, that matters)
+                "max_probabilities": sorted((round(p, 4) for _g, p in lesions), reverse=True),
                 "false_area_mm2": round(sum(g.area for g in false) * mm2, 4),
                 "lesion_area_mm2": None if row is None else row.lesion_area_mm2,
                 "largest_lesion_major_axis_um": None
@@ -411,7 +421,7 @@ def first_demo(demo_root: Path, forward: ProgressCallback | None) -> tuple[Any, 
         detach()
     wall = time.perf_counter() - started
     build = rec.spans.get("building the demo")
-    timing = {"wall_s": round(wall, 2), **rec.summary()}
+    timing = {"wall_s": round(wall, 2), **rec.summary(), "tail_s": _tail_s(rec, wall)}
     timing["build_s"] = None if build is None or build.end_s is None else round(build.end_s, 2)
     return result.outcome, timing
 
@@ -433,7 +443,15 @@ def resync(
         outcome = run_sync(project_dir, config, progress=rec, echo=rec.echo)
     finally:
         detach()
-    return outcome, {"wall_s": round(time.perf_counter() - started, 2), **rec.summary()}
+    wall = time.perf_counter() - started
+    return outcome, {"wall_s": round(wall, 2), **rec.summary(), "tail_s": _tail_s(rec, wall)}
+
+
+def _tail_s(rec: Recorder, wall_s: float) -> float | None:
+    """Seconds from the end of the last progress task to the end of the run: the suggestions
+    and the write-back, which send no progress events (``None`` without any task)."""
+    ends = [s.end_s for s in rec.spans.values() if s.end_s is not None]
+    return round(wall_s - max(ends), 2) if ends else None
 
 
 def _git_commit() -> str | None:

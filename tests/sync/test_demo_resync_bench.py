@@ -68,11 +68,15 @@ def test_one_new_annotation_then_resync(bench: ModuleType, synced_copy: Path) ->
     assert len(timing["trained_s"]) == 1 and 0 < timing["trained_s"][0] <= timing["wall_s"]
     assert timing["features"]["computed"] + timing["features"]["cached"] > 0
     assert timing["training_line_s"] is not None
+    assert timing["tail_s"] is not None and 0 <= timing["tail_s"] < timing["wall_s"]
 
     scores = bench.score_demo(root, outcome, annotated="C.tif")
     rows = {r["image"]: r for r in scores["slides"]}
     assert rows["C.tif"]["role"] == "unlabelled" and rows["C.tif"]["true_lesions"] == 1
     assert rows["B tumour-free.tif"]["false_lesions"] == rows["B tumour-free.tif"]["lesions"]
+    for row in rows.values():
+        assert len(row["max_probabilities"]) == row["lesions"]
+        assert row["true_lesions_touched"] <= row["true_lesions"]
     assert scores["operating_point"]["threshold"] > 0
     never = scores["froc_never_annotated"]
     assert never is None or "C.tif" not in never["slides"]
