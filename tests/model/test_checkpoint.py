@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from qupath_rkd.errors import CheckpointError, DeviceError
 from qupath_rkd.model.calibration import Calibration
 from qupath_rkd.model.checkpoint import save_checkpoint
-from qupath_rkd.model.scorer import build_network, load_model
+from qupath_rkd.model.scorer import TrainedModel, build_network, load_model
 from qupath_rkd.training.config import TrainConfig
 from qupath_rkd.training.datasets import read_image
 
@@ -134,30 +135,36 @@ def test_cuda_without_cuda_is_a_device_error(tmp_path) -> None:
         load_model(path, device="cuda")
 
 
+def _older_copy(
+    new: Path, old: Path, drop: tuple[str, ...], format_version: int | None = None
+) -> tuple[TrainedModel, TrainedModel]:
+    """Write ``old``: the checkpoint ``new`` as an older version wrote it (the config ``drop``
+    keys missing; ``format_version`` if given). Returns both loaded, ``old`` first."""
+    payload = torch.load(new, weights_only=True)
+    if format_version is not None:
+        payload["format_version"] = format_version
+    for key in drop:
+        del payload["config"][key]
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    old.write_bytes(buf.getvalue())
+    return load_model(old, device="cpu"), load_model(new, device="cpu")
+
+
 def test_a_format_1_checkpoint_from_before_the_head_loads_as_rd(tmp_path, pcam_small) -> None:
     """Checkpoints written before the head scorer (format 1, no ``scorer`` in the config) keep
     loading, as the RD models they are, and score as before."""
-    import io
-
     cfg = _cfg()
     torch.manual_seed(0)
     net = build_network(cfg).eval()
     new = tmp_path / "new.pt"
     save_checkpoint(new, net, cfg, CAL, "h")
-    payload = torch.load(new, weights_only=True)
-    payload["format_version"] = 1
-    for key in ("scorer", "tta_views", "rare_views", "cv_folds"):
-        del payload["config"][key]
-    old = tmp_path / "old.pt"
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    old.write_bytes(buf.getvalue())
-    model = load_model(old, device="cpu")
+    model, current = _older_copy(
+        new, tmp_path / "old.pt", ("scorer", "tta_views", "rare_views", "cv_folds"), 1
+    )
     assert model.kind == "rd" and model.tta_views == 1
     images = _images(pcam_small)
-    np.testing.assert_array_equal(
-        model.score_images(images)[0], load_model(new, device="cpu").score_images(images)[0]
-    )
+    np.testing.assert_array_equal(model.score_images(images)[0], current.score_images(images)[0])
 
 
 def test_a_head_checkpoint_from_before_the_pooling_field_loads_as_mean_centre(
@@ -165,8 +172,6 @@ def test_a_head_checkpoint_from_before_the_pooling_field_loads_as_mean_centre(
 ) -> None:
     """Head checkpoints written before the trunk's pooling was recorded pooled every tap as
     mean + centre mean; they load with that pooling and score as before."""
-    import io
-
     cfg = _cfg(scorer="head", pooling="mean_centre")
     torch.manual_seed(0)
     net = build_network(cfg).eval()
@@ -174,18 +179,10 @@ def test_a_head_checkpoint_from_before_the_pooling_field_loads_as_mean_centre(
         net.head.weight.normal_()  # type: ignore[union-attr]
     new = tmp_path / "new.pt"
     save_checkpoint(new, net, cfg, CAL, "h")
-    payload = torch.load(new, weights_only=True)
-    del payload["config"]["pooling"]
-    old = tmp_path / "old.pt"
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    old.write_bytes(buf.getvalue())
-    model = load_model(old, device="cpu")
+    model, current = _older_copy(new, tmp_path / "old.pt", ("pooling",))
     assert model.kind == "head"
     images = _images(pcam_small)
-    np.testing.assert_array_equal(
-        model.score_images(images)[0], load_model(new, device="cpu").score_images(images)[0]
-    )
+    np.testing.assert_array_equal(model.score_images(images)[0], current.score_images(images)[0])
 
 
 def test_a_head_checkpoint_round_trips(tmp_path, pcam_small) -> None:
