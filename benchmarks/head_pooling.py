@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,11 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qupath_rkd.features.trunk import EfficientNetLiteTrunk, build_trunk  # noqa: E402
+from qupath_rkd.features.trunk import (  # noqa: E402
+    EfficientNetLiteTrunk,
+    build_trunk,
+    centre_third,
+)
 from qupath_rkd.features.views import view_tiles  # noqa: E402
 from qupath_rkd.model.head import L2_GRID, auroc_of, fit_head  # noqa: E402
 from qupath_rkd.model.scorer import preprocess_batch  # noqa: E402
@@ -48,17 +51,10 @@ from qupath_rkd.training.datasets import Collate, IndexedDataset, PatchFolderDat
 STATS = ("mean", "cmean", "max", "cmax", "std")
 
 
-def centre(x: Tensor) -> Tensor:
-    h, w = x.shape[-2:]
-    r0, r1 = h // 3, max(h // 3 + 1, math.ceil(2 * h / 3))
-    c0, c1 = w // 3, max(w // 3 + 1, math.ceil(2 * w / 3))
-    return x[..., r0:r1, c0:c1]
-
-
 def block_stats(x: Tensor) -> Tensor:
     """``(B, C, h, w)`` -> ``(B, 5, C)``: the :data:`STATS` of each channel."""
     x = x.float()
-    c = centre(x)
+    c = centre_third(x)
     return torch.stack(
         [
             x.mean(dim=(-2, -1)),

@@ -80,6 +80,8 @@ DEFAULT_PATCH_TTA_VIEWS: Final[int] = 8
 #: poolings (docs/benchmarks.md, "Which pooled statistics"): +0.002 / +0.005 AUROC on PCam
 #: valid at 100 / 1,000 tumour patches over mean + centre mean.
 DEFAULT_POOLING: Final[str] = "mean_centre_std"
+#: The pooling of head checkpoints and feature caches written before the pooling was recorded.
+LEGACY_POOLING: Final[str] = "mean_centre"
 #: ... and per tile on whole slides (8 views cost 8x the time; neighbouring tiles overlap at
 #: strides below the tile already).
 DEFAULT_SLIDE_TTA_VIEWS: Final[int] = 1

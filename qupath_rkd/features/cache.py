@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qupath_rkd.constants import LEGACY_POOLING
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "QUPATH_RKD_CACHE_DIR"
@@ -65,14 +67,14 @@ def feature_space(
     weights_sha256: str,
     layout_version: int,
     input_px: int,
-    pooling: str = "mean_centre",
+    pooling: str = LEGACY_POOLING,
 ) -> str:
     """The key of one feature space (what must match for two features to be the same).
 
-    ``pooling`` enters the key except for ``mean_centre``, the only pooling before it was
-    recorded, so caches written then stay valid."""
+    ``pooling`` enters the key except for :data:`~qupath_rkd.constants.LEGACY_POOLING`, the
+    only pooling before it was recorded, so caches written then stay valid."""
     text = f"{trunk_name}|{weights_sha256}|layout{layout_version}|{input_px}px"
-    if pooling != "mean_centre":
+    if pooling != LEGACY_POOLING:
         text += f"|{pooling}"
     return hashlib.sha256(text.encode()).hexdigest()
 

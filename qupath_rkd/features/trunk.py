@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from qupath_rkd.constants import DEFAULT_POOLING
+from qupath_rkd.constants import DEFAULT_POOLING, LEGACY_POOLING
 from qupath_rkd.errors import ModelError, TeacherWeightsError
 
 #: trunk name -> default input side in pixels
@@ -52,16 +52,20 @@ POOLINGS: dict[str, tuple[str, ...]] = {
     "mean_centre_std": ("mean", "centre_mean", "std"),
     "mean_centre_max_std": ("mean", "centre_mean", "max", "std"),
 }
-#: the pooling of checkpoints and feature caches written before the pooling was recorded
-LEGACY_POOLING = "mean_centre"
+
+
+def centre_third(x: Tensor) -> Tensor:
+    """``(..., h, w)`` -> the centre third of the map (rows and columns ``[floor(h/3),
+    ceil(2h/3))``, at least 1 cell), a view."""
+    h, w = x.shape[-2:]
+    r0, r1 = h // 3, max(h // 3 + 1, math.ceil(2 * h / 3))
+    c0, c1 = w // 3, max(w // 3 + 1, math.ceil(2 * w / 3))
+    return x[..., r0:r1, c0:c1]
 
 
 def centre_third_mean(x: Tensor) -> Tensor:
     """``(B, C, h, w)`` -> ``(B, C)``: mean over the centre third of the map (at least 1 cell)."""
-    h, w = x.shape[-2:]
-    r0, r1 = h // 3, max(h // 3 + 1, math.ceil(2 * h / 3))
-    c0, c1 = w // 3, max(w // 3 + 1, math.ceil(2 * w / 3))
-    return x[..., r0:r1, c0:c1].mean(dim=(-2, -1))
+    return centre_third(x).mean(dim=(-2, -1))
 
 
 def check_pooling(pooling: str) -> tuple[str, ...]:
@@ -246,6 +250,7 @@ def build_trunk(
     """
     from qupath_rkd.model.teachers import _read_weights_file, _torchvision_weights
 
+    check_pooling(pooling)
     if name not in TRUNKS:
         raise ModelError(
             f"unknown feature trunk {name!r}", hint=f"choose one of {', '.join(sorted(TRUNKS))}"
@@ -259,7 +264,6 @@ def build_trunk(
         state = _wheel_weights(name)
     else:
         state = _torchvision_weights(name, download=True)
-    check_pooling(pooling)
     if name.startswith("efficientnet_lite"):
         return EfficientNetLiteTrunk(name, state, pooling)
     return ResNetTrunk(name, state, pooling)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from qupath_rkd import __version__
+from qupath_rkd.constants import LEGACY_POOLING
 from qupath_rkd.errors import CheckpointError
 from qupath_rkd.io_utils import atomic_write_bytes
 from qupath_rkd.model.calibration import Calibration
@@ -91,7 +92,7 @@ class StoredConfig:
     channels_last: bool
     scorer: str = "rd"
     tta_views: int = 1
-    pooling: str = "mean_centre"
+    pooling: str = LEGACY_POOLING
     stored: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -115,7 +116,7 @@ class StoredConfig:
             scorer=str(d.get("scorer", "rd")),
             tta_views=int(d.get("tta_views", 1)),
             # checkpoints before the pooling was recorded pooled every tap as mean + centre mean
-            pooling=str(d.get("pooling", "mean_centre")),
+            pooling=str(d.get("pooling", LEGACY_POOLING)),
             stored=dict(d),
         )
 
