@@ -8,11 +8,19 @@ tumour budget and seed fits the head with the library's own functions
 - ``notta``: tumour patches in view 0, valid scored in view 0 only (no test-time views);
 - ``t1``: tumour patches in view 0, valid scored as the mean over 8 views;
 - ``t8``: every tumour patch in all 8 views (the rare class augmented; the default), 8-view valid;
-- ``cv``: as ``t8`` but L2 chosen by 5-fold cross-validation on the training patches.
+- ``cv``: as ``t8`` but L2 chosen by 5-fold cross-validation on the training patches;
+- ``auto``: the default since 2026-12-06 (``head = "auto"``): ``t8``, then from
+  ``ENSEMBLE_MIN_TUMOUR_PATCHES`` tumour patches on the ensemble (linear + perceptron,
+  :mod:`qupath_rkd.model.mlp_head`) if its PCam valid AUROC is at least the linear head's;
+- ``cvauto``: the same without validation: ``cv``, and the ensemble kept if its mean per-fold
+  AUROC (the perceptron's out-of-fold logits) is at least the linear head's (setting (b));
+- ``ens``: ``t8``, then always the ensemble (``head = "ensemble"``; what ``auto`` does not try
+  below ``ENSEMBLE_MIN_TUMOUR_PATCHES``).
 
 L2 is chosen on PCam valid (the issue's setting (a)) except in ``cv``; AUROC on all of PCam valid.
 
     python benchmarks/head_ablation.py --budgets 10,100,1000 --modes notta,t1,t8,cv
+    python benchmarks/head_ablation.py --budgets 10,100,1000 --modes auto,cvauto
     python benchmarks/head_ablation.py --all-labels     # all 10,000 train/1 patches, view 0
 
 ``--all-labels`` (the issue's "all labels" budget) fits once on the 10,000 train normals and
@@ -35,6 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from qupath_rkd.constants import ENSEMBLE_MIN_TUMOUR_PATCHES  # noqa: E402
 from qupath_rkd.features.cache import open_default_cache  # noqa: E402
 from qupath_rkd.features.extract import extract_features  # noqa: E402
 from qupath_rkd.features.trunk import build_trunk  # noqa: E402
@@ -42,7 +51,11 @@ from qupath_rkd.model.head import (  # noqa: E402
     auroc_of,
     choose_l2_on_valid,
     cross_validate_l2,
+    fit_ensemble,
     fit_head,
+    keep_ensemble,
+    mean_fold_auroc,
+    perceptron_oof,
     stratified_folds,
 )
 from qupath_rkd.training.datasets import PatchFolderDataset  # noqa: E402
@@ -92,7 +105,8 @@ def main() -> None:
                 x = np.concatenate([nx, views.reshape(-1, tum.shape[-1])])
                 y = np.r_[np.zeros(len(nx)), np.ones(len(x) - len(nx))].astype(int)
                 valid = vx[:, :1] if mode == "notta" else vx
-                if mode == "cv":
+                head = "linear"
+                if mode in ("cv", "cvauto"):
                     labels = np.r_[np.zeros(len(nx)), np.ones(budget)].astype(int)
 
                     def rows(mask: np.ndarray, train: bool, labels=labels, tum=tum):
@@ -105,16 +119,34 @@ def main() -> None:
                             np.zeros(len(n_idx)), np.ones(len(part))
                         ].astype(int)
 
-                    choice, _ = cross_validate_l2(rows, labels, stratified_folds(labels, 5, seed))
-                    fit = fit_head(x, y, choice.l2)
+                    folds = stratified_folds(labels, 5, seed)
+                    choice, oof = cross_validate_l2(rows, labels, folds)
+                    model = fit_head(x, y, choice.l2)
+                    if mode == "cvauto" and budget >= ENSEMBLE_MIN_TUMOUR_PATCHES:
+                        ens_oof = 0.5 * (oof + perceptron_oof(rows, folds, seed, None))
+                        scores = {
+                            "linear": choice.scores[choice.l2],
+                            "ensemble": mean_fold_auroc(labels, ens_oof, folds),
+                        }
+                        if keep_ensemble("auto", scores):
+                            model, head = fit_ensemble(x, y, model, seed=seed), "ensemble"
                 else:
-                    choice, fit = choose_l2_on_valid(
+                    choice, model = choose_l2_on_valid(
                         x, y, lambda f, valid=valid: f.logits(valid).mean(axis=1), vy
                     )
-                auc = auroc_of(vy, fit.logits(valid).mean(axis=1))
+                    if mode == "ens" or (mode == "auto" and budget >= ENSEMBLE_MIN_TUMOUR_PATCHES):
+                        ens = fit_ensemble(x, y, model, seed=seed)
+                        scores = {
+                            "linear": choice.scores[choice.l2],
+                            "ensemble": auroc_of(vy, ens.logits(valid).mean(axis=1)),
+                        }
+                        print(f"  {budget} {seed} {mode} {scores}", flush=True)
+                        if keep_ensemble("ensemble" if mode == "ens" else "auto", scores):
+                            model, head = ens, "ensemble"
+                auc = auroc_of(vy, model.logits(valid).mean(axis=1))
                 results.setdefault((budget, mode), []).append(auc)
                 print(
-                    f"{budget} {seed} {mode} AUROC {auc:.4f} l2 {choice.l2:g} "
+                    f"{budget} {seed} {mode} AUROC {auc:.4f} l2 {choice.l2:g} {head} "
                     f"({time.time() - t0:.0f} s)",
                     flush=True,
                 )

@@ -13,11 +13,13 @@ import click
 from qupath_rkd.cli.flags import MPP_TYPE, deprecated_alias
 from qupath_rkd.constants import (
     DEFAULT_EPOCHS,
+    DEFAULT_HEAD,
     DEFAULT_PATCH_TTA_VIEWS,
     DEFAULT_RD_LR,
     DEFAULT_SCORER,
     DEFAULT_TEACHER,
     DEFAULT_TRAIN_BATCH,
+    HEADS,
     SCORERS,
     TEACHER_NAMES,
 )
@@ -185,6 +187,15 @@ def _default_workers() -> int:
     show_default=True,
     help="Dihedral views (rotations, mirror) averaged when the head scores a patch.",
 )
+@click.option(
+    "--head",
+    type=click.Choice(HEADS),
+    default=DEFAULT_HEAD,
+    show_default=True,
+    help="The head on the frozen features: linear, or ensemble (its logit averaged with a small "
+    "perceptron's); auto takes the ensemble from 50 tumour patches on unless the validation "
+    "(or cross-validation) AUROC is lower (measured, docs/benchmarks.md).",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.resume).")
 def train_patches(
     normal_dirs: tuple[Path, ...],
@@ -212,6 +223,7 @@ def train_patches(
     validate_every_steps: int | None,
     scorer: str,
     tta_views: str,
+    head: str,
     resume: bool,
 ) -> None:
     """Train a patch model on folders of patches (PNG/JPEG/TIFF, any size).
@@ -261,6 +273,7 @@ def train_patches(
     config = TrainConfig(
         scorer=scorer,
         tta_views=int(tta_views),
+        head=head,
         teacher=teacher,
         teacher_weights=str(teacher_weights) if teacher_weights else None,
         input_px=input_px,

@@ -68,6 +68,8 @@ class NetworkConfig(Protocol):
     def tta_views(self) -> int: ...
     @property
     def pooling(self) -> str: ...
+    @property
+    def mlp_hidden(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -93,6 +95,7 @@ class StoredConfig:
     scorer: str = "rd"
     tta_views: int = 1
     pooling: str = LEGACY_POOLING
+    mlp_hidden: int = 0
     stored: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -117,6 +120,8 @@ class StoredConfig:
             tta_views=int(d.get("tta_views", 1)),
             # checkpoints before the pooling was recorded pooled every tap as mean + centre mean
             pooling=str(d.get("pooling", LEGACY_POOLING)),
+            # checkpoints before the ensemble head hold the linear head alone
+            mlp_hidden=int(d.get("mlp_hidden", 0)),
             stored=dict(d),
         )
 

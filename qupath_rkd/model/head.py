@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from qupath_rkd.constants import LABEL_TUMOR
 from qupath_rkd.errors import DataError
+from qupath_rkd.model.mlp_head import MlpFit, MlpHead, fit_mlp
 from qupath_rkd.progress import ProgressCallback, ProgressTask
 
 #: L2 strengths tried (on standardised features, class-balanced mean loss)
@@ -84,6 +85,38 @@ class HeadFit:
             block = flat[start : start + _LOGIT_ROWS].astype(np.float64)
             out[start : start + _LOGIT_ROWS] = ((block - self.mean) / self.std) @ self.weight
         return (out + self.bias).reshape(x.shape[:-1])
+
+
+@dataclass
+class EnsembleFit:
+    """The ensemble head: the logit of ``linear`` averaged with that of ``mlp`` (the perceptron
+    on the same standardised features, :mod:`qupath_rkd.model.mlp_head`)."""
+
+    linear: HeadFit
+    mlp: MlpFit
+
+    @property
+    def l2(self) -> float:
+        return self.linear.l2
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        """``(..., D)`` features -> ``(...)`` float64 logits: the mean of the two members'."""
+        return 0.5 * (self.linear.logits(feats) + self.mlp.logits(feats))
+
+
+def fit_ensemble(
+    feats: np.ndarray, labels: np.ndarray, linear: HeadFit, *, seed: int
+) -> EnsembleFit:
+    """The ensemble of the fitted ``linear`` head and a perceptron fitted on the same ``(N, D)``
+    features and ``(N,)`` labels, with the linear head's standardiser."""
+    return EnsembleFit(linear, fit_mlp(feats, labels, linear.mean, linear.std, seed=seed))
+
+
+def keep_ensemble(head: str, scores: dict[str, float]) -> bool:
+    """Whether the ensemble replaces the linear head: always for ``head == "ensemble"``; for
+    ``"auto"`` when its AUROC in ``scores`` (``linear``, ``ensemble``: on the validation patches
+    or the mean per-fold AUROC) is at least the linear head's."""
+    return head == "ensemble" or (head == "auto" and scores["ensemble"] >= scores["linear"])
 
 
 def standardiser(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,23 +285,70 @@ def cross_validate_l2(
     # models differ in scale and offset, and pooling them favours the strongest L2 (whose
     # logits all shrink towards 0) — measured at 10 tumour patches: pooled picked 100 where
     # the validation set said 1 (AUROC 0.82 against 0.85 on PCam valid)
-    scores = {
-        l2: float(np.nanmean([auroc_of(y[folds == f], oof[l2][folds == f]) for f in range(k)]))
-        for l2 in grid
-    }
+    scores = {l2: mean_fold_auroc(y, oof[l2], folds) for l2 in grid}
     # max keeps the first of equal scores: iterating strongest first, ties go to the stronger l2
     best = max(sorted(grid, reverse=True), key=lambda l2: scores[l2])
     return L2Choice(best, "cv_auroc", scores), oof[best]
 
 
-class HeadNetwork(nn.Module):
-    """Frozen trunk + linear head: ``(B, 3, S, S)`` ImageNet-normalised input -> ``(B,)``
-    logits, averaged over ``views`` (dihedral test-time augmentation)."""
+def perceptron_oof(
+    rows_of: Callable[[np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]],
+    folds: np.ndarray,
+    seed: int,
+    progress: ProgressCallback | None,
+) -> np.ndarray:
+    """Out-of-fold logits ``(N,)`` of the ensemble's perceptron (each fold's fitted on the other
+    folds' training rows with their own standardiser, scored on the fold's view 0)."""
+    k = int(folds.max()) + 1
+    out = np.zeros(len(folds))
+    with ProgressTask(progress, f"checking the ensemble ({k}-fold CV)", k, "fit") as task:
+        for f in range(k):
+            held = folds == f
+            tx, ty = rows_of(~held, True)
+            assert ty is not None
+            mean, std = standardiser(tx)
+            vx, _ = rows_of(held, False)
+            out[held] = fit_mlp(tx, ty, mean, std, seed=seed).logits(vx).mean(axis=1)
+            task.advance(1, fold=f"{f + 1}/{k}")
+    return out
 
-    def __init__(self, trunk: nn.Module, dim: int) -> None:
+
+def mean_fold_auroc(labels: np.ndarray, scores: np.ndarray, folds: np.ndarray) -> float:
+    """The mean per-fold AUROC (as :func:`cross_validate_l2` scores the L2 grid)."""
+    k = int(folds.max()) + 1
+    return float(np.nanmean([auroc_of(labels[folds == f], scores[folds == f]) for f in range(k)]))
+
+
+class HeadNetwork(nn.Module):
+    """Frozen trunk + linear head (+ with ``mlp_hidden > 0`` the ensemble's perceptron, whose
+    logit is averaged with the linear head's): ``(B, 3, S, S)`` ImageNet-normalised input ->
+    ``(B,)`` logits, averaged over ``views`` (dihedral test-time augmentation)."""
+
+    def __init__(self, trunk: nn.Module, dim: int, mlp_hidden: int = 0) -> None:
         super().__init__()
         self.trunk = trunk
         self.head = LinearHead(dim)
+        self.mlp: MlpHead | None = MlpHead(dim, mlp_hidden) if mlp_hidden > 0 else None
+
+    def set_fit(self, fit: HeadFit | EnsembleFit) -> HeadNetwork:
+        """Copy a fitted head into the modules (an :class:`EnsembleFit` needs ``mlp``)."""
+        if isinstance(fit, EnsembleFit):
+            if self.mlp is None:
+                raise ValueError("an ensemble fit needs a network built with mlp_hidden > 0")
+            self.head.set_params(fit.linear)
+            self.mlp.load_state_dict(fit.mlp.state)
+        else:
+            if self.mlp is not None:
+                raise ValueError("a linear fit needs a network built without the perceptron")
+            self.head.set_params(fit)
+        return self
+
+    def head_logits(self, feats: Tensor) -> Tensor:
+        """``(B, D)`` pooled features -> ``(B,)`` logits of the head (or ensemble)."""
+        z = self.head(feats)
+        if self.mlp is not None:
+            z = 0.5 * (z + self.mlp(feats))
+        return z
 
     def train(self, mode: bool = True) -> HeadNetwork:
         return super().train(False)
@@ -287,9 +367,10 @@ class HeadNetwork(nn.Module):
         self, x: Tensor, views: Sequence[int] = (0,)
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`logits_and_features`, and the ``(B, D)`` float32 features averaged over
-        ``views`` (each view's rounded to float16 as the head sees them). The head is linear,
-        so any linear head ``w . ((f - mean) / std) + b`` of those averaged features is its
-        logit averaged over the views: what sync's held-out operating point scores with heads
+        ``views`` (each view's rounded to float16 as the head sees them). For a linear head
+        ``w . ((f - mean) / std) + b`` the logit of those averaged features is its logit
+        averaged over the views; for the ensemble that holds for one view (the slide default)
+        and approximately for more: what sync's held-out operating point scores with heads
         fitted without a slide's labels (:mod:`qupath_rkd.sync.heldout`)."""
         from qupath_rkd.features.views import view_images
 
@@ -300,7 +381,7 @@ class HeadNetwork(nn.Module):
             feats = self.trunk(view_images(x, v)).half().float()
             first = feats if first is None else first
             summed = feats if summed is None else summed + feats
-            z = self.head(feats)
+            z = self.head_logits(feats)
             total = z if total is None else total + z
         assert total is not None and first is not None and summed is not None
         return total / len(views), first, summed / len(views)

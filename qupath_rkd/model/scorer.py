@@ -47,7 +47,7 @@ def build_network(
             pooling=config.pooling,
             random_weights_for_tests=random,
         )
-        return HeadNetwork(trunk, trunk.dim)
+        return HeadNetwork(trunk, trunk.dim, mlp_hidden=int(config.mlp_hidden))
     teacher = build_teacher(
         config.teacher,
         None if weights_from_checkpoint else config.teacher_weights,

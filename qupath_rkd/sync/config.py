@@ -36,6 +36,7 @@ from qupath_rkd.constants import (
     DEFAULT_ALPHA,
     DEFAULT_EXTENT_RATIO,
     DEFAULT_GAMMA,
+    DEFAULT_HEAD,
     DEFAULT_INFERENCE_BATCH,
     DEFAULT_MIN_LESION_UM,
     DEFAULT_MIN_TISSUE_FRACTION,
@@ -48,6 +49,7 @@ from qupath_rkd.constants import (
     DEFAULT_TARGET_FP_PER_SLIDE,
     DEFAULT_TEACHER,
     DEFAULT_TRAIN_BATCH,
+    HEADS,
     MIN_TILE_PX,
     PCAM_MPP,
     PCAM_PATCH_PX,
@@ -151,6 +153,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "head: supervised linear head on the teacher's features (measured best); rd: the "
             "paper's reverse distillation",
             choices=SCORERS,
+        ),
+        "head": Key(
+            DEFAULT_HEAD,
+            "choice",
+            "head scorer: linear, or ensemble (the linear logit averaged with a small "
+            "perceptron's); auto: the ensemble from 50 tumour tiles on unless cross-validation "
+            "over the annotated regions scores it lower",
+            choices=HEADS,
         ),
         "teacher": Key(
             DEFAULT_TEACHER,

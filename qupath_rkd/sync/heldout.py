@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from qupath_rkd.heatmap import Heatmap
     from qupath_rkd.inference.predict import SlidePrediction
     from qupath_rkd.labels import LabelledSet
-    from qupath_rkd.model.head import HeadFit
+    from qupath_rkd.model.head import EnsembleFit, HeadFit
     from qupath_rkd.model.scorer import TrainedModel
     from qupath_rkd.progress import ProgressCallback
     from qupath_rkd.training.config import TrainConfig
@@ -69,7 +69,7 @@ class HeldOutHeads:
         l2: the L2 strength used (the final model's), ``None`` when unknown.
     """
 
-    fits: dict[str, HeadFit] = field(default_factory=dict)
+    fits: dict[str, HeadFit | EnsembleFit] = field(default_factory=dict)
     in_sample: dict[str, str] = field(default_factory=dict)
     l2: float | None = None
 
@@ -112,7 +112,7 @@ def held_out_heads(
         ``in_sample``; with an RD model or an unknown L2, every slide is.
     """
     from qupath_rkd.features.cache import open_default_cache
-    from qupath_rkd.model.head import HeadNetwork, fit_head
+    from qupath_rkd.model.head import HeadNetwork, fit_ensemble, fit_head
     from qupath_rkd.progress import ProgressTask
     from qupath_rkd.slides.tiles_dataset import SlideTileDataset
     from qupath_rkd.training.head_trainer import training_features
@@ -152,19 +152,25 @@ def held_out_heads(
                 missing = "tumour" if not (y == LABEL_TUMOR).any() else "normal"
                 out.in_sample[path] = f"without its tiles no {missing} tile remains"
             else:
-                out.fits[path] = fit_head(x, y, l2)
+                linear = fit_head(x, y, l2)
+                # the same kind of head as the final model: the ensemble's fold has both members
+                out.fits[path] = (
+                    linear if model.net.mlp is None else fit_ensemble(x, y, linear, seed=cfg.seed)
+                )
             task.advance(1)
     return out
 
 
-def held_out_logits(fit: HeadFit, features: np.ndarray) -> np.ndarray:
+def held_out_logits(fit: HeadFit | EnsembleFit, features: np.ndarray) -> np.ndarray:
     """``(N,)`` float32 raw scores of the fold head ``fit`` for ``(N, D)`` view-averaged tile
     features (float16 or float32; :attr:`SlidePrediction.tile_features`): its logits, in
     float64 then rounded to float32 as the final model's raw scores are."""
     return np.asarray(fit.logits(np.asarray(features, dtype=np.float32)), dtype=np.float32)
 
 
-def held_out_heatmap(pred: SlidePrediction, fit: HeadFit, model: TrainedModel) -> Heatmap:
+def held_out_heatmap(
+    pred: SlidePrediction, fit: HeadFit | EnsembleFit, model: TrainedModel
+) -> Heatmap:
     """``pred``'s heatmap with every scored tile's probability from the fold head ``fit``
     (its logit of the tile's features, through ``model``'s calibration); NaN off tissue as
     before. ``pred`` must carry ``tile_features`` (predicted with ``return_features``)."""

@@ -995,6 +995,7 @@ def _train_config(config: SyncConfig, n_train: int) -> TrainConfig:
     per_epoch = max(1, math.ceil(steps / epochs))
     return TrainConfig(
         scorer=t["scorer"],
+        head=t["head"],
         teacher=t["teacher"],
         teacher_weights=t["teacher_weights"] or None,
         input_px=None if t["input_px"] == "auto" else int(t["input_px"]),

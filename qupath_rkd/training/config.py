@@ -10,12 +10,14 @@ from qupath_rkd.constants import (
     DEFAULT_ALPHA,
     DEFAULT_EPOCHS,
     DEFAULT_GAMMA,
+    DEFAULT_HEAD,
     DEFAULT_PATCH_TTA_VIEWS,
     DEFAULT_POOLING,
     DEFAULT_RD_LR,
     DEFAULT_SCORER,
     DEFAULT_TEACHER,
     DEFAULT_TRAIN_BATCH,
+    HEADS,
     SCORERS,
 )
 from qupath_rkd.errors import ConfigError
@@ -54,6 +56,14 @@ class TrainConfig:
             takes ``efficientnet_lite1`` | ``efficientnet_lite2``.
         teacher_weights: a state-dict file with the teacher's ImageNet weights.
         pooling: the head's trunk pooling (``qupath_rkd.features.trunk.POOLINGS``).
+        head: ``auto`` (default) | ``linear`` | ``ensemble``
+            (:data:`qupath_rkd.constants.HEADS`): the linear head, or its logit averaged with a
+            perceptron's; ``auto`` takes the ensemble from
+            :data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour patches on unless
+            the validation (or cross-validation) AUROC is lower than the linear head's.
+        mlp_hidden: the fitted network's perceptron width (0: linear head alone). Set by the
+            trainer from what ``head`` chose and stored, so a checkpoint rebuilds its network;
+            not a user setting.
         teacher_random_weights_for_tests: random teacher (tests only; never for real use).
         shortcut: first OCBE block's shortcut, ``conv3x3`` (FW-RD) or ``conv1x1`` (RD4AD).
         input_px: network input side (multiple of 32); None = the teacher's default.
@@ -92,6 +102,8 @@ class TrainConfig:
     cv_folds: int = 5
     teacher: str = DEFAULT_TEACHER
     pooling: str = DEFAULT_POOLING
+    head: str = DEFAULT_HEAD
+    mlp_hidden: int = 0
     teacher_weights: str | None = None
     teacher_random_weights_for_tests: bool = False
     shortcut: str = "conv3x3"
@@ -157,6 +169,8 @@ class TrainConfig:
             (cfg.mpp is None or cfg.mpp > 0, f"mpp must be > 0, got {cfg.mpp}"),
             (cfg.shortcut in SHORTCUTS, f"shortcut must be one of {SHORTCUTS}"),
             (cfg.pooling in POOLINGS, f"pooling must be one of {tuple(POOLINGS)}"),
+            (cfg.head in HEADS, f"head must be one of {HEADS}, got {cfg.head!r}"),
+            (cfg.mlp_hidden >= 0, f"mlp_hidden must be >= 0, got {cfg.mlp_hidden}"),
             (cfg.select_by in SELECT_BY, f"select_by must be one of {SELECT_BY}"),
             (cfg.score_reduction in REDUCTIONS, f"score_reduction must be one of {REDUCTIONS}"),
             (cfg.calibration in CALIBRATIONS, f"calibration must be one of {CALIBRATIONS}"),

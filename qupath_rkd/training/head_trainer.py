@@ -7,12 +7,17 @@
    test-time-augmented logits; without one (what a pathologist has), stratified, seeded k-fold
    cross-validation on the training patches (``groups``: whole annotated regions held out
    together), scored on view 0.
-3. The head refitted on every training patch at that strength; calibrated (Platt) on the
-   validation logits, or on the out-of-fold logits; written as one checkpoint, with the
-   out-of-domain reference of the training patches' features (:mod:`qupath_rkd.model.ood`).
+3. The head refitted on every training patch at that strength. With ``head = "auto"`` (the
+   default) and at least :data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour
+   patches, the ensemble (the linear head's logit averaged with a perceptron's,
+   :mod:`qupath_rkd.model.mlp_head`) replaces it unless it scores a lower AUROC on the same
+   validation logits (or out-of-fold logits) that chose the L2.
+4. Calibrated (Platt) on the validation logits, or on the out-of-fold logits, of the model kept;
+   written as one checkpoint, with the out-of-domain reference of the training patches'
+   features (:mod:`qupath_rkd.model.ood`).
 
-Every step is deterministic for a given seed and set of patches (the fit is convex and run to
-convergence; the folds are seeded), so seeds only change which patches a budget draws.
+Every step is deterministic for a given seed and set of patches (the linear fit is convex and
+run to convergence; the folds and the perceptron's initialisation and batches are seeded).
 
 Data-parallel (``torchrun``, :mod:`qupath_rkd.training.distributed`): the features are the
 expensive part, so each rank extracts those of every ``world_size``-th patch (through its feature
@@ -23,6 +28,7 @@ the same model), and the other ranks receive its result.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +40,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
+from qupath_rkd.constants import (
+    ENSEMBLE_MIN_TUMOUR_PATCHES,
+    LABEL_NORMAL,
+    LABEL_TUMOR,
+    MLP_HIDDEN,
+)
 from qupath_rkd.errors import DataError
 from qupath_rkd.features.cache import FeatureCache, open_default_cache
 from qupath_rkd.features.extract import Features, extract_features
@@ -43,10 +54,17 @@ from qupath_rkd.model.calibration import auroc, fit_calibration
 from qupath_rkd.model.checkpoint import save_checkpoint
 from qupath_rkd.model.device import resolve_device
 from qupath_rkd.model.head import (
+    EnsembleFit,
+    HeadFit,
     HeadNetwork,
+    auroc_of,
     choose_l2_on_valid,
     cross_validate_l2,
+    fit_ensemble,
     fit_head,
+    keep_ensemble,
+    mean_fold_auroc,
+    perceptron_oof,
     stratified_folds,
 )
 from qupath_rkd.model.ood import fit_reference
@@ -293,20 +311,34 @@ def _fit_and_save(
     n_valid = {"normal": 0, "tumor": 0}
     all_rows = np.ones(len(y), dtype=bool)
     tx, ty = train_rows(all_rows)
+    n_tumor = int((ok & (y == LABEL_TUMOR)).sum())
+    want_ensemble = cfg.head == "ensemble" or (
+        cfg.head == "auto" and n_tumor >= ENSEMBLE_MIN_TUMOUR_PATCHES
+    )
+    head_scores: dict[str, float] = {}
+    model: HeadFit | EnsembleFit
     if valid_y is not None and vf is not None:
         vx, vy = vf.values[vf.ok].astype(np.float32), valid_y[vf.ok]
         skipped += int((~vf.ok).sum())
         choice, fit = choose_l2_on_valid(
             tx, ty, lambda f: f.logits(vx).mean(axis=1), vy, progress=progress
         )
+        model = fit
         cal_scores, cal_labels = fit.logits(vx).mean(axis=1), vy
+        if want_ensemble:
+            with ProgressTask(progress, "fitting the ensemble", 1, "fit") as task:
+                ens = fit_ensemble(tx, ty, fit, seed=cfg.seed)
+                task.advance(1)
+            ens_scores = ens.logits(vx).mean(axis=1)
+            head_scores = {"linear": choice.scores[fit.l2], "ensemble": auroc_of(vy, ens_scores)}
+            if keep_ensemble(cfg.head, head_scores):
+                model, cal_scores = ens, ens_scores
         selected_by, source = "valid_auroc", "valid"
         n_valid = {
             "normal": int((vy == LABEL_NORMAL).sum()),
             "tumor": int((vy == LABEL_TUMOR).sum()),
         }
     else:
-        n_tumor = int((ok & (y == LABEL_TUMOR)).sum())
         k = min(cfg.cv_folds, n_tumor)
         if groups is not None and k >= 2:
             n_groups = min(
@@ -330,14 +362,27 @@ def _fit_and_save(
                 return base.values[mask, :1].astype(np.float32), None
 
             # unreadable patches get label -1, which the per-fold AUROC ignores
-            choice, oof = cross_validate_l2(rows_of, np.where(ok, y, -1), folds, progress=progress)
+            labels = np.where(ok, y, -1)
+            choice, oof = cross_validate_l2(rows_of, labels, folds, progress=progress)
             with ProgressTask(progress, "fitting the head", 1, "fit") as task:
                 fit = fit_head(tx, ty, choice.l2)
                 task.advance(1)
-            cal_scores, cal_labels = oof[ok], y[ok]
+            model, cal_scores, cal_labels = fit, oof[ok], y[ok]
+            if want_ensemble:
+                ens_oof = 0.5 * (oof + perceptron_oof(rows_of, folds, cfg.seed, progress))
+                head_scores = {
+                    "linear": choice.scores[choice.l2],
+                    "ensemble": mean_fold_auroc(labels, ens_oof, folds),
+                }
+                if keep_ensemble(cfg.head, head_scores):
+                    with ProgressTask(progress, "fitting the ensemble", 1, "fit") as task:
+                        model = fit_ensemble(tx, ty, fit, seed=cfg.seed)
+                        task.advance(1)
+                    cal_scores = ens_oof[ok]
             selected_by, source = "cv_auroc", f"{k}-fold cross-validation"
         else:
             fit = fit_head(tx, ty, FALLBACK_L2)
+            model = fit
             choice = None
             cal_scores, cal_labels = fit.logits(base.values[ok, :1]).mean(axis=1), y[ok]
             selected_by, source = "fixed", "training patches"
@@ -352,14 +397,22 @@ def _fit_and_save(
             history.append({"l2": l2, choice.metric: value})
     calibration = fit_calibration(cal_scores, cal_labels, cfg.calibration)
     auc = auroc(cal_labels, cal_scores)
-    net.head.set_params(fit)
+    head = "ensemble" if isinstance(model, EnsembleFit) else "linear"
+    if head == "ensemble":
+        # the stored config says which network to rebuild: the trunk with both members
+        cfg = dataclasses.replace(cfg, mlp_hidden=MLP_HIDDEN)
+        net = HeadNetwork(net.trunk, int(net.head.weight.shape[0]), mlp_hidden=MLP_HIDDEN)
+    net.set_fit(model)
     metrics = {
         "val_auroc": auc,
         "val_source": source,
         "selected_by": selected_by,
-        "l2": fit.l2,
+        "l2": model.l2,
+        "head": head,
         "n_valid": len(cal_labels),
     }
+    if head_scores:
+        metrics["head_auroc"] = head_scores
     # what the cache held is not part of the model (an identical refit must give an
     # identical checkpoint), so these go to the result only
     # the out-of-domain reference: view 0 of every readable training patch, any label
@@ -371,7 +424,12 @@ def _fit_and_save(
     metrics["features_computed"] = base.computed + (extra.computed if extra else 0)
     metrics["features_cached"] = base.cached + (extra.cached if extra else 0)
     logger.info(
-        "head fitted (l2 %g, %s AUROC %.4f) in %.1f s", fit.l2, source, auc, time.monotonic() - t0
+        "%s head fitted (l2 %g, %s AUROC %.4f) in %.1f s",
+        head,
+        model.l2,
+        source,
+        auc,
+        time.monotonic() - t0,
     )
     return {
         "checkpoint": out,
@@ -385,7 +443,7 @@ def _fit_and_save(
         "skipped_unreadable": skipped,
         "warnings": warnings,
         "calibration": calibration.to_dict(),
-        "fit": fit,
+        "fit": model,
     }
 
 

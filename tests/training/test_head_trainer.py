@@ -111,3 +111,44 @@ def test_one_tumour_patch_is_fitted_with_a_warning_and_none_falls_back_to_rd(
     )
     assert any("one-class RD" in w for w in res.warnings)
     assert load_model(tmp_path / "rd.pt", device="cpu").kind == "rd"
+
+
+def test_auto_keeps_the_linear_head_below_the_ensemble_threshold_and_ensemble_round_trips(
+    tmp_path, pcam_small
+) -> None:
+    """8 tumour patches (< ENSEMBLE_MIN_TUMOUR_PATCHES): ``auto`` fits the linear head alone;
+    ``ensemble`` stores both members, the checkpoint rebuilds them and scores as the training
+    measured, on validation and by cross-validation."""
+    from qupath_rkd.constants import ENSEMBLE_MIN_TUMOUR_PATCHES, MLP_HIDDEN
+
+    assert TrainConfig().head == "auto" and ENSEMBLE_MIN_TUMOUR_PATCHES > 8
+    tr, va = _sets(pcam_small)
+    auto = train(tr, va, _cfg(), tmp_path / "auto.pt", tr.fingerprint())
+    assert auto.best_metrics["head"] == "linear" and "head_auroc" not in auto.best_metrics
+    assert load_model(tmp_path / "auto.pt", device="cpu").net.mlp is None
+    ens = train(tr, va, _cfg(head="ensemble"), tmp_path / "ens.pt", tr.fingerprint())
+    m = ens.best_metrics
+    assert m["head"] == "ensemble" and set(m["head_auroc"]) == {"linear", "ensemble"}
+    assert m["head_auroc"]["linear"] == pytest.approx(auto.best_metrics["val_auroc"], abs=1e-9)
+    assert m["val_auroc"] == pytest.approx(m["head_auroc"]["ensemble"], abs=1e-9)
+    obj, _ = read_checkpoint(tmp_path / "ens.pt")
+    assert obj["config"]["mlp_hidden"] == MLP_HIDDEN and obj["config"]["head"] == "ensemble"
+    model = load_model(tmp_path / "ens.pt", device="cpu")
+    assert model.net.mlp is not None
+    scores, _ = model.score_images(_images(va))
+    assert auroc(va.labels, scores) == pytest.approx(m["val_auroc"], abs=1e-4)
+    events: list = []
+    cv = train(
+        tr,
+        None,
+        _cfg(head="ensemble"),
+        tmp_path / "cv.pt",
+        tr.fingerprint(),
+        progress=events.append,
+    )
+    assert cv.best_metrics["head"] == "ensemble" and cv.selected_by == "cv_auroc"
+    checks = [e for e in events if e.task == "checking the ensemble (5-fold CV)"]
+    assert checks[-1].finished and checks[-1].done == 5
+    assert cv.best_metrics["val_auroc"] == pytest.approx(
+        cv.best_metrics["head_auroc"]["ensemble"], abs=0.15
+    )
