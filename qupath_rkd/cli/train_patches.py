@@ -175,7 +175,8 @@ def _default_workers() -> int:
     type=click.Choice(SCORERS),
     default=DEFAULT_SCORER,
     show_default=True,
-    help="head: a supervised linear head on the frozen teacher's multi-scale features (best "
+    help="head: a supervised head (linear, or with --head its ensemble with a perceptron) on "
+    "the frozen teacher's multi-scale features (best "
     "measured, docs/benchmarks.md); rd: the paper's reverse distillation (also what a run "
     "without tumour patches trains). --epochs, --lr, --batch-size and the RD options apply "
     "to rd only.",

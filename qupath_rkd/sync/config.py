@@ -150,7 +150,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "scorer": Key(
             DEFAULT_SCORER,
             "choice",
-            "head: supervised linear head on the teacher's features (measured best); rd: the "
+            "head: supervised head on the teacher's features (measured best; see head); rd: the "
             "paper's reverse distillation",
             choices=SCORERS,
         ),
