@@ -28,10 +28,17 @@ random regions of the same size from unannotated tissue — and ``top_probabilit
 (the start) is synced once per seed and shared by the strategies.
 
 Measured per round on the held-out slides, with the model and operating point ``sync`` made:
-tile AUROC (tiles >= 50 % in a lesion are tumour, tiles touching no lesion normal, the rest
-left out; tumour-free slides included) and the Camelyon16 lesion FROC (the lesions ``sync``
-would write, at its operating point); and the annotated area (mm², cumulative: the polygons
-drawn). The reference "annotate every lesion": every lesion of every training slide outlined
+tile AUROC and tile average precision (AP) (tiles >= 50 % in a lesion are tumour, tiles
+touching no lesion normal, the rest left out; tumour-free slides included; pooled over the
+slides), the Camelyon16 lesion FROC of the lesions ``sync`` would write at its operating point
+(``froc``) and, threshold-free, of the ranked candidate list ``predict`` submits
+(``froc_candidates``: lesion peaks plus the heatmap's local maxima outside them, floor 0.05,
+NMS 187 µm, those below the seed reported just below it); and the annotated area (mm²,
+cumulative: the polygons drawn). ``--test-tumour`` / ``--test-normal`` set the held-out set's
+size (the tumour slides take the odd-numbered annotation files in order, 50 in the shared
+data). The summary pairs the default with each other strategy by (seed, round).
+
+The reference "annotate every lesion": every lesion of every training slide outlined
 (the truth) and the slides marked fully annotated, so the pathologist has looked over all their
 tissue: its area is the tissue of the tumour training slides.
 
