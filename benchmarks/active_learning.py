@@ -871,14 +871,19 @@ def paired(
 ) -> dict[str, Any] | None:
     """``strategy`` against ``base`` on ``metric``, paired by (seed, round), rounds >= 1:
     wins / losses / ties, the mean difference and its per-seed means (rounds 1–N)."""
-    mine = {(r["seed"], r["round"]): r.get(metric) for r in rows if r["strategy"] == strategy}
-    theirs = {(r["seed"], r["round"]): r.get(metric) for r in rows if r["strategy"] == base}
-    keys = sorted(
-        k for k in set(mine) & set(theirs) if k[1] and mine[k] is not None and theirs[k] is not None
-    )
+
+    def measured(name: str) -> dict[tuple[int, int], float]:
+        return {
+            (int(r["seed"]), int(r["round"])): float(r[metric])
+            for r in rows
+            if r["strategy"] == name and r["round"] and r.get(metric) is not None
+        }
+
+    mine, theirs = measured(strategy), measured(base)
+    keys = sorted(set(mine) & set(theirs))
     if not keys:
         return None
-    diff = np.array([float(mine[k]) - float(theirs[k]) for k in keys])
+    diff = np.array([mine[k] - theirs[k] for k in keys])
     seeds = sorted({k[0] for k in keys})
     seed_of = np.array([k[0] for k in keys])
     per_seed = {str(seed): round(float(diff[seed_of == seed].mean()), 4) for seed in seeds}
@@ -938,7 +943,8 @@ def summarise(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> d
                 goals[f"{default} above {base} on {metric} at every round"] = bool(
                     above and all(above)
                 )
-    if reference and default in table:
+    ref_area = reference.get("area_mm2") if reference else None
+    if reference and ref_area and default in table:
         for metric in ("froc", "froc_candidates"):
             if reference.get(metric) is None:
                 continue
@@ -952,10 +958,10 @@ def summarise(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> d
                 reached[0][0] if reached else None
             )
             goals[f"{metric}: its area / the reference's"] = (
-                round(reached[0][1] / reference["area_mm2"], 3) if reached else None
+                round(reached[0][1] / ref_area, 3) if reached else None
             )
             goals[f"{metric}: reached with at most a third of the area"] = bool(
-                reached and reached[0][1] <= reference["area_mm2"] / 3
+                reached and reached[0][1] <= ref_area / 3
             )
     return {
         "table": table,
