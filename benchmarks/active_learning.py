@@ -28,10 +28,17 @@ random regions of the same size from unannotated tissue — and ``top_probabilit
 (the start) is synced once per seed and shared by the strategies.
 
 Measured per round on the held-out slides, with the model and operating point ``sync`` made:
-tile AUROC (tiles >= 50 % in a lesion are tumour, tiles touching no lesion normal, the rest
-left out; tumour-free slides included) and the Camelyon16 lesion FROC (the lesions ``sync``
-would write, at its operating point); and the annotated area (mm², cumulative: the polygons
-drawn). The reference "annotate every lesion": every lesion of every training slide outlined
+tile AUROC and tile average precision (AP) (tiles >= 50 % in a lesion are tumour, tiles
+touching no lesion normal, the rest left out; tumour-free slides included; pooled over the
+slides), the Camelyon16 lesion FROC of the lesions ``sync`` would write at its operating point
+(``froc``) and, threshold-free, of the ranked candidate list ``predict`` submits
+(``froc_candidates``: lesion peaks plus the heatmap's local maxima outside them, floor 0.05,
+NMS 187 µm, those below the seed reported just below it); and the annotated area (mm²,
+cumulative: the polygons drawn). ``--test-tumour`` / ``--test-normal`` set the held-out set's
+size (the tumour slides take the odd-numbered annotation files in order, 50 in the shared
+data). The summary pairs the default with each other strategy by (seed, round).
+
+The reference "annotate every lesion": every lesion of every training slide outlined
 (the truth) and the slides marked fully annotated, so the pathologist has looked over all their
 tissue: its area is the tissue of the tumour training slides.
 
@@ -489,15 +496,19 @@ def evaluate(
     test: Sequence[SimSlide],
     memo: MemoTrunk,
 ) -> dict[str, Any]:
-    """Tile AUROC and lesion FROC of the project's model on the held-out slides, at the
-    operating point sync chose."""
+    """Tile AUROC, tile average precision, the lesion FROC at the operating point sync chose
+    (``froc``: the lesions ``sync`` would write) and the FROC of the ranked candidate list
+    ``predict`` submits (``froc_candidates``: the lesion peaks plus the heatmap's local maxima
+    outside them down to the package floor, those below the seed reported just below it;
+    :func:`qupath_rkd.inference.write.slide_candidates`) of the project's model on the
+    held-out slides. Tile AUROC and AP pool the held-out tiles of every slide."""
     import shapely
 
     from qupath_rkd.constants import PROJECT_SUBDIR
-    from qupath_rkd.errors import EvaluationError
-    from qupath_rkd.evaluation.camelyon16 import evaluation_mask, froc, score_detections
+    from qupath_rkd.evaluation.camelyon16 import evaluation_mask, score_detections
     from qupath_rkd.evaluation.metrics import roc_auc
     from qupath_rkd.inference import predict_slide
+    from qupath_rkd.inference.write import slide_candidates
     from qupath_rkd.model.scorer import load_model
     from qupath_rkd.sync.config import load_config
     from qupath_rkd.sync.runner import inference_config
@@ -506,7 +517,8 @@ def evaluate(
     model = load_model(project_dir / PROJECT_SUBDIR / "model" / "model.pt", device="cpu")
     memo.wrap(model)
     threshold = float(outcome.operating_point["threshold"])
-    labels, probs, per_slide = [], [], []
+    labels, probs, per_slide, per_slide_cands = [], [], [], []
+    n_candidates = 0
     for s in test:
         cfg = dataclasses.replace(inference_config(config, s.mpp), threshold=threshold)
         pred = predict_slide(s.path, model, config=cfg)
@@ -539,19 +551,61 @@ def evaluate(
                 mask,
             )
         )
-    auroc = roc_auc(np.concatenate(labels), np.concatenate(probs))
-    try:
-        result = froc(per_slide)
-        froc_score: float | None = float(result.score)
-        n_lesions = int(result.n_lesions)
-    except EvaluationError:
-        froc_score, n_lesions = None, 0
+        cands = slide_candidates(pred)  # what predict's camelyon16/<slide>.csv holds
+        n_candidates += len(cands)
+        per_slide_cands.append(score_detections(s.name, cands.probs, cands.x_px, cands.y_px, mask))
+    all_labels, all_probs = np.concatenate(labels), np.concatenate(probs)
+    auroc = roc_auc(all_labels, all_probs)
+    froc_score, n_lesions = _froc_score(per_slide)
+    froc_cands, _ = _froc_score(per_slide_cands)
     return {
         "tile_auroc": round(float(auroc), 4),
-        "froc": None if froc_score is None else round(froc_score, 4),
+        "tile_ap": round(average_precision(all_labels, all_probs), 4),
+        "froc": froc_score,
+        "froc_candidates": froc_cands,
         "froc_lesions": n_lesions,
+        "candidates_per_slide": round(n_candidates / max(len(test), 1), 1),
         "threshold": round(threshold, 4),
     }
+
+
+def _froc_score(per_slide: Sequence[Any]) -> tuple[float | None, int]:
+    """``(FROC score rounded to 4 places, lesions)``; ``(None, 0)`` without a FROC lesion."""
+    from qupath_rkd.errors import EvaluationError
+    from qupath_rkd.evaluation.camelyon16 import froc
+
+    try:
+        result = froc(per_slide)
+    except EvaluationError:
+        return None, 0
+    return round(float(result.score), 4), int(result.n_lesions)
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision (area under the precision-recall step curve) of ``scores`` ``(N,)``
+    for ``labels`` ``(N,)`` (1 = tumour): ``sum_k (R_k - R_{k-1}) P_k`` over the distinct
+    scores from the highest down, tied scores taken together (scikit-learn's definition).
+    Threshold-free, and weighted to the high-probability end, where AUROC is not.
+
+    Raises:
+        ValueError: shapes differ, a score is not finite, or there is no positive.
+    """
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels but {s.size} scores")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("average precision needs finite scores")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("average precision needs at least one positive")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # the last index of each tie group
+    tp = np.cumsum(y)[last].astype(np.float64)
+    precision = tp / (last + 1.0)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 # --- the runs ---------------------------------------------------------------------------------
@@ -801,15 +855,58 @@ def run_reference(
 
 
 # --- tables ---------------------------------------------------------------------------------
+#: The held-out measures of a round (``evaluate``); the last two are threshold-free.
+METRICS = ("tile_auroc", "tile_ap", "froc", "froc_candidates")
+#: The measures the paired comparison and the goals are read on.
+PAIRED_METRICS = ("tile_auroc", "tile_ap", "froc_candidates")
+
+
+def _mean(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    vals = [float(r[key]) for r in rows if r.get(key) is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def paired(
+    rows: Sequence[Mapping[str, Any]], strategy: str, base: str, metric: str
+) -> dict[str, Any] | None:
+    """``strategy`` against ``base`` on ``metric``, paired by (seed, round), rounds >= 1:
+    wins / losses / ties, the mean difference and its per-seed means (rounds 1–N)."""
+
+    def measured(name: str) -> dict[tuple[int, int], float]:
+        return {
+            (int(r["seed"]), int(r["round"])): float(r[metric])
+            for r in rows
+            if r["strategy"] == name and r["round"] and r.get(metric) is not None
+        }
+
+    mine, theirs = measured(strategy), measured(base)
+    keys = sorted(set(mine) & set(theirs))
+    if not keys:
+        return None
+    diff = np.array([mine[k] - theirs[k] for k in keys])
+    seeds = sorted({k[0] for k in keys})
+    seed_of = np.array([k[0] for k in keys])
+    per_seed = {str(seed): round(float(diff[seed_of == seed].mean()), 4) for seed in seeds}
+    return {
+        "pairs": len(keys),
+        "wins": int((diff > 0).sum()),
+        "losses": int((diff < 0).sum()),
+        "ties": int((diff == 0).sum()),
+        "mean_diff": round(float(diff.mean()), 4),
+        "per_seed_mean_diff": per_seed,
+    }
+
+
 def summarise(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> dict[str, Any]:
-    """Means (and min/max) over seeds per strategy and round; the goals."""
+    """Means (and min/max) over seeds per strategy and round; each strategy against the others
+    paired by (seed, round); the goals (the first strategy is the default)."""
     table: dict[str, dict[int, dict[str, Any]]] = {}
     for strategy in strategies:
         mine = [r for r in rows if r["strategy"] == strategy]
         for rnd in sorted({int(r["round"]) for r in mine}):
             at = [r for r in mine if r["round"] == rnd]
             entry: dict[str, Any] = {"n_seeds": len(at)}
-            for k in ("tile_auroc", "froc", "area_mm2", "tumour_area_mm2"):
+            for k in (*METRICS, "area_mm2", "tumour_area_mm2"):
                 vals = [float(r[k]) for r in at if r.get(k) is not None]
                 if vals:
                     entry[k] = round(float(np.mean(vals)), 4)
@@ -817,46 +914,69 @@ def summarise(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> d
                     entry[f"{k}_max"] = round(max(vals), 4)
             table.setdefault(strategy, {})[rnd] = entry
     ref = [r for r in rows if r["strategy"] == REFERENCE]
-    reference = None
-    if ref:
-        reference = {
-            k: round(float(np.mean([float(r[k]) for r in ref if r.get(k) is not None])), 4)
-            for k in ("tile_auroc", "froc", "area_mm2", "tumour_area_mm2")
+    reference = (
+        {k: _mean(ref, k) for k in (*METRICS, "area_mm2", "tumour_area_mm2")} if ref else None
+    )
+    overall = {
+        strategy: {
+            k: _mean([r for r in rows if r["strategy"] == strategy and r["round"]], k)
+            for k in METRICS
         }
+        for strategy in table
+    }
+    pairs = {
+        f"{a} vs {b}": {m: paired(rows, a, b, m) for m in PAIRED_METRICS}
+        for a in table
+        for b in table
+        if a != b
+    }
     goals: dict[str, Any] = {}
     default = strategies[0]
     for base in ("random", "top_probability"):
         if default in table and base in table:
             rounds = sorted(set(table[default]) & set(table[base]) - {0})
-            for metric in ("tile_auroc", "froc"):
+            for metric in METRICS:
                 above = [
-                    table[default][r].get(metric, 0) > table[base][r].get(metric, 0) for r in rounds
+                    (table[default][r].get(metric) or 0) > (table[base][r].get(metric) or 0)
+                    for r in rounds
                 ]
                 goals[f"{default} above {base} on {metric} at every round"] = bool(
                     above and all(above)
                 )
-    if reference and default in table:
-        reached = [
-            (r, e["area_mm2"])
-            for r, e in sorted(table[default].items())
-            if e.get("froc") is not None and e["froc"] >= reference["froc"]
-        ]
-        goals["reference FROC"] = reference["froc"]
-        goals["first round reaching it (mean over seeds)"] = reached[0][0] if reached else None
-        goals["its area / the reference's"] = (
-            round(reached[0][1] / reference["area_mm2"], 3) if reached else None
-        )
-        goals["reached with at most a third of the area"] = bool(
-            reached and reached[0][1] <= reference["area_mm2"] / 3
-        )
-    return {"table": table, "reference": reference, "goals": goals}
+    ref_area = reference.get("area_mm2") if reference else None
+    if reference and ref_area and default in table:
+        for metric in ("froc", "froc_candidates"):
+            if reference.get(metric) is None:
+                continue
+            reached = [
+                (r, e["area_mm2"])
+                for r, e in sorted(table[default].items())
+                if e.get(metric) is not None and e[metric] >= reference[metric]
+            ]
+            goals[f"reference {metric}"] = reference[metric]
+            goals[f"{metric}: first round reaching it (mean over seeds)"] = (
+                reached[0][0] if reached else None
+            )
+            goals[f"{metric}: its area / the reference's"] = (
+                round(reached[0][1] / ref_area, 3) if reached else None
+            )
+            goals[f"{metric}: reached with at most a third of the area"] = bool(
+                reached and reached[0][1] <= ref_area / 3
+            )
+    return {
+        "table": table,
+        "reference": reference,
+        "mean_rounds_1_on": overall,
+        "paired": pairs,
+        "goals": goals,
+    }
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
     lines = []
-    for metric in ("tile_auroc", "froc", "area_mm2"):
-        table = summary["table"]
-        rounds = sorted({r for t in table.values() for r in t})
+    table = summary["table"]
+    rounds = sorted({r for t in table.values() for r in t})
+    for metric in (*METRICS, "area_mm2"):
         lines.append(f"**{metric}** (mean over seeds; min–max)\n")
         lines.append("| strategy | " + " | ".join(f"round {r}" for r in rounds) + " |")
         lines.append("|---|" + "---|" * len(rounds))
@@ -874,17 +994,69 @@ def markdown(summary: Mapping[str, Any]) -> str:
                     )
             lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
         lines.append("")
+    overall = summary.get("mean_rounds_1_on") or {}
+    if overall:
+        lines.append("**mean of rounds 1–N** (all seeds)\n")
+        lines.append("| strategy | " + " | ".join(METRICS) + " |")
+        lines.append("|---|" + "---|" * len(METRICS))
+        for strategy, vals in overall.items():
+            cells = ["–" if vals.get(m) is None else f"{vals[m]:.3f}" for m in METRICS]
+            lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+        lines.append("")
+    pairs = summary.get("paired") or {}
+    default = next(iter(table), None)
+    mine = {k: v for k, v in pairs.items() if default and k.startswith(f"{default} vs ")}
+    if mine:
+        lines.append(
+            f"**{default} against each other strategy**, paired by (seed, round), rounds ≥ 1: "
+            "wins / losses / ties, mean difference (per-seed means)\n"
+        )
+        lines.append("| against | " + " | ".join(PAIRED_METRICS) + " |")
+        lines.append("|---|" + "---|" * len(PAIRED_METRICS))
+        for name, per in mine.items():
+            cells = []
+            for m in PAIRED_METRICS:
+                p = per.get(m)
+                if p is None:
+                    cells.append("–")
+                    continue
+                seeds = " / ".join(f"{v:+.3f}" for v in p["per_seed_mean_diff"].values())
+                cells.append(
+                    f"{p['wins']}/{p['losses']}/{p['ties']}, {p['mean_diff']:+.4f} ({seeds})"
+                )
+            lines.append(f"| {name.split(' vs ', 1)[1]} | " + " | ".join(cells) + " |")
+        lines.append("")
     if summary["reference"]:
         ref = summary["reference"]
+
+        def fmt(key: str) -> str:
+            return "–" if ref.get(key) is None else f"{ref[key]:.3f}"
+
         lines.append(
             f"Reference (every lesion outlined, training slides fully annotated): tile AUROC "
-            f"{ref['tile_auroc']:.3f}, FROC {ref['froc']:.3f}, area {ref['area_mm2']:.2f} mm² "
+            f"{fmt('tile_auroc')}, tile AP {fmt('tile_ap')}, FROC {fmt('froc')}, candidate "
+            f"FROC {fmt('froc_candidates')}, area {ref['area_mm2']:.2f} mm² "
             f"(tissue of the tumour training slides; lesions alone "
             f"{ref['tumour_area_mm2']:.2f} mm²)."
         )
         lines.append("")
     lines.append("Goals: " + json.dumps(summary["goals"], ensure_ascii=False))
     return "\n".join(lines) + "\n"
+
+
+def resummarise(results_json: Path) -> None:
+    """Recompute the summary of a run's rows (its strategies in their order) and rewrite its
+    ``results.json`` and ``results.md``."""
+    from qupath_rkd.io_utils import atomic_write_json, atomic_write_text
+
+    if not results_json.is_file():
+        sys.exit(f"{results_json}: not found (give the results.json a run wrote)")
+    data = json.loads(results_json.read_text(encoding="utf-8"))
+    strategies = list(dict.fromkeys(r["strategy"] for r in data["rows"] if r["round"] is not None))
+    data["summary"] = summarise(data["rows"], strategies)
+    atomic_write_json(results_json, data)
+    atomic_write_text(results_json.parent / "results.md", markdown(data["summary"]))
+    print((results_json.parent / "results.md").read_text(encoding="utf-8"))
 
 
 def main() -> None:
@@ -913,7 +1085,16 @@ def main() -> None:
     parser.add_argument("--patches", type=Path, default=SHARED / "pcam")
     parser.add_argument("--annotations", type=Path, default=SHARED / "camelyon16-annotations")
     parser.add_argument("--smoke", action="store_true", help="1 seed, 1 round, 2 strategies")
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only rewrite the summary and results.md beside this results.json (its rows)",
+    )
     args = parser.parse_args()
+    if args.summarise is not None:
+        resummarise(args.summarise)
+        return
     if args.smoke:
         args.rounds, args.seeds, args.strategies = 1, "0", "uncertainty_diversity,random"
         args.size_px, args.train_tumour, args.test_tumour, args.test_normal = 1200, 2, 2, 1

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 from shapely.geometry import Point, box
 
@@ -108,6 +109,56 @@ def test_append_never_touches_existing_annotations(bench: ModuleType, tmp_path: 
     assert json.loads(manifest.read_text())["images"][0]["n_annotations"] == 2
 
 
+def test_average_precision_by_hand(bench: ModuleType) -> None:
+    # ranks 1 and 3 are tumour: precision 1 at recall 1/2, 2/3 at recall 1
+    labels, scores = np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])
+    assert bench.average_precision(labels, scores) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # a tie is one threshold: 0.9 holds one tumour and one normal (precision 1/2)
+    tied = bench.average_precision(np.array([1, 0, 1]), np.array([0.9, 0.9, 0.5]))
+    assert tied == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert bench.average_precision(np.array([0, 1, 1]), np.array([0.1, 0.8, 0.9])) == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        bench.average_precision(np.array([0, 0]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="finite"):
+        bench.average_precision(np.array([1, 0]), np.array([np.nan, 0.2]))
+
+
+def test_average_precision_is_scikit_learns(bench: ModuleType) -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.random(500) + 0.3 * labels, 2)  # many ties
+    assert bench.average_precision(labels, scores) == pytest.approx(
+        metrics.average_precision_score(labels, scores), abs=1e-12
+    )
+
+
+def test_paired_comparison_counts_per_seed_and_round(bench: ModuleType) -> None:
+    def row(strategy: str, seed: int, rnd: int, value: float | None) -> dict:
+        return {"strategy": strategy, "seed": seed, "round": rnd, "tile_ap": value}
+
+    rows = [
+        row("a", 0, 0, 0.0),  # round 0 is shared: not a pair
+        row("b", 0, 0, 1.0),
+        row("a", 0, 1, 0.6),
+        row("b", 0, 1, 0.5),
+        row("a", 0, 2, 0.4),
+        row("b", 0, 2, 0.5),
+        row("a", 1, 1, 0.7),
+        row("b", 1, 1, 0.7),
+        row("a", 1, 2, 0.9),
+        row("b", 1, 2, None),  # not measured: not a pair
+    ]
+    p = bench.paired(rows, "a", "b", "tile_ap")
+    assert (p["pairs"], p["wins"], p["losses"], p["ties"]) == (3, 1, 1, 1)
+    assert p["mean_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert p["per_seed_mean_diff"] == {"0": 0.0, "1": 0.0}
+    assert bench.paired(rows, "a", "c", "tile_ap") is None
+    summary = bench.summarise(rows, ["a", "b"])
+    assert summary["paired"]["a vs b"]["tile_ap"] == p
+    assert "wins / losses / ties" in bench.markdown(summary)
+
+
 @pytest.mark.slow
 def test_simulation_tiny(shared_data: Path, tmp_path: Path) -> None:
     """One round, tiny slides, through sync: suggestions annotated, the rows sane."""
@@ -130,5 +181,10 @@ def test_simulation_tiny(shared_data: Path, tmp_path: Path) -> None:
         assert [r["round"] for r in mine] == [0, 1]
         assert mine[1]["regions"] > 0 and mine[1]["area_mm2"] > mine[0]["area_mm2"]
         assert mine[1]["normal"] > mine[0]["normal"]  # the oracle's Normal became labels
-        assert 0.0 <= mine[1]["tile_auroc"] <= 1.0
-    assert "tile_auroc" in (tmp_path / "al_smoke" / "results.md").read_text()
+        for key in ("tile_auroc", "tile_ap", "froc_candidates"):  # froc: None without lesions
+            assert 0.0 <= mine[1][key] <= 1.0, key
+        # the candidate list extends the lesions' curve: never a lower FROC
+        assert mine[1]["froc_candidates"] >= (mine[1]["froc"] or 0.0)
+        assert mine[1]["candidates_per_slide"] > 0
+    text = (tmp_path / "al_smoke" / "results.md").read_text()
+    assert all(k in text for k in ("tile_auroc", "tile_ap", "froc_candidates"))
