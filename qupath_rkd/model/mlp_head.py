@@ -103,52 +103,68 @@ def fit_mlp(
     n_pos = float(y.sum())
     if n_pos == 0 or n_pos == len(y):
         raise DataError("the supervised head needs tumour and normal patches")
-    gen = torch.Generator().manual_seed(int(seed))
-    x = torch.from_numpy(np.asarray(feats, dtype=np.float32))
+    # the global RNG is saved and restored around the fit, which seeds it itself (dropout
+    # draws from it), so a fit neither depends on nor changes what ran before
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        w1, c1, w2, c2 = _train(feats, y, mean, std, hidden)
+    state = {
+        "mean": torch.from_numpy(np.asarray(mean, dtype=np.float32)).clone(),
+        "std": torch.from_numpy(np.asarray(std, dtype=np.float32)).clone(),
+        "fc1.weight": w1,
+        "fc1.bias": c1,
+        "fc2.weight": w2,
+        "fc2.bias": c2,
+    }
+    return MlpFit(state, hidden)
+
+
+def _train(
+    feats: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, hidden: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The training loop of :func:`fit_mlp` (draws from the global RNG, seeded by the caller):
+    ``fc1`` weight ``(hidden, D)`` and bias, ``fc2`` weight ``(1, hidden)`` and bias."""
+    # standardised once (float32, N x D), not per batch
+    x = torch.from_numpy(
+        ((np.asarray(feats, dtype=np.float32) - np.asarray(mean, dtype=np.float32))
+         / np.asarray(std, dtype=np.float32)).astype(np.float32, copy=False)
+    )  # fmt: skip
     t = torch.from_numpy(y)
-    m_t = torch.from_numpy(np.asarray(mean, dtype=np.float32))
-    s_t = torch.from_numpy(np.asarray(std, dtype=np.float32))
+    n_pos = float(y.sum())
     dim = x.shape[1]
-    # nn.Linear's default initialisation, drawn from the fit's own generator
-    b1, b2 = 1.0 / math.sqrt(dim), 1.0 / math.sqrt(hidden)
-    w1 = nn.Parameter(torch.empty(hidden, dim).uniform_(-b1, b1, generator=gen))
-    c1 = nn.Parameter(torch.empty(hidden).uniform_(-b1, b1, generator=gen))
-    w2 = nn.Parameter(torch.empty(1, hidden).uniform_(-b2, b2, generator=gen))
-    c2 = nn.Parameter(torch.empty(1).uniform_(-b2, b2, generator=gen))
-    opt = torch.optim.AdamW([w1, c1, w2, c2], lr=MLP_LR, weight_decay=MLP_WEIGHT_DECAY)
+    fc1, fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, 1)
+    opt = torch.optim.AdamW(
+        [*fc1.parameters(), *fc2.parameters()],
+        lr=MLP_LR,
+        weight_decay=MLP_WEIGHT_DECAY,
+        foreach=True,
+    )
     per_epoch = max(1, math.ceil(len(x) / MLP_BATCH))
     steps = max(MLP_MIN_STEPS, MLP_EPOCHS * per_epoch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, MLP_LR, total_steps=steps)
     sample_w = torch.where(t > 0, 0.5 / n_pos, 0.5 / (len(y) - n_pos)).float() * len(y)
-    order = torch.randperm(len(x), generator=gen)
-    pos = 0
+    drop = nn.functional.dropout
+    order, pos = torch.randperm(len(x)), 0
     for _ in range(steps):
         if pos + MLP_BATCH > len(order):
-            order, pos = torch.randperm(len(x), generator=gen), 0
+            order, pos = torch.randperm(len(x)), 0
         b = order[pos : pos + MLP_BATCH]
         pos += MLP_BATCH
-        z = (x[b] - m_t) / s_t
-        z = z * torch.bernoulli(torch.full_like(z, 1 - MLP_INPUT_DROPOUT), generator=gen)
-        z = z / (1 - MLP_INPUT_DROPOUT)
-        h = nn.functional.gelu(nn.functional.linear(z, w1, c1))
-        keep = torch.bernoulli(torch.full_like(h, 1 - MLP_HIDDEN_DROPOUT), generator=gen)
-        h = h * keep / (1 - MLP_HIDDEN_DROPOUT)
-        logit = nn.functional.linear(h, w2, c2).squeeze(-1)
+        z = drop(x[b], MLP_INPUT_DROPOUT, training=True)
+        h = drop(nn.functional.gelu(fc1(z)), MLP_HIDDEN_DROPOUT, training=True)
+        logit = fc2(h).squeeze(-1)
         bce = nn.functional.binary_cross_entropy_with_logits(logit, t[b], reduction="none")
         loss = (bce * sample_w[b]).mean()
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    state = {
-        "mean": m_t.clone(),
-        "std": s_t.clone(),
-        "fc1.weight": w1.detach().clone(),
-        "fc1.bias": c1.detach().clone(),
-        "fc2.weight": w2.detach().clone(),
-        "fc2.bias": c2.detach().clone(),
-    }
-    return MlpFit(state, hidden)
+    return (
+        fc1.weight.detach().clone(),
+        fc1.bias.detach().clone(),
+        fc2.weight.detach().clone(),
+        fc2.bias.detach().clone(),
+    )
 
 
 __all__ = ["MlpFit", "MlpHead", "fit_mlp"]
