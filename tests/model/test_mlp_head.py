@@ -63,3 +63,15 @@ def test_the_network_scores_as_the_ensemble_fit_and_refuses_a_mismatched_fit() -
         HeadNetwork(torch.nn.Identity(), x.shape[1]).set_fit(ens)
     with pytest.raises(ValueError, match="without the perceptron"):
         net.set_fit(ens.linear)
+
+
+def test_the_fit_runs_on_one_thread_and_restores_the_thread_count() -> None:
+    x, y = _ring(300)
+    mean, std = standardiser(x)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit_mlp(x, y, mean, std, seed=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
