@@ -4,10 +4,12 @@ with the linear head (the "ensemble" head).
 Why: the linear head saturates on the frozen trunk's pooled features (PCam valid AUROC 0.931 at
 1,000 tumour patches, 0.932 with all 20,000 labels). A small non-linear head on the same
 standardised features, trained with strong dropout and averaged logit-for-logit with the linear
-head, added about +0.005 at 100 and 1,000 tumour patches and lost about 0.04 at 10
-(docs/benchmarks.md, "A non-linear second member"); so the trainer uses it from
-:data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour patches on, unless the user's
-validation data say otherwise (:mod:`qupath_rkd.training.head_trainer`).
+head, added +0.004 to +0.005 PCam valid AUROC at 100 and 1,000 tumour patches and lost 0.026 at
+10 (docs/benchmarks.md, "A non-linear second member"); with ``head = "auto"`` the trainer uses
+it from :data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour patches on, unless the
+user's validation data say otherwise (:mod:`qupath_rkd.training.head_trainer`). It is not the
+default: on whole slides it found fewer lesions at the operating point than its own linear
+member in both paired draws measured.
 
 Model: ``z = (f - mean) / std`` (the linear head's standardiser), then ``fc2(gelu(fc1(z)))``;
 ``(B, D)`` features -> ``(B,)`` logits. Training: class-balanced binary cross-entropy (tumour
