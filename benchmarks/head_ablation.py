@@ -100,7 +100,7 @@ def main() -> None:
             "ensemble" if keep_ensemble("auto", {"linear": auc, "ensemble": ens_auc}) else "linear"
         )
         print(
-            f"all labels: ensemble AUROC {ens_auc:.4f}; the default (auto) keeps the {kept} "
+            f"all labels: ensemble AUROC {ens_auc:.4f}; --head auto keeps the {kept} "
             f"head ({time.time() - t0:.0f} s)",
             flush=True,
         )

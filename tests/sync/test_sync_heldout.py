@@ -119,3 +119,21 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     tissue = np.isfinite(pred_b.heatmap.probability)
     assert np.isfinite(held_b.probability).sum() == tissue.sum()
     assert np.nanmean(held_b.probability) > np.nanmean(pred_b.heatmap.probability)
+
+    # an ensemble model (training.head = "ensemble" / "auto") gets ensemble fold heads: the
+    # same linear refit plus a perceptron fitted on the same rows, scored as their mean
+    from qupath_rkd.model.head import EnsembleFit
+    from qupath_rkd.model.mlp_head import MlpHead
+
+    model.net.mlp = MlpHead(base.values.shape[-1])
+    heads = held_out_heads(
+        labelled, [b_path], model, _train_config(config, len(labelled.items)), cache=None
+    )
+    ens = heads.fits[b_path]
+    assert isinstance(ens, EnsembleFit)
+    assert np.allclose(ens.linear.weight, direct.weight, atol=1e-4 * np.abs(direct.weight).max())
+    feats_b = pred_b.tile_features.astype(np.float32)
+    np.testing.assert_allclose(
+        ens.logits(feats_b), 0.5 * (ens.linear.logits(feats_b) + ens.mlp.logits(feats_b))
+    )
+    assert not np.allclose(ens.logits(feats_b), ens.linear.logits(feats_b))
