@@ -23,7 +23,7 @@ from qupath_rkd.features.extract import extract_features
 from qupath_rkd.features.views import view_list
 from qupath_rkd.inference import predict_slide
 from qupath_rkd.lesions.operating_point import choose_operating_point
-from qupath_rkd.model.head import HeadNetwork, fit_head
+from qupath_rkd.model.head import HeadFit, HeadNetwork, fit_head
 from qupath_rkd.model.scorer import load_model
 from qupath_rkd.qupath.backends import get_backend
 from qupath_rkd.qupath.project import open_project
@@ -87,6 +87,7 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     )
     assert set(heads.fits) == {b_path} and heads.l2 == l2
     fold = heads.fits[b_path]
+    assert isinstance(fold, HeadFit)  # the final model is linear: so is its fold head
     assert np.allclose(fold.weight, direct.weight, atol=1e-4 * np.abs(direct.weight).max())
     assert fold.bias == pytest.approx(direct.bias, abs=1e-4)
 
