@@ -9,7 +9,7 @@ head, added +0.004 to +0.005 PCam valid AUROC at 100 and 1,000 tumour patches an
 it from :data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour patches on, unless the
 user's validation data say otherwise (:mod:`qupath_rkd.training.head_trainer`). It is not the
 default: on whole slides it found fewer lesions at the operating point than its own linear
-member in both paired draws measured.
+member in 3 of 4 paired draws.
 
 Model: ``z = (f - mean) / std`` (the linear head's standardiser), then ``fc2(gelu(fc1(z)))``;
 ``(B, D)`` features -> ``(B,)`` logits. Training: class-balanced binary cross-entropy (tumour
