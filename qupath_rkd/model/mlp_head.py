@@ -11,7 +11,8 @@ user's validation data say otherwise (:mod:`qupath_rkd.training.head_trainer`). 
 default: on whole slides it found fewer lesions at the operating point than its own linear
 member in 3 of 4 paired draws.
 
-Model: ``z = (f - mean) / std`` (the linear head's standardiser), then ``fc2(gelu(fc1(z)))``;
+Model: ``z = clip((f - mean) / std, -8, 8)`` (the linear head's standardiser), then
+``fc2(gelu(fc1(z)))``;
 ``(B, D)`` features -> ``(B,)`` logits. Training: class-balanced binary cross-entropy (tumour
 and normal weigh half each), AdamW with a one-cycle learning rate, dropout on the input and on
 the hidden layer, a fixed number of steps — no early stopping, so nothing needs a validation
@@ -41,6 +42,13 @@ MLP_LR = 1e-3
 MLP_WEIGHT_DECAY = 0.01
 MLP_INPUT_DROPOUT = 0.5
 MLP_HIDDEN_DROPOUT = 0.5
+#: standardised inputs are clipped to +-this, in training and in scoring: a feature (nearly)
+#: constant in the training rows has its std floored at 1e-6, so a new tile's slightly other
+#: value standardises to +-1e4 or more, and the perceptron's random input weights (unlike the
+#: linear head's, which stay 0 for such a feature) turned it into a huge logit — in sync's
+#: cross-validation on the demo, out-of-fold logits that Platt scaling could only flatten
+#: (slope 3e-4: every slide 0.193)
+MLP_INPUT_CLIP = 8.0
 
 
 class MlpHead(nn.Module):
@@ -60,7 +68,7 @@ class MlpHead(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, feats: Tensor) -> Tensor:
-        z = (feats.float() - self.mean) / self.std
+        z = ((feats.float() - self.mean) / self.std).clamp(-MLP_INPUT_CLIP, MLP_INPUT_CLIP)
         return self.fc2(nn.functional.gelu(self.fc1(z))).squeeze(-1)
 
 
@@ -137,7 +145,7 @@ def _train(
     x = torch.from_numpy(
         ((np.asarray(feats, dtype=np.float32) - np.asarray(mean, dtype=np.float32))
          / np.asarray(std, dtype=np.float32)).astype(np.float32, copy=False)
-    )  # fmt: skip
+    ).clamp_(-MLP_INPUT_CLIP, MLP_INPUT_CLIP)  # fmt: skip
     t = torch.from_numpy(y)
     n_pos = float(y.sum())
     dim = x.shape[1]

@@ -75,3 +75,19 @@ def test_the_fit_runs_on_one_thread_and_restores_the_thread_count() -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_feature_constant_in_training_cannot_blow_up_a_new_tiles_logit() -> None:
+    """Regression: a feature constant in the training rows (std floored at 1e-6) standardised
+    a new tile's slightly other value to ~1e5, and the perceptron's random input weights made
+    a huge logit of it (sync's demo: out-of-fold logits Platt scaling could only flatten)."""
+    x, y = _ring(600)
+    x[:, 5] = 0.25  # constant in training
+    linear = fit_head(x, y, 1.0)
+    mlp = fit_mlp(x, y, linear.mean, linear.std, seed=0)
+    new = x[:50].copy()
+    shifted = new.copy()
+    shifted[:, 5] = 0.35  # 1e5 standard deviations away
+    gap = np.abs(mlp.logits(shifted) - mlp.logits(new))
+    assert gap.max() < 2.0, gap.max()
+    assert np.abs(linear.logits(shifted) - linear.logits(new)).max() < 1e-6  # its weight is 0
