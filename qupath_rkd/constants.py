@@ -82,17 +82,17 @@ DEFAULT_PATCH_TTA_VIEWS: Final[int] = 8
 DEFAULT_POOLING: Final[str] = "mean_centre_std"
 #: The pooling of head checkpoints and feature caches written before the pooling was recorded.
 LEGACY_POOLING: Final[str] = "mean_centre"
-#: Which head sits on the pooled features: ``linear`` (the L2-regularised logistic head; the
-#: default), ``ensemble`` (its logit averaged with a one-hidden-layer perceptron's,
-#: qupath_rkd.model.mlp_head) or ``auto``: the ensemble from ENSEMBLE_MIN_TUMOUR_PATCHES tumour
-#: patches on, unless the user's validation patches or cross-validation score it below the
-#: linear head. Measured (docs/benchmarks.md, "A non-linear second member"): on PCam valid
-#: ``auto`` +0.004 AUROC at 100 and +0.005 at 1,000 tumour patches (the ensemble -0.026 at 10);
-#: on the whole-slide benchmark, paired on the same linear member, the ensemble found fewer
-#: lesions at the operating point in 3 of 4 draws (-2.25 of 36 on average) and a lower or equal
-#: candidate FROC in all 4, so the default stays linear.
+#: Which head sits on the pooled features: ``linear`` (the L2-regularised logistic head),
+#: ``ensemble`` (its logit averaged with a one-hidden-layer perceptron's,
+#: qupath_rkd.model.mlp_head) or ``auto`` (the default): the ensemble from
+#: ENSEMBLE_MIN_TUMOUR_PATCHES tumour patches on, unless the user's validation patches or
+#: cross-validation score it below the linear head. Measured (docs/benchmarks.md, "A non-linear
+#: second member"): on PCam valid ``auto`` +0.004 AUROC at 100 and +0.006 at 1,000 tumour
+#: patches (the ensemble -0.026 at 10, hence the floor); on the whole-slide benchmark, paired on
+#: the same linear member, a tie within noise (lesions at the operating point -3 of 144 over
+#: 4 draws, candidate FROC -0.010 on average).
 HEADS: Final[tuple[str, ...]] = ("auto", "linear", "ensemble")
-DEFAULT_HEAD: Final[str] = "linear"
+DEFAULT_HEAD: Final[str] = "auto"
 ENSEMBLE_MIN_TUMOUR_PATCHES: Final[int] = 50
 #: Hidden units of the ensemble's perceptron.
 MLP_HIDDEN: Final[int] = 256

@@ -195,8 +195,8 @@ def _default_workers() -> int:
     show_default=True,
     help="The head on the frozen features: linear, or ensemble (its logit averaged with a small "
     "perceptron's); auto takes the ensemble from 50 tumour patches on unless the validation "
-    "(or cross-validation) AUROC is lower. The ensemble scores patches better from 100 tumour "
-    "patches on but found fewer lesions on whole slides (docs/benchmarks.md).",
+    "(or cross-validation) AUROC is lower (measured: better patch AUROC from 100 tumour patches "
+    "on, a tie on whole slides; docs/benchmarks.md).",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.resume).")
 def train_patches(

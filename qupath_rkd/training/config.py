@@ -56,7 +56,7 @@ class TrainConfig:
             takes ``efficientnet_lite1`` | ``efficientnet_lite2``.
         teacher_weights: a state-dict file with the teacher's ImageNet weights.
         pooling: the head's trunk pooling (``qupath_rkd.features.trunk.POOLINGS``).
-        head: ``linear`` (default) | ``auto`` | ``ensemble``
+        head: ``auto`` (default) | ``linear`` | ``ensemble``
             (:data:`qupath_rkd.constants.HEADS`): the linear head, or its logit averaged with a
             perceptron's; ``auto`` takes the ensemble from
             :data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour patches on unless

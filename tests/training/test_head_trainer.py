@@ -121,7 +121,7 @@ def test_auto_keeps_the_linear_head_below_the_ensemble_threshold_and_ensemble_ro
     measured, on validation and by cross-validation."""
     from qupath_rkd.constants import ENSEMBLE_MIN_TUMOUR_PATCHES, MLP_HIDDEN
 
-    assert TrainConfig().head == "linear" and ENSEMBLE_MIN_TUMOUR_PATCHES > 8
+    assert TrainConfig().head == "auto" and ENSEMBLE_MIN_TUMOUR_PATCHES > 8
     tr, va = _sets(pcam_small)
     auto = train(tr, va, _cfg(head="auto"), tmp_path / "auto.pt", tr.fingerprint())
     assert auto.best_metrics["head"] == "linear" and "head_auroc" not in auto.best_metrics
