@@ -36,7 +36,6 @@ from qupath_rkd.constants import (
     DEFAULT_ALPHA,
     DEFAULT_EXTENT_RATIO,
     DEFAULT_GAMMA,
-    DEFAULT_HEAD,
     DEFAULT_INFERENCE_BATCH,
     DEFAULT_MIN_LESION_UM,
     DEFAULT_MIN_TISSUE_FRACTION,
@@ -44,6 +43,7 @@ from qupath_rkd.constants import (
     DEFAULT_SLIDE_SCORE,
     DEFAULT_SLIDE_TTA_VIEWS,
     DEFAULT_SMOOTH_SIGMA_UM,
+    DEFAULT_SYNC_HEAD,
     DEFAULT_SYNC_RD_LR,
     DEFAULT_SYNC_RD_STEPS,
     DEFAULT_TARGET_FP_PER_SLIDE,
@@ -155,11 +155,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
             choices=SCORERS,
         ),
         "head": Key(
-            DEFAULT_HEAD,
+            DEFAULT_SYNC_HEAD,
             "choice",
-            "head scorer: linear, or ensemble (the linear logit averaged with a small "
-            "perceptron's); auto: the ensemble from 50 tumour tiles on unless cross-validation "
-            "over the annotated regions scores it lower",
+            "head scorer: linear (measured best on whole slides), or ensemble (the linear logit "
+            "averaged with a small perceptron's; better on patches); auto: the ensemble from 50 "
+            "tumour tiles on unless cross-validation over the annotated regions scores it lower",
             choices=HEADS,
         ),
         "teacher": Key(

@@ -8,7 +8,7 @@
    cross-validation on the training patches (``groups``: whole annotated regions held out
    together), scored on view 0.
 3. The head refitted on every training patch at that strength. With ``head = "auto"`` (the
-   default) and at least
+   default of ``TrainConfig`` and ``train-patches``; sync's is ``linear``) and at least
    :data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour patches, the ensemble
    (the linear head's logit averaged with a perceptron's,
    :mod:`qupath_rkd.model.mlp_head`) replaces it unless it scores a lower AUROC on the same

@@ -21,6 +21,8 @@ TRAIN_DELIBERATE = {
     "validate_every_steps": "about four validations over training.steps",
     "lr": "DEFAULT_SYNC_RD_LR vs DEFAULT_RD_LR (qupath_rkd/constants.py says why: 300 steps "
     "vs 10 epochs)",
+    "head": "DEFAULT_SYNC_HEAD vs DEFAULT_HEAD (qupath_rkd/constants.py says why: sync's output "
+    "is whole-slide lesions, where the ensemble head measured no better)",
 }
 
 
