@@ -297,8 +297,9 @@ def perceptron_oof(
     seed: int,
     progress: ProgressCallback | None,
 ) -> np.ndarray:
-    """Out-of-fold logits ``(N,)`` of the ensemble's perceptron (each fold's fitted on the other
-    folds' training rows with their own standardiser, scored on the fold's view 0)."""
+    """Out-of-fold logits ``(N,)`` of the ensemble's perceptron: each fold's is fitted on the
+    other folds' training rows (``rows_of(mask, True)``) with their own standardiser and scores
+    the fold's items as the mean over the views ``rows_of(mask, False)`` gives."""
     k = int(folds.max()) + 1
     out = np.zeros(len(folds))
     with ProgressTask(progress, f"checking the ensemble ({k}-fold CV)", k, "fit") as task:

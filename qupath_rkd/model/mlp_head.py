@@ -4,8 +4,8 @@ with the linear head (the "ensemble" head).
 Why: the linear head saturates on the frozen trunk's pooled features (PCam valid AUROC 0.931 at
 1,000 tumour patches, 0.932 with all 20,000 labels). A small non-linear head on the same
 standardised features, trained with strong dropout and averaged logit-for-logit with the linear
-head, added +0.004 to +0.005 PCam valid AUROC at 100 and 1,000 tumour patches and lost 0.026 at
-10 (docs/benchmarks.md, "A non-linear second member"); with ``head = "auto"`` the trainer uses
+head, added +0.004 / +0.006 PCam valid AUROC at 100 / 1,000 tumour patches and lost 0.026 at 10
+(docs/benchmarks.md, "A non-linear second member"); with ``head = "auto"`` the trainer uses
 it from :data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour patches on, unless the
 user's validation data say otherwise (:mod:`qupath_rkd.training.head_trainer`). On whole
 slides it found no more lesions than its own linear member and slightly more false ones (4
@@ -16,8 +16,8 @@ Model: ``z = clip((f - mean) / std, -8, 8)`` (the linear head's standardiser), t
 ``(B, D)`` features -> ``(B,)`` logits. Training: class-balanced binary cross-entropy (tumour
 and normal weigh half each), AdamW with a one-cycle learning rate, dropout on the input and on
 the hidden layer, a fixed number of steps — no early stopping, so nothing needs a validation
-split. Deterministic for a seed (its own generator; the global RNG is left alone) and a thread
-count.
+split. Deterministic for a seed (the global RNG is seeded inside a fork, so it is left as it
+was) on one intra-op thread.
 """
 
 from __future__ import annotations

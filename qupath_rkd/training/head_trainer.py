@@ -399,10 +399,12 @@ def _fit_and_save(
     calibration = fit_calibration(cal_scores, cal_labels, cfg.calibration)
     auc = auroc(cal_labels, cal_scores)
     head = "ensemble" if isinstance(model, EnsembleFit) else "linear"
-    if head == "ensemble":
-        # the stored config says which network to rebuild: the trunk with both members
-        cfg = dataclasses.replace(cfg, mlp_hidden=MLP_HIDDEN)
-        net = HeadNetwork(net.trunk, int(net.head.weight.shape[0]), mlp_hidden=MLP_HIDDEN)
+    # the network (and the stored config, which rebuilds it) follow the head kept, whatever
+    # mlp_hidden the config came with
+    mlp_hidden = MLP_HIDDEN if head == "ensemble" else 0
+    if mlp_hidden != cfg.mlp_hidden:
+        cfg = dataclasses.replace(cfg, mlp_hidden=mlp_hidden)
+        net = HeadNetwork(net.trunk, int(net.head.weight.shape[0]), mlp_hidden=mlp_hidden)
     net.set_fit(model)
     metrics = {
         "val_auroc": auc,

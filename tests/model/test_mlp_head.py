@@ -65,7 +65,7 @@ def test_the_network_scores_as_the_ensemble_fit_and_refuses_a_mismatched_fit() -
         net.set_fit(ens.linear)
 
 
-def test_the_fit_runs_on_one_thread_and_restores_the_thread_count() -> None:
+def test_the_fit_restores_the_callers_thread_count() -> None:
     x, y = _ring(300)
     mean, std = standardiser(x)
     before = torch.get_num_threads()

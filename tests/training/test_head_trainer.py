@@ -152,3 +152,16 @@ def test_auto_keeps_the_linear_head_below_the_ensemble_threshold_and_ensemble_ro
     assert cv.best_metrics["val_auroc"] == pytest.approx(
         cv.best_metrics["head_auroc"]["ensemble"], abs=0.15
     )
+
+
+def test_the_network_follows_the_head_kept_whatever_mlp_hidden_came_in(
+    tmp_path, pcam_small
+) -> None:
+    """Regression: a config with mlp_hidden > 0 and a linear head kept built the network with a
+    perceptron and then refused the linear fit; the trainer now rebuilds it from the head kept."""
+    tr, va = _sets(pcam_small)
+    res = train(tr, va, _cfg(head="linear", mlp_hidden=64), tmp_path / "l.pt", tr.fingerprint())
+    assert res.best_metrics["head"] == "linear"
+    obj, _ = read_checkpoint(tmp_path / "l.pt")
+    assert obj["config"]["mlp_hidden"] == 0
+    assert load_model(tmp_path / "l.pt", device="cpu").net.mlp is None
