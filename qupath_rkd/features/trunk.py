@@ -131,6 +131,11 @@ class FeatureTrunk(nn.Module):
     def taps(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def first_tap(self, x: Tensor) -> Tensor:
+        """``(B, 3, S, S)`` -> the first tap ``(B, C_0, S/4, S/4)`` (stride 4), computing
+        nothing beyond it."""
+        return self.taps(x)[0]
+
     def forward(self, x: Tensor) -> Tensor:
         return pool_taps(self.taps(x), self.pooling)
 
@@ -188,6 +193,12 @@ class EfficientNetLiteTrunk(FeatureTrunk):
         out.append(self.act(self.bn1(self.conv_head(x))))
         return out
 
+    def first_tap(self, x: Tensor) -> Tensor:
+        x = self.act(self.bn0(self.conv_stem(x)))
+        for block in self.blocks[: self.tap_blocks[0] + 1]:
+            x = block(x, drop_connect_rate=None)
+        return x
+
 
 class ResNetTrunk(FeatureTrunk):
     """torchvision ResNet, taps at layer1-4 (the classifier is dropped)."""
@@ -216,6 +227,9 @@ class ResNetTrunk(FeatureTrunk):
             x = layer(x)
             out.append(x)
         return out
+
+    def first_tap(self, x: Tensor) -> Tensor:
+        return self.layers[0](self.stem(x))
 
 
 def _wheel_weights(name: str) -> dict[str, Tensor]:

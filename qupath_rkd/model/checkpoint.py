@@ -70,6 +70,8 @@ class NetworkConfig(Protocol):
     def pooling(self) -> str: ...
     @property
     def mlp_hidden(self) -> int: ...
+    @property
+    def knn_bank_size(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -96,6 +98,7 @@ class StoredConfig:
     tta_views: int = 1
     pooling: str = LEGACY_POOLING
     mlp_hidden: int = 0
+    knn_bank_size: int = 0
     stored: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -122,6 +125,8 @@ class StoredConfig:
             pooling=str(d.get("pooling", LEGACY_POOLING)),
             # checkpoints before the ensemble head hold the linear head alone
             mlp_hidden=int(d.get("mlp_hidden", 0)),
+            # checkpoints before the one-class kNN scorer hold no bank
+            knn_bank_size=int(d.get("knn_bank_size", 0)),
             stored=dict(d),
         )
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qupath_rkd import __version__
-from qupath_rkd.constants import IMAGENET_MEAN, IMAGENET_STD
+from qupath_rkd.constants import IMAGENET_MEAN, IMAGENET_STD, KNN_BANK_SIZE, SCORERS
 from qupath_rkd.errors import CheckpointError, DataError, ModelError
 from qupath_rkd.features.trunk import TRUNKS, build_trunk
 from qupath_rkd.features.views import view_list
@@ -24,6 +24,7 @@ from qupath_rkd.model.calibration import Calibration
 from qupath_rkd.model.checkpoint import NetworkConfig, StoredConfig, read_checkpoint
 from qupath_rkd.model.device import amp_dtype, resolve_device
 from qupath_rkd.model.head import HeadNetwork
+from qupath_rkd.model.local_knn import LocalKnnNetwork
 from qupath_rkd.model.ood import PAYLOAD_KEY as OOD_PAYLOAD_KEY
 from qupath_rkd.model.ood import OodReference
 from qupath_rkd.model.rd import ReverseDistillation
@@ -34,19 +35,21 @@ logger = logging.getLogger(__name__)
 
 def build_network(
     config: NetworkConfig, *, weights_from_checkpoint: bool = False
-) -> ReverseDistillation | HeadNetwork:
+) -> ReverseDistillation | HeadNetwork | LocalKnnNetwork:
     """The untrained network for ``config`` (pretrained weights unless
     ``weights_from_checkpoint``, in which case a checkpoint will overwrite every weight):
-    the RD network (``config.scorer == "rd"``) or the frozen trunk with its linear head
-    (``"head"``)."""
+    the RD network (``config.scorer == "rd"``), the frozen trunk with its linear head
+    (``"head"``) or with an empty memory bank of ``knn_bank_size`` rows (``"knn"``)."""
     random = weights_from_checkpoint or config.teacher_random_weights_for_tests
-    if config.scorer == "head":
+    if config.scorer in ("head", "knn"):
         trunk = build_trunk(
             config.teacher,
             None if weights_from_checkpoint else config.teacher_weights,
             pooling=config.pooling,
             random_weights_for_tests=random,
         )
+        if config.scorer == "knn":
+            return LocalKnnNetwork(trunk, int(config.knn_bank_size) or KNN_BANK_SIZE)
         return HeadNetwork(trunk, trunk.dim, mlp_hidden=int(config.mlp_hidden))
     teacher = build_teacher(
         config.teacher,
@@ -98,9 +101,11 @@ def preprocess_batch(
 class TrainedModel:
     """A trained model ready to score patches (the interface other stages use).
 
-    Two kinds (``kind``): ``"head"``, the supervised linear head on the frozen trunk's pooled
+    Three kinds (``kind``): ``"head"``, the supervised linear head on the frozen trunk's pooled
     features, its raw score the logit averaged over ``tta_views`` dihedral views; ``"rd"``, the
-    paper's reverse-distillation anomaly score (mean or max of the anomaly map), unchanged.
+    paper's reverse-distillation anomaly score (mean or max of the anomaly map), unchanged;
+    ``"knn"``, the one-class local texture distance (:mod:`qupath_rkd.model.local_knn`),
+    averaged over ``tta_views`` views.
 
     Attributes:
         teacher: teacher name. input_px: network input side. mpp: µm/px of the training patches
@@ -112,7 +117,7 @@ class TrainedModel:
 
     def __init__(
         self,
-        net: ReverseDistillation | HeadNetwork,
+        net: ReverseDistillation | HeadNetwork | LocalKnnNetwork,
         config: NetworkConfig,
         calibration: Calibration,
         threshold: float,
@@ -153,8 +158,8 @@ class TrainedModel:
         """Why this model cannot run the out-of-domain check (``None`` when it can)."""
         if self.ood_reference is not None:
             return None
-        if self.kind == "rd":
-            return "not available for --scorer rd models"
+        if self.kind in ("rd", "knn"):
+            return f"not available for --scorer {self.kind} models"
         return "the model was trained before qupath-rkd stored its training features; retrain it"
 
     def preprocess(self, batch: Tensor) -> Tensor:
@@ -180,7 +185,7 @@ class TrainedModel:
         """Preprocessed ``(B, 3, S, S)`` -> raw patch scores ``(B,)`` float32: the head's logit
         (mean over ``tta_views`` dihedral views, ``None`` = :attr:`tta_views`), or the RD score
         in [0, 6]. Higher = more tumour."""
-        if isinstance(self.net, HeadNetwork):
+        if isinstance(self.net, (HeadNetwork, LocalKnnNetwork)):
             with torch.inference_mode():
                 return self.net(x, view_list(tta_views or self.tta_views)).float()
         return patch_scores(self.anomaly_maps(x), self.score_reduction)
@@ -263,7 +268,7 @@ def load_model(
         state = obj["state_dict"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} lacks {exc} (damaged or from another tool)") from exc
-    if config.scorer not in ("rd", "head"):
+    if config.scorer not in SCORERS:
         raise CheckpointError(f"{path} holds a scorer of kind {config.scorer!r}, unknown here")
     if expected_teacher is not None and config.teacher != expected_teacher:
         raise CheckpointError(

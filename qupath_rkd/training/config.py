@@ -47,7 +47,12 @@ class TrainConfig:
     (epochs, lr, ...) are the RD trainer's; the head is a convex fit with none of them.
 
     Attributes:
-        scorer: ``head`` (default) or ``rd``.
+        scorer: ``head`` (default), ``rd`` or ``knn`` (one-class local texture kNN,
+            :mod:`qupath_rkd.model.local_knn`; what a training set without tumour patches gets
+            with the default scorer; trained on the normal patches only).
+        knn_bank_size: the ``knn`` scorer's memory-bank rows; 0 = the default
+            (:data:`~qupath_rkd.constants.KNN_BANK_SIZE`). The trainer stores the size it
+            drew, so a checkpoint rebuilds its network.
         tta_views: dihedral views averaged when scoring with the head (1, 2, 4 or 8).
         rare_views: dihedral views of each tumour training patch the head is fitted on.
         cv_folds: folds of the cross-validation that chooses the head's L2 strength when there
@@ -104,6 +109,7 @@ class TrainConfig:
     pooling: str = DEFAULT_POOLING
     head: str = DEFAULT_HEAD
     mlp_hidden: int = 0
+    knn_bank_size: int = 0
     teacher_weights: str | None = None
     teacher_random_weights_for_tests: bool = False
     shortcut: str = "conv3x3"
@@ -138,10 +144,10 @@ class TrainConfig:
         """A validated copy with ``input_px`` filled in; raises :class:`ConfigError`."""
         if self.scorer not in SCORERS:
             raise ConfigError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
-        if self.scorer == "head":
+        if self.scorer in ("head", "knn"):
             if self.teacher not in TRUNKS:
                 raise ConfigError(
-                    f"unknown teacher {self.teacher!r} for the head scorer",
+                    f"unknown teacher {self.teacher!r} for the {self.scorer} scorer",
                     hint=f"choose one of {', '.join(sorted(TRUNKS))}",
                 )
             default_px = TRUNKS[self.teacher]
@@ -171,6 +177,7 @@ class TrainConfig:
             (cfg.pooling in POOLINGS, f"pooling must be one of {tuple(POOLINGS)}"),
             (cfg.head in HEADS, f"head must be one of {HEADS}, got {cfg.head!r}"),
             (cfg.mlp_hidden >= 0, f"mlp_hidden must be >= 0, got {cfg.mlp_hidden}"),
+            (cfg.knn_bank_size >= 0, f"knn_bank_size must be >= 0, got {cfg.knn_bank_size}"),
             (cfg.select_by in SELECT_BY, f"select_by must be one of {SELECT_BY}"),
             (cfg.score_reduction in REDUCTIONS, f"score_reduction must be one of {REDUCTIONS}"),
             (cfg.calibration in CALIBRATIONS, f"calibration must be one of {CALIBRATIONS}"),
