@@ -48,7 +48,7 @@ def _default_workers() -> int:
     "tumor_dirs",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="Folder of tumour patches (repeatable; none = one-class RD).",
+    help="Folder of tumour patches (repeatable; none = the one-class knn scorer).",
 )
 @click.option(
     "--valid-normal",
@@ -177,9 +177,9 @@ def _default_workers() -> int:
     show_default=True,
     help="head: a supervised head (linear, or with --head its ensemble with a perceptron) on "
     "the frozen teacher's multi-scale features (best "
-    "measured, docs/benchmarks.md); rd: the paper's reverse distillation (also what a run "
-    "without tumour patches trains). --epochs, --lr, --batch-size and the RD options apply "
-    "to rd only.",
+    "measured, docs/benchmarks.md); rd: the paper's reverse distillation; knn: a one-class "
+    "texture model of the normal patches alone (what a run without tumour patches trains). "
+    "--epochs, --lr, --batch-size and the RD options apply to rd only.",
 )
 @click.option(
     "--tta-views",
@@ -232,7 +232,8 @@ def train_patches(
 
     By default a supervised head on the frozen teacher's pooled multi-scale features, its
     L2 strength chosen on the validation folders or, without them, by 5-fold cross-validation
-    on the given patches; with no tumour patches, the paper's one-class RD model.
+    on the given patches; with no tumour patches, a one-class texture model (``knn``: local
+    features of normal patches in a memory bank, a tile scored by its distance from them).
 
     Example: qupath-rkd train-patches --normal pcam/train/0 --tumor pcam/train/1 --max-tumor 100
     --valid-normal pcam/valid/0 --valid-tumor pcam/valid/1 --patch-mpp 0.972 --out model.pt

@@ -363,7 +363,7 @@ class LabelledSet:
 
     def check_trainable(self) -> None:
         """Raise :class:`DataError` unless there are normal tiles (tumour tiles optional:
-        normal-only trains one-class reverse distillation)."""
+        normal-only trains the one-class texture kNN, :mod:`qupath_rkd.model.local_knn`)."""
         n_tumor, n_normal = self.count(LABEL_TUMOR), self.count(LABEL_NORMAL)
         if n_tumor == 0 and n_normal == 0:
             raise DataError(

@@ -972,14 +972,15 @@ def _label_summary(labelled: LabelledSet) -> dict[str, dict[str, int]]:
 
 def _label_warnings(summary: Mapping[str, Mapping[str, int]], config: SyncConfig) -> list[str]:
     """Warnings about the labelled set, in a pathologist's words: no tumour tiles at all
-    means a model of normal tissue only (one-class reverse distillation), measured close to
-    chance at finding lymph-node metastases."""
+    means a model of normal tissue only (the one-class texture kNN), measured far weaker at
+    finding lymph-node metastases than with a few tumour annotations."""
     if sum(int(counts.get("tumor", 0)) for counts in summary.values()):
         return []
     classes = " or ".join(repr(name) for name in config.get("classes.tumor"))
     return [
-        "no tumour tiles: the model learns normal tissue only, which finds lymph-node "
-        "metastases little better than chance; outline metastases with the class "
+        "no tumour tiles: the model learns normal tissue only (a one-class texture model: "
+        "patch AUROC about 0.82 on PCam, against 0.92 from 100 tumour patches); outline "
+        "metastases with the class "
         f"{classes} on at least one slide (in QuPath), export and sync again"
     ]
 

@@ -243,7 +243,7 @@ def test_labelled_set_items_summary_and_trainability() -> None:
     assert "slide 1" in text and "fully annotated" in text and ls.sha256[:12] in text
     assert "total" in text and " 68" in text
     ls.check_trainable()
-    _set([free])  # normal only: one-class RD, allowed
+    _set([free])  # normal only: the one-class knn scorer, allowed
     with pytest.raises(DataError, match="no tumour and no normal"):
         _set([unlabelled])
     only_tumour = _input(_objs((box(100, 100, 300, 300), "Tumor")))

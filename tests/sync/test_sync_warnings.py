@@ -39,6 +39,8 @@ def test_no_tumour_tiles_warns_in_cli_and_report(synced_copy: Path) -> None:
     assert "no tumour tiles" in warning and "'Tumor'" in warning and "outline" in warning
     report = _report(synced_copy)
     assert any("no tumour tiles" in w for w in report["warnings"])  # type: ignore[union-attr]
+    # what it trains: the one-class texture model, not the paper's one-class RD
+    assert any("one-class texture model (knn)" in w for w in report["warnings"])  # type: ignore[union-attr]
 
     before = snapshot(synced_copy.parent)
     code, out = _sync(synced_copy)

@@ -92,7 +92,7 @@ def test_without_validation_the_l2_is_cross_validated_and_the_cache_makes_a_reru
     assert all(torch.equal(a[k], b[k]) for k in a)  # a warm cache gives the same model
 
 
-def test_one_tumour_patch_is_fitted_with_a_warning_and_none_falls_back_to_rd(
+def test_one_tumour_patch_is_fitted_with_a_warning_and_none_falls_back_to_knn(
     tmp_path, pcam_small
 ) -> None:
     tr, _ = _sets(pcam_small)
@@ -102,14 +102,21 @@ def test_one_tumour_patch_is_fitted_with_a_warning_and_none_falls_back_to_rd(
     res = train(one, None, _cfg(), tmp_path / "one.pt", one.fingerprint())
     assert res.selected_by == "fixed" and "only 1 tumour patch" in res.warnings[0]
     none = ArrayDataset(images[labels != LABEL_TUMOR], labels[labels != LABEL_TUMOR])
-    res = train(
+    res = train(none, None, _cfg(), tmp_path / "knn.pt", none.fingerprint())
+    assert "one-class texture model (knn)" in res.warnings[0]
+    model = load_model(tmp_path / "knn.pt", device="cpu")
+    assert model.kind == "knn" and model.tta_views == 1
+    # 24 normals: a fifth (4) held out to calibrate, the bank drawn from the other 20
+    assert res.best_metrics["bank_patches"] == 20 and res.calibration["method"] == "normal-tail"
+    # the paper's RD stays available for normal-only sets, on request
+    rd = train(
         none,
         None,
-        _cfg(input_px=32, epochs=1, batch_size=8),
+        _cfg(scorer="rd", input_px=32, epochs=1, batch_size=8),
         tmp_path / "rd.pt",
         none.fingerprint(),
     )
-    assert any("one-class RD" in w for w in res.warnings)
+    assert not rd.warnings or "knn" not in rd.warnings[0]
     assert load_model(tmp_path / "rd.pt", device="cpu").kind == "rd"
 
 

@@ -1,0 +1,234 @@
+"""Training of the one-class ``knn`` scorer (:mod:`qupath_rkd.model.local_knn`): no
+optimisation, a memory bank and a calibration.
+
+1. The normal training patches are shuffled with the seed. Without a validation set holding
+   normal patches, a share of them (a fifth, at most
+   :data:`~qupath_rkd.constants.KNN_CALIBRATION_PATCHES`) is held out for the calibration —
+   what a pathologist has; the validation folders are not needed.
+2. The local features of up to :data:`~qupath_rkd.constants.KNN_BANK_PATCHES` of the other
+   normal patches are pooled and a seeded subset of ``knn_bank_size`` rows
+   (:data:`~qupath_rkd.constants.KNN_BANK_SIZE` by default) becomes the memory bank.
+3. Calibration: Platt scaling on a validation set with both classes (its AUROC reported as
+   ``val_auroc``); else the normal-tail mapping (:mod:`qupath_rkd.model.calibration`: the 99th
+   percentile of held-out normal scores maps to 0.5) on the validation normals or on the
+   held-out training normals. Tumour training patches are not used (one class).
+
+Deterministic for a given seed and set of patches. Data-parallel runs do all of it on rank 0
+(it costs seconds to a minute: no epochs, one pass over a few thousand patches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from qupath_rkd.constants import (
+    KNN_BANK_PATCHES,
+    KNN_BANK_SIZE,
+    KNN_CALIBRATION_PATCHES,
+    LABEL_NORMAL,
+    LABEL_TUMOR,
+)
+from qupath_rkd.errors import DataError
+from qupath_rkd.features.views import view_list
+from qupath_rkd.model.calibration import auroc, fit_calibration
+from qupath_rkd.model.checkpoint import save_checkpoint
+from qupath_rkd.model.device import resolve_device
+from qupath_rkd.model.local_knn import LocalKnnNetwork, sample_bank
+from qupath_rkd.model.scorer import build_network, preprocess_batch, resize_uint8
+from qupath_rkd.progress import ProgressCallback, ProgressTask
+from qupath_rkd.training import distributed
+from qupath_rkd.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+#: fewer normal patches than this: no hold-out (bank and calibration from the same patches)
+MIN_NORMALS_FOR_HOLDOUT = 10
+_BATCH = 128
+
+
+def _batches(
+    dataset: Dataset, index: np.ndarray, input_px: int, device: torch.device
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """``(positions in index, preprocessed (b, 3, S, S))`` of the readable items; unreadable
+    ones (empty images) are left out."""
+    for start in range(0, len(index), _BATCH):
+        chunk = index[start : start + _BATCH]
+        pos, images = [], []
+        for j, i in enumerate(chunk):
+            image = dataset[int(i)][0]
+            if image.size == 0 or image.ndim != 3 or image.shape[-1] != 3:
+                continue
+            pos.append(start + j)
+            images.append(resize_uint8(torch.from_numpy(np.ascontiguousarray(image)), input_px))
+        if images:
+            yield np.array(pos), preprocess_batch(torch.stack(images), input_px, device)
+
+
+def _scores(
+    net: LocalKnnNetwork,
+    dataset: Dataset,
+    index: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: ProgressCallback | None,
+    task: str,
+) -> np.ndarray:
+    """Raw scores ``(len(index),)`` float64 (NaN for unreadable patches) in ``cfg.tta_views``."""
+    out = np.full(len(index), np.nan)
+    views = view_list(cfg.tta_views)
+    with ProgressTask(progress, task, len(index), "patch") as t:
+        for pos, x in _batches(dataset, index, int(cfg.input_px), device):  # type: ignore[arg-type]
+            out[pos] = net(x, views).double().cpu().numpy()
+            t.advance(len(pos))
+    return out
+
+
+def train_local_knn(
+    train_set: Dataset,
+    valid_set: Dataset | None,
+    cfg: TrainConfig,
+    out: Path,
+    dataset_hash: str,
+    *,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Draw the bank, calibrate, write the checkpoint to ``out``; returns the fields of a
+    :class:`~qupath_rkd.training.trainer.TrainResult` (the trainer wraps them).
+
+    Args:
+        train_set, valid_set: patch datasets (items ``(image (H, W, 3) uint8, label)`` with a
+            ``labels`` array); only the training set's normal patches are used.
+        cfg: a resolved :class:`TrainConfig` with ``scorer == "knn"``.
+        progress: tasks ``memory bank``, ``calibration`` and ``validation`` (patches).
+    """
+    if not distributed.current().is_main:
+        progress = None
+    return distributed.run_on_main(
+        lambda: _train(train_set, valid_set, cfg, out, dataset_hash, progress)
+    )
+
+
+def _train(
+    train_set: Dataset,
+    valid_set: Dataset | None,
+    cfg: TrainConfig,
+    out: Path,
+    dataset_hash: str,
+    progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    t0 = time.monotonic()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    y = np.asarray(train_set.labels, dtype=np.int64).reshape(-1)  # type: ignore[attr-defined]
+    normals = np.flatnonzero(y == LABEL_NORMAL)
+    if len(normals) == 0:
+        raise DataError("the training set has no normal patches", hint="give normal patches")
+    warnings: list[str] = []
+    if (y == LABEL_TUMOR).any():
+        warnings.append(
+            f"the one-class knn scorer learns normal tissue only: {int((y == LABEL_TUMOR).sum())} "
+            "tumour training patches were not used (the default scorer, head, uses them)"
+        )
+    valid_y = None
+    if valid_set is not None and len(valid_set) > 0:  # type: ignore[arg-type]
+        valid_y = np.asarray(valid_set.labels, dtype=np.int64).reshape(-1)  # type: ignore[attr-defined]
+        if not (valid_y == LABEL_NORMAL).any():
+            valid_y = None
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(normals)
+    n_hold = 0
+    if valid_y is None and len(order) >= MIN_NORMALS_FOR_HOLDOUT:
+        n_hold = min(KNN_CALIBRATION_PATCHES, len(order) // 5)
+    held, rest = order[:n_hold], order[n_hold:]
+    bank_idx = np.sort(rest[:KNN_BANK_PATCHES])
+
+    net = build_network(dataclasses.replace(cfg, knn_bank_size=1)).to(device)
+    assert isinstance(net, LocalKnnNetwork)
+    local: list[torch.Tensor] = []
+    readable = 0
+    with ProgressTask(progress, "memory bank", len(bank_idx), "patch") as task:
+        for pos, x in _batches(train_set, bank_idx, int(cfg.input_px), device):  # type: ignore[arg-type]
+            f = net.local_features(x)
+            local.append(f.reshape(-1, f.shape[-1]).cpu())
+            readable += len(pos)
+            task.advance(len(pos))
+    skipped = len(bank_idx) - readable
+    if not local:
+        raise DataError("none of the normal training patches could be read")
+    bank = sample_bank(torch.cat(local), cfg.knn_bank_size or KNN_BANK_SIZE, cfg.seed)
+    net.set_bank(bank)
+    cfg = dataclasses.replace(cfg, knn_bank_size=len(bank))
+
+    n_valid = {"normal": 0, "tumor": 0}
+    if valid_y is not None:
+        every = np.arange(len(valid_y))
+        cal_scores = _scores(net, valid_set, every, cfg, device, progress, "validation")  # type: ignore[arg-type]
+        cal_labels = valid_y
+        source = "valid"
+        n_valid = {
+            "normal": int((valid_y == LABEL_NORMAL).sum()),
+            "tumor": int((valid_y == LABEL_TUMOR).sum()),
+        }
+    elif n_hold:
+        cal_scores = _scores(net, train_set, held, cfg, device, progress, "calibration")
+        cal_labels = np.full(len(held), LABEL_NORMAL)
+        source = f"{n_hold} held-out normal training patches"
+    else:
+        cal_scores = _scores(net, train_set, bank_idx, cfg, device, progress, "calibration")
+        cal_labels = np.full(len(bank_idx), LABEL_NORMAL)
+        source = "training patches"
+        warnings.append(
+            f"only {len(normals)} normal patches: calibrated on the patches the bank was drawn "
+            "from (optimistic: held-out tissue will score higher)"
+        )
+    ok = np.isfinite(cal_scores)
+    skipped += int((~ok).sum())
+    cal_scores, cal_labels = cal_scores[ok], cal_labels[ok]
+    calibration = fit_calibration(cal_scores, cal_labels, cfg.calibration)
+    auc = auroc(cal_labels, cal_scores)
+    if skipped:
+        warnings.insert(0, f"{skipped} unreadable or malformed images were skipped")
+    metrics = {
+        "val_auroc": None if math.isnan(auc) else auc,
+        "val_source": source,
+        "selected_by": "none",
+        "bank_rows": len(bank),
+        "bank_patches": len(bank_idx),
+        "n_valid": len(cal_labels),
+    }
+    model_id = save_checkpoint(out, net, cfg, calibration, dataset_hash, metrics)
+    logger.info(
+        "one-class knn scorer: %d bank rows from %d normal patches, calibrated on %s (%s) "
+        "in %.1f s",
+        len(bank),
+        len(bank_idx),
+        source,
+        calibration.method,
+        time.monotonic() - t0,
+    )
+    return {
+        "checkpoint": out,
+        "model_id": model_id,
+        "best_epoch": 0,
+        "best_step": 0,
+        "selected_by": "none",
+        "best_metrics": metrics,
+        "history": [],
+        "n_valid": n_valid,
+        "skipped_unreadable": skipped,
+        "warnings": warnings,
+        "calibration": calibration.to_dict(),
+    }
+
+
+__all__ = ["MIN_NORMALS_FOR_HOLDOUT", "train_local_knn"]

@@ -1,0 +1,84 @@
+"""The one-class local texture kNN (qupath_rkd.model.local_knn) and its training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
+from qupath_rkd.features.trunk import build_trunk
+from qupath_rkd.model.checkpoint import read_checkpoint
+from qupath_rkd.model.local_knn import LocalKnnNetwork, sample_bank
+from qupath_rkd.model.scorer import load_model
+from qupath_rkd.training.config import TrainConfig
+from qupath_rkd.training.datasets import ArrayDataset, PatchFolderDataset
+from qupath_rkd.training.trainer import train
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_first_tap_is_the_first_of_the_taps(name: str) -> None:
+    trunk = build_trunk(name, random_weights_for_tests=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(trunk.first_tap(x), trunk.taps(x)[0])
+    assert trunk.first_tap(x).shape[-1] == 16  # stride 4
+
+
+def test_distance_is_zero_for_the_banks_own_features_and_grows_away_from_them() -> None:
+    torch.manual_seed(0)
+    net = LocalKnnNetwork(build_trunk("efficientnet_lite0"), 4)  # ImageNet weights
+    x = torch.randn(3, 3, 64, 64)
+    local = net.local_features(x)
+    assert local.shape[:3] == (3, 16, 16)
+    net.set_bank(local[:1].reshape(-1, local.shape[-1]))
+    d = net.distances(x)
+    assert d.shape == (3, 16, 16)
+    # every position of image 0 is in the bank (0 up to the rounding of cdist's matmul form)
+    assert float(d[0].max()) < 0.01 * min(float(d[1].mean()), float(d[2].mean()))
+    scores = net(x, views=[0])
+    assert scores.shape == (3,) and torch.allclose(scores, d.mean(dim=(1, 2)))
+    # the views average: the tile's own rotation is scored against the same bank
+    assert net(x, views=[0, 1]).shape == (3,)
+
+
+def test_sample_bank_is_a_seeded_subset() -> None:
+    local = torch.arange(40.0).reshape(20, 2)
+    a, b, c = sample_bank(local, 5, 0), sample_bank(local, 5, 0), sample_bank(local, 5, 1)
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (5, 2)
+    assert sample_bank(local, 50, 0).shape == (20, 2)  # never more rows than there are
+
+
+def test_knn_training_calibrates_on_valid_and_round_trips(tmp_path, pcam_small) -> None:
+    """Real ImageNet Lite0 on real PCam patches: the bank from the train normals, Platt on the
+    validation patches; the checkpoint rebuilds the same bank and scores as measured."""
+    tr = PatchFolderDataset([pcam_small["train_normal"]], [pcam_small["train_tumor"]])
+    va = PatchFolderDataset([pcam_small["valid_normal"]], [pcam_small["valid_tumor"]])
+    cfg = TrainConfig(scorer="knn", device="cpu", seed=0, mpp=0.972, knn_bank_size=3000)
+    events: list = []
+    res = train(tr, va, cfg, tmp_path / "k.pt", tr.fingerprint(), progress=events.append)
+    assert [t for t in dict.fromkeys(e.task for e in events)] == ["memory bank", "validation"]
+    assert "8 tumour training patches were not used" in res.warnings[0]
+    assert res.calibration["method"] == "logistic" and res.n_valid == {"normal": 12, "tumor": 12}
+    m = res.best_metrics
+    assert m["bank_rows"] == 3000 and m["bank_patches"] == 24  # all 24 normals, no hold-out
+    obj, _ = read_checkpoint(tmp_path / "k.pt")
+    assert obj["config"]["knn_bank_size"] == 3000 and obj["config"]["tta_views"] == 1
+    model = load_model(tmp_path / "k.pt", device="cpu")
+    assert model.kind == "knn" and tuple(model.net.bank.shape) == (3000, 24)
+    images = np.stack([va[i][0] for i in range(len(va))])
+    scores, probs = model.score_images(images)
+    from qupath_rkd.model.calibration import auroc
+
+    assert auroc(va.labels, scores) == pytest.approx(m["val_auroc"], abs=1e-6)
+    assert np.all((probs >= 0) & (probs <= 1)) and model.ood_unavailable_reason()
+
+
+def test_knn_without_normal_patches_is_a_clear_error(tmp_path) -> None:
+    from qupath_rkd.errors import DataError
+
+    images = np.zeros((4, 96, 96, 3), np.uint8)
+    ds = ArrayDataset(images, np.full(4, LABEL_TUMOR))
+    with pytest.raises(DataError, match="no normal patches"):
+        train(ds, None, TrainConfig(scorer="knn", device="cpu"), tmp_path / "x.pt", "h")
+    assert LABEL_NORMAL != LABEL_TUMOR
