@@ -79,8 +79,14 @@ DEFAULT_SCORER: Final[str] = "head"
 #: there is no validation set. Measured on a PCam train split (docs/benchmarks.md, "Normal
 #: patches only"): AUROC 0.805 / 0.813 / 0.818 with 2,000 / 5,000 / 30,000 bank vectors from
 #: 1,000 patches (5,000 patches: no better); 10,000 costs a third of 30,000's time per tile.
-#: The default on PCam valid: 0.820 +- 0.003 (3 seeds).
+#: The default on PCam valid: 0.823 +- 0.003 (3 seeds).
 KNN_BANK_SIZE: Final[int] = 10_000
+#: ... which trunk tap it compares (0: stride 4, 1: stride 8) and over how many cells each local
+#: feature is averaged first (1: none). Chosen on a PCam train split (benchmarks/
+#: one_class_select.py): stride 8 unpooled 0.8205, stride 4 over 3 x 3 cells 0.8182 (a tie
+#: within noise; stride 8 costs 2.4x less per bank row), stride 16 at most 0.59.
+KNN_TAP: Final[int] = 1
+KNN_POOL_CELLS: Final[int] = 1
 KNN_BANK_PATCHES: Final[int] = 2_000
 KNN_CALIBRATION_PATCHES: Final[int] = 1_000
 #: Dihedral views a head averages per patch when training and scoring patches.

@@ -131,10 +131,10 @@ class FeatureTrunk(nn.Module):
     def taps(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def first_tap(self, x: Tensor) -> Tensor:
-        """``(B, 3, S, S)`` -> the first tap ``(B, C_0, S/4, S/4)`` (stride 4), computing
-        nothing beyond it."""
-        return self.taps(x)[0]
+    def tap(self, x: Tensor, index: int) -> Tensor:
+        """``(B, 3, S, S)`` -> tap ``index`` alone (0: stride 4, ``(B, C_0, S/4, S/4)``;
+        1: stride 8; ...), computing nothing beyond it."""
+        return self.taps(x)[index]
 
     def forward(self, x: Tensor) -> Tensor:
         return pool_taps(self.taps(x), self.pooling)
@@ -193,9 +193,11 @@ class EfficientNetLiteTrunk(FeatureTrunk):
         out.append(self.act(self.bn1(self.conv_head(x))))
         return out
 
-    def first_tap(self, x: Tensor) -> Tensor:
+    def tap(self, x: Tensor, index: int) -> Tensor:
+        if index >= len(self.tap_blocks):
+            return self.taps(x)[index]
         x = self.act(self.bn0(self.conv_stem(x)))
-        for block in self.blocks[: self.tap_blocks[0] + 1]:
+        for block in self.blocks[: self.tap_blocks[index] + 1]:
             x = block(x, drop_connect_rate=None)
         return x
 
@@ -228,8 +230,11 @@ class ResNetTrunk(FeatureTrunk):
             out.append(x)
         return out
 
-    def first_tap(self, x: Tensor) -> Tensor:
-        return self.layers[0](self.stem(x))
+    def tap(self, x: Tensor, index: int) -> Tensor:
+        x = self.stem(x)
+        for layer in self.layers[: index + 1]:
+            x = layer(x)
+        return x
 
 
 def _wheel_weights(name: str) -> dict[str, Tensor]:

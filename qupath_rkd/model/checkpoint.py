@@ -72,6 +72,10 @@ class NetworkConfig(Protocol):
     def mlp_hidden(self) -> int: ...
     @property
     def knn_bank_size(self) -> int: ...
+    @property
+    def knn_tap(self) -> int: ...
+    @property
+    def knn_pool_cells(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -99,6 +103,8 @@ class StoredConfig:
     pooling: str = LEGACY_POOLING
     mlp_hidden: int = 0
     knn_bank_size: int = 0
+    knn_tap: int = 1
+    knn_pool_cells: int = 1
     stored: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -127,6 +133,8 @@ class StoredConfig:
             mlp_hidden=int(d.get("mlp_hidden", 0)),
             # checkpoints before the one-class kNN scorer hold no bank
             knn_bank_size=int(d.get("knn_bank_size", 0)),
+            knn_tap=int(d.get("knn_tap", 1)),
+            knn_pool_cells=int(d.get("knn_pool_cells", 1)),
             stored=dict(d),
         )
 

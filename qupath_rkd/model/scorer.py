@@ -49,7 +49,12 @@ def build_network(
             random_weights_for_tests=random,
         )
         if config.scorer == "knn":
-            return LocalKnnNetwork(trunk, int(config.knn_bank_size) or KNN_BANK_SIZE)
+            return LocalKnnNetwork(
+                trunk,
+                int(config.knn_bank_size) or KNN_BANK_SIZE,
+                tap=int(config.knn_tap),
+                pool_cells=int(config.knn_pool_cells),
+            )
         return HeadNetwork(trunk, trunk.dim, mlp_hidden=int(config.mlp_hidden))
     teacher = build_teacher(
         config.teacher,

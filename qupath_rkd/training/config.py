@@ -18,6 +18,8 @@ from qupath_rkd.constants import (
     DEFAULT_TEACHER,
     DEFAULT_TRAIN_BATCH,
     HEADS,
+    KNN_POOL_CELLS,
+    KNN_TAP,
     SCORERS,
 )
 from qupath_rkd.errors import ConfigError
@@ -53,6 +55,9 @@ class TrainConfig:
         knn_bank_size: the ``knn`` scorer's memory-bank rows; 0 = the default
             (:data:`~qupath_rkd.constants.KNN_BANK_SIZE`). The trainer stores the size it
             drew, so a checkpoint rebuilds its network.
+        knn_tap, knn_pool_cells: the ``knn`` scorer's trunk tap and neighbourhood
+            (:data:`~qupath_rkd.constants.KNN_TAP`, :data:`~qupath_rkd.constants.KNN_POOL_CELLS`;
+            stored in the checkpoint).
         tta_views: dihedral views averaged when scoring with the head (1, 2, 4 or 8).
         rare_views: dihedral views of each tumour training patch the head is fitted on.
         cv_folds: folds of the cross-validation that chooses the head's L2 strength when there
@@ -110,6 +115,8 @@ class TrainConfig:
     head: str = DEFAULT_HEAD
     mlp_hidden: int = 0
     knn_bank_size: int = 0
+    knn_tap: int = KNN_TAP
+    knn_pool_cells: int = KNN_POOL_CELLS
     teacher_weights: str | None = None
     teacher_random_weights_for_tests: bool = False
     shortcut: str = "conv3x3"
@@ -178,6 +185,11 @@ class TrainConfig:
             (cfg.head in HEADS, f"head must be one of {HEADS}, got {cfg.head!r}"),
             (cfg.mlp_hidden >= 0, f"mlp_hidden must be >= 0, got {cfg.mlp_hidden}"),
             (cfg.knn_bank_size >= 0, f"knn_bank_size must be >= 0, got {cfg.knn_bank_size}"),
+            (0 <= cfg.knn_tap <= 3, f"knn_tap must be 0-3, got {cfg.knn_tap}"),
+            (
+                cfg.knn_pool_cells >= 1 and cfg.knn_pool_cells % 2 == 1,
+                f"knn_pool_cells must be odd and >= 1, got {cfg.knn_pool_cells}",
+            ),
             (cfg.select_by in SELECT_BY, f"select_by must be one of {SELECT_BY}"),
             (cfg.score_reduction in REDUCTIONS, f"score_reduction must be one of {REDUCTIONS}"),
             (cfg.calibration in CALIBRATIONS, f"calibration must be one of {CALIBRATIONS}"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
+from qupath_rkd.constants import KNN_POOL_CELLS, KNN_TAP, LABEL_NORMAL, LABEL_TUMOR
 from qupath_rkd.features.trunk import build_trunk
 from qupath_rkd.model.checkpoint import read_checkpoint
 from qupath_rkd.model.local_knn import LocalKnnNetwork, sample_bank
@@ -17,23 +17,28 @@ from qupath_rkd.training.trainer import train
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
-def test_first_tap_is_the_first_of_the_taps(name: str) -> None:
+def test_tap_computes_the_same_map_as_taps(name: str) -> None:
     trunk = build_trunk(name, random_weights_for_tests=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(trunk.first_tap(x), trunk.taps(x)[0])
-    assert trunk.first_tap(x).shape[-1] == 16  # stride 4
+        every = trunk.taps(x)
+        for index in range(len(every)):
+            assert torch.equal(trunk.tap(x, index), every[index]), index
+    assert every[0].shape[-1] == 16 and every[1].shape[-1] == 8  # strides 4 and 8
 
 
-def test_distance_is_zero_for_the_banks_own_features_and_grows_away_from_them() -> None:
+@pytest.mark.parametrize(("tap", "pool", "side"), [(1, 1, 8), (0, 3, 16)])
+def test_distance_is_zero_for_the_banks_own_features_and_grows_away_from_them(
+    tap: int, pool: int, side: int
+) -> None:
     torch.manual_seed(0)
-    net = LocalKnnNetwork(build_trunk("efficientnet_lite0"), 4)  # ImageNet weights
+    net = LocalKnnNetwork(build_trunk("efficientnet_lite0"), 4, tap=tap, pool_cells=pool)
     x = torch.randn(3, 3, 64, 64)
     local = net.local_features(x)
-    assert local.shape[:3] == (3, 16, 16)
+    assert local.shape[:3] == (3, side, side)
     net.set_bank(local[:1].reshape(-1, local.shape[-1]))
     d = net.distances(x)
-    assert d.shape == (3, 16, 16)
+    assert d.shape == (3, side, side)
     # every position of image 0 is in the bank (0 up to the rounding of cdist's matmul form)
     assert float(d[0].max()) < 0.01 * min(float(d[1].mean()), float(d[2].mean()))
     scores = net(x, views=[0])
@@ -64,8 +69,9 @@ def test_knn_training_calibrates_on_valid_and_round_trips(tmp_path, pcam_small) 
     assert m["bank_rows"] == 3000 and m["bank_patches"] == 24  # all 24 normals, no hold-out
     obj, _ = read_checkpoint(tmp_path / "k.pt")
     assert obj["config"]["knn_bank_size"] == 3000 and obj["config"]["tta_views"] == 1
+    assert (obj["config"]["knn_tap"], obj["config"]["knn_pool_cells"]) == (KNN_TAP, KNN_POOL_CELLS)
     model = load_model(tmp_path / "k.pt", device="cpu")
-    assert model.kind == "knn" and tuple(model.net.bank.shape) == (3000, 24)
+    assert model.kind == "knn" and tuple(model.net.bank.shape) == (3000, 40)  # Lite0 stride 8
     images = np.stack([va[i][0] for i in range(len(va))])
     scores, probs = model.score_images(images)
     from qupath_rkd.model.calibration import auroc
