@@ -336,6 +336,14 @@ def train_patches(
             f"{result.calibration.get('method', 'none')}; {result.seconds:.0f} s)."
         )
         return
+    if "bank_rows" in m:
+        echo(
+            f"Wrote {out} (one-class texture model on {teacher} features: {m['bank_rows']} "
+            f"bank rows from {m['bank_patches']} normal patches; validation AUROC {auc_text} "
+            f"on {m.get('val_source')}; calibration "
+            f"{result.calibration.get('method', 'none')}; {result.seconds:.0f} s)."
+        )
+        return
     loss = m.get("val_loss", float("nan"))
     echo(
         f"Wrote {out} (epoch {result.best_epoch}, step {result.best_step}, selected by "

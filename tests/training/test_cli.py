@@ -133,6 +133,9 @@ def test_train_patches_without_mpp_says_so(pcam_small, tmp_path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "no --patch-mpp" in result.output and "no validation set" in result.output
+    # normal patches only: the one-class texture model, calibrated on held-out normals
+    assert "Wrote" in result.output and "one-class texture model" in result.output
+    assert "held-out normal training patches" in result.output
 
 
 def test_empty_folder_is_a_one_line_error(tmp_path) -> None:
