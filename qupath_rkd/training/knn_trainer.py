@@ -3,8 +3,9 @@ optimisation, a memory bank and a calibration.
 
 1. The normal training patches are shuffled with the seed. Without a validation set holding
    normal patches, a share of them (a fifth, at most
-   :data:`~qupath_rkd.constants.KNN_CALIBRATION_PATCHES`) is held out for the calibration —
-   what a pathologist has; the validation folders are not needed.
+   :data:`~qupath_rkd.constants.KNN_CALIBRATION_PATCHES`; whole annotated regions when the
+   caller gives them, as ``sync`` does) is held out for the calibration — what a pathologist
+   has; the validation folders are not needed.
 2. The local features of up to :data:`~qupath_rkd.constants.KNN_BANK_PATCHES` of the other
    normal patches are pooled and a seeded subset of ``knn_bank_size`` rows
    (:data:`~qupath_rkd.constants.KNN_BANK_SIZE` by default) becomes the memory bank.
@@ -93,6 +94,38 @@ def _scores(
     return out
 
 
+def split_holdout(
+    normals: np.ndarray, groups: np.ndarray | None, seed: int, *, enabled: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(held, rest)``: the normal patches (indices ``normals``) held out to calibrate, and the
+    others in a seeded order (the bank draws from their start).
+
+    A fifth of them, at most :data:`~qupath_rkd.constants.KNN_CALIBRATION_PATCHES`; none when
+    not ``enabled`` or with fewer than :data:`MIN_NORMALS_FOR_HOLDOUT`. With ``groups`` (the
+    annotated region of every training patch, indexed like the dataset) whole regions are held
+    out, in a seeded order, until that share is reached — never neighbouring tiles of a region
+    the bank is drawn from; with a single region, tiles as without groups.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(normals)
+    if not enabled or len(order) < MIN_NORMALS_FOR_HOLDOUT:
+        return order[:0], order
+    target = min(KNN_CALIBRATION_PATCHES, len(order) // 5)
+    if groups is not None:
+        g = np.asarray(groups)[order]
+        names = rng.permutation(np.unique(g))
+        if len(names) >= 2:
+            n_chosen, count = 0, 0
+            for name in names[:-1]:  # at least one region stays for the bank
+                if count >= target:
+                    break
+                n_chosen += 1
+                count += int((g == name).sum())
+            mask = np.isin(g, names[:n_chosen])
+            return order[mask], order[~mask]
+    return order[:target], order[target:]
+
+
 def train_local_knn(
     train_set: Dataset,
     valid_set: Dataset | None,
@@ -101,6 +134,7 @@ def train_local_knn(
     dataset_hash: str,
     *,
     progress: ProgressCallback | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Draw the bank, calibrate, write the checkpoint to ``out``; returns the fields of a
     :class:`~qupath_rkd.training.trainer.TrainResult` (the trainer wraps them).
@@ -110,11 +144,12 @@ def train_local_knn(
             ``labels`` array); only the training set's normal patches are used.
         cfg: a resolved :class:`TrainConfig` with ``scorer == "knn"``.
         progress: tasks ``memory bank``, ``calibration`` and ``validation`` (patches).
+        groups: ``(N,)`` annotated region of each training patch (:func:`split_holdout`).
     """
     if not distributed.current().is_main:
         progress = None
     return distributed.run_on_main(
-        lambda: _train(train_set, valid_set, cfg, out, dataset_hash, progress)
+        lambda: _train(train_set, valid_set, cfg, out, dataset_hash, progress, groups)
     )
 
 
@@ -125,6 +160,7 @@ def _train(
     out: Path,
     dataset_hash: str,
     progress: ProgressCallback | None,
+    groups: np.ndarray | None,
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     device = resolve_device(cfg.device)
@@ -144,12 +180,8 @@ def _train(
         valid_y = np.asarray(valid_set.labels, dtype=np.int64).reshape(-1)  # type: ignore[attr-defined]
         if not (valid_y == LABEL_NORMAL).any():
             valid_y = None
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(normals)
-    n_hold = 0
-    if valid_y is None and len(order) >= MIN_NORMALS_FOR_HOLDOUT:
-        n_hold = min(KNN_CALIBRATION_PATCHES, len(order) // 5)
-    held, rest = order[:n_hold], order[n_hold:]
+    held, rest = split_holdout(normals, groups, cfg.seed, enabled=valid_y is None)
+    n_hold = len(held)
     bank_idx = np.sort(rest[:KNN_BANK_PATCHES])
 
     net = build_network(dataclasses.replace(cfg, knn_bank_size=1)).to(device)
@@ -182,7 +214,9 @@ def _train(
     elif n_hold:
         cal_scores = _scores(net, train_set, held, cfg, device, progress, "calibration")
         cal_labels = np.full(len(held), LABEL_NORMAL)
-        source = f"{n_hold} held-out normal training patches"
+        source = f"{n_hold} held-out normal training patches" + (
+            " (whole regions)" if groups is not None else ""
+        )
     else:
         cal_scores = _scores(net, train_set, bank_idx, cfg, device, progress, "calibration")
         cal_labels = np.full(len(bank_idx), LABEL_NORMAL)
@@ -231,4 +265,4 @@ def _train(
     }
 
 
-__all__ = ["MIN_NORMALS_FOR_HOLDOUT", "train_local_knn"]
+__all__ = ["MIN_NORMALS_FOR_HOLDOUT", "split_holdout", "train_local_knn"]

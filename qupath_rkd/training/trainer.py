@@ -751,15 +751,18 @@ def _train_knn(
     out: Path,
     dataset_hash: str,
     progress: ProgressCallback | None,
+    groups: np.ndarray | None,
     t0: float,
 ) -> TrainResult:
     """The one-class ``knn`` scorer's training as a :class:`TrainResult`, scored in one view
-    (8 views were not measured to help and cost 8x)."""
+    (8 views were not measured to help and cost 8x); ``groups`` as for the head."""
     from qupath_rkd.training.knn_trainer import train_local_knn
 
     labels = _labels_of(train_set, "training")
     cfg = dataclasses.replace(cfg, tta_views=1)
-    fields = train_local_knn(train_set, valid_set, cfg, out, dataset_hash, progress=progress)
+    fields = train_local_knn(
+        train_set, valid_set, cfg, out, dataset_hash, progress=progress, groups=groups
+    )
     swapped = swapped_labels_warning(fields["best_metrics"].get("val_auroc"), 0)
     if swapped:
         fields["warnings"].append(swapped)
@@ -911,7 +914,7 @@ def train(
         # is the measured best without tumour patches (PCam valid AUROC 0.82 against 0.445
         # for the paper's one-class RD, docs/benchmarks.md)
         cfg = dataclasses.replace(cfg, scorer="knn").resolved()
-        result = _train_knn(train_set, valid_set, cfg, out, dataset_hash, progress, t0)
+        result = _train_knn(train_set, valid_set, cfg, out, dataset_hash, progress, groups, t0)
         result.warnings.insert(
             0,
             "no tumour patches: trained the one-class texture model (knn) instead of the "
@@ -920,7 +923,7 @@ def train(
         )
         return result
     if cfg.scorer == "knn":
-        return _train_knn(train_set, valid_set, cfg, out, dataset_hash, progress, t0)
+        return _train_knn(train_set, valid_set, cfg, out, dataset_hash, progress, groups, t0)
     run = _Run(train_set, valid_set, cfg, out, dataset_hash, progress)
     if resume:
         run.load_resume()

@@ -88,3 +88,20 @@ def test_knn_without_normal_patches_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(DataError, match="no normal patches"):
         train(ds, None, TrainConfig(scorer="knn", device="cpu"), tmp_path / "x.pt", "h")
     assert LABEL_NORMAL != LABEL_TUMOR
+
+
+def test_the_calibration_hold_out_takes_whole_regions_when_there_are_some() -> None:
+    from qupath_rkd.training.knn_trainer import split_holdout
+
+    normals = np.arange(100)
+    held, rest = split_holdout(normals, None, seed=0)
+    assert len(held) == 20 and set(held) | set(rest) == set(normals) and not set(held) & set(rest)
+    groups = np.repeat(np.arange(10), 10)  # 10 regions of 10 tiles
+    held, rest = split_holdout(normals, groups, seed=0)
+    held_regions, rest_regions = set(groups[held]), set(groups[rest])
+    assert not held_regions & rest_regions  # no region on both sides
+    assert len(held) == 20 and len(held_regions) == 2
+    one = np.zeros(100, int)  # a single region: tiles, as without groups
+    assert len(split_holdout(normals, one, seed=0)[0]) == 20
+    assert len(split_holdout(normals, None, seed=0, enabled=False)[0]) == 0
+    assert len(split_holdout(np.arange(5), None, seed=0)[0]) == 0  # too few to hold any out
