@@ -20,8 +20,10 @@ bytes with one view (float16; 5,328 dims: 1.1 GB for 100,000 tiles), twice that 
 
 An image stays in-sample (and the operating point says so) when removing its tiles leaves no
 tumour or no normal tile to fit on (a project whose only tumour outlines lie on that image),
-for RD models (no convex refit: the trunk is trained too), and for checkpoints that do not
-record their L2 strength. An image that gave no training tile is out-of-sample already.
+for RD models (no convex refit: the trunk is trained too), for the one-class ``knn`` model (a
+project without tumour tiles; its bank holds tiles of these images, so its operating point is
+in-sample and says so), and for checkpoints that do not record their L2 strength. An image
+that gave no training tile is out-of-sample already.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def held_out_heads(
         return out
     if not isinstance(model.net, HeadNetwork) or l2 is None:
         why = (
-            "RD scorer: no held-out refit"
+            f"{model.kind} scorer: no held-out refit"
             if model.kind != "head"
             else "the model records no L2 strength (retrain it)"
         )

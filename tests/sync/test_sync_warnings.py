@@ -41,6 +41,10 @@ def test_no_tumour_tiles_warns_in_cli_and_report(synced_copy: Path) -> None:
     assert any("no tumour tiles" in w for w in report["warnings"])  # type: ignore[union-attr]
     # what it trains: the one-class texture model, not the paper's one-class RD
     assert any("one-class texture model (knn)" in w for w in report["warnings"])  # type: ignore[union-attr]
+    # its bank holds the tumour-free slide's tiles: the operating point says it is in-sample
+    op = report["operating_point"]
+    assert isinstance(op, dict) and op.get("held_out") in ("in-sample", "partly-in-sample"), op
+    assert "knn scorer: no held-out refit" in op["note"], op
 
     before = snapshot(synced_copy.parent)
     code, out = _sync(synced_copy)
