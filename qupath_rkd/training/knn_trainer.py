@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from qupath_rkd.constants import (
     KNN_BANK_PATCHES,
@@ -45,10 +45,11 @@ from qupath_rkd.model.calibration import auroc, fit_calibration
 from qupath_rkd.model.checkpoint import save_checkpoint
 from qupath_rkd.model.device import resolve_device
 from qupath_rkd.model.local_knn import LocalKnnNetwork, sample_bank
-from qupath_rkd.model.scorer import build_network, preprocess_batch, resize_uint8
+from qupath_rkd.model.scorer import build_network, preprocess_batch
 from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.training import distributed
 from qupath_rkd.training.config import TrainConfig
+from qupath_rkd.training.datasets import Collate, IndexedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -58,21 +59,26 @@ _BATCH = 128
 
 
 def _batches(
-    dataset: Dataset, index: np.ndarray, input_px: int, device: torch.device
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """``(positions in index, preprocessed (b, 3, S, S))`` of the readable items; unreadable
-    ones (empty images) are left out."""
-    for start in range(0, len(index), _BATCH):
-        chunk = index[start : start + _BATCH]
-        pos, images = [], []
-        for j, i in enumerate(chunk):
-            image = dataset[int(i)][0]
-            if image.size == 0 or image.ndim != 3 or image.shape[-1] != 3:
-                continue
-            pos.append(start + j)
-            images.append(resize_uint8(torch.from_numpy(np.ascontiguousarray(image)), input_px))
-        if images:
-            yield np.array(pos), preprocess_batch(torch.stack(images), input_px, device)
+    dataset: Dataset, index: np.ndarray, cfg: TrainConfig, device: torch.device
+) -> Iterator[tuple[np.ndarray, torch.Tensor, int]]:
+    """``(positions in index, preprocessed (b, 3, S, S), items seen)`` per batch, through the
+    trainers' collation (:class:`~qupath_rkd.training.datasets.Collate`: resized to
+    ``input_px``; unreadable or malformed items left out but counted as seen)."""
+    px = cfg.input_px
+    if px is None:
+        raise ValueError("the knn trainer needs a resolved config (TrainConfig.resolved())")
+    loader = DataLoader(
+        IndexedDataset(Subset(dataset, index.tolist())),
+        batch_size=_BATCH,
+        num_workers=cfg.num_workers,
+        collate_fn=Collate(px),
+    )
+    for batch in loader:
+        seen = len(batch) + len(batch.skipped)
+        if len(batch):
+            yield batch.indices.numpy(), preprocess_batch(batch.images, px, device), seen
+        else:
+            yield batch.indices.numpy(), batch.images, seen
 
 
 def _scores(
@@ -88,9 +94,10 @@ def _scores(
     out = np.full(len(index), np.nan)
     views = view_list(cfg.tta_views)
     with ProgressTask(progress, task, len(index), "patch") as t:
-        for pos, x in _batches(dataset, index, int(cfg.input_px), device):  # type: ignore[arg-type]
-            out[pos] = net(x, views).double().cpu().numpy()
-            t.advance(len(pos))
+        for pos, x, seen in _batches(dataset, index, cfg, device):
+            if len(pos):
+                out[pos] = net(x, views).double().cpu().numpy()
+            t.advance(seen)
     return out
 
 
@@ -189,11 +196,12 @@ def _train(
     local: list[torch.Tensor] = []
     readable = 0
     with ProgressTask(progress, "memory bank", len(bank_idx), "patch") as task:
-        for pos, x in _batches(train_set, bank_idx, int(cfg.input_px), device):  # type: ignore[arg-type]
-            f = net.local_features(x)
-            local.append(f.reshape(-1, f.shape[-1]).cpu())
-            readable += len(pos)
-            task.advance(len(pos))
+        for pos, x, seen in _batches(train_set, bank_idx, cfg, device):
+            if len(pos):
+                f = net.local_features(x)
+                local.append(f.reshape(-1, f.shape[-1]).cpu())
+                readable += len(pos)
+            task.advance(seen)
     skipped = len(bank_idx) - readable
     if not local:
         raise DataError("none of the normal training patches could be read")

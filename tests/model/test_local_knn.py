@@ -105,3 +105,16 @@ def test_the_calibration_hold_out_takes_whole_regions_when_there_are_some() -> N
     assert len(split_holdout(normals, one, seed=0)[0]) == 20
     assert len(split_holdout(normals, None, seed=0, enabled=False)[0]) == 0
     assert len(split_holdout(np.arange(5), None, seed=0)[0]) == 0  # too few to hold any out
+
+
+def test_knn_training_skips_and_counts_malformed_images(tmp_path, pcam_small) -> None:
+    good = PatchFolderDataset([pcam_small["train_normal"]])
+    images = [good[i][0] for i in range(24)] + [np.zeros((96, 96), np.uint8)]  # greyscale 2-D
+    ds = ArrayDataset(images, np.full(25, LABEL_NORMAL))
+    events: list = []
+    cfg = TrainConfig(scorer="knn", device="cpu", seed=0, mpp=0.972, knn_bank_size=500)
+    res = train(ds, None, cfg, tmp_path / "k.pt", ds.fingerprint(), progress=events.append)
+    assert res.skipped_unreadable == 1 and "1 unreadable" in res.warnings[0]
+    ends = [e for e in events if e.finished]
+    assert all(e.done == e.total for e in ends)  # the skipped item counts as seen
+    assert load_model(tmp_path / "k.pt", device="cpu").net.bank.shape[0] == 500
