@@ -78,8 +78,8 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     "--stride-px",
     type=click.IntRange(min=1),
     default=None,
-    help="Grid step at --tile-mpp [default: the tile side, no overlap]. Dense like FW-RD "
-    "(64 px at 0.243 µm/px): 16 at 0.972 µm/px.",
+    help="Grid step at --tile-mpp [default: half the tile side; the tile side is 4x faster "
+    "and finds fewer lesions]. Dense like FW-RD (64 px at 0.243 µm/px): 16 at 0.972 µm/px.",
 )
 @click.option(
     "--threshold",

@@ -32,6 +32,7 @@ from qupath_rkd.constants import (
     DEFAULT_INFERENCE_BATCH,
     DEFAULT_MIN_LESION_UM,
     DEFAULT_MIN_TISSUE_FRACTION,
+    DEFAULT_SLIDE_STRIDE_FRACTION,
     DEFAULT_SLIDE_TTA_VIEWS,
 )
 from qupath_rkd.errors import ModelError, QupathRkdError, ResolutionError, UnknownResolutionError
@@ -90,8 +91,10 @@ class InferenceConfig:
         tile_mpp: µm/px at which tiles are read; ``None`` = the model's training µm/px.
         tile_px: tile side in pixels at ``tile_mpp``; ``None`` = the model's training tile side
             (:attr:`TrainedModel.tile_px`; resized to its input size).
-        stride_px: grid step in pixels at ``tile_mpp``; ``None`` = ``tile_px`` (no overlap). FW-RD's
-            dense grid is 64 px at level 0 (0.243 µm/px): ``stride_px=16`` at 0.972 µm/px.
+        stride_px: grid step in pixels at ``tile_mpp``; ``None`` = half the tile side
+            (:data:`DEFAULT_SLIDE_STRIDE_FRACTION`, filled in by :meth:`resolved`; ``tile_px`` is
+            the grid without overlap, 4x fewer tiles). FW-RD's dense grid is 64 px at level 0
+            (0.243 µm/px): ``stride_px=16`` at 0.972 µm/px.
         min_tissue_fraction: a tile is scored when at least this share of it is tissue.
         threshold: seed threshold of the lesions (the operating point); ``None`` = the model's
             calibrated default. ``predict --tumor-free`` sets it from tumour-free slides
@@ -173,12 +176,18 @@ class InferenceConfig:
                 hint="pass --tile-mpp with the µm/px of the patches the model was trained on",
             )
         tile_px = self.tile_px if self.tile_px is not None else int(model.tile_px)
+        stride_px = (
+            self.stride_px
+            if self.stride_px is not None
+            else max(1, round(tile_px * DEFAULT_SLIDE_STRIDE_FRACTION))
+        )
         threshold = self.threshold if self.threshold is not None else float(model.threshold)
         workers = self.num_workers if self.num_workers is not None else default_num_workers()
         return dataclasses.replace(
             self,
             tile_mpp=float(tile_mpp),
             tile_px=tile_px,
+            stride_px=stride_px,
             threshold=threshold,
             extent_cap=self.extent_cap if self.extent_cap is not None else float(model.threshold),
             num_workers=workers,

@@ -156,20 +156,31 @@ def test_camelyon16_csv_is_the_candidate_list(tmp_path, semireal, model) -> None
     from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM
     from qupath_rkd.inference import predict_slide
 
-    from .conftest import make_checkpoint
+    from .conftest import INPUT_PX, make_checkpoint
 
-    scores = predict_slide(semireal.path, model, num_workers=0).tiles.score
+    # the grid without overlap and no smoothing: the fixture's lesions and maxima lie apart
+    scores = predict_slide(semireal.path, model, num_workers=0, stride_px=INPUT_PX).tiles.score
     a = 3.0 / float(np.std(scores))
     checkpoint = make_checkpoint(
         tmp_path / "spread.pt", calibration=(a, -a * float(np.percentile(scores, 90)))
     )
     out = tmp_path / "out"
     args = ["predict", str(checkpoint), str(semireal.path), "--out", str(out)]
-    res = run(*args, "--min-lesion-um", "0", "--workers", "0")
+    res = run(
+        *args,
+        "--min-lesion-um",
+        "0",
+        "--smooth-um",
+        "0",
+        "--stride-px",
+        str(INPUT_PX),
+        "--workers",
+        "0",
+    )
     assert res.exit_code == 0, res.output
     thr = json.loads((out / "run.json").read_text())["operating_point"]["threshold"]
     o = SlideOutputs(out, "semireal_a")
-    hm = Heatmap.load(o.heatmap_json)  # not smoothed (sigma 0): the lesions' own grid
+    hm = Heatmap.load(o.heatmap_json)  # not smoothed (sigma 0 asked): the lesions' own grid
     lesions = read_geojson(o.lesions_geojson)
     assert lesions
     rows = [

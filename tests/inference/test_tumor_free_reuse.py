@@ -66,13 +66,13 @@ def test_tumour_free_heatmaps_are_reused_until_something_changes(
     assert "negative.tif" not in counted
 
     counted.clear()
-    run(config=InferenceConfig(num_workers=0, stride_px=INPUT_PX // 2))  # another grid
+    run(config=InferenceConfig(num_workers=0, stride_px=INPUT_PX))  # another grid
     assert counted.count("negative.tif") == 1
 
     counted.clear()
     st = negative.stat()
     os.utime(negative, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the slide file changed
-    run(config=InferenceConfig(num_workers=0, stride_px=INPUT_PX // 2))
+    run(config=InferenceConfig(num_workers=0, stride_px=INPUT_PX))
     assert counted.count("negative.tif") == 1
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -137,8 +139,9 @@ def test_a_raised_operating_point_picks_lesions_but_the_cap_keeps_their_extent()
     p[2, 2] = 0.8  # a lesion with one hot cell
     p[5:7, 5:7] = 0.6  # warm, but no cell reaches the seed
     hm = heatmap(p)
-    plain = find_lesions(hm, 0.7, PostProcessing(min_major_axis_um=0.0))
-    capped = find_lesions(hm, 0.7, PostProcessing(min_major_axis_um=0.0, extent_cap=0.5))
+    one = PostProcessing(min_major_axis_um=0.0, smooth_sigma_um=0.0)
+    plain = find_lesions(hm, 0.7, one)
+    capped = find_lesions(hm, 0.7, dataclasses.replace(one, extent_cap=0.5))
     assert [les.n_cells for les in plain.lesions] == [1]
     assert [les.n_cells for les in capped.lesions] == [9]
     assert PostProcessing(extent_cap=0.5).extent_for(0.7) == pytest.approx(0.5)
