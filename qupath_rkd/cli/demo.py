@@ -75,6 +75,11 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
             f"lesion FROC on the slides the model never learnt from: {result.froc_score:.3f} "
             f"({result.n_lesions} lesions; sensitivity at FPs/slide {at})"
         )
+        click.echo(
+            f"  there: {result.lesions_found} of {result.n_lesions} lesions found, "
+            f"{result.false_lesions} false lesion(s) (the Camelyon16 FROC never counts the "
+            "lowest-scored lesion of all slides)"
+        )
     else:
         click.echo("lesion FROC: not computable (no lesion in the held-out slides)")
     pics = result.pictures

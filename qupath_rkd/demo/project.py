@@ -449,6 +449,8 @@ class DemoResult:
             (``None`` when it cannot be computed).
         froc_at: sensitivity at 0.25 … 8 false positives per slide.
         n_lesions: lesions counted by the FROC (non-ITC).
+        lesions_found, false_lesions: of those, how many some predicted lesion hit, and the
+            predicted lesions that hit none, on the same slides (:func:`lesion_counts`).
         slide_truth: ``{image_name: has tumour}``.
         built: whether this run built the project (``False``: it reused one).
         pictures: the overlay PNGs and the FROC curve under ``<demo>/pictures/`` (set by the
@@ -463,6 +465,8 @@ class DemoResult:
     slide_truth: dict[str, bool]
     built: bool
     pictures: Any = None
+    lesions_found: int = 0
+    false_lesions: int = 0
 
 
 def _build_or_leave_nothing(
@@ -546,11 +550,12 @@ def _write_marker(demo: DemoProject) -> None:
     atomic_write_json(demo.root / DEMO_MARKER, info)
 
 
-def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tuple[Any, int]:
-    """Camelyon16 lesion FROC of the project's predicted lesions against the demo's truth,
-    over the slides whose role is in ``roles``; returns ``(FROCResult | None, n_slides)``."""
-    from qupath_rkd.errors import EvaluationError
-    from qupath_rkd.evaluation.camelyon16 import evaluation_mask, froc, score_detections
+def demo_detections(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> list[Any]:
+    """Per slide whose role is in ``roles``, the project's predicted lesions scored against the
+    demo's truth (:class:`qupath_rkd.evaluation.camelyon16.SlideDetections`), as
+    ``qupath-rkd evaluate`` scores ``sync``'s output: one detection per lesion (a lesion in parts
+    is one MultiPolygon object) at its maximum probability and peak."""
+    from qupath_rkd.evaluation.camelyon16 import evaluation_mask, score_detections
     from qupath_rkd.evaluation.predictions import SYNC_PREDICTIONS_DIR, read_lesion_detections
 
     per_slide = []
@@ -560,8 +565,6 @@ def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tupl
         pred_file = (
             demo.project_dir / PROJECT_SUBDIR / SYNC_PREDICTIONS_DIR / f"{slide.entry_id}.geojson"
         )
-        # one detection per lesion (a lesion in parts is one MultiPolygon object), as
-        # `qupath-rkd evaluate` reads them
         sub = read_lesion_detections(pred_file, slide.spec.name)
         mask = (
             evaluation_mask(
@@ -571,10 +574,33 @@ def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tupl
             else None
         )
         per_slide.append(score_detections(slide.spec.name, sub.probs, sub.x_px, sub.y_px, mask))
+    return per_slide
+
+
+def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tuple[Any, int]:
+    """Camelyon16 lesion FROC of the project's predicted lesions against the demo's truth,
+    over the slides whose role is in ``roles``; returns ``(FROCResult | None, n_slides)``."""
+    from qupath_rkd.errors import EvaluationError
+    from qupath_rkd.evaluation.camelyon16 import froc
+
+    per_slide = demo_detections(demo, roles)
     try:
         return froc(per_slide), len(per_slide)
     except EvaluationError:
         return None, len(per_slide)
+
+
+def lesion_counts(per_slide: Sequence[Any]) -> tuple[int, int]:
+    """``(lesions found, false detections)`` of scored slides (``SlideDetections``): the
+    non-ITC true lesions some detection hit, and the detections that hit none (ITC hits are
+    neither). The plain counts beside the FROC, which never counts the lowest-scored detection
+    of all slides (the organisers' rule): with every lesion found and no false lesion, that
+    detection is a true one and the FROC falls below 1."""
+    import numpy as np
+
+    found = sum(int((np.asarray(s.tp_probs) > 0).sum()) for s in per_slide)
+    false = sum(int(np.asarray(s.fp_probs).size) for s in per_slide)
+    return found, false
 
 
 def run_demo(
@@ -618,12 +644,15 @@ def run_demo(
     say("running: qupath-rkd sync " + str(demo.project_dir))
     outcome = run_sync(demo.project_dir, config, progress=progress, echo=say)
     result, _ = demo_froc(demo)
+    found, false = lesion_counts(demo_detections(demo))
     return DemoResult(
         project=demo,
         outcome=outcome,
         froc_score=None if result is None else result.score,
         froc_at={} if result is None else dict(result.sensitivity_at),
         n_lesions=0 if result is None else result.n_lesions,
+        lesions_found=found,
+        false_lesions=false,
         slide_truth={s.spec.name: bool(s.lesions) for s in demo.slides},
         built=built,
     )
