@@ -662,6 +662,10 @@ def base_settings(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "suggest.per_slide": args.per_slide,
         "suggest.per_project": args.per_round,
         "suggest.seed": seed,
+        # the whole-slide grid and smoothing: the package defaults unless given (the runs
+        # recorded before 2026-12-07 had stride = tile and no smoothing, the defaults then)
+        **({} if args.stride_px is None else {"inference.stride_px": args.stride_px}),
+        **({} if args.smooth_um is None else {"inference.smooth_um": args.smooth_um}),
     }
 
 
@@ -1082,6 +1086,19 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=4, help="suggest.per_project")
     parser.add_argument("--per-slide", type=int, default=2, help="suggest.per_slide")
     parser.add_argument("--max-tiles", type=int, default=2000, help="labels.max_tiles_per_class")
+    parser.add_argument(
+        "--stride-px",
+        type=int,
+        default=None,
+        help="inference.stride_px [default: the package's, half the tile; the runs recorded "
+        "before 2026-12-07 used 96, the tile]",
+    )
+    parser.add_argument(
+        "--smooth-um",
+        type=float,
+        default=None,
+        help="inference.smooth_um [default: the package's, 40; 0 in the runs before 2026-12-07]",
+    )
     parser.add_argument("--patches", type=Path, default=SHARED / "pcam")
     parser.add_argument("--annotations", type=Path, default=SHARED / "camelyon16-annotations")
     parser.add_argument("--smoke", action="store_true", help="1 seed, 1 round, 2 strategies")
