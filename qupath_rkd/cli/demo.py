@@ -77,8 +77,7 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
         )
         click.echo(
             f"  there: {result.lesions_found} of {result.n_lesions} lesions found, "
-            f"{result.false_lesions} false lesion(s) (the Camelyon16 FROC never counts the "
-            "lowest-scored lesion of all slides)"
+            f"{result.false_lesions} false lesion(s) at the operating point"
         )
     else:
         click.echo("lesion FROC: not computable (no lesion in the held-out slides)")

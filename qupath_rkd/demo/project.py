@@ -550,22 +550,35 @@ def _write_marker(demo: DemoProject) -> None:
     atomic_write_json(demo.root / DEMO_MARKER, info)
 
 
-def demo_detections(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> list[Any]:
-    """Per slide whose role is in ``roles``, the project's predicted lesions scored against the
-    demo's truth (:class:`qupath_rkd.evaluation.camelyon16.SlideDetections`), as
-    ``qupath-rkd evaluate`` scores ``sync``'s output: one detection per lesion (a lesion in parts
-    is one MultiPolygon object) at its maximum probability and peak."""
+def demo_detections(
+    demo: DemoProject, roles: Sequence[str] = ("unlabelled",), *, candidates: bool = True
+) -> list[Any]:
+    """Per slide whose role is in ``roles``, the project's predictions scored against the demo's
+    truth (:class:`qupath_rkd.evaluation.camelyon16.SlideDetections`), as ``qupath-rkd
+    evaluate`` scores ``sync``'s output: with ``candidates`` the Camelyon16 candidate list sync
+    wrote (lesion peaks and the heatmap's maxima below the threshold, as ``predict``'s CSV;
+    the lesions where there is none), else one detection per lesion (a lesion in parts is one
+    MultiPolygon object) at its maximum probability and peak."""
+    import dataclasses
+
     from qupath_rkd.evaluation.camelyon16 import evaluation_mask, score_detections
-    from qupath_rkd.evaluation.predictions import SYNC_PREDICTIONS_DIR, read_lesion_detections
+    from qupath_rkd.evaluation.predictions import (
+        SYNC_PREDICTIONS_DIR,
+        read_lesion_detections,
+        read_submission_csv,
+    )
+    from qupath_rkd.outputs import SUBMISSION_DIR
 
     per_slide = []
+    folder = demo.project_dir / PROJECT_SUBDIR / SYNC_PREDICTIONS_DIR
     for slide in demo.slides:
         if slide.spec.role not in roles:
             continue
-        pred_file = (
-            demo.project_dir / PROJECT_SUBDIR / SYNC_PREDICTIONS_DIR / f"{slide.entry_id}.geojson"
-        )
-        sub = read_lesion_detections(pred_file, slide.spec.name)
+        csv_file = folder / SUBMISSION_DIR / f"{slide.entry_id}.csv"
+        if candidates and csv_file.is_file():
+            sub = dataclasses.replace(read_submission_csv(csv_file), slide_id=slide.spec.name)
+        else:
+            sub = read_lesion_detections(folder / f"{slide.entry_id}.geojson", slide.spec.name)
         mask = (
             evaluation_mask(
                 slide.lesions, mpp=slide.mpp, slide_size_px=(slide.width_px, slide.height_px)
@@ -578,8 +591,9 @@ def demo_detections(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -
 
 
 def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tuple[Any, int]:
-    """Camelyon16 lesion FROC of the project's predicted lesions against the demo's truth,
-    over the slides whose role is in ``roles``; returns ``(FROCResult | None, n_slides)``."""
+    """Camelyon16 lesion FROC of the project's candidate lists (:func:`demo_detections`)
+    against the demo's truth, over the slides whose role is in ``roles``; returns
+    ``(FROCResult | None, n_slides)``."""
     from qupath_rkd.errors import EvaluationError
     from qupath_rkd.evaluation.camelyon16 import froc
 
@@ -593,9 +607,8 @@ def demo_froc(demo: DemoProject, roles: Sequence[str] = ("unlabelled",)) -> tupl
 def lesion_counts(per_slide: Sequence[Any]) -> tuple[int, int]:
     """``(lesions found, false detections)`` of scored slides (``SlideDetections``): the
     non-ITC true lesions some detection hit, and the detections that hit none (ITC hits are
-    neither). The plain counts beside the FROC, which never counts the lowest-scored detection
-    of all slides (the organisers' rule): with every lesion found and no false lesion, that
-    detection is a true one and the FROC falls below 1."""
+    neither). Given the predicted lesions (``demo_detections(..., candidates=False)``), the
+    plain counts a pathologist reads beside the FROC."""
     import numpy as np
 
     found = sum(int((np.asarray(s.tp_probs) > 0).sum()) for s in per_slide)
@@ -644,7 +657,7 @@ def run_demo(
     say("running: qupath-rkd sync " + str(demo.project_dir))
     outcome = run_sync(demo.project_dir, config, progress=progress, echo=say)
     result, _ = demo_froc(demo)
-    found, false = lesion_counts(demo_detections(demo))
+    found, false = lesion_counts(demo_detections(demo, candidates=False))
     return DemoResult(
         project=demo,
         outcome=outcome,

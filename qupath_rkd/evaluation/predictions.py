@@ -6,8 +6,10 @@ Three layouts are recognised (:func:`read_predictions` tells them apart):
   ``OUT/slide_scores.csv`` and, per slide, ``OUT/<slide>/heatmap.json`` (the slide's µm/px).
 - **Camelyon16 submissions**: a folder of bare ``<slide>.csv`` files (the organisers' layout);
   the slide score is then the highest detection probability (0 without detections).
-- **sync**: ``<project>/qupath-rkd/predictions/<entryID>.geojson`` (one detection per lesion,
-  its maximum probability and level-0 peak point as measurements) and
+- **sync**: ``<project>/qupath-rkd/predictions/camelyon16/<entryID>.csv``, the candidate list
+  ``predict`` also writes (lesion peaks and the heatmap's maxima below the threshold), or where
+  sync wrote none (before 2026-12-07) ``<project>/qupath-rkd/predictions/<entryID>.geojson``
+  (one detection per lesion, its maximum probability and level-0 peak point as measurements); and
   ``<project>/qupath-rkd/report.json`` (entry ID ↔ image name, the slide's ``tumor_score``).
   The project folder, its ``qupath-rkd`` folder or the ``predictions`` folder may be given.
   The slides' µm/px come from the project (``project.qpproj`` / ``server.json``) when readable.
@@ -20,6 +22,7 @@ whole image name and the entry ID.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -281,11 +284,17 @@ def _read_sync(report_file: Path) -> Predictions:
             dict.fromkeys((slide_id, slide_id_for(image_name), safe_name(image_name), entry_id))
         )
         score = row.get("tumor_score")
+        candidates = folder / SUBMISSION_DIR / f"{entry_id}.csv"
+        detections = (
+            dataclasses.replace(read_submission_csv(candidates), slide_id=slide_id)
+            if candidates.is_file()
+            else read_lesion_detections(geojson, slide_id)
+        )
         slides.append(
             PredictedSlide(
                 slide_id,
                 names,
-                read_lesion_detections(geojson, slide_id),
+                detections,
                 None if score is None else float(score),
                 mpps.get(entry_id),
             )
@@ -307,6 +316,8 @@ def read_predictions(pred: str | Path) -> Predictions:
     """
     p = Path(pred)
     report = find_sync_report(p)
-    if report is not None and not (p / SUBMISSION_DIR).is_dir():
+    # a `predict` output folder (its slide_scores.csv) is read as such even inside a project;
+    # sync's predictions folder holds a camelyon16/ folder of its own
+    if report is not None and not (p / SLIDE_SCORES_CSV).is_file():
         return _read_sync(report)
     return _read_predict(p)

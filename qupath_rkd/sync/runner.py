@@ -425,6 +425,9 @@ def _sync_locked(
                     if e.entry_id not in negative_preds and e.path is not None
                 ],
             )
+        from qupath_rkd.qupath.backends import ExchangeLayout
+
+        candidates_layout = ExchangeLayout.for_project(project)
         slides_task = ProgressTask(
             progress if to_predict else None, "predicting slides", len(to_predict), "slide"
         )
@@ -435,7 +438,7 @@ def _sync_locked(
                 try:
                     assert threshold is not None and model is not None
                     assert outcome.model_id is not None  # set before anything is predicted
-                    features, summary = _predict_entry(
+                    features, summary, submission = _predict_entry(
                         entry,
                         model,
                         outcome.model_id,
@@ -463,6 +466,12 @@ def _sync_locked(
                     logger.debug("traceback of %s", entry.name, exc_info=True)
                     continue
                 tx.stage_entry(entry.entry_id, features)
+                tx.stage_bytes(
+                    f"candidates-{entry.entry_id}.csv",
+                    submission,
+                    candidates_layout.candidates_file(entry.entry_id),
+                    backup=False,
+                )
                 new_state.predictions[entry.entry_id] = PredictionRecord(
                     model_id=outcome.model_id or "",
                     config_hash=_slide_prediction_hash(pred_hash, overrides.get(entry.name)),
@@ -1244,18 +1253,26 @@ def _predict_entry(
     earlier: SlidePrediction | None = None,
     progress: ProgressCallback | None = None,
     remote: RemoteSlides | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Predict one image: (GeoJSON features for the backend, summary for the report).
+) -> tuple[list[dict[str, Any]], dict[str, Any], bytes]:
+    """Predict one image: (GeoJSON features for the backend, summary for the report, the
+    Camelyon16 candidate list as CSV bytes).
 
     The features are those ``qupath-rkd predict`` writes (:mod:`qupath_rkd.inference.write`):
     lesions as ``Tumor`` detections, and with ``inference.heatmap_tiles`` every scored tile as
     a QuPath tile carrying its probability; their UUIDs derive from the inference key (sync's
     ``model_id``, see :func:`_model_id`, + settings) and the entry, so the same prediction
-    gives the same bytes.
+    gives the same bytes. The candidate list is ``predict``'s ``camelyon16/<slide>.csv``
+    (lesion peaks and the heatmap's maxima below the threshold), so that ``evaluate`` scores
+    both commands' output the same way.
     """
     from qupath_rkd.inference import predict_slide
     from qupath_rkd.inference.predict import apply_threshold
-    from qupath_rkd.inference.write import lesion_features, tile_features
+    from qupath_rkd.inference.write import (
+        candidates_csv,
+        lesion_features,
+        slide_candidates,
+        tile_features,
+    )
 
     if earlier is not None:  # predicted to find the operating point: only re-threshold it
         prediction = apply_threshold(earlier, threshold)
@@ -1291,4 +1308,4 @@ def _predict_entry(
         summary["out_of_domain"] = bool(ood.flagged)
     elif ood is not None:
         summary["ood_note"] = ood.note
-    return features, summary
+    return features, summary, candidates_csv(slide_candidates(prediction)).encode("utf-8")

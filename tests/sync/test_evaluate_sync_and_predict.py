@@ -13,6 +13,7 @@ from sync_helpers import FAST, one_error_line
 
 from qupath_rkd.cli import cli
 from qupath_rkd.demo import DemoProject
+from qupath_rkd.evaluation.predictions import read_lesion_detections
 from qupath_rkd.evaluation.run import evaluate
 from qupath_rkd.outputs import slide_id_for
 
@@ -49,14 +50,50 @@ def test_evaluate_scores_syncs_predictions_as_the_demo_does(
     by_slide = {slide_id_for(r["image_name"]): r["tumor_score"] for r in rows}
     assert {r["slide"]: r["slide_score"] for r in report.slides} == pytest.approx(by_slide)
     assert report.slide_score_source == "report.json tumor_score"
-    # the detections counted are sync's lesion objects (one per lesion)
+    # the detections counted are sync's candidate list, predict's CSV: every lesion's peak at
+    # its maximum probability, then the heatmap's maxima below the operating point
+    predictions = synced / "qupath-rkd" / "predictions"
+    threshold = json.loads((synced / "qupath-rkd" / "report.json").read_text())["operating_point"][
+        "threshold"
+    ]
+    n_below = 0
+    for row in report.slides:
+        entry = next(r for r in rows if slide_id_for(r["image_name"]) == row["slide"])
+        csv_rows = [
+            [float(v) for v in line.split(",")]
+            for line in (predictions / "camelyon16" / f"{entry['entry_id']}.csv")
+            .read_text()
+            .splitlines()
+        ]
+        assert row["detections"] == len(csv_rows) >= entry["lesions"]
+        lesions = read_lesion_detections(predictions / f"{entry['entry_id']}.geojson")
+        peaks = {
+            (round(x), round(y)): p
+            for p, x, y in zip(lesions.probs, lesions.x_px, lesions.y_px, strict=True)
+        }
+        assert len(peaks) == entry["lesions"]
+        at_peaks = {(int(x), int(y)): p for p, x, y in csv_rows if (int(x), int(y)) in peaks}
+        assert at_peaks == pytest.approx(peaks, abs=1e-6)
+        below = [p for p, x, y in csv_rows if (int(x), int(y)) not in peaks]
+        assert all(p < threshold for p in below)
+        n_below += len(below)
+    assert n_below > 0, "no candidate below the operating point: the test checks too little"
+    # the project, its qupath-rkd folder and its predictions folder all work
+    for pred in (synced / "qupath-rkd", predictions):
+        again = evaluate(truth, pred)
+        assert again.froc.score == report.froc.score and again.slides == report.slides
+
+
+def test_evaluate_reads_the_lesions_of_a_sync_that_wrote_no_candidate_list(
+    synced_copy: Path,
+) -> None:
+    """Projects synced before sync wrote candidate lists: one detection per lesion object."""
+    shutil.rmtree(synced_copy / "qupath-rkd" / "predictions" / "camelyon16")
+    report = evaluate(synced_copy.parent / "truth", synced_copy)
+    rows = json.loads((synced_copy / "qupath-rkd" / "report.json").read_text())["slides"]
     for row in report.slides:
         entry = next(r for r in rows if slide_id_for(r["image_name"]) == row["slide"])
         assert row["detections"] == entry["lesions"]
-    # the project, its qupath-rkd folder and its predictions folder all work
-    for pred in (synced / "qupath-rkd", synced / "qupath-rkd" / "predictions"):
-        again = evaluate(truth, pred)
-        assert again.froc.score == report.froc.score and again.slides == report.slides
 
 
 def test_truth_named_by_entry_id_or_both_ways(small_demo: DemoProject, synced: Path, tmp_path):

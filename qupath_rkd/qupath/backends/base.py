@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from qupath_rkd.errors import AnnotationError, ProjectError, ProjectReadOnlyError
 from qupath_rkd.io_utils import atomic_write_bytes, atomic_write_json
-from qupath_rkd.outputs import SLIDE_VALUES_SUFFIX
+from qupath_rkd.outputs import SLIDE_VALUES_SUFFIX, SUBMISSION_DIR
 from qupath_rkd.qupath.geojson import QupathObject
 from qupath_rkd.qupath.project import ImageEntry, Project
 
@@ -97,6 +97,11 @@ class ExchangeLayout:
     def slide_values_file(self, entry_id: str) -> Path:
         """The image's slide-level values for QuPath (``qupath_rkd.outputs``)."""
         return self.predictions_dir / f"{_plain_entry_id(entry_id)}{SLIDE_VALUES_SUFFIX}"
+
+    def candidates_file(self, entry_id: str) -> Path:
+        """The image's Camelyon16 candidate list (``prob,X,Y`` lines; what ``predict`` writes
+        to ``camelyon16/<slide>.csv``), which ``evaluate`` scores."""
+        return self.predictions_dir / SUBMISSION_DIR / f"{_plain_entry_id(entry_id)}.csv"
 
     def predictions_backup(self, entry_id: str) -> Path:
         return self.predictions_dir / f"{_plain_entry_id(entry_id)}.geojson.bak"
