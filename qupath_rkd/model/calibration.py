@@ -6,8 +6,11 @@ Choice (documented in docs/architecture.md):
   ``p = sigmoid(a * score + b)``, fitted by maximum likelihood with Platt's target smoothing
   (targets ``(N+ + 1)/(N+ + 2)`` and ``1/(N- + 2)``). Two parameters and monotone: it cannot
   overfit a handful of tumour patches, keeps the ranking (AUROC) of the raw score, and gives a
-  smooth heatmap. Isotonic regression was not chosen: with tens of tumour patches it yields a
-  step function with large ties, which flattens heatmaps and lesion peaks.
+  smooth heatmap. Its slope must come out positive: where the calibration scores rank the
+  classes backwards, the normal-tail mapping below is used instead (a negative slope turns
+  every probability of the model around). Isotonic regression was not chosen: with tens of
+  tumour patches it yields a step function with large ties, which flattens heatmaps and lesion
+  peaks.
 - **With normal validation patches only: a normal-tail mapping**, ``p = sigmoid((score - q99) /
   s)`` with ``q99`` the 99th percentile of normal scores and ``s = (q99 - q50) / ln 99``, so the
   median normal patch maps to 0.01 and the 99th-percentile normal patch to 0.5. This is not a
@@ -115,14 +118,31 @@ def fit_normal_tail(normal_scores: np.ndarray, quantile: float = 0.99) -> Calibr
 
 
 def fit_calibration(scores: np.ndarray, labels: np.ndarray, method: str = "auto") -> Calibration:
-    """``auto``: logistic with both classes present, else normal-tail on the normal scores."""
+    """``auto``: logistic with both classes present, else normal-tail on the normal scores.
+
+    A logistic fit whose slope is not positive (the scores rank the two classes backwards or
+    not at all, e.g. out-of-fold scores of a few annotated regions) would invert or flatten
+    every probability of the model; the normal-tail mapping, increasing by construction,
+    replaces it then (:func:`ranks_backwards` tells the caller).
+    """
     y = np.asarray(labels)
     has_both = bool((y == LABEL_TUMOR).any() and (y == LABEL_NORMAL).any())
     if method == "logistic" or (method == "auto" and has_both):
-        return fit_logistic(scores, y)
+        fitted = fit_logistic(scores, y)
+        if fitted.a > 0:
+            return fitted
+        return fit_normal_tail(np.asarray(scores)[y == LABEL_NORMAL])
     if method in ("normal-tail", "auto"):
         return fit_normal_tail(np.asarray(scores)[y == LABEL_NORMAL])
     raise DataError(f"unknown calibration {method!r}", hint=f"use one of {METHODS} or auto")
+
+
+def ranks_backwards(calibration: Calibration, labels: np.ndarray) -> bool:
+    """Whether :func:`fit_calibration` fell back from a logistic fit with both classes in
+    ``labels`` to the normal tail because the scores ranked them backwards."""
+    y = np.asarray(labels)
+    has_both = bool((y == LABEL_TUMOR).any() and (y == LABEL_NORMAL).any())
+    return has_both and calibration.method == "normal-tail"
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -51,7 +51,7 @@ from qupath_rkd.errors import DataError
 from qupath_rkd.features.cache import FeatureCache, open_default_cache
 from qupath_rkd.features.extract import Features, extract_features
 from qupath_rkd.features.views import view_list
-from qupath_rkd.model.calibration import auroc, fit_calibration
+from qupath_rkd.model.calibration import auroc, fit_calibration, ranks_backwards
 from qupath_rkd.model.checkpoint import save_checkpoint
 from qupath_rkd.model.device import resolve_device
 from qupath_rkd.model.head import (
@@ -398,6 +398,12 @@ def _fit_and_save(
             history.append({"l2": l2, choice.metric: value})
     calibration = fit_calibration(cal_scores, cal_labels, cfg.calibration)
     auc = auroc(cal_labels, cal_scores)
+    if ranks_backwards(calibration, cal_labels):
+        warnings.append(
+            f"the held-out scores rank tumour below normal (AUROC {auc:.2f} on {source}): "
+            "calibrated on the normal tiles' tail instead, so a probability of 0.5 means as "
+            "unusual as the top 1 % of normal tissue — annotate more regions of both classes"
+        )
     head = "ensemble" if isinstance(model, EnsembleFit) else "linear"
     # the network (and the stored config, which rebuilds it) follow the head kept, whatever
     # mlp_hidden the config came with

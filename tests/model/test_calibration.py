@@ -14,6 +14,7 @@ from qupath_rkd.model.calibration import (
     fit_calibration,
     fit_logistic,
     fit_normal_tail,
+    ranks_backwards,
 )
 
 
@@ -65,3 +66,26 @@ def test_roundtrip_and_probabilities_in_unit_interval() -> None:
     assert Calibration.from_dict(cal.to_dict()) == cal
     p = cal.apply(np.array([-1e6, 0.0, 2.0, 1e6]))
     assert p.dtype == np.float32 and ((p >= 0) & (p <= 1)).all()
+
+
+def test_scores_ranking_the_classes_backwards_never_invert_the_probabilities() -> None:
+    # Regression: Platt scaling on scores that rank tumour below normal (out-of-fold scores
+    # of a few annotated regions can) gave a negative slope, which turned every probability
+    # of the model around. The normal tail, increasing by construction, replaces it.
+    rng = np.random.default_rng(1)
+    normal = rng.normal(1.0, 0.5, 400)
+    tumour = rng.normal(-1.0, 0.5, 40)  # below the normals
+    scores = np.r_[normal, tumour]
+    labels = np.r_[np.zeros(400, int), np.ones(40, int)]
+    assert fit_logistic(scores, labels).a < 0  # what was used before
+    cal = fit_calibration(scores, labels)
+    assert cal.method == "normal-tail" and cal.a > 0 and ranks_backwards(cal, labels)
+    p = cal.apply(np.array([-2.0, 0.0, 2.0]))
+    assert p[0] < p[1] < p[2]
+    assert cal.apply(np.array([np.quantile(normal, 0.99)]))[0] == pytest.approx(0.5, abs=1e-6)
+    # scores that rank them the right way keep the logistic fit
+    good = fit_calibration(-scores, labels)
+    assert good.method == "logistic" and good.a > 0 and not ranks_backwards(good, labels)
+    # normal patches only: the normal tail, which is no fallback
+    only_normal = fit_calibration(normal, np.zeros(400, int))
+    assert only_normal.method == "normal-tail" and not ranks_backwards(only_normal, np.zeros(3))

@@ -172,3 +172,22 @@ def test_the_network_follows_the_head_kept_whatever_mlp_hidden_came_in(
     obj, _ = read_checkpoint(tmp_path / "l.pt")
     assert obj["config"]["mlp_hidden"] == 0
     assert load_model(tmp_path / "l.pt", device="cpu").net.mlp is None
+
+
+def test_validation_labels_ranked_backwards_give_a_warning_not_inverted_probabilities(
+    tmp_path, pcam_small
+) -> None:
+    """Regression: a negative Platt slope (held-out scores that rank tumour below normal)
+    turned every probability of the model around; now the normal tail calibrates it."""
+    tr, _ = _sets(pcam_small)
+    swapped = PatchFolderDataset([pcam_small["valid_tumor"]], [pcam_small["valid_normal"]])
+    res = train(tr, swapped, _cfg(), tmp_path / "m.pt", tr.fingerprint())
+    assert res.best_metrics["val_auroc"] < 0.5
+    assert res.calibration["method"] == "normal-tail" and res.calibration["a"] > 0
+    assert any("rank tumour below normal" in w for w in res.warnings)
+    model = load_model(tmp_path / "m.pt", device="cpu")
+    scores, probs = model.score_images(_images(tr))
+    order = np.argsort(scores)
+    assert np.all(np.diff(probs[order]) >= 0)  # the probability still rises with the score
+    # the model itself is fine: the right labels rank its scores the right way
+    assert auroc(tr.labels, scores) > 0.9
