@@ -559,26 +559,23 @@ def demo_detections(
     wrote (lesion peaks and the heatmap's maxima below the threshold, as ``predict``'s CSV;
     the lesions where there is none), else one detection per lesion (a lesion in parts is one
     MultiPolygon object) at its maximum probability and peak."""
-    import dataclasses
-
     from qupath_rkd.evaluation.camelyon16 import evaluation_mask, score_detections
     from qupath_rkd.evaluation.predictions import (
         SYNC_PREDICTIONS_DIR,
         read_lesion_detections,
-        read_submission_csv,
+        read_sync_detections,
     )
-    from qupath_rkd.outputs import SUBMISSION_DIR
 
     per_slide = []
     folder = demo.project_dir / PROJECT_SUBDIR / SYNC_PREDICTIONS_DIR
     for slide in demo.slides:
         if slide.spec.role not in roles:
             continue
-        csv_file = folder / SUBMISSION_DIR / f"{slide.entry_id}.csv"
-        if candidates and csv_file.is_file():
-            sub = dataclasses.replace(read_submission_csv(csv_file), slide_id=slide.spec.name)
-        else:
-            sub = read_lesion_detections(folder / f"{slide.entry_id}.geojson", slide.spec.name)
+        sub = (
+            read_sync_detections(folder, str(slide.entry_id), slide.spec.name)
+            if candidates
+            else read_lesion_detections(folder / f"{slide.entry_id}.geojson", slide.spec.name)
+        )
         mask = (
             evaluation_mask(
                 slide.lesions, mpp=slide.mpp, slide_size_px=(slide.width_px, slide.height_px)

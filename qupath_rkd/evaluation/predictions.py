@@ -171,6 +171,17 @@ def read_lesion_detections(path: str | Path, slide_id: str | None = None) -> Sub
     )
 
 
+def read_sync_detections(predictions_dir: str | Path, entry_id: str, slide_id: str) -> Submission:
+    """What ``evaluate`` scores of one image ``sync`` predicted: its Camelyon16 candidate list
+    ``<predictions_dir>/camelyon16/<entry_id>.csv``, or where sync wrote none (before
+    2026-12-07) the lesion objects of ``<predictions_dir>/<entry_id>.geojson``."""
+    folder = Path(predictions_dir)
+    candidates = folder / SUBMISSION_DIR / f"{entry_id}.csv"
+    if candidates.is_file():
+        return dataclasses.replace(read_submission_csv(candidates), slide_id=slide_id)
+    return read_lesion_detections(folder / f"{entry_id}.geojson", slide_id)
+
+
 def read_slide_scores(path: str | Path) -> dict[str, float]:
     """``slide_scores.csv`` (header with ``slide`` and ``score``) → slide id → score."""
     p = Path(path)
@@ -284,12 +295,7 @@ def _read_sync(report_file: Path) -> Predictions:
             dict.fromkeys((slide_id, slide_id_for(image_name), safe_name(image_name), entry_id))
         )
         score = row.get("tumor_score")
-        candidates = folder / SUBMISSION_DIR / f"{entry_id}.csv"
-        detections = (
-            dataclasses.replace(read_submission_csv(candidates), slide_id=slide_id)
-            if candidates.is_file()
-            else read_lesion_detections(geojson, slide_id)
-        )
+        detections = read_sync_detections(folder, entry_id, slide_id)
         slides.append(
             PredictedSlide(
                 slide_id,

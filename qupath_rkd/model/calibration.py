@@ -137,12 +137,13 @@ def fit_calibration(scores: np.ndarray, labels: np.ndarray, method: str = "auto"
     raise DataError(f"unknown calibration {method!r}", hint=f"use one of {METHODS} or auto")
 
 
-def ranks_backwards(calibration: Calibration, labels: np.ndarray) -> bool:
-    """Whether :func:`fit_calibration` fell back from a logistic fit with both classes in
-    ``labels`` to the normal tail because the scores ranked them backwards."""
+def ranks_backwards(calibration: Calibration, labels: np.ndarray, method: str = "auto") -> bool:
+    """Whether :func:`fit_calibration` (asked for ``method``) fell back from a logistic fit
+    with both classes in ``labels`` to the normal tail because the scores ranked them
+    backwards."""
     y = np.asarray(labels)
     has_both = bool((y == LABEL_TUMOR).any() and (y == LABEL_NORMAL).any())
-    return has_both and calibration.method == "normal-tail"
+    return method != "normal-tail" and has_both and calibration.method == "normal-tail"
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -398,7 +398,7 @@ def _fit_and_save(
             history.append({"l2": l2, choice.metric: value})
     calibration = fit_calibration(cal_scores, cal_labels, cfg.calibration)
     auc = auroc(cal_labels, cal_scores)
-    if ranks_backwards(calibration, cal_labels):
+    if ranks_backwards(calibration, cal_labels, cfg.calibration):
         warnings.append(
             f"the held-out scores rank tumour below normal (AUROC {auc:.2f} on {source}): "
             "calibrated on the normal tiles' tail instead, so a probability of 0.5 means as "

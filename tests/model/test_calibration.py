@@ -80,6 +80,9 @@ def test_scores_ranking_the_classes_backwards_never_invert_the_probabilities() -
     assert fit_logistic(scores, labels).a < 0  # what was used before
     cal = fit_calibration(scores, labels)
     assert cal.method == "normal-tail" and cal.a > 0 and ranks_backwards(cal, labels)
+    # the normal tail asked for is no fallback
+    asked = fit_calibration(-scores, labels, "normal-tail")
+    assert not ranks_backwards(asked, labels, "normal-tail")
     p = cal.apply(np.array([-2.0, 0.0, 2.0]))
     assert p[0] < p[1] < p[2]
     assert cal.apply(np.array([np.quantile(normal, 0.99)]))[0] == pytest.approx(0.5, abs=1e-6)
