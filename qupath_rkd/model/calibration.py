@@ -16,6 +16,11 @@ Choice (documented in docs/architecture.md):
   median normal patch maps to 0.01 and the 99th-percentile normal patch to 0.5. This is not a
   probability of tumour (no tumour was seen); it says "as unusual as the top 1 % of normal
   tissue", which with the default threshold 0.5 keeps about 1 % false-positive tiles.
+- **A supervised head whose held-out scores rank the classes backwards: its own probability**
+  (``a = 1, b = 0`` on its logit; :func:`head_probability`). The head is fitted with a
+  class-balanced loss, so its sigmoid is a tumour probability at equal priors: a better fallback
+  for it than the normal tail, which assumes no tumour was ever seen and flattens the heatmap
+  below every candidate floor.
 """
 
 from __future__ import annotations
@@ -117,6 +122,15 @@ def fit_normal_tail(normal_scores: np.ndarray, quantile: float = 0.99) -> Calibr
     return Calibration("normal-tail", 1.0 / scale, -q_hi / scale, int(s.size), 0)
 
 
+def head_probability(n_normal: int, n_tumor: int) -> Calibration:
+    """The identity on a class-balanced head's logit: ``p = sigmoid(logit)``.
+
+    For a head whose held-out logits rank tumour below normal (:func:`ranks_backwards`), where
+    a Platt fit would invert every probability and the normal tail would flatten the heatmap.
+    """
+    return Calibration("head", 1.0, 0.0, int(n_normal), int(n_tumor))
+
+
 def fit_calibration(scores: np.ndarray, labels: np.ndarray, method: str = "auto") -> Calibration:
     """``auto``: logistic with both classes present, else normal-tail on the normal scores.
 
@@ -144,6 +158,16 @@ def ranks_backwards(calibration: Calibration, labels: np.ndarray, method: str = 
     y = np.asarray(labels)
     has_both = bool((y == LABEL_TUMOR).any() and (y == LABEL_NORMAL).any())
     return method != "normal-tail" and has_both and calibration.method == "normal-tail"
+
+
+def backwards_warning(auc: float, source: str) -> str:
+    """The one-line warning of a trainer whose calibration fell back to the normal tail."""
+    return (
+        f"the validation scores rank tumour below normal (AUROC {auc:.2f} on {source}): "
+        "calibrated on the normal scores' tail instead, so a probability of 0.5 means as unusual "
+        "as the top 1 % of normal tissue — check that the tumour and normal folders are not "
+        "swapped"
+    )
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:

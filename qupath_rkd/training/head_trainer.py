@@ -51,7 +51,12 @@ from qupath_rkd.errors import DataError
 from qupath_rkd.features.cache import FeatureCache, open_default_cache
 from qupath_rkd.features.extract import Features, extract_features
 from qupath_rkd.features.views import view_list
-from qupath_rkd.model.calibration import auroc, fit_calibration, ranks_backwards
+from qupath_rkd.model.calibration import (
+    auroc,
+    fit_calibration,
+    head_probability,
+    ranks_backwards,
+)
 from qupath_rkd.model.checkpoint import save_checkpoint
 from qupath_rkd.model.device import resolve_device
 from qupath_rkd.model.head import (
@@ -399,10 +404,15 @@ def _fit_and_save(
     calibration = fit_calibration(cal_scores, cal_labels, cfg.calibration)
     auc = auroc(cal_labels, cal_scores)
     if ranks_backwards(calibration, cal_labels, cfg.calibration):
+        # the head's loss is class-balanced: its own sigmoid is a probability at equal priors,
+        # where the normal tail would put almost every tile below the candidate floor
+        calibration = head_probability(
+            int((cal_labels == LABEL_NORMAL).sum()), int((cal_labels == LABEL_TUMOR).sum())
+        )
         warnings.append(
             f"the held-out scores rank tumour below normal (AUROC {auc:.2f} on {source}): "
-            "calibrated on the normal tiles' tail instead, so a probability of 0.5 means as "
-            "unusual as the top 1 % of normal tissue — annotate more regions of both classes"
+            "not calibrated on them; the probabilities are the head's own (class-balanced) — "
+            "annotate more regions of both classes"
         )
     head = "ensemble" if isinstance(model, EnsembleFit) else "linear"
     # the network (and the stored config, which rebuilds it) follow the head kept, whatever

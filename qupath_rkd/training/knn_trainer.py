@@ -41,7 +41,12 @@ from qupath_rkd.constants import (
 )
 from qupath_rkd.errors import DataError
 from qupath_rkd.features.views import view_list
-from qupath_rkd.model.calibration import auroc, fit_calibration
+from qupath_rkd.model.calibration import (
+    auroc,
+    backwards_warning,
+    fit_calibration,
+    ranks_backwards,
+)
 from qupath_rkd.model.checkpoint import save_checkpoint
 from qupath_rkd.model.device import resolve_device
 from qupath_rkd.model.local_knn import LocalKnnNetwork, sample_bank
@@ -238,6 +243,8 @@ def _train(
     cal_scores, cal_labels = cal_scores[ok], cal_labels[ok]
     calibration = fit_calibration(cal_scores, cal_labels, cfg.calibration)
     auc = auroc(cal_labels, cal_scores)
+    if ranks_backwards(calibration, cal_labels, cfg.calibration):
+        warnings.append(backwards_warning(auc, source))
     if skipped:
         warnings.insert(0, f"{skipped} unreadable or malformed images were skipped")
     metrics = {

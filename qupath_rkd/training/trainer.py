@@ -42,7 +42,13 @@ from qupath_rkd import __version__
 from qupath_rkd.constants import LABEL_NORMAL, LABEL_TUMOR
 from qupath_rkd.errors import CheckpointError, ConfigError, DataError
 from qupath_rkd.model.anomaly_map import anomaly_map, patch_scores
-from qupath_rkd.model.calibration import Calibration, auroc, fit_calibration
+from qupath_rkd.model.calibration import (
+    Calibration,
+    auroc,
+    backwards_warning,
+    fit_calibration,
+    ranks_backwards,
+)
 from qupath_rkd.model.checkpoint import save_checkpoint
 from qupath_rkd.model.device import amp_dtype, resolve_device
 from qupath_rkd.model.loss import focal_similarity_loss
@@ -345,6 +351,8 @@ class _Run:
         self.best: dict[str, Any] = {}
         self.model_id = ""
         self.calibration: Calibration | None = None
+        #: the warning when the kept epoch's calibration fell back to the normal tail, else ""
+        self.calibration_backwards = ""
         self.skipped_train: set[int] = set()
         self.skipped_valid: set[int] = set()
         self.nonfinite_steps = 0
@@ -556,6 +564,11 @@ class _Run:
         if better:
             self.best_value = value
             self.calibration = fit_calibration(scores, labels, self.cfg.calibration)
+            self.calibration_backwards = (
+                backwards_warning(auc, self.valid_source)
+                if ranks_backwards(self.calibration, labels, self.cfg.calibration)
+                else ""
+            )
             metrics = dict(record, selected_by=self.select_by, n_valid=len(labels))
             self.model_id = save_checkpoint(
                 self.out, self.net, self.cfg, self.calibration, self.dataset_hash, metrics
@@ -956,12 +969,15 @@ def train(
         warnings.append(f"{run.nonfinite_steps} steps had a non-finite loss and were skipped")
     if run.valid_source == "train":
         warnings.append("no validation set: kept the last epoch and calibrated on training patches")
+    swapped = None
     if run.valid_source == "valid":
         swapped = swapped_labels_warning(
             run.best.get("val_auroc"), _counts(run.train_labels)["tumor"]
         )
         if swapped:
             warnings.append(swapped)
+    if run.calibration_backwards and not swapped:  # one warning for one cause
+        warnings.append(run.calibration_backwards)
     for w in warnings:  # the caller shows TrainResult.warnings; logged for the record
         logger.info("%s", w)
     if not interrupted and run.dist.is_main and run.resume_path.exists():

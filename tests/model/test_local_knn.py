@@ -118,3 +118,16 @@ def test_knn_training_skips_and_counts_malformed_images(tmp_path, pcam_small) ->
     ends = [e for e in events if e.finished]
     assert all(e.done == e.total for e in ends)  # the skipped item counts as seen
     assert load_model(tmp_path / "k.pt", device="cpu").net.bank.shape[0] == 500
+
+
+def test_knn_validation_ranked_backwards_falls_back_with_a_warning(tmp_path, pcam_small) -> None:
+    """Regression: the kNN trainer fell back to the normal tail on swapped validation folders
+    without telling the user (only the head trainer warned)."""
+    tr = PatchFolderDataset([pcam_small["train_normal"]])
+    swapped = PatchFolderDataset([pcam_small["valid_tumor"]], [pcam_small["valid_normal"]])
+    cfg = TrainConfig(scorer="knn", device="cpu", seed=0, mpp=0.972, knn_bank_size=500)
+    res = train(tr, swapped, cfg, tmp_path / "k.pt", tr.fingerprint())
+    if res.best_metrics["val_auroc"] >= 0.5:
+        pytest.fail(f"the swapped folders did not rank backwards: {res.best_metrics}")
+    assert res.calibration["method"] == "normal-tail" and res.calibration["a"] > 0
+    assert any("rank tumour below normal" in w and "swapped" in w for w in res.warnings)
