@@ -80,4 +80,12 @@ def evaluate(
         click.echo(f"Slide AUC: {report.slide_auc:.4f} (scores: {report.slide_score_source})")
     else:
         click.echo(f"Slide AUC: not defined ({report.slide_auc_note})")
+    if report.stale_slides:
+        click.echo(
+            f"Warning: {len(report.stale_slides)} slide(s) scored on STALE predictions (the "
+            f"last sync failed on them and kept the previous model's): "
+            + ", ".join(report.stale_slides[:10])
+            + " — fix them and sync again for a score of the current model",
+            err=True,
+        )
     click.echo(f"Wrote {paths['json']} and {paths['png']}")

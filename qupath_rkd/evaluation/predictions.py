@@ -78,6 +78,8 @@ class PredictedSlide:
             submission's lines, or for ``sync`` one per lesion (its peak).
         score: the slide score (``slide_scores.csv`` or ``report.json``), ``None`` when absent.
         mpp: the slide's level-0 µm/px as the predictions record it, ``None`` when unknown.
+        stale: ``sync`` failed on the slide and kept its previous predictions (another model
+            or settings), which are scored, and said to be stale.
     """
 
     slide_id: str
@@ -85,6 +87,7 @@ class PredictedSlide:
     detections: Submission
     score: float | None
     mpp: float | None
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,7 @@ def _read_sync(report_file: Path) -> Predictions:
                 detections,
                 None if score is None else float(score),
                 mpps.get(entry_id),
+                stale=bool(row.get("stale")),
             )
         )
     if not slides:

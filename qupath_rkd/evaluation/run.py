@@ -104,6 +104,11 @@ class EvaluationReport:
     layout: str = ""
     default_out_dir: Path | None = None
 
+    @property
+    def stale_slides(self) -> list[str]:
+        """Slides scored on the previous predictions ``sync`` kept when it failed on them."""
+        return [str(row["slide"]) for row in self.slides if row.get("stale")]
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (the content of ``evaluation.json``)."""
         return {
@@ -117,6 +122,7 @@ class EvaluationReport:
             "slide_auc_note": self.slide_auc_note,
             "slide_score_source": self.slide_score_source,
             "predictions_layout": self.layout,
+            "stale_slides": self.stale_slides,
             "protocol": "Camelyon16 (Ehteshami Bejnordi et al. 2017): evaluation mask at level 5, "
             "grown by 37.5 um, holes filled, 8-connected; ITC < 275 um ignored",
             "slides": self.slides,
@@ -193,6 +199,7 @@ def evaluate(
                 "lesions_hit": int(np.count_nonzero(det.tp_probs > 0)),
                 "itc_hits": det.n_itc_hits,
                 "slide_score": score,
+                "stale": slide.stale,
             }
         )
     result = froc(per_slide)

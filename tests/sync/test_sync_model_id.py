@@ -53,6 +53,16 @@ def test_identical_retrain_after_losing_the_state_rewrites_nothing(synced_copy: 
     assert snapshot(root) == before
 
 
+def _evaluate(project: Path) -> dict[str, object]:
+    """``qupath-rkd evaluate`` on the project against its truth; its evaluation.json."""
+    truth = project.parent / "truth"
+    res = CliRunner().invoke(cli, ["evaluate", "--truth", str(truth), "--pred", str(project)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((project / "qupath-rkd" / "evaluation" / "evaluation.json").read_text())
+    assert ("STALE predictions" in res.output) == bool(summary["stale_slides"]), res.output
+    return summary
+
+
 def _rows(project: Path) -> dict[str, dict[str, object]]:
     report = json.loads((project / "qupath-rkd" / "report.json").read_text())
     return {str(row["image_name"]): row for row in report["slides"]}
@@ -72,6 +82,8 @@ def test_a_failed_slides_old_prediction_is_marked_stale(
     old_rows = _rows(synced_copy)
     entry = str(old_rows["D.tif"]["entry_id"])
     output = synced_copy / "qupath-rkd" / "predictions" / f"{entry}.geojson"
+    candidates = synced_copy / "qupath-rkd" / "predictions" / "camelyon16" / f"{entry}.csv"
+    old_candidates = candidates.read_bytes()
     original = inference.predict_slide
 
     def fails_on_d(path: Path, *args: object, **kwargs: object) -> object:
@@ -98,8 +110,16 @@ def test_a_failed_slides_old_prediction_is_marked_stale(
     assert code == 1 and "model up to date" in out, out
     assert snapshot(synced_copy.parent) == before
 
+    # evaluate scores D's kept candidate list (the previous model's) and says it is stale
+    # (regression: it scored it as the current model's without a word)
+    assert candidates.read_bytes() == old_candidates
+    summary = _evaluate(synced_copy)
+    assert summary["stale_slides"] == ["D"], summary
+    assert [r["stale"] for r in summary["slides"] if r["slide"] == "D"] == [True]
+
     monkeypatch.setattr(inference, "predict_slide", original)
     code, out = _sync(synced_copy, **{"training.seed": 7})
     assert code == 0 and "1 slide(s) predicted" in out, out
     assert _rows(synced_copy)["D.tif"]["stale"] is False
     assert "STALE" not in output.read_text()
+    assert _evaluate(synced_copy)["stale_slides"] == []
