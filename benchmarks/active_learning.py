@@ -78,6 +78,7 @@ if str(REPO) not in sys.path:
 ORACLE_NAME = "oracle"
 STRATEGIES = (
     "uncertainty_diversity",
+    "tumour_first",
     "random",
     "top_probability",
     "uncertainty",

@@ -16,8 +16,14 @@ SIGNAL_COMBINED = "uncertainty_diversity"
 SIGNAL_RANDOM = "random"
 SIGNAL_TOP_PROBABILITY = "top_probability"
 
+#: ``top_probability`` while the labelled tumour forms fewer than
+#: :data:`TUMOUR_FIRST_MIN_REGIONS` regions, then ``uncertainty_diversity`` (resolved by
+#: :func:`tumour_first_signal`; ``sync`` counts the regions).
+SIGNAL_TUMOUR_FIRST = "tumour_first"
+
 SIGNALS: tuple[str, ...] = (
     SIGNAL_COMBINED,
+    SIGNAL_TUMOUR_FIRST,
     SIGNAL_UNCERTAINTY,
     SIGNAL_TTA,
     SIGNAL_DIVERSITY,
@@ -25,6 +31,23 @@ SIGNALS: tuple[str, ...] = (
     SIGNAL_TOP_PROBABILITY,
 )
 DEFAULT_SIGNAL = SIGNAL_COMBINED
+
+#: Labelled tumour regions (connected tumour tiles) from which ``tumour_first`` turns to
+#: ``uncertainty_diversity``: the head's cross-validation folds over annotated regions
+#: (``TrainConfig.cv_folds``). With fewer, the model's probabilities near the threshold are
+#: checked on fewer held-out tumour regions than folds, and tumour, the scarce class, is what
+#: a new annotation adds most.
+TUMOUR_FIRST_MIN_REGIONS = 5
+
+
+def tumour_first_signal(n_tumour_regions: int) -> str:
+    """The signal ``tumour_first`` stands for with ``n_tumour_regions`` labelled tumour
+    regions: ``top_probability`` below :data:`TUMOUR_FIRST_MIN_REGIONS`, else
+    ``uncertainty_diversity``."""
+    if n_tumour_regions < TUMOUR_FIRST_MIN_REGIONS:
+        return SIGNAL_TOP_PROBABILITY
+    return SIGNAL_COMBINED
+
 
 #: Why a region is suggested, as its QuPath name says it.
 REASON_UNCERTAIN = "uncertain"

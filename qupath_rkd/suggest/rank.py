@@ -20,6 +20,9 @@ Signals (``SuggestConfig.signal``), each a score per candidate region, higher fi
   most distant candidate (in [0, 1]), picked greedily, so the picks are uncertain and
   unlike what is labelled and unlike each other. Without features it is ``uncertainty``.
 - ``random`` (seeded) and ``top_probability`` (mean probability): baselines.
+- ``tumour_first``: ``top_probability`` while the labelled tumour forms few regions, then
+  ``uncertainty_diversity``; the caller resolves it
+  (:func:`~qupath_rkd.suggest.config.tumour_first_signal`).
 
 Every signal picks greedily under the same rules: at most ``per_slide`` per slide and
 ``per_project`` in all, and no pick overlapping or touching (sharing a cell edge or corner
@@ -45,6 +48,7 @@ from qupath_rkd.suggest.config import (
     SIGNAL_RANDOM,
     SIGNAL_TOP_PROBABILITY,
     SIGNAL_TTA,
+    SIGNAL_TUMOUR_FIRST,
     SIGNAL_UNCERTAINTY,
     SuggestConfig,
 )
@@ -163,6 +167,11 @@ def suggest_regions(
     Returns:
         The suggestions (rank 1 first) and notes.
     """
+    if config.signal == SIGNAL_TUMOUR_FIRST:
+        raise ValueError(
+            f"{SIGNAL_TUMOUR_FIRST} depends on the labelled set: resolve it with "
+            "tumour_first_signal() first (sync does)"
+        )
     result = SuggestResult()
     sig = config.signal
     candidates: list[Candidate] = []

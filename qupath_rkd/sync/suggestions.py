@@ -18,6 +18,7 @@ files are in QuPath's (minus ``bounds_offset_px``); report rows give µm in QuPa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,6 +32,12 @@ from qupath_rkd.constants import TOOL_TAG
 from qupath_rkd.errors import QupathRkdError
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.outputs import SLIDE_METADATA_KEYS
+from qupath_rkd.suggest.config import (
+    SIGNAL_COMBINED,
+    SIGNAL_TUMOUR_FIRST,
+    TUMOUR_FIRST_MIN_REGIONS,
+    tumour_first_signal,
+)
 from qupath_rkd.sync.config import SyncConfig
 from qupath_rkd.sync.report import STATUS_PREDICTED, STATUS_UP_TO_DATE, SyncOutcome
 
@@ -98,6 +105,14 @@ def update_suggestions(
         outcome.suggestions = previous
         return
     notes: list[str] = []
+    configured = cfg.signal
+    if cfg.signal == SIGNAL_TUMOUR_FIRST:
+        n_regions = tumour_regions(labelled)
+        cfg = dataclasses.replace(cfg, signal=tumour_first_signal(n_regions))
+        notes.append(
+            f"signal {SIGNAL_TUMOUR_FIRST}: {cfg.signal} ({n_regions} labelled tumour "
+            f"region(s); {TUMOUR_FIRST_MIN_REGIONS} turn it to {SIGNAL_COMBINED})"
+        )
     base = _base_features(usable, backend, tx, notes)
     slides = []
     for entry in usable:
@@ -144,12 +159,28 @@ def update_suggestions(
         entry = by_id[s.entry_id]
         offset = (float(entry.bounds_offset_px[0]), float(entry.bounds_offset_px[1]))
         rows.append(suggestion_row(s, slides[s.slide_index].heatmap.mpp, offset))
-    outcome.suggestions = {"key": key, "signal": cfg.signal, "regions": rows, "notes": notes}
+    outcome.suggestions = {
+        "key": key,
+        "signal": cfg.signal,
+        "configured_signal": configured,
+        "regions": rows,
+        "notes": notes,
+    }
     new = suggestion_features(result.suggestions, key)
     _restage(usable, backend, tx, new, set(base), base=base)
     if echo is not None:
         for note in notes:
             echo(f"suggestions: {note}")
+
+
+def tumour_regions(labelled: Any) -> int:
+    """Connected regions of labelled tumour tiles (:func:`~qupath_rkd.labels.regions.tile_groups`,
+    as the head's cross-validation holds them out); 0 without a labelled set."""
+    from qupath_rkd.constants import LABEL_TUMOR
+    from qupath_rkd.labels.regions import tile_groups
+
+    items = [t for t in getattr(labelled, "items", None) or () if t.label == LABEL_TUMOR]
+    return len(set(tile_groups(items).tolist())) if items else 0
 
 
 def _previous(project_dir: Path) -> dict[str, Any] | None:

@@ -49,7 +49,10 @@ def _feature_fn(slides: list[SuggestSlide]):  # type: ignore[no-untyped-def]
     return fn
 
 
-@pytest.mark.parametrize("signal", [s for s in SIGNALS if s != "tta_disagreement"])
+# tumour_first is resolved to one of the others by its caller (sync), tested below
+@pytest.mark.parametrize(
+    "signal", [s for s in SIGNALS if s not in ("tta_disagreement", "tumour_first")]
+)
 def test_never_on_annotations_or_flagged_slides_and_within_the_caps(signal: str) -> None:
     slides = _slides()
     cfg = SuggestConfig(signal=signal, per_slide=3, per_project=5)
@@ -223,3 +226,20 @@ def test_suggestion_features_are_recognised_after_a_round_trip() -> None:
     again = json.loads(features_to_json(feats))["features"]
     assert again and all(is_suggestion_feature(f) for f in again)
     assert not is_suggestion_feature({"properties": {"classification": {"name": "Tumor"}}})
+
+
+def test_tumour_first_turns_to_uncertainty_diversity_at_enough_tumour_regions() -> None:
+    from qupath_rkd.suggest.config import (
+        SIGNAL_COMBINED,
+        SIGNAL_TOP_PROBABILITY,
+        SIGNAL_TUMOUR_FIRST,
+        TUMOUR_FIRST_MIN_REGIONS,
+        tumour_first_signal,
+    )
+
+    assert tumour_first_signal(0) == SIGNAL_TOP_PROBABILITY
+    assert tumour_first_signal(TUMOUR_FIRST_MIN_REGIONS - 1) == SIGNAL_TOP_PROBABILITY
+    assert tumour_first_signal(TUMOUR_FIRST_MIN_REGIONS) == SIGNAL_COMBINED
+    # unresolved, it is a clear error, never a silent fallback to another signal
+    with pytest.raises(ValueError, match="tumour_first_signal"):
+        suggest_regions([], threshold=0.5, config=SuggestConfig(signal=SIGNAL_TUMOUR_FIRST))

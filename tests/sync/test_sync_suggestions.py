@@ -129,3 +129,25 @@ def test_tta_disagreement_suggests_in_sync(synced_copy: Path) -> None:
     assert {r["reason"] for r in regions} == {"views disagree"}
     assert not any("per-view" in n for n in outcome.suggestions["notes"])
     assert sum(len(v) for v in _suggested(synced_copy).values()) == len(regions)
+
+
+def test_tumour_first_is_top_probability_until_enough_tumour_regions(synced_copy: Path) -> None:
+    """``tumour_first`` ranks by the tumour probability while the labelled tumour forms fewer
+    regions than the head's folds (the demo project: one outlined lesion), and says so; the
+    report keeps the signal asked for beside the one used."""
+    from qupath_rkd.suggest.config import TUMOUR_FIRST_MIN_REGIONS
+    from qupath_rkd.sync.suggestions import tumour_regions
+
+    config = load_config(synced_copy, {**FAST, "suggest.signal": "tumour_first"})
+    backend, _ = get_backend(open_project(synced_copy), "geojson")
+    entries = backend.images()
+    sets = {e.entry_id: backend.read_annotations(e) for e in entries}
+    n_regions = tumour_regions(build_labelled_set(entries, sets, config))
+    assert 1 <= n_regions < TUMOUR_FIRST_MIN_REGIONS
+    outcome = run_sync(synced_copy, config)
+    assert outcome.exit_code == 0 and not outcome.trained
+    s = outcome.suggestions
+    assert s is not None and s["configured_signal"] == "tumour_first"
+    assert s["signal"] == "top_probability"
+    assert s["regions"] and {r["reason"] for r in s["regions"]} == {"probable tumour"}
+    assert any(f"{n_regions} labelled tumour region(s)" in n for n in s["notes"]), s["notes"]
