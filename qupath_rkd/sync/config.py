@@ -296,7 +296,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             DEFAULT_SIGNAL,
             "choice",
             "how regions are ranked (uncertainty_diversity: near the threshold and unlike "
-            "anything labelled; random and top_probability are baselines)",
+            "anything labelled; tumour_first: the most probable tumour until the labelled "
+            "tumour forms 5 regions, then uncertainty_diversity; random and top_probability "
+            "are baselines)",
             choices=SIGNALS,
         ),
         "seed": Key(0, "int", "seed of the random signal", minimum=0),
