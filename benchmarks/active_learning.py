@@ -79,6 +79,7 @@ ORACLE_NAME = "oracle"
 STRATEGIES = (
     "uncertainty_diversity",
     "tumour_first",
+    "mixed",
     "random",
     "top_probability",
     "uncertainty",

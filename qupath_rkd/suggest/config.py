@@ -21,8 +21,12 @@ SIGNAL_TOP_PROBABILITY = "top_probability"
 #: :func:`tumour_first_signal`; ``sync`` counts the regions).
 SIGNAL_TUMOUR_FIRST = "tumour_first"
 
+#: ``uncertainty_diversity`` and ``top_probability`` picks in turn (rank 1 the former's).
+SIGNAL_MIXED = "mixed"
+
 SIGNALS: tuple[str, ...] = (
     SIGNAL_COMBINED,
+    SIGNAL_MIXED,
     SIGNAL_TUMOUR_FIRST,
     SIGNAL_UNCERTAINTY,
     SIGNAL_TTA,

@@ -20,6 +20,8 @@ Signals (``SuggestConfig.signal``), each a score per candidate region, higher fi
   most distant candidate (in [0, 1]), picked greedily, so the picks are uncertain and
   unlike what is labelled and unlike each other. Without features it is ``uncertainty``.
 - ``random`` (seeded) and ``top_probability`` (mean probability): baselines.
+- ``mixed``: ``uncertainty_diversity`` and ``top_probability`` picks in turn (odd ranks the
+  former, even ranks the latter; without features the former is ``uncertainty``).
 - ``tumour_first``: ``top_probability`` while the labelled tumour forms few regions, then
   ``uncertainty_diversity``; the caller resolves it
   (:func:`~qupath_rkd.suggest.config.tumour_first_signal`).
@@ -45,6 +47,7 @@ from qupath_rkd.suggest.config import (
     REASON_VIEWS,
     SIGNAL_COMBINED,
     SIGNAL_DIVERSITY,
+    SIGNAL_MIXED,
     SIGNAL_RANDOM,
     SIGNAL_TOP_PROBABILITY,
     SIGNAL_TTA,
@@ -239,14 +242,15 @@ def suggest_regions(
     # features of a pool of candidates per slide (the diversity signals)
     feats: np.ndarray | None = None
     d_lab = np.full(len(candidates), np.nan)
-    if sig in (SIGNAL_DIVERSITY, SIGNAL_COMBINED):
+    if sig in (SIGNAL_DIVERSITY, SIGNAL_COMBINED, SIGNAL_MIXED):
         if feature_fn is None:
             if sig == SIGNAL_DIVERSITY:
                 result.notes.append(f"{SIGNAL_DIVERSITY}: no features available: no suggestions")
                 return result
         else:
             feats, pool = _pool_features(candidates, unc, sig, config, feature_fn)
-            usable &= pool
+            if sig != SIGNAL_MIXED:  # its probable-tumour turns may pick outside the pool
+                usable &= pool
             if labelled_features is not None and len(labelled_features):
                 lab = _unit(np.asarray(labelled_features).reshape(len(labelled_features), -1))
                 for i in np.flatnonzero(pool).tolist():
@@ -273,10 +277,17 @@ def suggest_regions(
         if not avail.any():
             break
         score = base
-        if feats is not None and sig == SIGNAL_DIVERSITY:
+        turn = sig
+        if sig == SIGNAL_MIXED:  # odd ranks uncertain and unlike, even ranks probable tumour
+            turn = SIGNAL_COMBINED if len(picked) % 2 == 0 else SIGNAL_TOP_PROBABILITY
+            if turn == SIGNAL_TOP_PROBABILITY:
+                score = mean_p
+        if feats is not None and turn == SIGNAL_DIVERSITY:
             score = d_now
-        elif feats is not None and sig == SIGNAL_COMBINED:
+        elif feats is not None and turn == SIGNAL_COMBINED:
             score = unc * (np.minimum(1.0, d_now / d_ref) if d_ref > 0 else 1.0)
+            if sig == SIGNAL_MIXED:
+                score = np.where(pool, score, np.nan)  # features only in the pool
         score = np.where(avail, np.round(np.nan_to_num(score, nan=-np.inf), 9), -np.inf)
         best = int(np.argmax(score))  # the first candidate (slide, window order) on a tie
         picked.append(best)
@@ -295,7 +306,7 @@ def suggest_regions(
                 slides[c.slide_index],
                 float(score[best]),
                 sig,
-                _reason(sig, d_lab[best], d_ref),
+                _reason(turn, d_lab[best], d_ref),
                 float(mean_p[best]),
                 float(unc[best]),
                 None if not np.isfinite(d_lab[best]) else float(d_lab[best]),
