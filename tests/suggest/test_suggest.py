@@ -243,3 +243,33 @@ def test_tumour_first_turns_to_uncertainty_diversity_at_enough_tumour_regions() 
     # unresolved, it is a clear error, never a silent fallback to another signal
     with pytest.raises(ValueError, match="tumour_first_signal"):
         suggest_regions([], threshold=0.5, config=SuggestConfig(signal=SIGNAL_TUMOUR_FIRST))
+
+
+def test_mixed_takes_uncertain_and_probable_picks_in_turn() -> None:
+    """``mixed``: odd ranks are the combined signal's picks (reason uncertain...), even ranks
+    the most probable tumour left (reason probable tumour), and the first of each kind is
+    what that signal alone would pick first."""
+    slides = _slides()
+    labelled = np.random.default_rng(0).random((20, 4))
+
+    def run(signal: str):  # type: ignore[no-untyped-def]
+        cfg = SuggestConfig(signal=signal, per_slide=3, per_project=4, region_um=300.0)
+        return suggest_regions(
+            slides,
+            threshold=0.4,
+            config=cfg,
+            feature_fn=_feature_fn(slides),
+            labelled_features=labelled,
+        ).suggestions
+
+    mixed, combined, top = run("mixed"), run("uncertainty_diversity"), run("top_probability")
+    assert len(mixed) == 4
+    assert [s.reason.startswith("uncertain") for s in mixed] == [True, False, True, False]
+    assert [s.reason for s in mixed[1::2]] == ["probable tumour"] * 2
+    assert mixed[0].geometry.equals(combined[0].geometry)
+    first_top = next(s for s in top if not s.geometry.intersects(mixed[0].geometry))
+    assert mixed[1].geometry.equals(first_top.geometry)
+    # the probable picks are the likeliest tumour: above every uncertain pick's mean
+    assert min(s.mean_probability for s in mixed[1::2]) > max(
+        s.mean_probability for s in mixed[0::2]
+    )
