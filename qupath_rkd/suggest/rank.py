@@ -241,6 +241,7 @@ def suggest_regions(
 
     # features of a pool of candidates per slide (the diversity signals)
     feats: np.ndarray | None = None
+    in_pool = np.zeros(len(candidates), dtype=bool)  # candidates with features
     d_lab = np.full(len(candidates), np.nan)
     if sig in (SIGNAL_DIVERSITY, SIGNAL_COMBINED, SIGNAL_MIXED):
         if feature_fn is None:
@@ -249,6 +250,7 @@ def suggest_regions(
                 return result
         else:
             feats, pool = _pool_features(candidates, unc, sig, config, feature_fn)
+            in_pool = pool
             if sig != SIGNAL_MIXED:  # its probable-tumour turns may pick outside the pool
                 usable &= pool
             if labelled_features is not None and len(labelled_features):
@@ -287,7 +289,7 @@ def suggest_regions(
         elif feats is not None and turn == SIGNAL_COMBINED:
             score = unc * (np.minimum(1.0, d_now / d_ref) if d_ref > 0 else 1.0)
             if sig == SIGNAL_MIXED:
-                score = np.where(pool, score, np.nan)  # features only in the pool
+                score = np.where(in_pool, score, np.nan)  # features only in the pool
         score = np.where(avail, np.round(np.nan_to_num(score, nan=-np.inf), 9), -np.inf)
         best = int(np.argmax(score))  # the first candidate (slide, window order) on a tie
         picked.append(best)
