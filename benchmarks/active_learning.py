@@ -21,7 +21,8 @@ the oracle reads the suggestion objects ``sync`` wrote into the prediction files
 shows), and for each region appends to that image's exported GeoJSON a ``Tumor`` annotation =
 truth ∩ region and a ``Normal`` annotation (the class the label reader takes as normal:
 ``classes.normal``) = region − truth; existing annotations are never touched. Then ``sync`` runs
-again. Strategies: the ``suggest.signal`` values (the default ``uncertainty_diversity``, the
+again. Strategies: the ``suggest.signal`` values (the default ``mixed``, its parts
+``uncertainty_diversity`` and ``top_probability`` taking turns; ``tumour_first``; the
 single signals ``uncertainty``, ``diversity`` and ``tta_disagreement`` (sync scores the tiles
 of each slide's most uncertain candidates in 4 dihedral views), the baselines ``random`` —
 random regions of the same size from unannotated tissue — and ``top_probability``). Round 0
@@ -77,9 +78,9 @@ if str(REPO) not in sys.path:
 #: Name prefix of the oracle's annotations (not ``qupath-rkd …``: they are the pathologist's).
 ORACLE_NAME = "oracle"
 STRATEGIES = (
+    "mixed",
     "uncertainty_diversity",
     "tumour_first",
-    "mixed",
     "random",
     "top_probability",
     "uncertainty",
@@ -1115,7 +1116,7 @@ def main() -> None:
         resummarise(args.summarise)
         return
     if args.smoke:
-        args.rounds, args.seeds, args.strategies = 1, "0", "uncertainty_diversity,random"
+        args.rounds, args.seeds, args.strategies = 1, "0", "mixed,random"
         args.size_px, args.train_tumour, args.test_tumour, args.test_normal = 1200, 2, 2, 1
         args.train_normal, args.reference = 1, False
         args.out = args.out.parent / (args.out.name + "_smoke")

@@ -10,7 +10,7 @@ SIGNAL_UNCERTAINTY = "uncertainty"
 SIGNAL_TTA = "tta_disagreement"
 #: Distance of the region's mean features from every labelled tile's (needs features).
 SIGNAL_DIVERSITY = "diversity"
-#: Uncertainty weighted by diversity, picked greedily (the default).
+#: Uncertainty weighted by diversity, picked greedily.
 SIGNAL_COMBINED = "uncertainty_diversity"
 #: Baselines for the benchmark: seeded random regions; the highest mean probability.
 SIGNAL_RANDOM = "random"
@@ -21,7 +21,8 @@ SIGNAL_TOP_PROBABILITY = "top_probability"
 #: :func:`tumour_first_signal`; ``sync`` counts the regions).
 SIGNAL_TUMOUR_FIRST = "tumour_first"
 
-#: ``uncertainty_diversity`` and ``top_probability`` picks in turn (rank 1 the former's).
+#: ``uncertainty_diversity`` and ``top_probability`` picks in turn (rank 1 the former's): the
+#: default, measured best in ``benchmarks/active_learning.py`` (docs/benchmarks.md).
 SIGNAL_MIXED = "mixed"
 
 SIGNALS: tuple[str, ...] = (
@@ -34,7 +35,7 @@ SIGNALS: tuple[str, ...] = (
     SIGNAL_RANDOM,
     SIGNAL_TOP_PROBABILITY,
 )
-DEFAULT_SIGNAL = SIGNAL_COMBINED
+DEFAULT_SIGNAL = SIGNAL_MIXED
 
 #: Labelled tumour regions (connected tumour tiles) from which ``tumour_first`` turns to
 #: ``uncertainty_diversity``: the head's cross-validation folds over annotated regions

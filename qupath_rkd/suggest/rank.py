@@ -16,12 +16,14 @@ Signals (``SuggestConfig.signal``), each a score per candidate region, higher fi
   again). Slides with neither are left out, with a note.
 - ``diversity``: the distance (L2-normalised mean features, Euclidean, in [0, 2]) from the
   region to the nearest labelled tile and to the regions already picked.
-- ``uncertainty_diversity`` (default): uncertainty times the diversity relative to the
+- ``uncertainty_diversity``: uncertainty times the diversity relative to the
   most distant candidate (in [0, 1]), picked greedily, so the picks are uncertain and
   unlike what is labelled and unlike each other. Without features it is ``uncertainty``.
 - ``random`` (seeded) and ``top_probability`` (mean probability): baselines.
-- ``mixed``: ``uncertainty_diversity`` and ``top_probability`` picks in turn (odd ranks the
-  former, even ranks the latter; without features the former is ``uncertainty``).
+- ``mixed`` (default): ``uncertainty_diversity`` and ``top_probability`` picks in turn (odd
+  ranks the former, even ranks the latter; without features the former is ``uncertainty``):
+  regions the model is unsure of and unlike what is labelled, and the regions it calls tumour
+  most surely, which she confirms or corrects (a corrected one is a hard negative).
 - ``tumour_first``: ``top_probability`` while the labelled tumour forms few regions, then
   ``uncertainty_diversity``; the caller resolves it
   (:func:`~qupath_rkd.suggest.config.tumour_first_signal`).

@@ -295,7 +295,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "signal": Key(
             DEFAULT_SIGNAL,
             "choice",
-            "how regions are ranked (uncertainty_diversity: near the threshold and unlike "
+            "how regions are ranked (mixed: uncertainty_diversity and top_probability picks in "
+            "turn; uncertainty_diversity: near the threshold and unlike "
             "anything labelled; tumour_first: the most probable tumour until the labelled "
             "tumour forms 5 regions, then uncertainty_diversity; random and top_probability "
             "are baselines)",

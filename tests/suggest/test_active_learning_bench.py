@@ -175,8 +175,8 @@ def test_simulation_tiny(shared_data: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "al_smoke" / "results.json").read_text())
     rows = result["rows"]
-    assert {r["strategy"] for r in rows} == {"uncertainty_diversity", "random"}
-    for strategy in ("uncertainty_diversity", "random"):
+    assert {r["strategy"] for r in rows} == {"mixed", "random"}
+    for strategy in ("mixed", "random"):
         mine = sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: r["round"])
         assert [r["round"] for r in mine] == [0, 1]
         assert mine[1]["regions"] > 0 and mine[1]["area_mm2"] > mine[0]["area_mm2"]
