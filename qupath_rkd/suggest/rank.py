@@ -292,8 +292,12 @@ def suggest_regions(
             score = unc * (np.minimum(1.0, d_now / d_ref) if d_ref > 0 else 1.0)
             if sig == SIGNAL_MIXED:
                 score = np.where(in_pool, score, np.nan)  # features only in the pool
+                if not (avail & in_pool).any():  # the pool is used up: the other turn's pick
+                    turn, score = SIGNAL_TOP_PROBABILITY, mean_p
         score = np.where(avail, np.round(np.nan_to_num(score, nan=-np.inf), 9), -np.inf)
         best = int(np.argmax(score))  # the first candidate (slide, window order) on a tie
+        if not np.isfinite(score[best]):
+            break  # nothing left with a score: never a suggestion scored -inf
         picked.append(best)
         c = candidates[best]
         per_slide[c.slide_index] = per_slide.get(c.slide_index, 0) + 1

@@ -273,3 +273,25 @@ def test_mixed_takes_uncertain_and_probable_picks_in_turn() -> None:
     assert min(s.mean_probability for s in mixed[1::2]) > max(
         s.mean_probability for s in mixed[0::2]
     )
+
+
+def test_mixed_never_suggests_with_an_infinite_score_when_its_pool_runs_out() -> None:
+    """Regression: ``qupath-rkd demo`` failed with "'Suggestion score' ... is -inf" when the
+    combined turn of ``mixed`` found every candidate with features (the most uncertain ones)
+    blocked by earlier picks; that turn now goes to the most probable tumour instead."""
+    prob = np.full((30, 40), 0.95, dtype=np.float32)
+    prob[:5, :5] = 0.4  # the only uncertain tissue: one small patch, used up by one pick
+    slides = [SuggestSlide("1", "one.tif", Heatmap(prob, (0.0, 0.0), CELL_PX, CELL_PX, 1.0))]
+    cfg = SuggestConfig(signal="mixed", per_slide=5, per_project=5, region_um=300.0)
+    got = suggest_regions(
+        slides,
+        threshold=0.4,
+        config=cfg,
+        feature_fn=_feature_fn(slides),
+        labelled_features=np.random.default_rng(0).random((20, 4)),
+    ).suggestions
+    assert len(got) == 5
+    assert all(np.isfinite(s.score) for s in got), [s.score for s in got]
+    # ranks 1 and 3 from the pool; at rank 5, the combined signal's turn, it is used up
+    assert [s.reason.startswith("uncertain") for s in got] == [True, False, True, False, False]
+    assert got[4].reason == "probable tumour"
