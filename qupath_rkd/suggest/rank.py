@@ -305,8 +305,10 @@ def suggest_regions(
         mask = _touch_mask(shape, c.cells)
         blocked[c.slide_index] = mask | blocked.get(c.slide_index, np.zeros(shape, bool))
         if feats is not None:
-            d_pick = np.linalg.norm(feats - feats[best], axis=1)
-            d_now = np.fmin(d_now, d_pick)
+            # a probable-tumour pick of ``mixed`` outside the pool has no features yet
+            pick = feats[best] if in_pool[best] else _feature_of(c, feature_fn)
+            d_pick = np.linalg.norm(feats - pick, axis=1)
+            d_now = np.fmin(d_now, np.where(in_pool, d_pick, np.nan))
         result.suggestions.append(
             _suggestion(
                 len(picked),
@@ -337,15 +339,20 @@ def _pool_features(
     pool = _pool_mask(candidates, unc, sig, config)
     feats: np.ndarray | None = None
     for i in np.flatnonzero(pool).tolist():
-        c = candidates[i]
-        cells = c.cells[_spread(len(c.cells), FEATURE_CELLS)]
-        values = np.asarray(feature_fn(c.slide_index, cells), np.float64).reshape(len(cells), -1)
-        mean = _unit(values.mean(axis=0))
+        mean = _feature_of(candidates[i], feature_fn)
         if feats is None:
             feats = np.zeros((n, mean.shape[0]))
         feats[i] = mean
     assert feats is not None
     return feats, pool
+
+
+def _feature_of(c: Candidate, feature_fn: FeatureFn | None) -> np.ndarray:
+    """``(D,)`` unit mean feature of ``FEATURE_CELLS`` cells spread over the candidate."""
+    assert feature_fn is not None  # only called where features were computed
+    cells = c.cells[_spread(len(c.cells), FEATURE_CELLS)]
+    values = np.asarray(feature_fn(c.slide_index, cells), np.float64).reshape(len(cells), -1)
+    return _unit(values.mean(axis=0))
 
 
 def _pool_mask(

@@ -295,3 +295,34 @@ def test_mixed_never_suggests_with_an_infinite_score_when_its_pool_runs_out() ->
     # ranks 1 and 3 from the pool; at rank 5, the combined signal's turn, it is used up
     assert [s.reason.startswith("uncertain") for s in got] == [True, False, True, False, False]
     assert got[4].reason == "probable tumour"
+
+
+def test_mixed_measures_diversity_from_a_probable_pick_by_its_own_features() -> None:
+    """Regression: a probable-tumour pick of ``mixed`` outside the pool of candidates with
+    features counted as a zero feature vector, which capped every later distance at 1 (the
+    norm of a unit vector): the next uncertain pick's diversity was cut for nothing."""
+    prob = np.full((20, 40), 0.95, dtype=np.float32)
+    prob[:4, :4] = prob[:4, 20:24] = 0.4  # two uncertain patches, far apart
+    slides = [SuggestSlide("1", "one.tif", Heatmap(prob, (0.0, 0.0), CELL_PX, CELL_PX, 1.0))]
+
+    def fn(index: int, cells: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(cells), 4))
+        in_a = (cells[:, 0] < 4) & (cells[:, 1] < 4)
+        in_b = (cells[:, 0] < 4) & (cells[:, 1] >= 20) & (cells[:, 1] < 24)
+        out[in_a, 1] = out[in_b, 2] = 1.0
+        out[~in_a & ~in_b, 0] = 1.0  # the probable tumour: unlike both patches
+        return out
+
+    cfg = SuggestConfig(signal="mixed", per_slide=3, per_project=3, region_um=300.0)
+    labelled = np.array([[0.0, 0.0, 0.0, 1.0]])  # unlike everything on the slide
+    got = suggest_regions(
+        slides, threshold=0.4, config=cfg, feature_fn=fn, labelled_features=labelled
+    ).suggestions
+    assert [s.reason for s in got] == [
+        "uncertain, unlike anything labelled",
+        "probable tumour",
+        "uncertain, unlike anything labelled",
+    ]
+    # the second patch is as unlike the labelled tile, the first pick and the probable pick
+    # (orthogonal features) as the first patch was: the same score, 1
+    assert got[0].score == pytest.approx(1.0) and got[2].score == pytest.approx(1.0)
