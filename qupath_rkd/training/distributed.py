@@ -136,14 +136,25 @@ def shutdown() -> None:
 
 @contextlib.contextmanager
 def session(device: torch.device) -> Iterator[DistContext]:
-    """:func:`init_from_env` on entry, :func:`shutdown` on exit (only if it initialised)."""
+    """:func:`init_from_env` on entry, :func:`shutdown` on exit (only if it initialised).
+
+    On a normal exit every rank waits for the others first: a rank that left the group while
+    another was still working (rank 0 validates and saves alone) could abort in the
+    communication library's teardown ("terminate called without an active exception", seen
+    on a loaded 2-core machine). On an error there is no wait: the other ranks may never come.
+    """
     already = dist.is_available() and dist.is_initialized()
     ctx = init_from_env(device)
+    owned = ctx.enabled and not already
     try:
         yield ctx
-    finally:
-        if ctx.enabled and not already:
+    except BaseException:
+        if owned:
             shutdown()
+        raise
+    if owned:
+        barrier()
+        shutdown()
 
 
 # ---- collectives (no-ops for one process) -------------------------------------------------
