@@ -251,7 +251,10 @@ def train_patches(
     # under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) join the process group; else nothing
     dist_ctx = distributed.init_from_env(dev)
     if dist_ctx.enabled:
-        click.get_current_context().call_on_close(distributed.shutdown)
+        # after the other ranks on success; at once when an error is on its way out
+        click.get_current_context().call_on_close(
+            lambda: distributed.shutdown(wait=sys.exc_info()[0] is None)
+        )
     echo = click.echo if dist_ctx.is_main else _quiet  # rank 0 alone reports
     if not dist_ctx.is_main:
         logging.getLogger().setLevel(logging.ERROR)

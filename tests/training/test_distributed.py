@@ -147,8 +147,10 @@ def _rank_main(rank: int, port: int, dirs: dict[str, str], out_root: str) -> Non
         head = train(tr, va, head_cfg, out / "head.pt", tr.fingerprint())
         # every rank returns rank 0's outcome
         (out / "results.txt").write_text(f"{head.model_id} {head.best_metrics['l2']}\n")
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown()
 
 
 @pytest.mark.slow
