@@ -45,6 +45,10 @@ DEFAULT_SLIDE_STRIDE_FRACTION: Final[float] = 0.5
 DEFAULT_EXTENT_RATIO: Final[float] = 1.0
 #: False lesions per tumour-free slide allowed at the operating point.
 DEFAULT_TARGET_FP_PER_SLIDE: Final[float] = 0.25
+#: Mosaics of held-out normal patches ``train-patches`` scores for the operating point of
+#: ``predict`` (qupath_rkd.training.normal_mosaics): 4 of 32 x 32 patches, about 16,000 tiles
+#: on the half-tile grid (a quarter of them the patches themselves, from the feature cache).
+DEFAULT_NORMAL_MOSAICS: Final[int] = 4
 #: Camelyon16 candidate list (qupath_rkd.lesions.candidates; ``predict``'s
 #: ``camelyon16/<slide>.csv``): besides every lesion's peak, the local maxima of the heatmap
 #: outside the lesions down to this probability, so the FROC curve goes on below the seed

@@ -85,8 +85,9 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     "--threshold",
     type=click.FloatRange(0, 1),
     default=None,
-    help="Seed threshold of the lesions [default: set from --tumor-free slides, else the "
-    "model's calibrated threshold].",
+    help="Seed threshold of the lesions [default: set from --tumor-free slides, else from the "
+    "mosaics of held-out normal patches a train-patches model carries, else the model's "
+    "calibrated threshold].",
 )
 @click.option(
     "--tumor-free",
@@ -101,7 +102,8 @@ def _expand(slides: tuple[Path, ...]) -> list[Path]:
     type=click.FloatRange(min=0),
     default=DEFAULT_TARGET_FP_PER_SLIDE,
     show_default=True,
-    help="False lesions per tumour-free slide allowed at the threshold --tumor-free sets.",
+    help="False lesions per tumour-free slide allowed at the threshold --tumor-free (or the "
+    "model's normal mosaics, each counted as one slide) sets.",
 )
 @click.option(
     "--slide-score",
@@ -371,5 +373,6 @@ def _echo_operating_point(out_dir: Path) -> None:
         return
     line = f"Threshold {op.get('threshold')} ({op.get('method')}"
     if op.get("false_lesions_per_slide") is not None:
-        line += f": {op['false_lesions_per_slide']:.3g} false lesion(s) per tumour-free slide"
+        unit = "normal mosaic" if op.get("method") == "normal-patches" else "tumour-free slide"
+        line += f": {op['false_lesions_per_slide']:.3g} false lesion(s) per {unit}"
     click.echo(line + f"; {op.get('note', '')})")

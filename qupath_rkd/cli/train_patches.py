@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,6 +15,7 @@ from qupath_rkd.cli.flags import MPP_TYPE, deprecated_alias
 from qupath_rkd.constants import (
     DEFAULT_EPOCHS,
     DEFAULT_HEAD,
+    DEFAULT_NORMAL_MOSAICS,
     DEFAULT_PATCH_TTA_VIEWS,
     DEFAULT_RD_LR,
     DEFAULT_SCORER,
@@ -198,6 +200,16 @@ def _default_workers() -> int:
     "(or cross-validation) AUROC is lower (measured: better patch AUROC from 100 tumour patches "
     "on, a tie on whole slides; docs/benchmarks.md).",
 )
+@click.option(
+    "--normal-mosaics",
+    type=click.IntRange(0),
+    default=DEFAULT_NORMAL_MOSAICS,
+    show_default=True,
+    help="Head: lay out held-out normal patches as this many 32 x 32 mosaics of tissue, score "
+    "them with heads fitted without them, and store the heatmaps; predict sets its threshold "
+    "on them (at most --target-fp-per-slide false lesions per mosaic) unless given "
+    "--threshold or --tumor-free slides. 0: predict uses the calibrated 0.5.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (OUT.resume).")
 def train_patches(
     normal_dirs: tuple[Path, ...],
@@ -226,6 +238,7 @@ def train_patches(
     scorer: str,
     tta_views: str,
     head: str,
+    normal_mosaics: int,
     resume: bool,
 ) -> None:
     """Train a patch model on folders of patches (PNG/JPEG/TIFF, any size).
@@ -297,6 +310,7 @@ def train_patches(
         score_reduction=score_reduction,
         max_steps_per_epoch=max_steps_per_epoch,
         validate_every_steps=validate_every_steps,
+        normal_mosaics=normal_mosaics if scorer == "head" else 0,
     )
     echo(
         f"Training on {n_normal} normal + {n_tumor} tumour patches"
@@ -338,6 +352,7 @@ def train_patches(
             f"calibration "
             f"{result.calibration.get('method', 'none')}; {result.seconds:.0f} s)."
         )
+        _echo_mosaic_threshold(out, mpp, m, echo)
         return
     if "bank_rows" in m:
         echo(
@@ -346,6 +361,7 @@ def train_patches(
             f"on {m.get('val_source')}; calibration "
             f"{result.calibration.get('method', 'none')}; {result.seconds:.0f} s)."
         )
+        _echo_mosaic_threshold(out, mpp, m, echo)
         return
     loss = m.get("val_loss", float("nan"))
     echo(
@@ -358,3 +374,40 @@ def train_patches(
             f"Interrupted: {out} is usable; continue with the same command plus --resume.", err=True
         )
         sys.exit(130)
+
+
+def _echo_mosaic_threshold(
+    out: Path, mpp: float | None, metrics: dict[str, Any], echo: Any = click.echo
+) -> None:
+    """Print the threshold ``predict`` will use with its default grid and post-processing, as
+    chosen on the checkpoint's normal mosaics (nothing when it has none)."""
+    info = metrics.get("normal_mosaics")
+    if not info:
+        return
+    if mpp is None:
+        echo(f"{info['mosaics']} normal mosaic(s) stored: predict sets its threshold on them.")
+        return
+    from qupath_rkd.inference.predict import InferenceConfig
+    from qupath_rkd.lesions.operating_point import choose_on_mosaics
+    from qupath_rkd.model.checkpoint import read_checkpoint
+    from qupath_rkd.model.normal_mosaics import PAYLOAD_KEY, NormalMosaics
+
+    payload, _sha = read_checkpoint(out)
+    calibrated = float(payload.get("threshold", 0.5))
+    mosaics = NormalMosaics.from_payload(payload[PAYLOAD_KEY])
+    grids, _why = mosaics.grids(mosaics.stride_fraction)
+    assert grids is not None
+    op = choose_on_mosaics(
+        grids,
+        tile_px=mosaics.input_px,
+        um_per_px=float(mpp)
+        * float(payload["config"].get("tile_px") or mosaics.input_px)
+        / mosaics.input_px,
+        # the extent capped at the calibrated threshold, as predict resolves it
+        post=InferenceConfig(extent_cap=calibrated).post_processing(),
+        floor=calibrated,
+    )
+    echo(
+        f"Threshold predict will use with its defaults: {op.threshold:.3f}, "
+        f"{op.false_lesions_per_slide:.2f} false lesion(s) per mosaic there ({op.note})."
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from qupath_rkd.lesions.operating_point import (
     DEFAULT_TARGET_FP_PER_SLIDE,
     NegativeHeatmap,
     OperatingPoint,
+    choose_on_mosaics,
     choose_operating_point,
     fallback,
     given,
@@ -109,13 +111,12 @@ def predict_slides(
             checkpoint=checkpoint,
         )
         cfg = dataclasses.replace(cfg, threshold=op.threshold)
+    elif base.threshold is not None:
+        assert cfg.threshold is not None  # resolved: the given one
+        op = given(cfg.threshold)
     else:
-        assert cfg.threshold is not None  # resolved: the given one, else the model's
-        op = (
-            given(cfg.threshold)
-            if base.threshold is not None
-            else fallback(target_fp_per_slide, cfg.threshold)
-        )
+        op = model_operating_point(model, cfg, target_fp_per_slide)
+        cfg = dataclasses.replace(cfg, threshold=op.threshold)
     key = cfg.key(model.model_id)
     ids = [slide_id_for(p) for p in slide_paths]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -212,6 +213,49 @@ def _one_slide(
                 logger.warning("%s failed: %s", path, message, exc_info=True)
             run = SlideRun(Path(path), slide_id, "failed", error=message.splitlines()[0])
     return run
+
+
+def model_operating_point(
+    model: TrainedModel, cfg: InferenceConfig, target_fp_per_slide: float
+) -> OperatingPoint:
+    """The operating point without tumour-free slides or a given threshold: chosen on the
+    mosaics of held-out normal patches the model carries (``train-patches`` models,
+    :mod:`qupath_rkd.training.normal_mosaics`) with ``cfg``'s post-processing, else the model's
+    calibrated threshold (``fallback``, whose note says why when the mosaics cannot serve).
+
+    Args:
+        cfg: resolved (:meth:`InferenceConfig.resolved`): its threshold is the calibrated one.
+    """
+    assert cfg.threshold is not None and cfg.tile_px is not None and cfg.stride_px is not None
+    calibrated = float(cfg.threshold)
+    mosaics = getattr(model, "normal_mosaics", None)
+    if mosaics is None:
+        return fallback(target_fp_per_slide, calibrated)
+    why = ""
+    if cfg.tile_px != model.tile_px or (
+        model.mpp is not None
+        and cfg.tile_mpp is not None
+        and not math.isclose(cfg.tile_mpp, model.mpp, rel_tol=1e-6)
+    ):
+        why = "tiles of another size or µm/px than the model's"
+        grids = None
+    else:
+        grids, why = mosaics.grids(cfg.stride_px / cfg.tile_px)
+    if grids is None or cfg.tile_mpp is None:
+        logger.warning("normal mosaics not used (%s): the calibrated threshold", why)
+        return dataclasses.replace(
+            fallback(target_fp_per_slide, calibrated),
+            note=f"the model's normal mosaics do not fit this grid ({why}): the calibrated "
+            f"threshold {calibrated:g}",
+        )
+    return choose_on_mosaics(
+        grids,
+        tile_px=mosaics.input_px,
+        um_per_px=float(cfg.tile_mpp) * cfg.tile_px / mosaics.input_px,
+        post=cfg.post_processing(),
+        target_fp_per_slide=target_fp_per_slide,
+        floor=calibrated,
+    )
 
 
 def _operating_point(

@@ -180,8 +180,13 @@ def save_checkpoint(
     dataset_hash: str,
     metrics: dict[str, Any] | None = None,
     ood_reference: dict[str, Any] | None = None,
+    normal_mosaics: dict[str, Any] | None = None,
 ) -> str:
     """Write the checkpoint atomically; returns its sha256 (the ``model_id``).
+
+    ``normal_mosaics``: the payload of the held-out normal mosaics
+    (:meth:`qupath_rkd.model.normal_mosaics.NormalMosaics.to_payload`), stored under
+    ``normal_mosaics``; ``predict`` sets its operating point on them.
 
     ``ood_reference``: the out-of-domain reference's payload
     (:meth:`qupath_rkd.model.ood.OodReference.to_payload`), stored under ``ood_reference``;
@@ -204,6 +209,8 @@ def save_checkpoint(
     }
     if ood_reference is not None:
         payload["ood_reference"] = ood_reference
+    if normal_mosaics is not None:
+        payload["normal_mosaics"] = normal_mosaics
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()

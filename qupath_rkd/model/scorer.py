@@ -25,6 +25,8 @@ from qupath_rkd.model.checkpoint import NetworkConfig, StoredConfig, read_checkp
 from qupath_rkd.model.device import amp_dtype, resolve_device
 from qupath_rkd.model.head import HeadNetwork
 from qupath_rkd.model.local_knn import LocalKnnNetwork
+from qupath_rkd.model.normal_mosaics import PAYLOAD_KEY as MOSAICS_PAYLOAD_KEY
+from qupath_rkd.model.normal_mosaics import NormalMosaics
 from qupath_rkd.model.ood import PAYLOAD_KEY as OOD_PAYLOAD_KEY
 from qupath_rkd.model.ood import OodReference
 from qupath_rkd.model.rd import ReverseDistillation
@@ -130,6 +132,7 @@ class TrainedModel:
         device: torch.device,
         info: dict[str, Any] | None = None,
         ood_reference: OodReference | None = None,
+        normal_mosaics: NormalMosaics | None = None,
     ) -> None:
         self.net = net.eval()
         self._cfg = config
@@ -158,6 +161,10 @@ class TrainedModel:
         #: the training tiles' feature reference of the out-of-domain check
         #: (:mod:`qupath_rkd.model.ood`); ``None`` for RD models and older checkpoints
         self.ood_reference: OodReference | None = ood_reference
+        #: heatmaps of mosaics of held-out normal training patches, on which ``predict`` sets
+        #: the operating point (:mod:`qupath_rkd.training.normal_mosaics`); ``None`` for models
+        #: of sync, RD and kNN models and older checkpoints
+        self.normal_mosaics: NormalMosaics | None = normal_mosaics
 
     def ood_unavailable_reason(self) -> str | None:
         """Why this model cannot run the out-of-domain check (``None`` when it can)."""
@@ -303,7 +310,7 @@ def load_model(
     net = net.to(dev).eval()
     if dev.type == "cuda" and config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    skip = ("state_dict", "config", "calibration", OOD_PAYLOAD_KEY)
+    skip = ("state_dict", "config", "calibration", OOD_PAYLOAD_KEY, MOSAICS_PAYLOAD_KEY)
     info = {k: v for k, v in obj.items() if k not in skip}
     reference = None
     if obj.get(OOD_PAYLOAD_KEY) is not None and config.scorer == "head":
@@ -315,6 +322,12 @@ def load_model(
         if reference is not None and reference.mean.shape[0] != dim:
             logger.warning("%s: out-of-domain reference of another feature size: ignored", path)
             reference = None
+    mosaics = None
+    if obj.get(MOSAICS_PAYLOAD_KEY) is not None:
+        try:
+            mosaics = NormalMosaics.from_payload(obj[MOSAICS_PAYLOAD_KEY])
+        except ValueError as exc:  # the scores still hold; predict falls back to 0.5
+            logger.warning("%s: normal mosaics not usable: %s", path, exc)
     return TrainedModel(
         net,
         config,
@@ -324,4 +337,5 @@ def load_model(
         dev,
         info,
         ood_reference=reference,
+        normal_mosaics=mosaics,
     )

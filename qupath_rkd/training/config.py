@@ -62,6 +62,11 @@ class TrainConfig:
         rare_views: dihedral views of each tumour training patch the head is fitted on.
         cv_folds: folds of the cross-validation that chooses the head's L2 strength when there
             is no validation set.
+        normal_mosaics: head only: mosaics of held-out normal training patches scored and
+            stored in the checkpoint, from which ``predict`` sets the operating point
+            (:mod:`qupath_rkd.training.normal_mosaics`); 0 = none. ``train-patches`` makes
+            :data:`~qupath_rkd.constants.DEFAULT_NORMAL_MOSAICS`; sync none (it has the
+            user's own tumour-free slides and normal regions).
         teacher: RD: ``wide_resnet50_2`` | ``resnet18`` | ``efficientnet_lite0``; the head also
             takes ``efficientnet_lite1`` | ``efficientnet_lite2``.
         teacher_weights: a state-dict file with the teacher's ImageNet weights.
@@ -110,6 +115,7 @@ class TrainConfig:
     tta_views: int = DEFAULT_PATCH_TTA_VIEWS
     rare_views: int = DEFAULT_PATCH_TTA_VIEWS
     cv_folds: int = 5
+    normal_mosaics: int = 0
     teacher: str = DEFAULT_TEACHER
     pooling: str = DEFAULT_POOLING
     head: str = DEFAULT_HEAD
@@ -170,6 +176,7 @@ class TrainConfig:
                 f"rare_views must be 1, 2, 4 or 8, got {cfg.rare_views}",
             ),
             (cfg.cv_folds >= 2, f"cv_folds must be >= 2, got {cfg.cv_folds}"),
+            (cfg.normal_mosaics >= 0, f"normal_mosaics must be >= 0, got {cfg.normal_mosaics}"),
             (
                 cfg.input_px >= 32 and cfg.input_px % 32 == 0,
                 f"input_px must be a multiple of 32 (>= 32), got {cfg.input_px}",

@@ -50,8 +50,10 @@ from qupath_rkd.constants import (
 from qupath_rkd.errors import DataError
 from qupath_rkd.features.cache import FeatureCache, open_default_cache
 from qupath_rkd.features.extract import Features, extract_features
+from qupath_rkd.features.trunk import FeatureTrunk
 from qupath_rkd.features.views import view_list
 from qupath_rkd.model.calibration import (
+    Calibration,
     auroc,
     fit_calibration,
     head_probability,
@@ -73,11 +75,13 @@ from qupath_rkd.model.head import (
     perceptron_oof,
     stratified_folds,
 )
+from qupath_rkd.model.normal_mosaics import NormalMosaics
 from qupath_rkd.model.ood import fit_reference
 from qupath_rkd.model.scorer import build_network
 from qupath_rkd.progress import ProgressCallback, ProgressTask
 from qupath_rkd.training import distributed
 from qupath_rkd.training.config import TrainConfig
+from qupath_rkd.training.normal_mosaics import build_normal_mosaics, mosaic_members
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +200,21 @@ def train_head(
         vf = _features(net, valid_set, tta, cfg, device, cache, progress, "validation")  # type: ignore[arg-type]
     # every feature is here (on every rank); what follows is cheap and runs on rank 0 alone
     # when data-parallel
-    feats = _Extracted(y, groups, train_rows, base, extra, ok, skipped, vf, valid_y, warnings)
+    feats = _Extracted(
+        y,
+        groups,
+        train_rows,
+        base,
+        extra,
+        ok,
+        skipped,
+        vf,
+        valid_y,
+        warnings,
+        dataset=train_set,
+        device=device,
+        cache=cache,
+    )
     return distributed.run_on_main(
         lambda: _fit_and_save(net, cfg, out, dataset_hash, feats, progress, t0)
     )
@@ -286,6 +304,9 @@ class _Extracted:
     vf: Features | None
     valid_y: np.ndarray | None
     warnings: list[str]
+    dataset: Dataset | None = None
+    device: torch.device | None = None
+    cache: FeatureCache | None = None
 
 
 def _fit_and_save(
@@ -323,6 +344,7 @@ def _fit_and_save(
     )
     head_scores: dict[str, float] = {}
     model: HeadFit | EnsembleFit
+    folds: np.ndarray | None = None
     if valid_y is not None and vf is not None:
         vx, vy = vf.values[vf.ok].astype(np.float32), valid_y[vf.ok]
         skipped += int((~vf.ok).sum())
@@ -415,6 +437,23 @@ def _fit_and_save(
             "annotate more regions of both classes"
         )
     head = "ensemble" if isinstance(model, EnsembleFit) else "linear"
+    mosaics = None
+    if cfg.normal_mosaics > 0:
+        mosaics = _normal_mosaics(
+            cfg,
+            feats,
+            model,
+            calibration,
+            folds,
+            groups,
+            progress,
+            net.trunk,  # type: ignore[arg-type]
+        )
+        if mosaics is None:
+            warnings.append(
+                "too few normal patches (or tumour patches for folds) for the normal mosaics: "
+                "predict will use the calibrated threshold unless given tumour-free slides"
+            )
     # the network (and the stored config, which rebuilds it) follow the head kept, whatever
     # mlp_hidden the config came with
     mlp_hidden = MLP_HIDDEN if head == "ensemble" else 0
@@ -437,8 +476,21 @@ def _fit_and_save(
     # the out-of-domain reference: view 0 of every readable training patch, any label
     reference = fit_reference(base.values[ok, 0], seed=cfg.seed)
     metrics["ood_tile_threshold"] = reference.tile_threshold
+    if mosaics is not None:
+        metrics["normal_mosaics"] = {
+            "mosaics": len(mosaics.probability),
+            "patches": int(sum(s * s for s in mosaics.side_patches)),
+            "tiles": int(sum(p.size for p in mosaics.probability)),
+        }
     model_id = save_checkpoint(
-        out, net, cfg, calibration, dataset_hash, metrics, ood_reference=reference.to_payload()
+        out,
+        net,
+        cfg,
+        calibration,
+        dataset_hash,
+        metrics,
+        ood_reference=reference.to_payload(),
+        normal_mosaics=mosaics.to_payload() if mosaics is not None else None,
     )
     metrics["features_computed"] = base.computed + (extra.computed if extra else 0)
     metrics["features_cached"] = base.cached + (extra.cached if extra else 0)
@@ -463,7 +515,55 @@ def _fit_and_save(
         "warnings": warnings,
         "calibration": calibration.to_dict(),
         "fit": model,
+        "normal_mosaics": mosaics,
     }
+
+
+def _normal_mosaics(
+    cfg: TrainConfig,
+    feats: _Extracted,
+    model: HeadFit | EnsembleFit,
+    calibration: Calibration,
+    folds: np.ndarray | None,
+    groups: np.ndarray | None,
+    progress: ProgressCallback | None,
+    trunk: FeatureTrunk,
+) -> NormalMosaics | None:
+    """The mosaics of held-out normal patches (:mod:`qupath_rkd.training.normal_mosaics`), each
+    scored by the head kept refitted (same L2, same kind) without its fold; ``None`` when there
+    are too few patches. The folds are the cross-validation's, or, after a choice on a
+    validation set, the same stratified, seeded split."""
+    if feats.dataset is None:
+        return None
+    y, ok = feats.y, feats.ok
+    if folds is None:
+        n_tumor = int((ok & (y == LABEL_TUMOR)).sum())
+        k = min(cfg.cv_folds, n_tumor)
+        if k < 2:
+            return None
+        folds = stratified_folds(np.where(ok, y, -1), k, cfg.seed, groups)
+    members = mosaic_members(y, ok, folds, cfg.normal_mosaics, cfg.seed)
+    fitted: dict[int, HeadFit | EnsembleFit] = {}
+    with ProgressTask(progress, "heads for the normal mosaics", len(members), "fit") as task:
+        for f, _idx in members:
+            tx, ty = feats.train_rows(folds != f)
+            lin = fit_head(tx, ty, model.l2)
+            ens = isinstance(model, EnsembleFit)
+            fitted[f] = fit_ensemble(tx, ty, lin, seed=cfg.seed) if ens else lin
+            task.advance(1, fold=f"{f + 1}/{int(folds.max()) + 1}")
+    assert cfg.input_px is not None
+    return build_normal_mosaics(
+        trunk,
+        feats.dataset,
+        members,
+        lambda f, x: fitted[f].logits(x).mean(axis=1),
+        calibration,
+        input_px=int(cfg.input_px),
+        device=feats.device or torch.device("cpu"),
+        cache=feats.cache,
+        batch_size=max(cfg.batch_size, 64),
+        progress=progress,
+    )
 
 
 __all__ = ["FALLBACK_L2", "TrainingFeatures", "train_head", "training_features"]

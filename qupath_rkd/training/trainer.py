@@ -822,6 +822,7 @@ def _train_head(
             seconds=time.monotonic() - t0,
         )
     fields.pop("fit", None)
+    fields.pop("normal_mosaics", None)
     for w in fields["warnings"]:
         logger.info("%s", w)
     return TrainResult(

@@ -24,9 +24,11 @@ def make_checkpoint(
     nan: bool = False,
     tile_px: int | None = None,
     calibration: tuple[float, float] = (4.0, -10.0),
+    normal_mosaics: dict | None = None,
 ) -> Path:
     """A real RD checkpoint (random teacher); ``calibration``: ``(a, b)`` of
-    ``p = sigmoid(a * score + b)``."""
+    ``p = sigmoid(a * score + b)``; ``normal_mosaics``: a payload of
+    :class:`~qupath_rkd.model.normal_mosaics.NormalMosaics` to store."""
     import torch
 
     from qupath_rkd.model.calibration import Calibration
@@ -50,7 +52,14 @@ def make_checkpoint(
         )
         with torch.no_grad():
             param.fill_(float("nan"))
-    save_checkpoint(path, net, cfg, Calibration("logistic", *calibration, 5, 5), "test-hash")
+    save_checkpoint(
+        path,
+        net,
+        cfg,
+        Calibration("logistic", *calibration, 5, 5),
+        "test-hash",
+        normal_mosaics=normal_mosaics,
+    )
     return path
 
 

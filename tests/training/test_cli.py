@@ -71,6 +71,8 @@ def test_train_patches_writes_a_model_and_reports_skips(trained) -> None:
     assert out.is_file()
     assert "Wrote" in result.output and "validation AUROC" in result.output
     assert "Warning: 1 unreadable" in result.output
+    # 23 normal patches cannot fill a fold's mosaic: predict will use the calibrated threshold
+    assert "Warning: too few normal patches" in result.output
     assert "Traceback" not in result.output
 
 
