@@ -80,6 +80,12 @@ def evaluate(
         click.echo(f"Slide AUC: {report.slide_auc:.4f} (scores: {report.slide_score_source})")
     else:
         click.echo(f"Slide AUC: not defined ({report.slide_auc_note})")
+    fl = report.false_lesions_per_tumor_free_slide
+    if fl is not None:
+        click.echo(
+            f"False lesions per tumour-free slide at the operating point: {fl:.2f} "
+            f"({f.n_slides - n_tumor} slide(s); every lesion reported there is false)"
+        )
     if report.stale_slides:
         click.echo(
             f"Warning: {len(report.stale_slides)} slide(s) scored on STALE predictions (the "

@@ -80,6 +80,10 @@ class PredictedSlide:
         mpp: the slide's level-0 µm/px as the predictions record it, ``None`` when unknown.
         stale: ``sync`` failed on the slide and kept its previous predictions (another model
             or settings), which are scored, and said to be stale.
+        n_lesions: lesions reported at the operating point (``slide_scores.csv``'s
+            ``n_lesions``; for ``sync``, ``report.json``'s ``lesions``); ``None`` when the
+            predictions do not say (bare submissions). On a tumour-free slide every one is a
+            false lesion.
     """
 
     slide_id: str
@@ -88,6 +92,7 @@ class PredictedSlide:
     score: float | None
     mpp: float | None
     stale: bool = False
+    n_lesions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,28 @@ def read_slide_scores(path: str | Path) -> dict[str, float]:
     return scores
 
 
+def read_lesion_counts(path: str | Path) -> dict[str, int]:
+    """``slide_scores.csv``'s ``n_lesions`` column → slide id → lesions at the operating point
+    (empty when the column is absent; a failed slide's empty cell is left out)."""
+    p = Path(path)
+    with p.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "n_lesions" not in reader.fieldnames:
+            return {}
+        counts: dict[str, int] = {}
+        for row in reader:
+            value = (row.get("n_lesions") or "").strip()
+            if value == "":
+                continue
+            try:
+                counts[row["slide"]] = int(value)
+            except ValueError:
+                raise EvaluationError(
+                    f"{p}: n_lesions {value!r} of {row['slide']} is not a whole number"
+                ) from None
+    return counts
+
+
 def find_sync_report(pred: Path) -> Path | None:
     """``report.json`` of a ``sync`` project given as the project, its ``qupath-rkd`` folder
     or its ``predictions`` folder; ``None`` when ``pred`` is none of these."""
@@ -244,6 +271,7 @@ def _read_predict(pred: Path) -> Predictions:
         )
     scores_file = pred / SLIDE_SCORES_CSV
     scores = read_slide_scores(scores_file) if scores_file.is_file() else {}
+    counts = read_lesion_counts(scores_file) if scores_file.is_file() else {}
     slides = []
     for f in files:
         sub = read_submission_csv(f)
@@ -254,10 +282,16 @@ def _read_predict(pred: Path) -> Predictions:
                 sub,
                 scores.get(sub.slide_id),
                 _heatmap_mpp(pred, sub.slide_id),
+                n_lesions=counts.get(sub.slide_id),
             )
         )
     layout = LAYOUT_PREDICT if folder is not pred else LAYOUT_SUBMISSIONS
     return Predictions(layout, pred, slides)
+
+
+def _whole(value: Any) -> int | None:
+    """A count from a report (``None`` when absent or not a whole number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _project_mpps(project_dir: Path) -> dict[str, float]:
@@ -307,6 +341,7 @@ def _read_sync(report_file: Path) -> Predictions:
                 None if score is None else float(score),
                 mpps.get(entry_id),
                 stale=bool(row.get("stale")),
+                n_lesions=_whole(row.get("lesions")),
             )
         )
     if not slides:

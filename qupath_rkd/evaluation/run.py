@@ -105,6 +105,17 @@ class EvaluationReport:
     default_out_dir: Path | None = None
 
     @property
+    def false_lesions_per_tumor_free_slide(self) -> float | None:
+        """Mean lesions reported at the operating point on the slides without tumour (each
+        one false); ``None`` without such slides or lesion counts."""
+        counts = [
+            int(row["reported_lesions"])
+            for row in self.slides
+            if not row["tumor"] and row.get("reported_lesions") is not None
+        ]
+        return float(np.mean(counts)) if counts else None
+
+    @property
     def stale_slides(self) -> list[str]:
         """Slides scored on the previous predictions ``sync`` kept when it failed on them."""
         return [str(row["slide"]) for row in self.slides if row.get("stale")]
@@ -120,6 +131,7 @@ class EvaluationReport:
             "n_lesions": self.froc.n_lesions,
             "slide_auc": self.slide_auc,
             "slide_auc_note": self.slide_auc_note,
+            "false_lesions_per_tumor_free_slide": self.false_lesions_per_tumor_free_slide,
             "slide_score_source": self.slide_score_source,
             "predictions_layout": self.layout,
             "stale_slides": self.stale_slides,
@@ -199,6 +211,7 @@ def evaluate(
                 "lesions_hit": int(np.count_nonzero(det.tp_probs > 0)),
                 "itc_hits": det.n_itc_hits,
                 "slide_score": score,
+                "reported_lesions": slide.n_lesions,
                 "stale": slide.stale,
             }
         )

@@ -63,7 +63,7 @@ def case(tmp_path, real_data):
     (sub / "Normal_001.csv").write_text("0.5,100,100\n0.1,200,200\n")
     (pred / "slide_scores.csv").write_text(
         "slide,score,probability_max,n_tiles,n_lesions,note\n"
-        "Tumor_008,0.9,,,,\nTumor_017,0.4,,,,\ngj_019,0.6,,,,\nNormal_001,0.5,,,,\n"
+        "Tumor_008,0.9,,,2,\nTumor_017,0.4,,,0,\ngj_019,0.6,,,1,\nNormal_001,0.5,,,3,\n"
     )
     return truth, pred
 
@@ -87,6 +87,12 @@ def test_evaluate_scores_real_polygons(case) -> None:
     assert by_slide["Normal_001"]["tumor"] is False
     # slide AUC from slide_scores.csv: tumour 0.9, 0.4, 0.6 vs normal 0.5 -> 2/3
     assert report.slide_auc == pytest.approx(2 / 3)
+    # the lesions predict reported at its operating point: on the normal slide all are false
+    assert by_slide["Normal_001"]["reported_lesions"] == 3
+    assert report.false_lesions_per_tumor_free_slide == 3.0
+    # bare submissions say nothing about lesions at an operating point
+    (pred / "slide_scores.csv").write_text("slide,score\nNormal_001,0.5\n")
+    assert evaluate(truth, pred, normal_if_no_truth=True).false_lesions_per_tumor_free_slide is None
 
 
 def test_missing_truth_is_an_error_unless_normal_is_asked_for(case) -> None:
@@ -124,8 +130,10 @@ def test_cli_evaluate_writes_report_and_froc_png(case, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert "FROC score: 1.0000" in res.output
     assert "Slide AUC: 0.6667" in res.output
+    assert "False lesions per tumour-free slide at the operating point: 3.00" in res.output
     summary = json.loads((out / "evaluation.json").read_text())
     assert summary["n_lesions"] == 2 and summary["slide_auc"] == pytest.approx(2 / 3)
+    assert summary["false_lesions_per_tumor_free_slide"] == 3.0
     with Image.open(out / "froc.png") as img:
         assert img.format == "PNG" and img.size == (720, 520)
         px = np.asarray(img.convert("RGB"))

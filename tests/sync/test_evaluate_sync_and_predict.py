@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from sync_helpers import FAST, one_error_line
@@ -118,7 +119,18 @@ def test_cli_evaluate_on_a_sync_project(synced_copy: Path) -> None:
     res = CliRunner().invoke(cli, ["evaluate", "--truth", str(truth), "--pred", str(synced_copy)])
     assert res.exit_code == 0, res.output
     assert "FROC score:" in res.output and "lesions to detect: 2" in res.output
-    assert (synced_copy / "qupath-rkd" / "evaluation" / "evaluation.json").is_file()
+    summary = json.loads(
+        (synced_copy / "qupath-rkd" / "evaluation" / "evaluation.json").read_text()
+    )
+    # the tumour-free slides' lesion counts come from report.json
+    report = json.loads((synced_copy / "qupath-rkd" / "report.json").read_text())
+    counts = [row["reported_lesions"] for row in summary["slides"] if not row["tumor"]]
+    assert counts and all(isinstance(c, int) for c in counts)
+    assert sum(r["lesions"] for r in report["slides"] if r.get("lesions") is not None) >= sum(
+        counts
+    )
+    assert summary["false_lesions_per_tumor_free_slide"] == pytest.approx(np.mean(counts))
+    assert "False lesions per tumour-free slide" in res.output
     # a truth folder that names a slide the project does not hold: one line naming it
     extra = synced_copy.parent / "truth" / "Z_not_in_project.geojson"
     shutil.copy(next(truth.iterdir()), extra)
