@@ -387,6 +387,7 @@ def _echo_mosaic_threshold(
     if mpp is None:
         echo(f"{info['mosaics']} normal mosaic(s) stored: predict sets its threshold on them.")
         return
+    from qupath_rkd.inference.batch import MOSAIC_FLOOR
     from qupath_rkd.inference.predict import InferenceConfig
     from qupath_rkd.lesions.operating_point import choose_on_mosaics
     from qupath_rkd.model.checkpoint import read_checkpoint
@@ -405,7 +406,7 @@ def _echo_mosaic_threshold(
         / mosaics.input_px,
         # the extent capped at the calibrated threshold, as predict resolves it
         post=InferenceConfig(extent_cap=calibrated).post_processing(),
-        floor=calibrated,
+        floor=MOSAIC_FLOOR,
     )
     echo(
         f"Threshold predict will use with its defaults: {op.threshold:.3f}, "

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR
 from qupath_rkd.errors import QupathRkdError
 from qupath_rkd.heatmap import Heatmap, HeatmapFileError
 from qupath_rkd.inference.predict import (
@@ -215,6 +216,10 @@ def _one_slide(
     return run
 
 
+#: The lowest seed threshold the normal mosaics may choose: the candidate list's floor.
+MOSAIC_FLOOR = DEFAULT_CANDIDATE_FLOOR
+
+
 def model_operating_point(
     model: TrainedModel, cfg: InferenceConfig, target_fp_per_slide: float
 ) -> OperatingPoint:
@@ -222,6 +227,12 @@ def model_operating_point(
     mosaics of held-out normal patches the model carries (``train-patches`` models,
     :mod:`qupath_rkd.training.normal_mosaics`) with ``cfg``'s post-processing, else the model's
     calibrated threshold (``fallback``, whose note says why when the mosaics cannot serve).
+
+    On the mosaics the threshold may fall below the calibrated one, down to
+    :data:`MOSAIC_FLOOR`: a head calibrated on its own patches (cross-validation, 100 tumour
+    among 10,000 normal) gives probabilities at that prior, and at 0.5 it found no lesion at
+    all on the benchmark set (docs/benchmarks.md, "The operating point from the training's
+    normal patches"). The extent stays capped at the calibrated threshold.
 
     Args:
         cfg: resolved (:meth:`InferenceConfig.resolved`): its threshold is the calibrated one.
@@ -254,7 +265,7 @@ def model_operating_point(
         um_per_px=float(cfg.tile_mpp) * cfg.tile_px / mosaics.input_px,
         post=cfg.post_processing(),
         target_fp_per_slide=target_fp_per_slide,
-        floor=calibrated,
+        floor=MOSAIC_FLOOR,
     )
 
 

@@ -22,10 +22,10 @@ ROWS = 31
 HOT = 0.97
 
 
-def _mosaics() -> NormalMosaics:
-    clean = np.full((ROWS, ROWS), 0.1, dtype=np.float32)
+def _mosaics(base: float = 0.1, peak: float = HOT) -> NormalMosaics:
+    clean = np.full((ROWS, ROWS), base, dtype=np.float32)
     hot = clean.copy()
-    hot[8:20, 8:20] = HOT  # 12 cells of 31 µm: a false lesion of about 370 µm
+    hot[8:20, 8:20] = peak  # 12 cells of 31 µm: a false lesion of about 370 µm
     return NormalMosaics([clean, hot], [16, 16], input_px=INPUT_PX, stride_px=INPUT_PX // 2)
 
 
@@ -75,9 +75,23 @@ def test_the_mosaics_serve_the_tile_step_and_not_another(mosaic_model_path) -> N
         model, InferenceConfig(tile_mpp=MODEL_MPP * 2).resolved(model), 0.25
     )
     assert mpp.method == "fallback" and "µm/px" in mpp.note
-    # a generous target keeps the calibrated threshold: (1 + 1/2) / 0.5 <= 4
+    # a generous target allows the one false lesion ((1 + 1/2) / 0.5 <= 4): the threshold
+    # goes below the calibrated 0.5, to just above the clean mosaic's tiles (at 0.1 and
+    # below, each mosaic is one lesion wall to wall)
     loose = model_operating_point(model, InferenceConfig().resolved(model), 4.0)
-    assert loose.method == "normal-patches" and loose.threshold == 0.5
+    assert loose.method == "normal-patches" and 0.1 < loose.threshold < 0.11
+
+
+def test_a_model_calibrated_at_a_low_prior_gets_a_threshold_below_its_calibrated_one(
+    tmp_path,
+) -> None:
+    """Regression: a head calibrated by cross-validation on 100 tumour among 10,000 normal
+    patches gives probabilities at that prior; floored at 0.5, predict found no lesion at all."""
+    path = make_checkpoint(tmp_path / "m.pt", normal_mosaics=_mosaics(0.01, 0.3).to_payload())
+    model = load_model(path, device="cpu")
+    op = model_operating_point(model, InferenceConfig().resolved(model), 0.25)
+    assert op.method == "normal-patches" and 0.29 < op.threshold <= 0.3  # the smoothed peak
+    assert op.false_lesions_per_slide == 0.0
 
 
 def test_a_model_without_mosaics_keeps_the_calibrated_threshold(model) -> None:
