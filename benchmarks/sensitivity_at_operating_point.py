@@ -33,11 +33,11 @@ def main() -> None:
     predictions = read_predictions(args.pred)
     matched, _ = match_truths(predictions.slides, load_truth_dir(args.truth))
     hits = lesions = false_on_tumour = tumour_slides = 0
-    tumour_free: list[int] = []
+    tumour_free: list[int | None] = []
     for slide in predictions.slides:
         truth = matched.get(slide.slide_id)
         if truth is None or not truth.is_tumor:
-            tumour_free.append(int(slide.n_lesions or 0))
+            tumour_free.append(slide.n_lesions)
             continue
         mask = evaluation_mask(truth.tumor, truth.exclude, mpp=_slide_mpp(slide, truth, None))
         sub = slide.detections
@@ -51,7 +51,12 @@ def main() -> None:
         "method": op.get("method"),
         "lesions": lesions,
         "sensitivity_at_operating_point": hits / max(lesions, 1),
-        "false_lesions_per_tumor_free_slide": float(np.mean(tumour_free)) if tumour_free else None,
+        # None when no tumour-free slide, or one without a lesion count (bare submissions)
+        "false_lesions_per_tumor_free_slide": (
+            float(np.mean([int(n) for n in tumour_free if n is not None]))
+            if tumour_free and None not in tumour_free
+            else None
+        ),
         "false_lesions_per_tumor_slide": false_on_tumour / max(tumour_slides, 1),
     }
     print(json.dumps(result, indent=1))

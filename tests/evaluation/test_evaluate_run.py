@@ -142,3 +142,36 @@ def test_cli_evaluate_writes_report_and_froc_png(case, tmp_path) -> None:
     res = CliRunner().invoke(cli, ["evaluate", "--truth", str(truth), "--pred", str(pred)])
     assert res.exit_code == 1
     assert "Traceback" not in res.output and "Normal_001" in res.output
+
+
+def test_the_operating_point_benchmark_counts_hits_at_run_jsons_threshold(
+    case, monkeypatch, capsys
+) -> None:
+    """benchmarks/sensitivity_at_operating_point.py: lesions hit by a detection at or above the
+    threshold run.json records, false lesions on the tumour slides and the tumour-free ones."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = (
+        Path(__file__).resolve().parents[2] / "benchmarks" / "sensitivity_at_operating_point.py"
+    )
+    spec = importlib.util.spec_from_file_location("sens_at_op", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    truth, pred = case
+    results = {}
+    for threshold in (0.55, 0.7, 0.25):
+        (pred / "run.json").write_text(json.dumps({"operating_point": {"threshold": threshold}}))
+        monkeypatch.setattr(sys, "argv", ["x", "--pred", str(pred), "--truth", str(truth)])
+        module.main()
+        results[threshold] = json.loads(capsys.readouterr().out)
+    # the lesions' best detections: 0.9 (Tumor_008) and 0.6 (gj_019); the tumour slides' false
+    # positives 0.2 (Tumor_008) and 0.3 (Tumor_017); Normal_001 reports 3 lesions
+    assert results[0.55]["lesions"] == 2
+    assert results[0.55]["sensitivity_at_operating_point"] == 1.0
+    assert results[0.7]["sensitivity_at_operating_point"] == 0.5
+    assert results[0.55]["false_lesions_per_tumor_slide"] == 0.0
+    assert results[0.25]["false_lesions_per_tumor_slide"] == pytest.approx(1 / 3)
+    assert results[0.55]["false_lesions_per_tumor_free_slide"] == 3.0
