@@ -77,7 +77,8 @@ def predict_slides(
         on_slide_done: called with each :class:`SlideRun` as it finishes.
         tumor_free: slides the user knows are tumour-free (they may also be in
             ``slide_paths``). They are scored first and the seed threshold becomes the lowest one
-            (>= the model's calibrated threshold) at which they hold at most
+            (>= :data:`MOSAIC_FLOOR`, 0.05: a model calibrated at a low prior has its tumour
+            below 0.5) at which they hold at most
             ``target_fp_per_slide`` false lesions per slide
             (:func:`~qupath_rkd.lesions.operating_point.choose_operating_point`); it is written
             into ``run.json`` with how it was found. Not allowed with a threshold in ``config``.
@@ -319,7 +320,9 @@ def _operating_point(
         [NegativeHeatmap(heatmaps[Path(p).resolve()], None, Path(p).name) for p in tumor_free],
         cfg.post_processing(),
         target_fp_per_slide=target_fp_per_slide,
-        floor=float(cfg.threshold),
+        # as on the mosaics (model_operating_point): a model calibrated at a low prior has
+        # its tumour below 0.5
+        floor=MOSAIC_FLOOR,
     )
     logger.info(
         "operating point: %s (%d tumour-free slide(s) scored, %d reused)",

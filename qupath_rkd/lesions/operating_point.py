@@ -3,9 +3,10 @@
 Tumour-free slides and normal annotations say where a lesion must not be: every lesion found
 there is a false lesion. :func:`choose_operating_point` takes their heatmaps and picks the lowest
 seed threshold at which they hold at most ``target_fp_per_slide`` false lesions per slide, never
-below the calibrated fallback (0.5: the threshold at which the calibrated probability says
-"more likely tumour than not"). Without any tumour-free slide or normal region it returns the
-fallback and says so.
+below ``floor``: sync passes the calibrated 0.5 ("more likely tumour than not"); ``predict``
+passes the candidate floor 0.05, because a head calibrated on its own patches carries their
+prior (1 tumour per 100 normal) and may put every tumour below 0.5. Without any tumour-free
+slide or normal region it returns the fallback and says so.
 
 Slides, not regions, are the unit of the rate: a tumour-free slide counts 1; a normal region on
 another slide counts the share of that slide's tissue it covers (``region cells / tissue cells``),
@@ -158,14 +159,16 @@ def choose_operating_point(
         negatives: tumour-free slides (``mask=None``) and normal regions (``mask`` given).
         post: the post-processing the lesions are made with (the same is applied here).
         target_fp_per_slide: the target rate.
-        floor: never below this (the calibrated fallback).
+        floor: never below this (sync: the calibrated 0.5; predict: 0.05).
         prior_lesions: added to the false-lesion count before it is compared with the target
             (``(count + prior_lesions) / slides <= target``); 0 = the plain rate, ½ = the
             Jeffreys estimate of a Poisson rate, which does not take no false lesion on a few
             slides for a rate of 0 (:func:`choose_on_mosaics`). ``false_lesions_per_slide``
             reports the plain rate either way.
         max_candidates: thresholds tested at most (evenly chosen among the candidates, the
-            lowest always included); the scan stops at the first that meets the target.
+            lowest always included). They are scanned from the top down, and the answer is the
+            lowest above which all meet the target: at low thresholds a slide's tissue can
+            merge into one lesion, so the count is not monotone there.
 
     Returns:
         An :class:`OperatingPoint`. When no threshold up to 1.0 meets the target, the threshold
@@ -217,22 +220,33 @@ def choose_operating_point(
     if cands.size > max_candidates:
         pick = np.unique(np.linspace(0, cands.size - 1, max_candidates).round().astype(int))
         cands = cands[pick]
+    # from the top down: the answer is the lowest threshold above which every tested one meets
+    # the target. Counts are not monotone at low thresholds, where a slide's whole tissue can
+    # merge into one "lesion" (1 false lesion): a bottom-up scan could stop there.
+    values = cands.tolist()
+    rates: dict[float, float] = {}
+    answer: float | None = None
+    for t in reversed(values):
+        rates[t] = rate(t)
+        if rates[t] + prior_lesions / equivalents > target_fp_per_slide:
+            break
+        answer = t
+    if answer is not None:
+        return OperatingPoint(
+            threshold=float(answer),
+            method=METHOD_TUMOR_FREE,
+            n_slides=n_slides,
+            n_regions=n_regions,
+            slide_equivalents=equivalents,
+            false_lesions_per_slide=rates[answer],
+            target_fp_per_slide=target_fp_per_slide,
+            note=f"lowest threshold >= {floor:g} with <= {target_fp_per_slide:g} false "
+            f"lesions per slide on {n_slides} tumour-free slide(s) and {n_regions} "
+            "slide(s) with normal regions",
+        )
     best: tuple[float, float] | None = None
-    for t in cands.tolist():
-        r = rate(t)
-        if r + prior_lesions / equivalents <= target_fp_per_slide:
-            return OperatingPoint(
-                threshold=float(t),
-                method=METHOD_TUMOR_FREE,
-                n_slides=n_slides,
-                n_regions=n_regions,
-                slide_equivalents=equivalents,
-                false_lesions_per_slide=r,
-                target_fp_per_slide=target_fp_per_slide,
-                note=f"lowest threshold >= {floor:g} with <= {target_fp_per_slide:g} false "
-                f"lesions per slide on {n_slides} tumour-free slide(s) and {n_regions} "
-                "slide(s) with normal regions",
-            )
+    for t in values:
+        r = rates[t] if t in rates else rate(t)
         if best is None or r < best[1]:
             best = (t, r)
     assert best is not None

@@ -104,3 +104,17 @@ def test_false_lesions_are_counted_with_the_same_smoothing_and_minimum_size() ->
     assert choose_operating_point(
         [NegativeHeatmap(h)], none, target_fp_per_slide=0
     ).threshold > f32(0.9)
+
+
+def test_a_low_threshold_where_one_slide_merges_into_one_lesion_is_not_taken() -> None:
+    """Regression: scanned from the bottom, a threshold at which one tumour-free slide's whole
+    tissue is a single "false lesion" (and the others are clear) met a target of 0.25 per slide
+    on 4 slides; above it that slide's three separate false peaks break the target again. The
+    answer is the lowest threshold above which the target holds throughout."""
+    post = PostProcessing(smooth_sigma_um=0.0, extent_ratio=1.0, min_major_axis_um=0.0)
+    merged = negative_slide([0.5, 0.5, 0.5], background=0.3)  # 0.3 wall to wall, 3 peaks
+    clear = [negative_slide([0.2]) for _ in range(3)]  # one 0.2 peak each
+    negatives = [NegativeHeatmap(h) for h in (merged, *clear)]
+    op = choose_operating_point(negatives, post, target_fp_per_slide=0.25, floor=0.05)
+    # in (0.2, 0.3]: 1 lesion on 4 slides (the merged one), the target; in (0.3, 0.5]: 3
+    assert op.threshold > f32(0.5) and op.false_lesions_per_slide == 0.0
