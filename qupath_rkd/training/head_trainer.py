@@ -16,6 +16,9 @@
 4. Calibrated (Platt) on the validation logits, or on the out-of-fold logits, of the model kept;
    written as one checkpoint, with the out-of-domain reference of the training patches'
    features (:mod:`qupath_rkd.model.ood`).
+5. With ``normal_mosaics`` (``train-patches``' default), mosaics of held-out normal patches
+   scored by the head refitted without their fold, stored in the checkpoint for ``predict``'s
+   operating point (:mod:`qupath_rkd.training.normal_mosaics`).
 
 Every step is deterministic for a given seed and set of patches (the linear fit is convex and
 run to convergence; the folds and the perceptron's initialisation and batches are seeded).
@@ -198,8 +201,8 @@ def train_head(
     vf = None
     if valid_y is not None:
         vf = _features(net, valid_set, tta, cfg, device, cache, progress, "validation")  # type: ignore[arg-type]
-    # every feature is here (on every rank); what follows is cheap and runs on rank 0 alone
-    # when data-parallel
+    # every feature is here (on every rank); what follows runs on rank 0 alone when
+    # data-parallel: cheap, but for the normal mosaics (minutes on a CPU when asked for)
     feats = _Extracted(
         y,
         groups,
