@@ -16,11 +16,14 @@ straddle 2 or 4 patches, as on a slide), each mosaic by a head fitted without it
 3. the logits go through the model's calibration, giving a calibrated heatmap per mosaic
    ``(rows, cols)`` with ``rows = (side × input_px - input_px) / stride + 1``.
 
-The heatmaps are stored in the checkpoint (:meth:`NormalMosaics.to_payload`) rather than a
-threshold: ``predict`` chooses the operating point on them with its own post-processing
-(smoothing, minimum size, hysteresis) exactly as on tumour-free slides, at ``target`` false
-lesions per mosaic (a mosaic counts as one slide; a smaller one as its share of ``side²``). An
-explicit ``--threshold`` or ``--tumor-free`` slides take precedence.
+The heatmaps are stored in the checkpoint
+(:meth:`qupath_rkd.model.normal_mosaics.NormalMosaics.to_payload`) rather than a threshold:
+``predict`` chooses the operating point on them with its own post-processing (smoothing,
+minimum size, hysteresis) as on tumour-free slides, with the rate estimated as
+``(false lesions + 1/2) / mosaics`` (a mosaic counts as one slide, a smaller one as its share of
+``side²``) and down to 0.05 (:func:`qupath_rkd.lesions.operating_point.choose_on_mosaics`,
+:func:`qupath_rkd.inference.batch.model_operating_point`). An explicit ``--threshold`` or
+``--tumor-free`` slides take precedence.
 
 Limits, stated: the mosaics are random arrangements of patches (no tissue architecture, no
 slide edges, fat or background); the rate is per 8.9 mm², so a slide with ten times that tissue
