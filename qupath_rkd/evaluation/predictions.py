@@ -190,47 +190,38 @@ def read_sync_detections(predictions_dir: str | Path, entry_id: str, slide_id: s
     return read_lesion_detections(folder / f"{entry_id}.geojson", slide_id)
 
 
-def read_slide_scores(path: str | Path) -> dict[str, float]:
-    """``slide_scores.csv`` (header with ``slide`` and ``score``) → slide id → score."""
+def read_slide_table(path: str | Path) -> tuple[dict[str, float], dict[str, int]]:
+    """``slide_scores.csv`` (header with ``slide`` and ``score``; ``n_lesions`` optional) →
+    slide id → score, and slide id → lesions at the operating point (empty without the
+    column). A failed slide's empty cells are left out."""
     p = Path(path)
+    scores: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    columns: tuple[tuple[str, type, dict[str, Any], str], ...] = (
+        ("score", float, scores, "a number"),
+        ("n_lesions", int, counts, "a whole number"),
+    )
     with p.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"slide", "score"} <= set(reader.fieldnames):
             raise EvaluationError(f"{p}: needs a header with 'slide' and 'score' columns")
-        scores: dict[str, float] = {}
         for row in reader:
-            value = (row.get("score") or "").strip()
-            if value == "":
-                continue  # a failed slide has no score
-            try:
-                scores[row["slide"]] = float(value)
-            except ValueError:
-                raise EvaluationError(
-                    f"{p}: score {value!r} of {row['slide']} is not a number"
-                ) from None
-    return scores
+            for name, parse, out, what in columns:
+                value = (row.get(name) or "").strip()
+                if value == "":
+                    continue  # a failed slide has no score; an older table no counts
+                try:
+                    out[row["slide"]] = parse(value)
+                except ValueError:
+                    raise EvaluationError(
+                        f"{p}: {name} {value!r} of {row['slide']} is not {what}"
+                    ) from None
+    return scores, counts
 
 
-def read_lesion_counts(path: str | Path) -> dict[str, int]:
-    """``slide_scores.csv``'s ``n_lesions`` column → slide id → lesions at the operating point
-    (empty when the column is absent; a failed slide's empty cell is left out)."""
-    p = Path(path)
-    with p.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "n_lesions" not in reader.fieldnames:
-            return {}
-        counts: dict[str, int] = {}
-        for row in reader:
-            value = (row.get("n_lesions") or "").strip()
-            if value == "":
-                continue
-            try:
-                counts[row["slide"]] = int(value)
-            except ValueError:
-                raise EvaluationError(
-                    f"{p}: n_lesions {value!r} of {row['slide']} is not a whole number"
-                ) from None
-    return counts
+def read_slide_scores(path: str | Path) -> dict[str, float]:
+    """``slide_scores.csv`` (header with ``slide`` and ``score``) → slide id → score."""
+    return read_slide_table(path)[0]
 
 
 def find_sync_report(pred: Path) -> Path | None:
@@ -270,8 +261,7 @@ def _read_predict(pred: Path) -> Predictions:
             hint="give the --out folder of `qupath-rkd predict` or the project `sync` wrote",
         )
     scores_file = pred / SLIDE_SCORES_CSV
-    scores = read_slide_scores(scores_file) if scores_file.is_file() else {}
-    counts = read_lesion_counts(scores_file) if scores_file.is_file() else {}
+    scores, counts = read_slide_table(scores_file) if scores_file.is_file() else ({}, {})
     slides = []
     for f in files:
         sub = read_submission_csv(f)

@@ -98,3 +98,30 @@ def test_a_model_without_mosaics_keeps_the_calibrated_threshold(model) -> None:
     assert model.normal_mosaics is None
     op = model_operating_point(model, InferenceConfig().resolved(model), 0.25)
     assert op.method == "fallback" and op.threshold == model.threshold
+
+
+def test_the_mosaics_vs_slides_benchmark_counts_both_sides(
+    mosaic_model_path, semireal, tmp_path, monkeypatch, capsys
+) -> None:
+    """benchmarks/mosaics_vs_slides.py on the stored mosaics and a predicted slide."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    _predict(mosaic_model_path, semireal.path, tmp_path / "p")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "mosaics_vs_slides.py"
+    spec = importlib.util.spec_from_file_location("mosaics_vs_slides", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["x", "--model", str(mosaic_model_path), "--pred", str(tmp_path / "p")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--prefix", "semireal_"])
+    module.main()
+    out = json.loads(capsys.readouterr().out)
+    mosaics, slides = out["mosaics"], out["tumor_free_slides"]
+    assert mosaics["units"] == 2 and mosaics["tiles"] == 2 * ROWS * ROWS
+    # 144 of 961 cells of one mosaic hold the 0.97 false lesion, none of the other's
+    assert mosaics["raw_ge_0.72_per_unit"] == pytest.approx([0.0, 144 / ROWS**2])
+    assert mosaics["false_lesions_per_unit"]["0.70"] == 0.5  # 1 lesion on 2 mosaics
+    assert mosaics["false_lesions_per_unit"]["0.81"] == 0.5  # the lesion peaks at 0.97
+    assert slides["units"] == 1 and slides["tiles"] > 0
