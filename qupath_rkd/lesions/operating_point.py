@@ -3,10 +3,12 @@
 Tumour-free slides and normal annotations say where a lesion must not be: every lesion found
 there is a false lesion. :func:`choose_operating_point` takes their heatmaps and picks the lowest
 seed threshold at which they hold at most ``target_fp_per_slide`` false lesions per slide, never
-below ``floor``: sync passes the calibrated 0.5 ("more likely tumour than not"); ``predict``
-passes the candidate floor 0.05, because a head calibrated on its own patches carries their
-prior (1 tumour per 100 normal) and may put every tumour below 0.5. Without any tumour-free
-slide or normal region it returns the fallback and says so.
+below ``floor``. ``predict`` passes the candidate floor 0.05, because a head calibrated on its
+own patches carries their prior (1 tumour per 100 normal) and may put every tumour below 0.5;
+sync passes it too when the user marked at least one slide's worth of tissue tumour-free
+(:data:`MIN_SLIDES_BELOW_CALIBRATED`; a head calibrated out-of-fold on a few hard annotated
+regions is flat and may put every tumour below 0.5 as well), else the calibrated 0.5. Without
+any tumour-free slide or normal region it returns the fallback and says so.
 
 Slides, not regions, are the unit of the rate: a tumour-free slide counts 1; a normal region on
 another slide counts the share of that slide's tissue it covers (``region cells / tissue cells``),
@@ -38,6 +40,10 @@ METHOD_FALLBACK = "fallback"
 METHOD_TUMOR_FREE = "tumor-free"
 METHOD_GIVEN = "given"
 METHOD_NORMAL_PATCHES = "normal-patches"
+#: Sync goes below the model's calibrated threshold (down to the candidate floor, as predict
+#: does) only when the user marked at least this many slides' worth of tissue tumour-free: on a
+#: small normal outline alone, "no false lesion" says little about a whole slide.
+MIN_SLIDES_BELOW_CALIBRATED = 1.0
 #: Added to the false-lesion count on the normal mosaics (the Jeffreys estimate of a Poisson
 #: rate): :func:`choose_on_mosaics`.
 MOSAIC_PRIOR_LESIONS = 0.5
@@ -143,6 +149,28 @@ def candidate_thresholds(values: np.ndarray, floor: float) -> np.ndarray:
     return np.unique(np.clip(np.concatenate(([floor], above)), floor, 1.0))
 
 
+def _known_normal(neg: NegativeHeatmap) -> tuple[np.ndarray, float]:
+    """``(cells known normal (rows, cols) bool, the slides they count as)`` of one negative."""
+    tissue = np.isfinite(neg.heatmap.probability)
+    if neg.mask is None:
+        keep, weight = tissue, 1.0
+    else:
+        if neg.mask.shape != tissue.shape:
+            raise ValueError(f"normal mask {neg.mask.shape} does not match heatmap {tissue.shape}")
+        keep = tissue & neg.mask
+        weight = float(keep.sum()) / max(int(tissue.sum()), 1)
+    if neg.weight is not None:
+        weight = float(neg.weight)
+    return keep, (weight if keep.any() else 0.0)
+
+
+def slide_equivalents(negatives: Sequence[NegativeHeatmap]) -> float:
+    """How many slides' worth of known tumour-free tissue ``negatives`` hold: the rate's
+    denominator in :func:`choose_operating_point` (a tumour-free slide 1, a normal region its
+    share of its slide's tissue)."""
+    return float(sum(_known_normal(neg)[1] for neg in negatives))
+
+
 def choose_operating_point(
     negatives: Sequence[NegativeHeatmap],
     post: PostProcessing,
@@ -159,16 +187,19 @@ def choose_operating_point(
         negatives: tumour-free slides (``mask=None``) and normal regions (``mask`` given).
         post: the post-processing the lesions are made with (the same is applied here).
         target_fp_per_slide: the target rate.
-        floor: never below this (sync: the calibrated 0.5; predict: 0.05).
+        floor: never below this (predict, and sync with a tumour-free slide's worth of
+            tissue: 0.05; else the calibrated 0.5).
         prior_lesions: added to the false-lesion count before it is compared with the target
             (``(count + prior_lesions) / slides <= target``); 0 = the plain rate, ½ = the
             Jeffreys estimate of a Poisson rate, which does not take no false lesion on a few
             slides for a rate of 0 (:func:`choose_on_mosaics`). ``false_lesions_per_slide``
             reports the plain rate either way.
-        max_candidates: thresholds tested at most (evenly chosen among the candidates, the
-            lowest always included). They are scanned from the top down, and the answer is the
-            lowest above which all meet the target: at low thresholds a slide's tissue can
-            merge into one lesion, so the count is not monotone there.
+        max_candidates: thresholds tested at most in a first, coarse scan (evenly chosen
+            among the candidates, the lowest always included). They are scanned from the top
+            down, and the answer is the lowest above which all meet the target: at low
+            thresholds a slide's tissue can merge into one lesion, so the count is not monotone
+            there. Where the coarse scan stops, every candidate between its last two tested
+            thresholds is tested too, so the answer does not depend on the sampling.
 
     Returns:
         An :class:`OperatingPoint`. When no threshold up to 1.0 meets the target, the threshold
@@ -183,21 +214,10 @@ def choose_operating_point(
     weights: list[float] = []
     n_slides = n_regions = 0
     for neg in negatives:
-        smoothed = smooth_heatmap(neg.heatmap, post.smooth_sigma_um).probability
-        tissue = np.isfinite(neg.heatmap.probability)
-        if neg.mask is None:
-            keep, weight = tissue, 1.0
-        else:
-            if neg.mask.shape != tissue.shape:
-                raise ValueError(
-                    f"normal mask {neg.mask.shape} does not match heatmap {tissue.shape}"
-                )
-            keep = tissue & neg.mask
-            weight = float(keep.sum()) / max(int(tissue.sum()), 1)
-        if neg.weight is not None:
-            weight = float(neg.weight)
+        keep, weight = _known_normal(neg)
         if not keep.any():
             continue
+        smoothed = smooth_heatmap(neg.heatmap, post.smooth_sigma_um).probability
         grids.append(np.where(keep, smoothed, np.nan))
         cell_um.append(neg.heatmap.cell_um)
         weights.append(weight)
@@ -216,7 +236,8 @@ def choose_operating_point(
         )
         return n / equivalents
 
-    cands = candidate_thresholds(np.concatenate([g.reshape(-1) for g in grids]), floor)
+    every = candidate_thresholds(np.concatenate([g.reshape(-1) for g in grids]), floor)
+    cands = every
     if cands.size > max_candidates:
         pick = np.unique(np.linspace(0, cands.size - 1, max_candidates).round().astype(int))
         cands = cands[pick]
@@ -225,12 +246,23 @@ def choose_operating_point(
     # merge into one "lesion" (1 false lesion): a bottom-up scan could stop there.
     values = cands.tolist()
     rates: dict[float, float] = {}
-    answer: float | None = None
-    for t in reversed(values):
-        rates[t] = rate(t)
-        if rates[t] + prior_lesions / equivalents > target_fp_per_slide:
-            break
-        answer = t
+
+    def scan_down(ts: Sequence[float], answer: float | None) -> tuple[float | None, bool]:
+        for t in reversed(ts):
+            rates[t] = rate(t)
+            if rates[t] + prior_lesions / equivalents > target_fp_per_slide:
+                return answer, True
+            answer = t
+        return answer, False
+
+    answer, stopped = scan_down(values, None)
+    if stopped and answer is not None:
+        # the coarse scan stopped between two tested thresholds: test every candidate between
+        # them, so the answer does not depend on which ones the coarse scan sampled (on the
+        # floor, for one)
+        below = max(t for t in rates if t < answer)
+        between = every[(every > below) & (every < answer)].tolist()
+        answer, _ = scan_down(between, answer)
     if answer is not None:
         return OperatingPoint(
             threshold=float(answer),

@@ -836,12 +836,15 @@ def _operating_point(
     where that cannot be done it stays in-sample. ``held_out`` and the note say which.
     """
 
+    from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR
     from qupath_rkd.inference import predict_slide
     from qupath_rkd.lesions.operating_point import (
         METHOD_FALLBACK,
+        MIN_SLIDES_BELOW_CALIBRATED,
         choose_operating_point,
         fallback,
         given,
+        slide_equivalents,
     )
     from qupath_rkd.sync.heldout import (
         HeldOutHeads,
@@ -855,7 +858,7 @@ def _operating_point(
     target = float(config.get("inference.target_fp_per_slide"))
     if config.get("inference.threshold") != "auto":
         return given(float(config.get("inference.threshold"))).as_dict(), {}
-    floor = float(model.threshold)
+    calibrated = float(model.threshold)
     preds: dict[str, SlidePrediction] = {}
     negatives = []
     wanted = [e for e in entries if sources.get(e.entry_id) is not None and e.path is not None]
@@ -917,10 +920,25 @@ def _operating_point(
         preds[entry.entry_id] = without_features(pred)
         negatives.append(negative_heatmap(src, heatmap, entry.name))
     if not negatives:
-        return fallback(target, floor).as_dict(), preds
+        return fallback(target, calibrated).as_dict(), preds
+    # Below the calibrated threshold down to the candidate floor, as predict does: a head
+    # calibrated out-of-fold on few or hard annotated regions has a flat calibration, and its
+    # tumour may never reach 0.5 (the active-learning benchmark's projects reported no lesion
+    # at all on slides with annotated tumour). Only with a slide's worth of tumour-free tissue.
+    enough = slide_equivalents(negatives) >= MIN_SLIDES_BELOW_CALIBRATED
+    floor = DEFAULT_CANDIDATE_FLOOR if enough else calibrated
     # the extent capped at the calibrated threshold, as predict_slide's resolved config does
-    post = dataclasses.replace(inference_config(config, None).post_processing(), extent_cap=floor)
+    post = dataclasses.replace(
+        inference_config(config, None).post_processing(), extent_cap=calibrated
+    )
     op = choose_operating_point(negatives, post, target_fp_per_slide=target, floor=floor)
+    if not enough and op.method != METHOD_FALLBACK:
+        op = dataclasses.replace(
+            op,
+            note=f"{op.note} (less than {MIN_SLIDES_BELOW_CALIBRATED:g} slide of tumour-free "
+            f"tissue known: not below the calibrated {calibrated:g}; mark a tumour-free slide "
+            "to go lower)",
+        )
     if labelled is not None and op.method != METHOD_FALLBACK:
         how, note = held_out_summary(held, in_sample, not_trained)
         op = dataclasses.replace(op, held_out=how, note=f"{op.note}; {note}")

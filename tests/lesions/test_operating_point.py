@@ -11,6 +11,7 @@ from qupath_rkd.lesions.operating_point import (
     METHOD_TUMOR_FREE,
     NegativeHeatmap,
     choose_operating_point,
+    slide_equivalents,
 )
 from qupath_rkd.lesions.postprocess import PostProcessing
 
@@ -118,3 +119,31 @@ def test_a_low_threshold_where_one_slide_merges_into_one_lesion_is_not_taken() -
     op = choose_operating_point(negatives, post, target_fp_per_slide=0.25, floor=0.05)
     # in (0.2, 0.3]: 1 lesion on 4 slides (the merged one), the target; in (0.3, 0.5]: 3
     assert op.threshold > f32(0.5) and op.false_lesions_per_slide == 0.0
+
+
+def test_the_answer_does_not_depend_on_how_coarsely_the_thresholds_are_sampled() -> None:
+    """The coarse scan tests at most ``max_candidates`` thresholds; where it stops, every
+    candidate between its last two is tested, so a lower floor (more candidates, sampled
+    differently) or a smaller budget gives the same threshold."""
+    rng = np.random.default_rng(0)
+    slides = [negative_slide(list(rng.uniform(0.55, 0.95, 6))) for _ in range(4)]
+    for h in slides:  # many distinct background values: thousands of candidates
+        h.probability[:] += rng.uniform(0.0, 0.02, h.shape).astype(np.float32)
+    negatives = [NegativeHeatmap(h) for h in slides]
+    exact = choose_operating_point(negatives, POST, max_candidates=100_000)
+    for budget in (3, 17, 400):
+        for floor in (0.05, 0.5):
+            op = choose_operating_point(negatives, POST, max_candidates=budget, floor=floor)
+            assert op.threshold == exact.threshold, (budget, floor)
+            assert op.false_lesions_per_slide == exact.false_lesions_per_slide
+
+
+def test_slide_equivalents_count_slides_and_the_share_of_normal_regions() -> None:
+    h = negative_slide([])
+    half = np.zeros(h.shape, bool)
+    half[:, : h.shape[1] // 2] = True
+    empty = np.zeros(h.shape, bool)
+    negatives = [NegativeHeatmap(h), NegativeHeatmap(h, half), NegativeHeatmap(h, empty)]
+    assert slide_equivalents(negatives) == pytest.approx(1.5)
+    assert slide_equivalents([NegativeHeatmap(h, weight=0.25)]) == pytest.approx(0.25)
+    assert slide_equivalents([]) == 0.0
