@@ -21,10 +21,10 @@ list ``predict`` writes to ``camelyon16/<slide>.csv`` (the lesion peaks plus the
 outside the lesions down to a floor, non-maximum suppression in µm:
 :func:`qupath_rkd.lesions.candidates.candidate_detections`; one entry per
 ``--candidate-floors`` × ``--candidate-nms-um``); false lesions per tumour-free slide at that
-seed, the operating point chosen on the tumour-free slides (``choose_operating_point``,
-in-sample) with the sensitivity there, slide AUC for every slide-score rule, lesion Dice and
-tumour-area error on the tumour slides, and how often the burden category (ITC / micro / macro)
-matches the truth's. Prints JSON and writes it to ``--out``.
+seed, the operating point chosen on the tumour-free slides (``choose_operating_point``, floor
+0.05 as sync and predict use, in-sample) with the sensitivity there, slide AUC for every
+slide-score rule, lesion Dice and tumour-area error on the tumour slides, and how often the
+burden category (ITC / micro / macro) matches the truth's. Prints JSON and writes it to ``--out``.
 """
 
 from __future__ import annotations
@@ -263,14 +263,20 @@ def evaluate_setting(
             }
         )
     negatives = [NegativeHeatmap(heatmaps[s["slide_id"]]) for s in slides if not s["tumor"]]
-    op = choose_operating_point(negatives, post, target_fp_per_slide=target_fp)
+    # whole tumour-free slides: down to the candidate floor, as predict --tumor-free and sync
+    # (with a slide's worth of tumour-free tissue) choose it
+    op = choose_operating_point(
+        negatives, post, target_fp_per_slide=target_fp, floor=DEFAULT_CANDIDATE_FLOOR
+    )
     # the default operating point as a user meets it on a slide it was not chosen on: for each
     # tumour-free slide, the threshold chosen on the others, its false lesions at that threshold
     normal_ids = [s["slide_id"] for s in slides if not s["tumor"]]
     fp_cv = []
     for left_out in normal_ids if len(normal_ids) > 1 else []:
         others = [NegativeHeatmap(heatmaps[i]) for i in normal_ids if i != left_out]
-        op_i = choose_operating_point(others, post, target_fp_per_slide=target_fp)
+        op_i = choose_operating_point(
+            others, post, target_fp_per_slide=target_fp, floor=DEFAULT_CANDIDATE_FLOOR
+        )
         fp_cv.append(len(find_lesions(heatmaps[left_out], op_i.threshold, post).lesions))
     # sensitivity (and area) at the chosen operating point: lesions hit by a lesion found there
     hits = n_lesions = 0
