@@ -7,7 +7,8 @@ suggestions in the same order, with the same scores.
 Signals (``SuggestConfig.signal``), each a score per candidate region, higher first:
 
 - ``uncertainty``: the mean over the region's cells of ``1 - |p - t| / max(t, 1 - t)``,
-  ``p`` the cell's probability and ``t`` the decision threshold (the operating point): 1 at
+  ``p`` the cell's probability and ``t`` the decision threshold (sync passes the model's
+  calibrated threshold, where a tile's label is a coin flip, not the operating point): 1 at
   the threshold, 0 at the far end.
 - ``tta_disagreement``: the mean over cells of the standard deviation of the per-view
   probabilities: from a slide's dense ``view_probability``, or else from ``view_fn`` for the

@@ -124,9 +124,12 @@ def update_suggestions(
         slides.append(_slide(entry, annotation_sets[entry.entry_id], heatmap))
     if not config.get("inference.heatmap_tiles"):
         notes.append("suggestions need the heatmap tiles: set inference.heatmap_tiles = true")
-    if threshold is None:
-        model = model or load_model()
-        threshold = float(model.threshold)
+    # "uncertain" is measured from the model's calibrated threshold, where a tile's label is a
+    # coin flip, not from the operating point: that is set for the false lesions a pathologist
+    # meets on tumour-free tissue and may sit far from it (down to 0.05). Measured in
+    # docs/benchmarks.md ("The uncertainty centre").
+    model = model or load_model()
+    centre = float(model.threshold)
     feature_fn = labelled_features = None
     if cfg.signal in _FEATURE_SIGNALS and slides:
         model = model or load_model()
@@ -141,7 +144,7 @@ def update_suggestions(
     try:
         result = suggest_regions(
             slides,
-            threshold=float(threshold),
+            threshold=centre,
             config=cfg,
             feature_fn=feature_fn,
             labelled_features=labelled_features,
@@ -151,7 +154,7 @@ def update_suggestions(
         if feature_fn is None and view_fn is None:
             raise
         notes.append(f"tiles unreadable ({exc}): ranked without features or views")
-        result = suggest_regions(slides, threshold=float(threshold), config=cfg)
+        result = suggest_regions(slides, threshold=centre, config=cfg)
     notes.extend(result.notes)
     by_id = {e.entry_id: e for e in usable}
     rows = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sync_helpers import FAST, snapshot
 
 from qupath_rkd.qupath.backends import get_backend
@@ -151,3 +152,29 @@ def test_tumour_first_is_top_probability_until_enough_tumour_regions(synced_copy
     assert s["signal"] == "top_probability"
     assert s["regions"] and {r["reason"] for r in s["regions"]} == {"probable tumour"}
     assert any(f"{n_regions} labelled tumour region(s)" in n for n in s["notes"]), s["notes"]
+
+
+def test_uncertainty_is_measured_from_the_calibrated_threshold_not_the_operating_point(
+    synced_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: since the operating point may go down to 0.05, "uncertain" around it picked
+    low-probability (mostly normal) tissue; on the active-learning benchmark that lowered the
+    suggestions' held-out tile AUROC. The centre is the model's calibrated threshold."""
+    import qupath_rkd.suggest as suggest_pkg
+    from qupath_rkd.model.scorer import load_model
+    from qupath_rkd.sync.runner import MODEL_RELPATH
+
+    seen: list[float] = []
+    real = suggest_pkg.suggest_regions
+
+    def spy(*args: object, threshold: float, **kwargs: object) -> object:
+        seen.append(threshold)
+        return real(*args, threshold=threshold, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(suggest_pkg, "suggest_regions", spy)
+    outcome = run_sync(synced_copy, load_config(synced_copy, {**FAST, "inference.threshold": 0.05}))
+    assert outcome.exit_code == 0 and outcome.operating_point is not None
+    assert outcome.operating_point["threshold"] == 0.05
+    calibrated = load_model(synced_copy / MODEL_RELPATH, device="cpu").threshold
+    assert seen and set(seen) == {calibrated} and calibrated == 0.5
+    assert outcome.suggestions is not None and outcome.suggestions["regions"]
