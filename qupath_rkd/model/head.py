@@ -132,8 +132,13 @@ def fit_head(
     *,
     init: HeadFit | None = None,
     max_iter: int = 200,
+    normal_weights: np.ndarray | None = None,
 ) -> HeadFit:
     """Fit the class-balanced logistic head on ``(N, D)`` features and ``(N,)`` 0/1 labels.
+
+    ``normal_weights``: ``(number of normal rows,)`` relative weights of the normal rows in
+    their order (each class still carries half the loss); ``None`` = equal. Hard-negative
+    mining with it was measured and not adopted (``benchmarks/head_hard_negatives.py``).
 
     Raises :class:`DataError` unless both classes are present.
     """
@@ -145,6 +150,13 @@ def fit_head(
     x = torch.from_numpy(((np.asarray(feats, dtype=np.float64) - mean) / std).astype(np.float32))
     t = torch.from_numpy(y.astype(np.float32))
     sample_w = torch.where(t > 0, 0.5 / n_pos, 0.5 / n_neg).float()
+    if normal_weights is not None:
+        wn = np.asarray(normal_weights, dtype=np.float64).reshape(-1)
+        if wn.shape != (int(n_neg),) or not np.all(wn >= 0) or wn.sum() <= 0:
+            raise ValueError(f"normal_weights must be {int(n_neg)} weights >= 0, not all 0")
+        weights = np.where(y > 0, 0.5 / n_pos, 0.0)
+        weights[y == 0] = 0.5 * wn / wn.sum()
+        sample_w = torch.from_numpy(weights.astype(np.float32))
     dim = x.shape[1]
     w = torch.zeros(dim, dtype=torch.float32, requires_grad=True)
     b = torch.zeros((), dtype=torch.float32, requires_grad=True)

@@ -100,3 +100,46 @@ def test_eight_view_scores_do_not_depend_on_the_tiles_orientation() -> None:
         torch.testing.assert_close(score(turned, 8), base8, rtol=1e-3, atol=1e-3)
     # one view is orientation-dependent (so the assertion above can fail)
     assert not torch.allclose(score(view_tiles(tiles, 1), 1), base1, atol=1e-3)
+
+
+def test_normal_weights_keep_each_class_at_half_the_loss_and_pull_weighted_normals_down() -> None:
+    """``fit_head(normal_weights=...)``: equal weights are the default fit; weighting a few
+    normals up lowers their logits (hard-negative mining, benchmarks/head_hard_negatives.py)."""
+    x, y = _blobs(20, 400, seed=3)
+    plain = fit_head(x, y, 1.0)
+    n_neg = int((y == 0).sum())
+    same = fit_head(x, y, 1.0, normal_weights=np.full(n_neg, 7.0))
+    np.testing.assert_allclose(same.weight, plain.weight, rtol=1e-3, atol=1e-5)
+    assert same.bias == pytest.approx(plain.bias, abs=1e-4)
+    normals = x[y == 0]
+    hard = np.argsort(plain.logits(normals[:, None])[:, 0])[-10:]  # the 10 highest normals
+    w = np.ones(n_neg)
+    w[hard] = 20.0
+    mined = fit_head(x, y, 1.0, normal_weights=w)
+    before = plain.logits(normals[hard][:, None])[:, 0].mean()
+    after = mined.logits(normals[hard][:, None])[:, 0].mean()
+    assert after < before - 0.2
+    with pytest.raises(ValueError, match="normal_weights"):
+        fit_head(x, y, 1.0, normal_weights=np.ones(n_neg - 1))
+    with pytest.raises(ValueError, match="normal_weights"):
+        fit_head(x, y, 1.0, normal_weights=np.zeros(n_neg))
+
+
+def test_the_hard_negative_benchmark_reads_the_tail() -> None:
+    """benchmarks/head_hard_negatives.py: recall at a share of the normals, and the weights."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "head_hard_negatives.py"
+    spec = importlib.util.spec_from_file_location("head_hard_negatives", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # 200 normals scored 0..199; tumours at 198.5 and 190
+    scores = np.r_[np.arange(200.0), [198.5, 190.0]]
+    labels = np.r_[np.zeros(200), [1, 1]].astype(int)
+    m = module.tail_metrics(scores, labels)
+    assert m["recall_at_0.005"] == 0.5  # cut at the 2nd highest normal (198): one tumour above
+    assert m["recall_at_0.05"] == 1.0  # cut at the 11th highest (189): both above
+    w = module.hard_weights(np.arange(100.0), 0.1, 5.0)
+    assert w.sum() == 90 + 10 * 5.0 and (w[90:] == 5.0).all()
