@@ -164,6 +164,14 @@ def _known_normal(neg: NegativeHeatmap) -> tuple[np.ndarray, float]:
     return keep, (weight if keep.any() else 0.0)
 
 
+def _evenly(values: np.ndarray, k: int) -> np.ndarray:
+    """At most ``k`` of the ascending ``values``, evenly spaced by rank, the first and last
+    included."""
+    if values.size <= k:
+        return values
+    return values[np.unique(np.linspace(0, values.size - 1, k).round().astype(int))]
+
+
 def slide_equivalents(negatives: Sequence[NegativeHeatmap]) -> float:
     """How many slides' worth of known tumour-free tissue ``negatives`` hold: the rate's
     denominator in :func:`choose_operating_point` (a tumour-free slide 1, a normal region its
@@ -198,8 +206,9 @@ def choose_operating_point(
             among the candidates, the lowest always included). They are scanned from the top
             down, and the answer is the lowest above which all meet the target: at low
             thresholds a slide's tissue can merge into one lesion, so the count is not monotone
-            there. Where the coarse scan stops, every candidate between its last two tested
-            thresholds is tested too, so the answer does not depend on the sampling.
+            there. Where the scan stops, the candidates between its last two tested thresholds
+            are scanned the same way, until none is left between them, so the answer does not
+            depend on the sampling.
 
     Returns:
         An :class:`OperatingPoint`. When no threshold up to 1.0 meets the target, the threshold
@@ -237,32 +246,29 @@ def choose_operating_point(
         return n / equivalents
 
     every = candidate_thresholds(np.concatenate([g.reshape(-1) for g in grids]), floor)
-    cands = every
-    if cands.size > max_candidates:
-        pick = np.unique(np.linspace(0, cands.size - 1, max_candidates).round().astype(int))
-        cands = cands[pick]
-    # from the top down: the answer is the lowest threshold above which every tested one meets
-    # the target. Counts are not monotone at low thresholds, where a slide's whole tissue can
-    # merge into one "lesion" (1 false lesion): a bottom-up scan could stop there.
-    values = cands.tolist()
     rates: dict[float, float] = {}
 
-    def scan_down(ts: Sequence[float], answer: float | None) -> tuple[float | None, bool]:
-        for t in reversed(ts):
+    def scan_down(ts: np.ndarray, answer: float | None) -> tuple[float | None, bool]:
+        # at most max_candidates of ts, evenly, the lowest included; from the top down: the
+        # answer is the lowest threshold above which every tested one meets the target. Counts
+        # are not monotone at low thresholds, where a slide's whole tissue can merge into one
+        # "lesion" (1 false lesion): a bottom-up scan could stop there.
+        for t in reversed(_evenly(ts, max_candidates).tolist()):
             rates[t] = rate(t)
             if rates[t] + prior_lesions / equivalents > target_fp_per_slide:
                 return answer, True
             answer = t
         return answer, False
 
-    answer, stopped = scan_down(values, None)
-    if stopped and answer is not None:
-        # the coarse scan stopped between two tested thresholds: test every candidate between
-        # them, so the answer does not depend on which ones the coarse scan sampled (on the
-        # floor, for one)
+    answer, stopped = scan_down(every, None)
+    while stopped and answer is not None:
+        # stopped between two tested thresholds: scan the candidates between them, so that the
+        # answer does not depend on which ones were sampled (on the floor, for one)
         below = max(t for t in rates if t < answer)
-        between = every[(every > below) & (every < answer)].tolist()
-        answer, _ = scan_down(between, answer)
+        between = every[(every > below) & (every < answer)]
+        if between.size == 0:
+            break
+        answer, stopped = scan_down(between, answer)
     if answer is not None:
         return OperatingPoint(
             threshold=float(answer),
@@ -277,7 +283,7 @@ def choose_operating_point(
             "slide(s) with normal regions",
         )
     best: tuple[float, float] | None = None
-    for t in values:
+    for t in _evenly(every, max_candidates).tolist():
         r = rates[t] if t in rates else rate(t)
         if best is None or r < best[1]:
             best = (t, r)

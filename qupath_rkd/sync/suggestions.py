@@ -127,16 +127,14 @@ def update_suggestions(
     # "uncertain" is measured from the model's calibrated threshold, where a tile's label is a
     # coin flip, not from the operating point: that is set for the false lesions a pathologist
     # meets on tumour-free tissue and may sit far from it (down to 0.05). Measured in
-    # docs/benchmarks.md ("The uncertainty centre").
+    # docs/benchmarks.md ("Sync's operating point below 0.5, and "uncertain" from ...").
     model = model or load_model()
     centre = float(model.threshold)
     feature_fn = labelled_features = None
     if cfg.signal in _FEATURE_SIGNALS and slides:
-        model = model or load_model()
         feature_fn, labelled_features = _features(model, slides, usable, labelled, config, notes)
     view_fn = None
     if cfg.signal in _VIEW_SIGNALS and slides:
-        model = model or load_model()
         view_fn = _views(model, slides, usable, config, notes)
     from qupath_rkd.suggest import suggest_regions
     from qupath_rkd.suggest.write import suggestion_features, suggestion_row
