@@ -1066,6 +1066,46 @@ def resummarise(results_json: Path) -> None:
     print((results_json.parent / "results.md").read_text(encoding="utf-8"))
 
 
+def merge(results: Sequence[Path], out: Path) -> None:
+    """One ``results.json`` (and ``results.md``) in ``out`` from the rows of several runs, e.g.
+    seeds run in separate processes. A (strategy, seed, round) in more than one run (round 0,
+    which each process computes for its seeds) must agree in every measure, else it stops:
+    that is the check that the runs measured the same code on the same slides."""
+    from qupath_rkd.io_utils import atomic_write_json, atomic_write_text
+
+    rows: dict[tuple[str, int, Any], dict[str, Any]] = {}
+    runs = []
+    for path in results:
+        if not path.is_file():
+            sys.exit(f"{path}: not found (give the results.json files the runs wrote)")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        runs.append({k: data.get(k) for k in ("command", "date", "seconds", "machine")})
+        for row in data["rows"]:
+            key = (row["strategy"], int(row["seed"]), row["round"])
+            seen = rows.get(key)
+            if seen is not None:
+                differ = [k for k in (*METRICS, "area_mm2") if seen.get(k) != row.get(k)]
+                if differ:
+                    sys.exit(
+                        f"{path}: {key} differs from an earlier run in {differ}; "
+                        "merge only runs of the same code and slides"
+                    )
+                continue
+            rows[key] = row
+    rank = {name: k for k, name in enumerate((*STRATEGIES, REFERENCE))}  # the default first
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (rank.get(r["strategy"], len(rank)), r["seed"], r["round"] or 0),
+    )
+    strategies = list(dict.fromkeys(r["strategy"] for r in ordered if r["round"] is not None))
+    summary = summarise(ordered, strategies)
+    out.mkdir(parents=True, exist_ok=True)
+    merged = {"merged_from": [str(p) for p in results], "runs": runs}
+    atomic_write_json(out / "results.json", {**merged, "summary": summary, "rows": ordered})
+    atomic_write_text(out / "results.md", markdown(summary))
+    print((out / "results.md").read_text(encoding="utf-8"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -1111,7 +1151,17 @@ def main() -> None:
         metavar="RESULTS_JSON",
         help="only rewrite the summary and results.md beside this results.json (its rows)",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only write --out/results.json and results.md from the rows of these runs",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.summarise is not None:
         resummarise(args.summarise)
         return

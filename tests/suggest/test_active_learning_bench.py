@@ -159,6 +159,33 @@ def test_paired_comparison_counts_per_seed_and_round(bench: ModuleType) -> None:
     assert "wins / losses / ties" in bench.markdown(summary)
 
 
+def test_merge_joins_runs_and_refuses_disagreeing_rows(bench: ModuleType, tmp_path: Path) -> None:
+    def row(strategy: str, seed: int, rnd: int | None, value: float) -> dict:
+        metrics = dict.fromkeys(bench.METRICS, value)
+        return {"strategy": strategy, "seed": seed, "round": rnd, "area_mm2": 0.1, **metrics}
+
+    def run(name: str, rows: list[dict]) -> Path:
+        path = tmp_path / name / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"command": name, "rows": rows}), encoding="utf-8")
+        return path
+
+    # two processes, each with round 0 of the seed (the same numbers) and its own strategy
+    a = run("a", [row("random", 5, 0, 0.5), row("random", 5, 1, 0.6)])
+    b = run("b", [row("mixed", 5, 0, 0.5), row("mixed", 5, 1, 0.7), row("random", 5, 0, 0.5)])
+    bench.merge([a, b], tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text(encoding="utf-8"))
+    keys = [(r["strategy"], r["round"]) for r in merged["rows"]]
+    assert keys == [("mixed", 0), ("mixed", 1), ("random", 0), ("random", 1)]  # default first
+    assert merged["summary"]["paired"]["mixed vs random"]["tile_ap"]["wins"] == 1
+    assert (tmp_path / "merged" / "results.md").is_file()
+
+    # the same (strategy, seed, round) measured differently: not the same code or slides
+    c = run("c", [row("random", 5, 1, 0.9)])
+    with pytest.raises(SystemExit, match="differs"):
+        bench.merge([a, c], tmp_path / "merged2")
+
+
 @pytest.mark.slow
 def test_simulation_tiny(shared_data: Path, tmp_path: Path) -> None:
     """One round, tiny slides, through sync: suggestions annotated, the rows sane."""
