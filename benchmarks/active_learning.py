@@ -79,6 +79,7 @@ if str(REPO) not in sys.path:
 ORACLE_NAME = "oracle"
 STRATEGIES = (
     "mixed",
+    "mixed_random",
     "uncertainty_diversity",
     "tumour_first",
     "random",

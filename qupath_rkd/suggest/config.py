@@ -24,10 +24,15 @@ SIGNAL_TUMOUR_FIRST = "tumour_first"
 #: ``uncertainty_diversity`` and ``top_probability`` picks in turn (rank 1 the former's): the
 #: default, measured best in ``benchmarks/active_learning.py`` (docs/benchmarks.md).
 SIGNAL_MIXED = "mixed"
+#: ``uncertainty_diversity``, ``top_probability`` and ``random`` picks in turn (rank 1 the
+#: first's): ``mixed`` with a share of regions drawn at random from unannotated tissue, so
+#: that the labelled set keeps a sample of ordinary tissue beside the hard cases.
+SIGNAL_MIXED_RANDOM = "mixed_random"
 
 SIGNALS: tuple[str, ...] = (
     SIGNAL_COMBINED,
     SIGNAL_MIXED,
+    SIGNAL_MIXED_RANDOM,
     SIGNAL_TUMOUR_FIRST,
     SIGNAL_UNCERTAINTY,
     SIGNAL_TTA,

@@ -51,6 +51,7 @@ from qupath_rkd.suggest.config import (
     SIGNAL_COMBINED,
     SIGNAL_DIVERSITY,
     SIGNAL_MIXED,
+    SIGNAL_MIXED_RANDOM,
     SIGNAL_RANDOM,
     SIGNAL_TOP_PROBABILITY,
     SIGNAL_TTA,
@@ -66,6 +67,12 @@ FeatureFn = Callable[[int, np.ndarray], np.ndarray]
 #: ``view_fn(slide_index, cells (n, 2) (row, col)) -> (V, n)`` tumour probabilities of those
 #: cells' tiles in each of ``V >= 2`` test-time views; must be deterministic.
 ViewFn = Callable[[int, np.ndarray], np.ndarray]
+
+#: The signals that take turns, in their order, for the signals made of turns.
+_TURNS: dict[str, tuple[str, ...]] = {
+    SIGNAL_MIXED: (SIGNAL_COMBINED, SIGNAL_TOP_PROBABILITY),
+    SIGNAL_MIXED_RANDOM: (SIGNAL_COMBINED, SIGNAL_TOP_PROBABILITY, SIGNAL_RANDOM),
+}
 
 #: Cells whose features stand for a region (evenly spread over its cells, row-major).
 FEATURE_CELLS = 9
@@ -213,10 +220,11 @@ def suggest_regions(
     )
     usable = np.ones(len(candidates), dtype=bool)
     base = unc.copy()
+    drawn = np.random.default_rng(config.seed).random(len(candidates))
     if sig == SIGNAL_TOP_PROBABILITY:
         base = mean_p.copy()
     elif sig == SIGNAL_RANDOM:
-        base = np.random.default_rng(config.seed).random(len(candidates))
+        base = drawn
     elif sig == SIGNAL_TTA:
         base = np.zeros(len(candidates))
         missing: set[str] = set()
@@ -246,7 +254,7 @@ def suggest_regions(
     feats: np.ndarray | None = None
     in_pool = np.zeros(len(candidates), dtype=bool)  # candidates with features
     d_lab = np.full(len(candidates), np.nan)
-    if sig in (SIGNAL_DIVERSITY, SIGNAL_COMBINED, SIGNAL_MIXED):
+    if sig in (SIGNAL_DIVERSITY, SIGNAL_COMBINED, *_TURNS):
         if feature_fn is None:
             if sig == SIGNAL_DIVERSITY:
                 result.notes.append(f"{SIGNAL_DIVERSITY}: no features available: no suggestions")
@@ -254,7 +262,7 @@ def suggest_regions(
         else:
             feats, pool = _pool_features(candidates, unc, sig, config, feature_fn)
             in_pool = pool
-            if sig != SIGNAL_MIXED:  # its probable-tumour turns may pick outside the pool
+            if sig not in _TURNS:  # the other turns of those may pick outside the pool
                 usable &= pool
             if labelled_features is not None and len(labelled_features):
                 lab = _unit(np.asarray(labelled_features).reshape(len(labelled_features), -1))
@@ -283,15 +291,17 @@ def suggest_regions(
             break
         score = base
         turn = sig
-        if sig == SIGNAL_MIXED:  # odd ranks uncertain and unlike, even ranks probable tumour
-            turn = SIGNAL_COMBINED if len(picked) % 2 == 0 else SIGNAL_TOP_PROBABILITY
+        if sig in _TURNS:  # e.g. mixed: odd ranks uncertain and unlike, even probable tumour
+            turn = _TURNS[sig][len(picked) % len(_TURNS[sig])]
             if turn == SIGNAL_TOP_PROBABILITY:
                 score = mean_p
+            elif turn == SIGNAL_RANDOM:
+                score = drawn
         if feats is not None and turn == SIGNAL_DIVERSITY:
             score = d_now
         elif feats is not None and turn == SIGNAL_COMBINED:
             score = unc * (np.minimum(1.0, d_now / d_ref) if d_ref > 0 else 1.0)
-            if sig == SIGNAL_MIXED:
+            if sig in _TURNS:
                 score = np.where(in_pool, score, np.nan)  # features only in the pool
                 if not (avail & in_pool).any():  # the pool is used up: the other turn's pick
                     turn, score = SIGNAL_TOP_PROBABILITY, mean_p

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: At most this many labelled tiles (evenly spread over the labelled set) stand for it.
 MAX_LABELLED_TILES = 256
-_FEATURE_SIGNALS = ("diversity", "uncertainty_diversity", "mixed")
+_FEATURE_SIGNALS = ("diversity", "uncertainty_diversity", "mixed", "mixed_random")
 _VIEW_SIGNALS = ("tta_disagreement",)
 
 

@@ -275,6 +275,36 @@ def test_mixed_takes_uncertain_and_probable_picks_in_turn() -> None:
     )
 
 
+def test_mixed_random_adds_a_random_turn() -> None:
+    """``mixed_random``: ranks 1, 2, 3, 4 are the uncertain, the probable-tumour, a random
+    and again an uncertain pick; the random one is the seeded ``random`` signal's first pick
+    that does not touch the two before it."""
+    slides = _slides()
+    labelled = np.random.default_rng(0).random((20, 4))
+
+    def run(signal: str, n: int):  # type: ignore[no-untyped-def]
+        cfg = SuggestConfig(signal=signal, per_slide=3, per_project=n, region_um=300.0, seed=3)
+        return suggest_regions(
+            slides,
+            threshold=0.4,
+            config=cfg,
+            feature_fn=_feature_fn(slides),
+            labelled_features=labelled,
+        ).suggestions
+
+    got, plain = run("mixed_random", 4), run("random", 12)
+    assert [s.reason.split(",")[0] for s in got] == [
+        "uncertain",
+        "probable tumour",
+        "random pick",
+        "uncertain",
+    ]
+    first_random = next(
+        s for s in plain if not any(s.geometry.distance(e.geometry) == 0 for e in got[:2])
+    )
+    assert got[2].geometry.equals(first_random.geometry)
+
+
 def test_mixed_never_suggests_with_an_infinite_score_when_its_pool_runs_out() -> None:
     """Regression: ``qupath-rkd demo`` failed with "'Suggestion score' ... is -inf" when the
     combined turn of ``mixed`` found every candidate with features (the most uncertain ones)
