@@ -25,6 +25,9 @@ Signals (``SuggestConfig.signal``), each a score per candidate region, higher fi
   ranks the former, even ranks the latter; without features the former is ``uncertainty``):
   regions the model is unsure of and unlike what is labelled, and the regions it calls tumour
   most surely, which she confirms or corrects (a corrected one is a hard negative).
+- ``mixed_random``: ``uncertainty_diversity``, ``top_probability`` and ``random`` picks in
+  turn (ranks 1, 2, 3, then again): ``mixed`` with a share of ordinary tissue. Measured against
+  ``mixed`` on 10 seeds (docs/benchmarks.md): a tie, behind it at the first round.
 - ``tumour_first``: ``top_probability`` while the labelled tumour forms few regions, then
   ``uncertainty_diversity``; the caller resolves it
   (:func:`~qupath_rkd.suggest.config.tumour_first_signal`).

@@ -245,24 +245,27 @@ def test_tumour_first_turns_to_uncertainty_diversity_at_enough_tumour_regions() 
         suggest_regions([], threshold=0.5, config=SuggestConfig(signal=SIGNAL_TUMOUR_FIRST))
 
 
+def _picks_on_two_slides(signal: str, n: int = 4, seed: int = 0) -> list:
+    """``signal``'s first ``n`` picks on :func:`_slides`, with features and 20 labelled tiles
+    (threshold 0.4, 300 µm regions, at most 3 per slide)."""
+    slides = _slides()
+    cfg = SuggestConfig(signal=signal, per_slide=3, per_project=n, region_um=300.0, seed=seed)
+    return suggest_regions(
+        slides,
+        threshold=0.4,
+        config=cfg,
+        feature_fn=_feature_fn(slides),
+        labelled_features=np.random.default_rng(0).random((20, 4)),
+    ).suggestions
+
+
 def test_mixed_takes_uncertain_and_probable_picks_in_turn() -> None:
     """``mixed``: odd ranks are the combined signal's picks (reason uncertain...), even ranks
     the most probable tumour left (reason probable tumour), and the first of each kind is
     what that signal alone would pick first."""
-    slides = _slides()
-    labelled = np.random.default_rng(0).random((20, 4))
-
-    def run(signal: str):  # type: ignore[no-untyped-def]
-        cfg = SuggestConfig(signal=signal, per_slide=3, per_project=4, region_um=300.0)
-        return suggest_regions(
-            slides,
-            threshold=0.4,
-            config=cfg,
-            feature_fn=_feature_fn(slides),
-            labelled_features=labelled,
-        ).suggestions
-
-    mixed, combined, top = run("mixed"), run("uncertainty_diversity"), run("top_probability")
+    mixed, combined, top = (
+        _picks_on_two_slides(s) for s in ("mixed", "uncertainty_diversity", "top_probability")
+    )
     assert len(mixed) == 4
     assert [s.reason.startswith("uncertain") for s in mixed] == [True, False, True, False]
     assert [s.reason for s in mixed[1::2]] == ["probable tumour"] * 2
@@ -279,20 +282,8 @@ def test_mixed_random_adds_a_random_turn() -> None:
     """``mixed_random``: ranks 1, 2, 3, 4 are the uncertain, the probable-tumour, a random
     and again an uncertain pick; the random one is the seeded ``random`` signal's first pick
     that does not touch the two before it."""
-    slides = _slides()
-    labelled = np.random.default_rng(0).random((20, 4))
-
-    def run(signal: str, n: int):  # type: ignore[no-untyped-def]
-        cfg = SuggestConfig(signal=signal, per_slide=3, per_project=n, region_um=300.0, seed=3)
-        return suggest_regions(
-            slides,
-            threshold=0.4,
-            config=cfg,
-            feature_fn=_feature_fn(slides),
-            labelled_features=labelled,
-        ).suggestions
-
-    got, plain = run("mixed_random", 4), run("random", 12)
+    got = _picks_on_two_slides("mixed_random", seed=3)
+    plain = _picks_on_two_slides("random", n=12, seed=3)
     assert [s.reason.split(",")[0] for s in got] == [
         "uncertain",
         "probable tumour",
