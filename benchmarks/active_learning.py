@@ -16,13 +16,16 @@ write_qupath_project`) whose annotations are the export folder the Groovy script
 ``sync`` through the geojson backend, exactly as ``qupath-rkd sync PROJECT`` does (the run's
 settings are written to the project's ``config.toml``; :func:`qupath_rkd.sync.runner.run_sync`
 is what the CLI calls). It starts from one annotated lesion (the largest lesion of the seed's
-tumour slide, the exact truth, class ``Tumor``) plus one slide marked tumour-free. Each round,
+tumour slide, the exact truth, class ``Tumor``) plus one slide marked tumour-free. The seed's
+tumour slide is number ``seed mod --train-tumour``: with the default 4, seeds 4 apart share
+their start and differ only in the training's, the labels' and ``random``'s draws. Each round,
 the oracle reads the suggestion objects ``sync`` wrote into the prediction files (what QuPath
 shows), and for each region appends to that image's exported GeoJSON a ``Tumor`` annotation =
 truth ∩ region and a ``Normal`` annotation (the class the label reader takes as normal:
 ``classes.normal``) = region − truth; existing annotations are never touched. Then ``sync`` runs
 again. Strategies: the ``suggest.signal`` values (the default ``mixed``, its parts
-``uncertainty_diversity`` and ``top_probability`` taking turns; ``tumour_first``; the
+``uncertainty_diversity`` and ``top_probability`` taking turns; ``mixed_random``, those and a
+random pick in turn; ``tumour_first``; the
 single signals ``uncertainty``, ``diversity`` and ``tta_disagreement`` (sync scores the tiles
 of each slide's most uncertain candidates in 4 dihedral views), the baselines ``random`` —
 random regions of the same size from unannotated tissue — and ``top_probability``). Round 0
