@@ -35,7 +35,7 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
     """
     from qupath_rkd.demo import run_demo
     from qupath_rkd.sync.config import parse_overrides
-    from qupath_rkd.sync.report import format_table
+    from qupath_rkd.sync.report import format_outcome
 
     values = parse_overrides(overrides)
     if device is not None:
@@ -60,11 +60,7 @@ def demo(directory: Path, overrides: tuple[str, ...], device: str | None) -> Non
     )
     click.echo("")
     click.echo(f"QuPath project: {result.project.project_dir / 'project.qpproj'}")
-    if outcome.trained:
-        click.echo(f"trained a model ({outcome.train_reason})")
-    else:
-        click.echo("model up to date: nothing to train")
-    click.echo(format_table(outcome.slides))
+    click.echo(format_outcome(outcome))  # what `qupath-rkd sync` prints, suggestions included
     truth = ", ".join(
         f"{name}: {'tumour' if has else 'no tumour'}" for name, has in result.slide_truth.items()
     )

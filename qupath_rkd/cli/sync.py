@@ -117,7 +117,7 @@ def sync(
     or, with a QuPath installation, through paquo. Exit code 1 when any slide failed.
     """
     from qupath_rkd.sync.config import load_config, parse_overrides
-    from qupath_rkd.sync.report import format_suggestions, format_table, report_path
+    from qupath_rkd.sync.report import format_outcome, report_path
     from qupath_rkd.sync.runner import run_sync
 
     _refuse_torchrun()
@@ -150,21 +150,7 @@ def sync(
             progress=progress,
             echo=lambda line: progress.echo(line, err=True),
         )
-    if dry_run:
-        if outcome.train_reason:
-            click.echo(f"would train a model: {outcome.train_reason}")
-        else:
-            click.echo("would reuse the model")
-    elif outcome.trained:
-        click.echo(f"trained a model ({outcome.train_reason})")
-    else:
-        click.echo("model up to date: nothing to train")
-    click.echo(format_table(outcome.slides))
-    for line in outcome.warnings:  # about the model in use: shown on every sync
-        click.echo(f"warning: {line}")
-    suggested = format_suggestions(outcome.suggestions)
-    if suggested:
-        click.echo(suggested)
+    click.echo(format_outcome(outcome, dry_run=dry_run))
     elapsed = time.perf_counter() - started
     if dry_run:
         click.echo(f"dry run: nothing written ({elapsed:.1f} s)")

@@ -235,6 +235,30 @@ def ood_lines(slides: list[SlideResult]) -> list[str]:
     return lines
 
 
+def format_outcome(outcome: SyncOutcome, *, dry_run: bool = False) -> str:
+    """What a sync prints about its outcome, as ``qupath-rkd sync`` and ``qupath-rkd demo``
+    both show it: the model line (trained, reused, or what a dry run would do), the per-slide
+    table (:func:`format_table`), the warnings about the model, and the suggestions
+    (:func:`format_suggestions`)."""
+    if dry_run:
+        model = (
+            f"would train a model: {outcome.train_reason}"
+            if outcome.train_reason
+            else "would reuse the model"
+        )
+    elif outcome.trained:
+        model = f"trained a model ({outcome.train_reason})"
+    else:
+        model = "model up to date: nothing to train"
+    lines = [model, format_table(outcome.slides)]
+    # the warnings are about the model in use: shown on every sync
+    lines.extend(f"warning: {line}" for line in outcome.warnings)
+    suggested = format_suggestions(outcome.suggestions)
+    if suggested:
+        lines.append(suggested)
+    return "\n".join(lines)
+
+
 def format_suggestions(suggestions: dict[str, Any] | None, top: int = 5) -> str:
     """The first ``top`` suggestions, one line each (slide, centre in µm in QuPath's frame,
     reason), then their notes; ``""`` when suggestions are off."""
