@@ -6,7 +6,9 @@
 2. The L2 strength: with a validation set holding both classes, the best validation AUROC of the
    test-time-augmented logits; without one (what a pathologist has), stratified, seeded k-fold
    cross-validation on the training patches (``groups``: whole annotated regions held out
-   together), scored on view 0.
+   together), scored on view 0; with ``slides`` and tumour on two or more of them, whole slides
+   are held out and the pooled out-of-fold AUROC decides (:func:`~qupath_rkd.model.head.
+   slide_folds`; what ``sync`` does).
 3. The head refitted on every training patch at that strength. With ``head = "auto"`` (the
    default of ``TrainConfig`` and ``train-patches``; sync's is ``linear``) and at least
    :data:`~qupath_rkd.constants.ENSEMBLE_MIN_TUMOUR_PATCHES` tumour patches, the ensemble
@@ -73,9 +75,10 @@ from qupath_rkd.model.head import (
     cross_validate_l2,
     fit_ensemble,
     fit_head,
+    fold_score,
     keep_ensemble,
-    mean_fold_auroc,
     perceptron_oof,
+    slide_folds,
     stratified_folds,
 )
 from qupath_rkd.model.normal_mosaics import NormalMosaics
@@ -146,6 +149,7 @@ def train_head(
     progress: ProgressCallback | None = None,
     groups: np.ndarray | None = None,
     cache: FeatureCache | str | None = "default",
+    slides: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit the head and write the checkpoint to ``out``; returns the fields of a
     :class:`~qupath_rkd.training.trainer.TrainResult` (the trainer wraps them).
@@ -156,6 +160,9 @@ def train_head(
         cfg: a resolved :class:`TrainConfig` with ``scorer == "head"``.
         groups: ``(N,)`` group of each training patch (e.g. its annotated region) for the
             cross-validation; None = every patch its own group.
+        slides: ``(N,)`` slide of each training patch (any hashable labels): with tumour
+            patches on two or more slides and no validation set, the cross-validation holds
+            out whole slides (:func:`~qupath_rkd.model.head.slide_folds`); None = by ``groups``.
         cache: a :class:`FeatureCache`, None (no cache) or ``"default"`` (the machine's).
         progress: gets the events of each step (:mod:`qupath_rkd.progress`): ``features``,
             ``tumour views`` and ``validation`` (patches), the L2 choice (fits, with the
@@ -214,6 +221,7 @@ def train_head(
         vf,
         valid_y,
         warnings,
+        slides=slides,
         dataset=train_set,
         device=device,
         cache=cache,
@@ -307,6 +315,7 @@ class _Extracted:
     vf: Features | None
     valid_y: np.ndarray | None
     warnings: list[str]
+    slides: np.ndarray | None = None
     dataset: Dataset | None = None
     device: torch.device | None = None
     cache: FeatureCache | None = None
@@ -370,8 +379,16 @@ def _fit_and_save(
             "tumor": int((vy == LABEL_TUMOR).sum()),
         }
     else:
+        labels = np.where(ok, y, -1)  # unreadable patches: -1, which the AUROCs ignore
+        by_slide = (
+            None
+            if feats.slides is None
+            else slide_folds(labels, np.asarray(feats.slides), cfg.cv_folds, cfg.seed)
+        )
         k = min(cfg.cv_folds, n_tumor)
-        if groups is not None and k >= 2:
+        if by_slide is not None:
+            k = int(by_slide.max()) + 1
+        elif groups is not None and k >= 2:
             n_groups = min(
                 len(np.unique(groups[ok & (y == cls)])) for cls in (LABEL_TUMOR, LABEL_NORMAL)
             )
@@ -385,16 +402,17 @@ def _fit_and_save(
                 )
                 groups = None
         if k >= 2:
-            folds = stratified_folds(y, k, cfg.seed, groups)
+            pooled = by_slide is not None
+            folds = by_slide if by_slide is not None else stratified_folds(y, k, cfg.seed, groups)
 
             def rows_of(mask: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
                 if train:
                     return train_rows(mask)
                 return base.values[mask, :1].astype(np.float32), None
 
-            # unreadable patches get label -1, which the per-fold AUROC ignores
-            labels = np.where(ok, y, -1)
-            choice, oof = cross_validate_l2(rows_of, labels, folds, progress=progress)
+            choice, oof = cross_validate_l2(
+                rows_of, labels, folds, progress=progress, pooled=pooled
+            )
             with ProgressTask(progress, "fitting the head", 1, "fit") as task:
                 fit = fit_head(tx, ty, choice.l2)
                 task.advance(1)
@@ -403,14 +421,19 @@ def _fit_and_save(
                 ens_oof = 0.5 * (oof + perceptron_oof(rows_of, folds, cfg.seed, progress))
                 head_scores = {
                     "linear": choice.scores[choice.l2],
-                    "ensemble": mean_fold_auroc(labels, ens_oof, folds),
+                    "ensemble": fold_score(labels, ens_oof, folds, pooled=pooled),
                 }
                 if keep_ensemble(cfg.head, head_scores):
                     with ProgressTask(progress, "fitting the ensemble", 1, "fit") as task:
                         model = fit_ensemble(tx, ty, fit, seed=cfg.seed)
                         task.advance(1)
                     cal_scores = ens_oof[ok]
-            selected_by, source = "cv_auroc", f"{k}-fold cross-validation"
+            selected_by = "cv_auroc"
+            source = (
+                f"{k}-fold cross-validation by slide (pooled)"
+                if pooled
+                else f"{k}-fold cross-validation"
+            )
         else:
             fit = fit_head(tx, ty, FALLBACK_L2)
             model = fit

@@ -795,6 +795,7 @@ def _train_head(
     progress: ProgressCallback | None,
     groups: np.ndarray | None,
     t0: float,
+    slides: np.ndarray | None = None,
 ) -> TrainResult:
     """The head's training as a :class:`TrainResult`; Ctrl-C gives ``interrupted`` and writes no
     checkpoint (the features computed so far stay in the cache, so a rerun is quick)."""
@@ -803,7 +804,14 @@ def _train_head(
     labels = _labels_of(train_set, "training")
     try:
         fields = train_head(
-            train_set, valid_set, cfg, out, dataset_hash, progress=progress, groups=groups
+            train_set,
+            valid_set,
+            cfg,
+            out,
+            dataset_hash,
+            progress=progress,
+            groups=groups,
+            slides=slides,
         )
     except KeyboardInterrupt:
         logger.warning("interrupted: no model written (features so far are cached)")
@@ -878,6 +886,7 @@ def train(
     progress: ProgressCallback | None = None,
     resume: bool = False,
     groups: np.ndarray | None = None,
+    slides: np.ndarray | None = None,
 ) -> TrainResult:
     """Train the model ``config.scorer`` names and write the best checkpoint to ``out``.
 
@@ -901,6 +910,9 @@ def train(
         resume: continue from ``<out>.resume`` (written after each epoch and on Ctrl-C).
         groups: ``(N,)`` group of each training patch (its annotated region): the head's
             cross-validation holds whole groups out.
+        slides: ``(N,)`` slide of each training patch: with tumour on two or more slides, the
+            head's cross-validation holds whole slides out instead (see
+            :func:`~qupath_rkd.training.head_trainer.train_head`).
 
     Returns:
         :class:`TrainResult`; on Ctrl-C ``interrupted`` is True and ``out`` is still a usable
@@ -919,7 +931,9 @@ def train(
     if cfg.scorer == "head":
         labels = _labels_of(train_set, "training")
         if _counts(labels)["tumor"] > 0 and _counts(labels)["normal"] > 0:
-            return _train_head(train_set, valid_set, cfg, out, dataset_hash, progress, groups, t0)
+            return _train_head(
+                train_set, valid_set, cfg, out, dataset_hash, progress, groups, t0, slides
+            )
         if _counts(labels)["normal"] == 0:
             raise DataError(
                 "the training set has no normal patches", hint="give normal patches as well"

@@ -14,6 +14,7 @@ from qupath_rkd.model.head import (
     choose_l2_on_valid,
     cross_validate_l2,
     fit_head,
+    slide_folds,
     stratified_folds,
 )
 
@@ -75,6 +76,45 @@ def test_l2_choice_on_valid_and_by_cross_validation() -> None:
     from qupath_rkd.model.calibration import auroc
 
     assert auroc(y, oof) > 0.7  # Bayes-optimal: 0.86
+
+
+def test_slide_folds_hold_whole_slides_out_and_need_tumour_on_two() -> None:
+    # slides a, b: tumour and normal; c, d, e: normal only; f: one unreadable tumour tile
+    slides = np.array(list("aaaaabbbbccccddddeeeff"))
+    y = np.array([1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0])
+    folds = slide_folds(y, slides, 5, seed=0)
+    assert folds is not None and folds.shape == y.shape and int(folds.max()) + 1 == 5
+    for name in set(slides):
+        assert len(set(folds[slides == name])) == 1  # a slide is never split
+    assert folds[slides == "a"][0] != folds[slides == "b"][0]  # the tumour slides apart
+    for f in range(5):  # every fold is trained on both classes
+        assert {0, 1} <= set(y[(folds != f) & (y >= 0)].tolist())
+    np.testing.assert_array_equal(folds, slide_folds(y, slides, 5, seed=0))
+    # fewer slides than folds: one fold per slide
+    two = slide_folds(y[:9], slides[:9], 5, seed=0)
+    assert two is not None and sorted(set(two.tolist())) == [0, 1]
+    # tumour on one slide (an unreadable tumour tile does not count): no slide folds
+    assert slide_folds(np.where(slides == "b", 0, y), slides, 5, seed=0) is None
+    # a fold whose complement has no normal tile: refused
+    assert slide_folds(np.array([1, 0, 1]), np.array(list("aab")), 5, seed=0) is None
+
+
+def test_l2_by_slide_is_scored_on_the_pooled_out_of_fold_logits() -> None:
+    from qupath_rkd.model.calibration import auroc
+
+    x, y = _blobs(40, 160, dim=50, shift=1.5)
+    slides = np.arange(len(y)) % 4  # 4 slides, each with both classes
+    folds = slide_folds(y, slides, 5, seed=0)
+    assert folds is not None and int(folds.max()) + 1 == 4
+
+    def feats(m, train):
+        return (x[m], y[m]) if train else (x[m][:, None], None)
+
+    pooled, oof = cross_validate_l2(feats, y, folds, pooled=True)
+    assert pooled.scores[pooled.l2] == pytest.approx(auroc(y, oof))
+    assert pooled.scores[pooled.l2] == max(pooled.scores.values())
+    per_fold, _ = cross_validate_l2(feats, y, folds)
+    assert pooled.scores != per_fold.scores  # the two scores differ: the flag is used
 
 
 def test_eight_view_scores_do_not_depend_on_the_tiles_orientation() -> None:

@@ -92,6 +92,44 @@ def test_without_validation_the_l2_is_cross_validated_and_the_cache_makes_a_reru
     assert all(torch.equal(a[k], b[k]) for k in a)  # a warm cache gives the same model
 
 
+def test_with_slides_the_cross_validation_holds_out_whole_slides(tmp_path, pcam_small) -> None:
+    """``slides`` (what sync passes): with tumour on two or more slides, whole slides are held
+    out and the pooled out-of-fold AUROC chooses the L2 and is the stored one; with tumour on
+    one slide, the patch-level cross-validation as before."""
+    from qupath_rkd.model.head import cross_validate_l2, slide_folds
+
+    tr, _ = _sets(pcam_small)
+    labels = np.asarray(tr.labels)
+    slides = np.arange(len(labels)) % 3  # 3 slides, each with tumour and normal patches
+    res = train(tr, None, _cfg(), tmp_path / "s.pt", tr.fingerprint(), slides=slides)
+    assert res.best_metrics["val_source"] == "3-fold cross-validation by slide (pooled)"
+    assert res.selected_by == "cv_auroc" and not res.warnings
+    # the stored AUROC is the pooled one of the held-out slides, recomputed here
+    from qupath_rkd.features.cache import open_default_cache
+    from qupath_rkd.model.scorer import build_network
+    from qupath_rkd.training.head_trainer import training_features
+
+    cfg = _cfg().resolved()
+    net = build_network(cfg)
+    rows = training_features(net, tr, cfg, torch.device("cpu"), open_default_cache())
+    folds = slide_folds(labels, slides, 5, cfg.seed)
+    assert folds is not None
+
+    def feats(mask, train):
+        if train:
+            x, y, _ = rows.rows(mask)
+            return x, y
+        return rows.base.values[mask, :1].astype(np.float32), None
+
+    choice, oof = cross_validate_l2(feats, labels, folds, pooled=True)
+    assert res.best_metrics["l2"] == choice.l2
+    assert res.best_metrics["val_auroc"] == pytest.approx(auroc(labels, oof), abs=1e-6)
+    # tumour on one slide only: held-out slides cannot be scored; patches are held out
+    one = np.where(labels == LABEL_TUMOR, 0, slides)
+    res = train(tr, None, _cfg(), tmp_path / "o.pt", tr.fingerprint(), slides=one)
+    assert res.best_metrics["val_source"] == "5-fold cross-validation"
+
+
 def test_one_tumour_patch_is_fitted_with_a_warning_and_none_falls_back_to_knn(
     tmp_path, pcam_small
 ) -> None:
