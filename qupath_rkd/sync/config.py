@@ -192,7 +192,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             0.2,
             "float",
             "rd: share of labelled tiles held out for model selection (the head holds out whole "
-            "annotated regions by 5-fold cross-validation instead)",
+            "slides, or annotated regions, by cross-validation instead)",
             minimum=0.0,
             maximum=0.9,
         ),
