@@ -79,9 +79,11 @@ def test_l2_choice_on_valid_and_by_cross_validation() -> None:
 
 
 def test_slide_folds_hold_whole_slides_out_and_need_tumour_on_two() -> None:
-    # slides a, b: tumour and normal; c, d, e: normal only; f: one unreadable tumour tile
-    slides = np.array(list("aaaaabbbbccccddddeeeff"))
-    y = np.array([1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0])
+    # slides a, b: 10 tumour and 10 normal tiles each; c, d, e: 10 normal; f: 10 normal and
+    # one unreadable tumour tile (-1)
+    slides = np.repeat(list("aabbcdef"), 10)
+    y = np.r_[np.ones(10), np.zeros(10), np.ones(10), np.zeros(50)].astype(int)
+    slides, y = np.r_[slides, ["f"]], np.r_[y, [-1]]
     folds = slide_folds(y, slides, 5, seed=0)
     assert folds is not None and folds.shape == y.shape and int(folds.max()) + 1 == 5
     for name in set(slides):
@@ -91,12 +93,27 @@ def test_slide_folds_hold_whole_slides_out_and_need_tumour_on_two() -> None:
         assert {0, 1} <= set(y[(folds != f) & (y >= 0)].tolist())
     np.testing.assert_array_equal(folds, slide_folds(y, slides, 5, seed=0))
     # fewer slides than folds: one fold per slide
-    two = slide_folds(y[:9], slides[:9], 5, seed=0)
+    two = slide_folds(y[:40], slides[:40], 5, seed=0)
     assert two is not None and sorted(set(two.tolist())) == [0, 1]
     # tumour on one slide (an unreadable tumour tile does not count): no slide folds
     assert slide_folds(np.where(slides == "b", 0, y), slides, 5, seed=0) is None
-    # a fold whose complement has no normal tile: refused
-    assert slide_folds(np.array([1, 0, 1]), np.array(list("aab")), 5, seed=0) is None
+
+
+def test_slide_folds_are_refused_when_a_fold_trains_on_too_little_of_a_class() -> None:
+    """The benchmark's round 1 (docs/benchmarks.md): 63 tumour tiles on one slide and one on
+    another, so the fold holding out the first trained on 1 tumour tile; or nearly every
+    normal tile on the tumour-free slide (3 of 136 elsewhere). Both scored the held-out slides
+    backwards (pooled AUROC 0.06-0.08) and chose the weakest L2."""
+    one_tumour_tile = np.r_[np.ones(63), np.zeros(8), np.ones(1), np.zeros(2), np.zeros(133)]
+    slides = np.repeat(list("abn"), [71, 3, 133])
+    assert slide_folds(one_tumour_tile.astype(int), slides, 5, seed=0) is None
+    three_normal_tiles = np.r_[np.ones(63), np.zeros(3), np.ones(16), np.zeros(133)]
+    slides = np.repeat(list("abn"), [66, 16, 133])
+    assert slide_folds(three_normal_tiles.astype(int), slides, 5, seed=0) is None
+    # with 7 of 140 normal tiles (5 %) elsewhere, slide folds are used (they chose well there)
+    enough = np.r_[np.ones(63), np.zeros(7), np.ones(16), np.zeros(133)]
+    slides = np.repeat(list("abn"), [70, 16, 133])
+    assert slide_folds(enough.astype(int), slides, 5, seed=0) is not None
 
 
 def test_l2_by_slide_is_scored_on_the_pooled_out_of_fold_logits() -> None:
