@@ -70,7 +70,6 @@ from qupath_rkd.model.head import (
     EnsembleFit,
     HeadFit,
     HeadNetwork,
-    L2Choice,
     auroc_of,
     choose_l2_on_valid,
     cross_validate_l2,
@@ -381,31 +380,15 @@ def _fit_and_save(
         }
     else:
         labels = np.where(ok, y, -1)  # unreadable patches: -1, which the AUROCs ignore
-
-        def rows_of(mask: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
-            if train:
-                return train_rows(mask)
-            return base.values[mask, :1].astype(np.float32), None
-
         by_slide = (
             None
             if feats.slides is None
             else slide_folds(labels, np.asarray(feats.slides), cfg.cv_folds, cfg.seed)
         )
-        cv: tuple[L2Choice, np.ndarray] | None = None
+        k = min(cfg.cv_folds, n_tumor)
         if by_slide is not None:
-            cv = cross_validate_l2(rows_of, labels, by_slide, progress=progress, pooled=True)
-            if not cv[0].scores[cv[0].l2] >= 0.5:  # NaN too
-                # held-out slides ranked backwards at every L2: the folds trained on too
-                # little of a class to say anything; the regions decide
-                logger.info(
-                    "slide folds rank backwards (AUROC %.3f): choosing L2 by regions",
-                    cv[0].scores[cv[0].l2],
-                )
-                by_slide, cv = None, None
-        pooled = by_slide is not None
-        k = int(by_slide.max()) + 1 if by_slide is not None else min(cfg.cv_folds, n_tumor)
-        if by_slide is None and groups is not None and k >= 2:
+            k = int(by_slide.max()) + 1
+        elif groups is not None and k >= 2:
             n_groups = min(
                 len(np.unique(groups[ok & (y == cls)])) for cls in (LABEL_TUMOR, LABEL_NORMAL)
             )
@@ -419,10 +402,17 @@ def _fit_and_save(
                 )
                 groups = None
         if k >= 2:
+            pooled = by_slide is not None
             folds = by_slide if by_slide is not None else stratified_folds(y, k, cfg.seed, groups)
-            if cv is None:
-                cv = cross_validate_l2(rows_of, labels, folds, progress=progress)
-            choice, oof = cv
+
+            def rows_of(mask: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                if train:
+                    return train_rows(mask)
+                return base.values[mask, :1].astype(np.float32), None
+
+            choice, oof = cross_validate_l2(
+                rows_of, labels, folds, progress=progress, pooled=pooled
+            )
             with ProgressTask(progress, "fitting the head", 1, "fit") as task:
                 fit = fit_head(tx, ty, choice.l2)
                 task.advance(1)

@@ -130,34 +130,6 @@ def test_with_slides_the_cross_validation_holds_out_whole_slides(tmp_path, pcam_
     assert res.best_metrics["val_source"] == "5-fold cross-validation"
 
 
-def test_slide_folds_that_rank_backwards_leave_the_choice_to_the_patches(
-    tmp_path, pcam_small, monkeypatch
-) -> None:
-    """Held-out slides scored backwards at every L2 (a pooled AUROC below 0.5: folds that
-    trained on too little of a class) choose nothing: the patch or region folds do."""
-    import qupath_rkd.training.head_trainer as head_trainer
-    from qupath_rkd.model.head import L2Choice
-
-    real = head_trainer.cross_validate_l2
-    calls: list[bool] = []
-
-    def backwards_by_slide(*args, pooled=False, **kw):
-        calls.append(pooled)
-        choice, oof = real(*args, pooled=pooled, **kw)
-        if pooled:
-            scores = {l2: 1.0 - v for l2, v in choice.scores.items()}
-            return L2Choice(choice.l2, choice.metric, scores), -oof
-        return choice, oof
-
-    monkeypatch.setattr(head_trainer, "cross_validate_l2", backwards_by_slide)
-    tr, _ = _sets(pcam_small)
-    slides = np.arange(len(tr.labels)) % 3
-    res = train(tr, None, _cfg(), tmp_path / "b.pt", tr.fingerprint(), slides=slides)
-    assert calls == [True, False]  # tried by slide, then by patches
-    assert res.best_metrics["val_source"] == "5-fold cross-validation"
-    assert res.best_metrics["val_auroc"] > 0.5 and not res.warnings
-
-
 def test_one_tumour_patch_is_fitted_with_a_warning_and_none_falls_back_to_knn(
     tmp_path, pcam_small
 ) -> None:
