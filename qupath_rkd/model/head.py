@@ -356,7 +356,9 @@ def cross_validate_l2(
     # the mean of the per-fold AUROCs, not the AUROC of the pooled out-of-fold logits: fold
     # models differ in scale and offset, and pooling them favours the strongest L2 (whose
     # logits all shrink towards 0) — measured at 10 tumour patches: pooled picked 100 where
-    # the validation set said 1 (AUROC 0.82 against 0.85 on PCam valid)
+    # the validation set said 1 (AUROC 0.82 against 0.85 on PCam valid). Slide folds pool
+    # anyway (a tumour-free slide's fold holds one class), and on slides the strong L2 is what
+    # held-out slides want (docs/benchmarks.md, "Sync's head chooses its L2 on held-out slides")
     scores = {l2: fold_score(y, oof[l2], folds, pooled=pooled) for l2 in grid}
     # max keeps the first of equal scores: iterating strongest first, ties go to the stronger l2
     best = max(sorted(grid, reverse=True), key=lambda l2: scores[l2])
