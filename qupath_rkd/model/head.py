@@ -278,11 +278,13 @@ def auroc_of(labels: np.ndarray, scores: np.ndarray) -> float:
 
 @dataclass
 class L2Choice:
-    """The chosen ``l2``, the metric it was chosen by and its value per grid point."""
+    """The chosen ``l2``, the metric it was chosen by, its value per grid point and the rule
+    (``best``: the best value; ``one_se``: see :func:`cross_validate_l2`)."""
 
     l2: float
     metric: str
     scores: dict[float, float]
+    rule: str = "best"
 
 
 def choose_l2_on_valid(
@@ -323,10 +325,17 @@ def cross_validate_l2(
     progress: ProgressCallback | None = None,
     *,
     pooled: bool = False,
+    one_se: bool = False,
 ) -> tuple[L2Choice, np.ndarray]:
     """Choose ``l2`` by the mean per-fold AUROC (ties: the stronger ``l2``); with ``pooled``, by
     the AUROC of all the out-of-fold logits together (for :func:`slide_folds`, where a fold
     may hold one class only: a tumour-free slide).
+
+    ``one_se`` (not with ``pooled``): the one-standard-error rule — the strongest ``l2`` whose
+    mean per-fold AUROC is within one standard error (of the best ``l2``'s per-fold AUROCs) of
+    the best. For folds that are optimistic about weak regularisation: regions of the same few
+    slides, when the model is used on other slides (measured in docs/benchmarks.md, "Sync's
+    head when slides cannot be held out").
 
     ``feats_of(mask, train=True|False)`` gives ``(features (M, D), labels (M,))`` for training on
     the items in ``mask`` (all their training views), or ``(logits-ready features (M, V, D),
@@ -362,6 +371,12 @@ def cross_validate_l2(
     scores = {l2: fold_score(y, oof[l2], folds, pooled=pooled) for l2 in grid}
     # max keeps the first of equal scores: iterating strongest first, ties go to the stronger l2
     best = max(sorted(grid, reverse=True), key=lambda l2: scores[l2])
+    if one_se and not pooled:
+        per_fold = np.array([auroc_of(y[folds == f], oof[best][folds == f]) for f in range(k)])
+        per_fold = per_fold[~np.isnan(per_fold)]
+        se = float(per_fold.std(ddof=1) / np.sqrt(len(per_fold))) if len(per_fold) > 1 else 0.0
+        best = max(l2 for l2 in grid if scores[l2] >= scores[best] - se)
+        return L2Choice(best, "cv_auroc", scores, rule="one_se"), oof[best]
     return L2Choice(best, "cv_auroc", scores), oof[best]
 
 

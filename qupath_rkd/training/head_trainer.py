@@ -410,8 +410,12 @@ def _fit_and_save(
                     return train_rows(mask)
                 return base.values[mask, :1].astype(np.float32), None
 
+            # slides given but not held out (tumour on one slide, or a fold would train on
+            # too few of a class): the regions' folds share their slides' look and favour weak
+            # L2, so the one-standard-error rule picks the strongest L2 they cannot tell apart
+            one_se = feats.slides is not None and by_slide is None
             choice, oof = cross_validate_l2(
-                rows_of, labels, folds, progress=progress, pooled=pooled
+                rows_of, labels, folds, progress=progress, pooled=pooled, one_se=one_se
             )
             with ProgressTask(progress, "fitting the head", 1, "fit") as task:
                 fit = fit_head(tx, ty, choice.l2)
@@ -432,6 +436,8 @@ def _fit_and_save(
             source = (
                 f"{k}-fold cross-validation by slide (pooled)"
                 if pooled
+                else f"{k}-fold cross-validation (one-standard-error rule)"
+                if one_se
                 else f"{k}-fold cross-validation"
             )
         else:

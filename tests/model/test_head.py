@@ -10,6 +10,7 @@ from qupath_rkd.errors import DataError
 from qupath_rkd.features.trunk import build_trunk
 from qupath_rkd.features.views import view_list, view_tiles
 from qupath_rkd.model.head import (
+    L2_GRID,
     HeadNetwork,
     choose_l2_on_valid,
     cross_validate_l2,
@@ -114,6 +115,34 @@ def test_slide_folds_are_refused_when_a_fold_trains_on_too_little_of_a_class() -
     enough = np.r_[np.ones(63), np.zeros(7), np.ones(16), np.zeros(133)]
     slides = np.repeat(list("abn"), [70, 16, 133])
     assert slide_folds(enough.astype(int), slides, 5, seed=0) is not None
+
+
+def test_the_one_standard_error_rule_takes_the_strongest_l2_within_one_se_of_the_best() -> None:
+    from qupath_rkd.model.calibration import auroc
+
+    x, y = _blobs(30, 120, dim=200, shift=1.0)
+    folds = stratified_folds(y, 5, 0)
+
+    def feats(m, train):
+        return (x[m], y[m]) if train else (x[m][:, None], None)
+
+    best, _ = cross_validate_l2(feats, y, folds)
+    rule, oof = cross_validate_l2(feats, y, folds, one_se=True)
+    assert rule.scores == best.scores and (best.rule, rule.rule) == ("best", "one_se")
+    assert rule.l2 > best.l2  # noisy folds: a stronger L2 is within one SE here
+    # recomputed: the SE of the best L2's per-fold AUROCs
+    _, best_oof = cross_validate_l2(feats, y, folds, grid=(best.l2,))
+    per_fold = [auroc(y[folds == f], best_oof[folds == f]) for f in range(5)]
+    se = np.std(per_fold, ddof=1) / np.sqrt(5)
+    top = best.scores[best.l2]
+    assert rule.scores[rule.l2] >= top - se
+    assert all(rule.scores[l2] < top - se for l2 in L2_GRID if l2 > rule.l2)
+    # the out-of-fold logits returned are the chosen L2's
+    _, chosen_oof = cross_validate_l2(feats, y, folds, grid=(rule.l2,))
+    assert auroc(y, oof) == pytest.approx(auroc(y, chosen_oof), abs=0.02)
+    # pooled (slide folds) ignores the rule
+    pooled, _ = cross_validate_l2(feats, y, folds, pooled=True, one_se=True)
+    assert pooled.rule == "best"
 
 
 def test_l2_by_slide_is_scored_on_the_pooled_out_of_fold_logits() -> None:

@@ -96,7 +96,7 @@ def test_with_slides_the_cross_validation_holds_out_whole_slides(tmp_path, pcam_
     """``slides`` (what sync passes): with tumour on two or more slides, whole slides are held
     out and the pooled out-of-fold AUROC chooses the L2 and is the stored one; with tumour on
     one slide, the patch-level cross-validation as before."""
-    from qupath_rkd.model.head import cross_validate_l2, slide_folds
+    from qupath_rkd.model.head import cross_validate_l2, slide_folds, stratified_folds
 
     tr, _ = _sets(pcam_small)
     labels = np.asarray(tr.labels)
@@ -124,10 +124,19 @@ def test_with_slides_the_cross_validation_holds_out_whole_slides(tmp_path, pcam_
     choice, oof = cross_validate_l2(feats, labels, folds, pooled=True)
     assert res.best_metrics["l2"] == choice.l2
     assert res.best_metrics["val_auroc"] == pytest.approx(auroc(labels, oof), abs=1e-6)
-    # tumour on one slide only: held-out slides cannot be scored; patches are held out
+    # tumour on one slide only: held-out slides cannot be scored; patches are held out and
+    # the one-standard-error rule picks the L2 (the regions share the slides' look)
     one = np.where(labels == LABEL_TUMOR, 0, slides)
     res = train(tr, None, _cfg(), tmp_path / "o.pt", tr.fingerprint(), slides=one)
+    assert res.best_metrics["val_source"] == "5-fold cross-validation (one-standard-error rule)"
+    patch_folds = stratified_folds(labels, 5, cfg.seed)
+    plain, _ = cross_validate_l2(feats, labels, patch_folds)
+    one_se, _ = cross_validate_l2(feats, labels, patch_folds, one_se=True)
+    assert res.best_metrics["l2"] == one_se.l2 >= plain.l2
+    # without slides (train-patches), the best mean per-fold AUROC as before
+    res = train(tr, None, _cfg(), tmp_path / "p.pt", tr.fingerprint())
     assert res.best_metrics["val_source"] == "5-fold cross-validation"
+    assert res.best_metrics["l2"] == plain.l2
 
 
 def test_one_tumour_patch_is_fitted_with_a_warning_and_none_falls_back_to_knn(
