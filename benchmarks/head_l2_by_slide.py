@@ -19,8 +19,19 @@ of the odd-numbered Camelyon16 files; never in a project). For each project:
   close, not equal);
 - the L2 each selection rule picks from the project's own labels alone: ``regions`` (the rule
   before 2026-12-07: k-fold over annotated regions, mean per-fold AUROC; patches when one
-  region) and ``slides`` (:func:`qupath_rkd.model.head.slide_folds`, pooled out-of-fold AUROC;
-  ``regions`` when tumour is on one slide), both on the package's grid.
+  region), ``slides`` (:func:`qupath_rkd.model.head.slide_folds`, pooled out-of-fold AUROC;
+  ``regions`` when slide folds are refused: tumour on one slide, or a fold would train on too
+  few of a class), ``one-SE`` (the regions' folds with the one-standard-error rule) and
+  ``now`` (sync's rule since 2026-12-07, evening: ``slides``, else ``one-SE``), all on the
+  package's grid (the per-fold AUROCs of the regions' folds are kept for every L2).
+
+``--round R`` studies each strategy's project as it was after round ``R`` instead of finished:
+a copy under ``OUT/projects`` keeps the start's annotations and those the oracle drew in rounds
+``1..R`` (recognised by their stable ids), e.g.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/head_l2_by_slide.py $O/al_slidecv2_04_C \
+        $O/al_slidecv2_04_D $O/al_slidecv2_59_A $O/al_slidecv2_59_B --round 1 \
+        --out $O/head_l2_round1
 
 Writes ``<out>/results.json`` and ``<out>/results.md``: per project, and the mean held-out tile
 AUROC of each rule, of each fixed L2, and of the best L2 in hindsight.
@@ -92,6 +103,36 @@ def _held_out_tiles(
             if f >= 0.5 or f == 0.0:
                 items.append((str(path), int(x0), int(y0), int(f >= 0.5)))
     return items
+
+
+def truncated(project: Path, last_round: int, dest: Path) -> Path:
+    """A copy of ``project`` (an active-learning run's) at ``dest`` whose annotations are the
+    start's and those the oracle drew in rounds ``1..last_round`` (by their stable ids; see
+    ``active_learning.oracle_features``); the model, predictions and backups are not copied."""
+    import shutil
+
+    from qupath_rkd.constants import PROJECT_SUBDIR
+    from qupath_rkd.qupath.geojson import stable_feature_id
+
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(
+        project,
+        dest,
+        ignore=shutil.ignore_patterns(
+            "model", "predictions", "backup", "report.json", "state.json"
+        ),
+    )
+    for export in sorted((dest / PROJECT_SUBDIR / "annotations").glob("*.geojson")):
+        later = {
+            stable_feature_id("oracle", f"{export.stem}-{r}", index, kind)
+            for r in range(last_round + 1, 64)
+            for index in range(64)
+            for kind in (0, 1)
+        }
+        data = json.loads(export.read_text(encoding="utf-8"))
+        data["features"] = [f for f in data["features"] if f.get("id") not in later]
+        export.write_text(json.dumps(data), encoding="utf-8")
+    return dest
 
 
 def study(
@@ -171,7 +212,17 @@ def study(
         k = min(k, n_groups)
     else:
         groups = None
-    regions, _ = cross_validate_l2(feats_of, y, stratified_folds(rows.y, k, cfg.seed, groups))
+    region_folds = stratified_folds(rows.y, k, cfg.seed, groups)
+    regions, _ = cross_validate_l2(feats_of, y, region_folds)
+    # every grid L2's per-fold AUROCs over the regions' folds (the one-standard-error rule)
+    per_fold: dict[float, list[float]] = {}
+    for l2 in L2_GRID:
+        _, oof = cross_validate_l2(feats_of, y, region_folds, grid=(l2,))
+        per_fold[l2] = [
+            float(auroc(y[(region_folds == f) & (y >= 0)], oof[(region_folds == f) & (y >= 0)]))
+            for f in range(int(region_folds.max()) + 1)
+        ]
+    one_se, _ = cross_validate_l2(feats_of, y, region_folds, one_se=True)
     slides = np.array([item.slide_path for item in labelled.items])
     by_slide = slide_folds(y, slides, int(cfg.cv_folds), int(cfg.seed))
     slide_choice = (
@@ -187,8 +238,11 @@ def study(
         "held_auroc": {str(k): round(v, 4) for k, v in held_auroc.items()},
         "regions_l2": regions.l2,
         "regions_scores": {str(k): round(v, 4) for k, v in regions.scores.items()},
+        "regions_per_fold": {str(k): [round(v, 4) for v in vs] for k, vs in per_fold.items()},
         "slides_l2": slide_choice.l2 if slide_choice is not None else regions.l2,
         "slides_fell_back": slide_choice is None,
+        "one_se_l2": one_se.l2,
+        "sync_l2": slide_choice.l2 if slide_choice is not None else one_se.l2,
         "slides_scores": (
             {str(k): round(v, 4) for k, v in slide_choice.scores.items()} if slide_choice else None
         ),
@@ -202,33 +256,52 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"projects": len(rows)}
     out["regions (before)"] = float(np.mean([held(r, r["regions_l2"]) for r in rows]))
-    out["slides (now)"] = float(np.mean([held(r, r["slides_l2"]) for r in rows]))
+    out["slides, else regions (2026-12-07)"] = float(
+        np.mean([held(r, r["slides_l2"]) for r in rows])
+    )
+    out["regions, one-SE rule"] = float(np.mean([held(r, r["one_se_l2"]) for r in rows]))
+    out["slides, else regions one-SE (now)"] = float(np.mean([held(r, r["sync_l2"]) for r in rows]))
     out["best in hindsight"] = float(np.mean([max(r["held_auroc"].values()) for r in rows]))
     for l2 in (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0):
         out[f"fixed {l2:g}"] = float(np.mean([held(r, l2) for r in rows]))
     out["regions (before), min"] = float(min(held(r, r["regions_l2"]) for r in rows))
-    out["slides (now), min"] = float(min(held(r, r["slides_l2"]) for r in rows))
+    out["slides, else regions (2026-12-07), min"] = float(
+        min(held(r, r["slides_l2"]) for r in rows)
+    )
+    out["slides, else regions one-SE (now), min"] = float(min(held(r, r["sync_l2"]) for r in rows))
+    out["falls back to regions"] = int(sum(bool(r["slides_fell_back"]) for r in rows))
     return out
 
 
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines = [
         "| project | tiles (tumour) | tumour slides | L2 regions → held-out | L2 slides → held-out "
-        "| best L2 → held-out |",
-        "|---|---|---|---|---|---|",
+        "| L2 now → held-out | best L2 → held-out |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        name = "/".join(Path(r["project"]).parts[-4:-1])
+        parts = Path(r["project"]).parts
+        name = "/".join(parts[-4:-1] if parts[-1] == "project" else parts[-3:])
         best = max(r["held_auroc"], key=lambda k: r["held_auroc"][k])
         lines.append(
             f"| {name} | {r['tiles']} ({r['tumour_tiles']}) | {r['tumour_slides']} "
             f"| {r['regions_l2']:g} → {r['held_auroc'][str(float(r['regions_l2']))]:.3f} "
             f"| {r['slides_l2']:g}{' (regions)' if r['slides_fell_back'] else ''} → "
             f"{r['held_auroc'][str(float(r['slides_l2']))]:.3f} "
+            f"| {r['sync_l2']:g} → {r['held_auroc'][str(float(r['sync_l2']))]:.3f} "
             f"| {float(best):g} → {r['held_auroc'][best]:.3f} |"
         )
     lines += ["", "| rule | mean held-out tile AUROC |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in summary.items() if k != "projects"]
+    lines += [
+        f"| {k} | {v:.4f} |"
+        for k, v in summary.items()
+        if k not in ("projects", "falls back to regions")
+    ]
+    lines += [
+        "",
+        f"Slide folds refused (regions decide): {summary['falls back to regions']} "
+        f"of {summary['projects']} projects.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +309,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="active_learning.py --out folders")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "head_l2")
+    parser.add_argument(
+        "--round",
+        type=int,
+        default=None,
+        help="study each strategy's project as it was after this round (copies under "
+        "OUT/projects; start and every_lesion skipped); default: the finished projects",
+    )
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     held: dict[tuple[int, float, int], Any] = {}
@@ -245,7 +325,17 @@ def main() -> None:
         if len(slide_sets) != 1:
             raise SystemExit(f"{run}: expected one slides-* folder, found {len(slide_sets)}")
         for project in sorted(run.glob("runs/seed*/*/project")):
+            strategy = project.parent.name
+            if args.round is not None:
+                if strategy in ("start", "every_lesion"):
+                    continue
+                project = truncated(
+                    project,
+                    args.round,
+                    args.out / "projects" / run.name / project.parent.parent.name / strategy,
+                )
             row = study(project, slide_sets[0], held)
+            row["strategy"] = strategy
             if any(r["labelled_set"] == row["labelled_set"] for r in rows):
                 continue  # the same labels (a seed's start, in every run of the seed)
             rows.append(row)
