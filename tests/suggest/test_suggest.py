@@ -245,11 +245,8 @@ def test_tumour_first_turns_to_uncertainty_diversity_at_enough_tumour_regions() 
         suggest_regions([], threshold=0.5, config=SuggestConfig(signal=SIGNAL_TUMOUR_FIRST))
 
 
-def _picks_on_two_slides(signal: str, n: int = 4, seed: int = 0) -> list:
-    """``signal``'s first ``n`` picks on :func:`_slides`, with features and 20 labelled tiles
-    (threshold 0.4, 300 µm regions, at most 3 per slide)."""
-    slides = _slides()
-    cfg = SuggestConfig(signal=signal, per_slide=3, per_project=n, region_um=300.0, seed=seed)
+def _with_features(slides: list, cfg: SuggestConfig) -> list:
+    """The suggestions for ``slides`` at threshold 0.4, with features and 20 labelled tiles."""
     return suggest_regions(
         slides,
         threshold=0.4,
@@ -257,6 +254,13 @@ def _picks_on_two_slides(signal: str, n: int = 4, seed: int = 0) -> list:
         feature_fn=_feature_fn(slides),
         labelled_features=np.random.default_rng(0).random((20, 4)),
     ).suggestions
+
+
+def _picks_on_two_slides(signal: str, n: int = 4, seed: int = 0) -> list:
+    """``signal``'s first ``n`` picks on :func:`_slides` (:func:`_with_features`; 300 µm
+    regions, at most 3 per slide)."""
+    cfg = SuggestConfig(signal=signal, per_slide=3, per_project=n, region_um=300.0, seed=seed)
+    return _with_features(_slides(), cfg)
 
 
 def test_mixed_takes_uncertain_and_probable_picks_in_turn() -> None:
@@ -304,13 +308,7 @@ def test_mixed_never_suggests_with_an_infinite_score_when_its_pool_runs_out() ->
     prob[:5, :5] = 0.4  # the only uncertain tissue: one small patch, used up by one pick
     slides = [SuggestSlide("1", "one.tif", Heatmap(prob, (0.0, 0.0), CELL_PX, CELL_PX, 1.0))]
     cfg = SuggestConfig(signal="mixed", per_slide=5, per_project=5, region_um=300.0)
-    got = suggest_regions(
-        slides,
-        threshold=0.4,
-        config=cfg,
-        feature_fn=_feature_fn(slides),
-        labelled_features=np.random.default_rng(0).random((20, 4)),
-    ).suggestions
+    got = _with_features(slides, cfg)
     assert len(got) == 5
     assert all(np.isfinite(s.score) for s in got), [s.score for s in got]
     # ranks 1 and 3 from the pool; at rank 5, the combined signal's turn, it is used up
