@@ -25,6 +25,10 @@ of the odd-numbered Camelyon16 files; never in a project). For each project:
   ``now`` (sync's rule since 2026-12-07, evening: ``slides``, else ``one-SE``), all on the
   package's grid (the per-fold AUROCs of the regions' folds are kept for every L2).
 
+``--demo`` adds the demo's first labelled set (``qupath-rkd demo``'s project, built under
+``OUT/demo`` and not synced; held out: its unlabelled slides LN-03/04/05), e.g.
+``python benchmarks/head_l2_by_slide.py --demo --out $O/head_l2_demo``.
+
 ``--round R`` studies each strategy's project as it was after round ``R`` instead of finished:
 a copy under ``OUT/projects`` keeps the start's annotations and those the oracle drew in rounds
 ``1..R`` (recognised by their stable ids), e.g.
@@ -133,6 +137,34 @@ def truncated(project: Path, last_round: int, dest: Path) -> Path:
         data["features"] = [f for f in data["features"] if f.get("id") not in later]
         export.write_text(json.dumps(data), encoding="utf-8")
     return dest
+
+
+def demo_slide_set(dest: Path) -> Path:
+    """``qupath-rkd demo``'s folder built at ``dest`` (not synced), with a ``manifest.json``
+    whose ``test`` slides are its held-out slides (role ``unlabelled``: LN-03/04/05), their
+    truth merged into one geometry per slide (``truth/<id>.union.geojson``)."""
+    import shutil
+
+    import shapely
+
+    from qupath_rkd.demo.project import build_demo_project, truth_file
+
+    shutil.rmtree(dest, ignore_errors=True)
+    demo = build_demo_project(dest)
+    test = []
+    for slide in demo.slides:
+        if slide.spec.role != "unlabelled":
+            continue
+        source = truth_file(demo.root, slide.spec.name, slide.entry_id)
+        features = json.loads(source.read_text(encoding="utf-8"))["features"]
+        truth = shapely.union_all([shapely.geometry.shape(f["geometry"]) for f in features])
+        union = source.with_suffix(".union.geojson")
+        union.write_text(shapely.to_geojson(truth), encoding="utf-8")
+        test.append(
+            {"slide": str(slide.path.relative_to(dest)), "truth": str(union.relative_to(dest))}
+        )
+    (dest / "manifest.json").write_text(json.dumps({"test": test}), encoding="utf-8")
+    return demo.project_dir
 
 
 def study(
@@ -307,7 +339,13 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="active_learning.py --out folders")
+    parser.add_argument("runs", type=Path, nargs="*", help="active_learning.py --out folders")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also study qupath-rkd demo's first labelled set (built under OUT/demo), its "
+        "held-out slides LN-03/04/05 as the held-out set",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "head_l2")
     parser.add_argument(
         "--round",
@@ -320,6 +358,11 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     held: dict[tuple[int, float, int], Any] = {}
     started = time.perf_counter()
+    if args.demo:
+        project = demo_slide_set(args.out / "demo")
+        row = study(project, args.out / "demo", held)
+        row["strategy"] = "demo"
+        rows.append(row)
     for run in args.runs:
         slide_sets = sorted(run.glob("slides-*"))
         if len(slide_sets) != 1:
