@@ -215,3 +215,46 @@ def test_simulation_tiny(shared_data: Path, tmp_path: Path) -> None:
         assert mine[1]["candidates_per_slide"] > 0
     text = (tmp_path / "al_smoke" / "results.md").read_text()
     assert all(k in text for k in ("tile_auroc", "tile_ap", "froc_candidates"))
+
+
+def test_the_l2_study_keeps_the_annotations_of_rounds_up_to_r(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    """``benchmarks/head_l2_by_slide.py --round R`` recognises the oracle's rounds by the ids
+    ``annotate_round`` gives (key ``<entry>-<round>``): the start and rounds 1..R stay, later
+    rounds and the model do not come along, and the original project is left as it was."""
+    spec = importlib.util.spec_from_file_location(
+        "head_l2_bench", REPO / "benchmarks" / "head_l2_by_slide.py"
+    )
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    tumor_class, normal_class = _classes()
+    truth = Point(400, 200).buffer(150)
+    start = make_feature(
+        truth, object_type="annotation", class_name=tumor_class, feature_id="start-id"
+    )
+    by_round = {
+        r: bench.oracle_features(
+            [box(100 * r, 0, 100 * r + 300, 300)],
+            truth,
+            tumor_class=tumor_class,
+            normal_class=normal_class,
+            key=f"4-{r}",
+        )[0]
+        for r in (1, 2, 3)
+    }
+    project = tmp_path / "project"
+    folder = project / "qupath-rkd" / "annotations"
+    folder.mkdir(parents=True)
+    everything = [start] + [f for r in (1, 2, 3) for f in by_round[r]]
+    original = json.dumps({"type": "FeatureCollection", "features": everything})
+    (folder / "4.geojson").write_text(original, encoding="utf-8")
+    (project / "qupath-rkd" / "model").mkdir()
+    (project / "qupath-rkd" / "model" / "model.pt").write_bytes(b"x")
+    copy = study.truncated(project, 1, tmp_path / "copy")
+    kept = json.loads((copy / "qupath-rkd" / "annotations" / "4.geojson").read_text())["features"]
+    assert [f["id"] for f in kept] == ["start-id"] + [f["id"] for f in by_round[1]]
+    assert len(by_round[1]) == 2 and len(by_round[2]) == 2  # tumour and normal pieces
+    assert not (copy / "qupath-rkd" / "model").exists()
+    assert (folder / "4.geojson").read_text(encoding="utf-8") == original
