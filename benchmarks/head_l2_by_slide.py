@@ -23,7 +23,7 @@ of the odd-numbered Camelyon16 files; never in a project). For each project:
   ``regions`` when slide folds are refused: tumour on one slide, or a fold would train on too
   few of a class), ``one-SE`` (the regions' folds with the one-standard-error rule) and
   ``now`` (sync's rule since 2026-12-07, evening: ``slides``, else ``one-SE``), all on the
-  package's grid (the per-fold AUROCs of the regions' folds are kept for every L2).
+  package's grid.
 
 ``--demo`` adds the demo's first labelled set (``qupath-rkd demo``'s project, built under
 ``OUT/demo`` and not synced; held out: its unlabelled slides LN-03/04/05), e.g.
@@ -59,6 +59,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 EXTRA_L2 = (300.0, 1000.0, 3000.0)
+#: ``active_learning.ORACLE_NAME``, the first part of the oracle's feature ids (a test checks
+#: that :func:`truncated` recognises the ids that script writes)
+ORACLE_NAME = "oracle"
 
 
 def _labelled(project_dir: Path) -> tuple[Any, Any]:
@@ -128,7 +131,7 @@ def truncated(project: Path, last_round: int, dest: Path) -> Path:
     )
     for export in sorted((dest / PROJECT_SUBDIR / "annotations").glob("*.geojson")):
         later = {
-            stable_feature_id("oracle", f"{export.stem}-{r}", index, kind)
+            stable_feature_id(ORACLE_NAME, f"{export.stem}-{r}", index, kind)
             for r in range(last_round + 1, 64)
             for index in range(64)
             for kind in (0, 1)
@@ -246,14 +249,6 @@ def study(
         groups = None
     region_folds = stratified_folds(rows.y, k, cfg.seed, groups)
     regions, _ = cross_validate_l2(feats_of, y, region_folds)
-    # every grid L2's per-fold AUROCs over the regions' folds (the one-standard-error rule)
-    per_fold: dict[float, list[float]] = {}
-    for l2 in L2_GRID:
-        _, oof = cross_validate_l2(feats_of, y, region_folds, grid=(l2,))
-        per_fold[l2] = [
-            float(auroc(y[(region_folds == f) & (y >= 0)], oof[(region_folds == f) & (y >= 0)]))
-            for f in range(int(region_folds.max()) + 1)
-        ]
     one_se, _ = cross_validate_l2(feats_of, y, region_folds, one_se=True)
     slides = np.array([item.slide_path for item in labelled.items])
     by_slide = slide_folds(y, slides, int(cfg.cv_folds), int(cfg.seed))
@@ -270,7 +265,6 @@ def study(
         "held_auroc": {str(k): round(v, 4) for k, v in held_auroc.items()},
         "regions_l2": regions.l2,
         "regions_scores": {str(k): round(v, 4) for k, v in regions.scores.items()},
-        "regions_per_fold": {str(k): [round(v, 4) for v in vs] for k, vs in per_fold.items()},
         "slides_l2": slide_choice.l2 if slide_choice is not None else regions.l2,
         "slides_fell_back": slide_choice is None,
         "one_se_l2": one_se.l2,
