@@ -69,7 +69,9 @@ class OperatingPoint:
         note: one line for the user.
         held_out: how the heatmaps it was chosen on relate to the model's training (sync,
             :mod:`qupath_rkd.sync.heldout`): ``"leave-one-image-out"`` (each training image
-            scored by a head fitted without it), ``"not-in-training"``, ``"in-sample"``,
+            scored by a head fitted without it), ``"held-out-folds"`` (as that, but an image
+            holding most of a class's tiles scored band by band, each band by a head fitted
+            without that band's tiles), ``"not-in-training"``, ``"in-sample"``,
             ``"partly-in-sample"``; ``None`` where not recorded (fallback, given, ``predict``;
             then left out of :meth:`as_dict`).
     """

@@ -10,6 +10,17 @@ extraction of the training tiles is cache hits), the same training rows
 model chose — and its logits go through the final model's calibration. Nothing but what the
 user gave is used: the other images' labels.
 
+Except when the image holds most of a class's labelled tiles (:data:`DOMINANT_SHARE`: the one
+tumour-free slide of a young project holds nearly all its normal tiles). A head fitted without
+all of them is another, weaker model: on the active-learning benchmark's round 1 it scored the
+tumour-free slide above every held-out tumour, and the threshold it set found no lesion at all
+(docs/benchmarks.md, "The held-out operating point of a dominant image"). Such an image's tiles
+are split into :data:`HELD_OUT_BANDS` vertical bands of equal tile counts, and each band's cells
+are scored by a head fitted without that band's tiles (:class:`BandFolds`): every tile is still
+scored by a head that never saw it, and each head keeps three quarters of the image. Bands, not
+a random split, so that a tile's immediate neighbours (the same tissue) are mostly left out
+with it.
+
 The head is linear, so the fold head's logit of a tile averaged over the test-time views is its
 logit of the view-averaged features, which :func:`~qupath_rkd.inference.predict_slide` returns
 from the trunk pass it makes anyway (:attr:`~qupath_rkd.inference.predict.InferenceConfig.
@@ -19,7 +30,8 @@ held for the negative sources' slides only, while the operating point is chosen:
 bytes with one view (float16; 5,328 dims: 1.1 GB for 100,000 tiles), twice that with more.
 
 An image stays in-sample (and the operating point says so) when removing its tiles leaves no
-tumour or no normal tile to fit on (a project whose only tumour outlines lie on that image),
+tumour or no normal tile to fit on and its bands cannot be held out either (a project whose
+only tumour outline lies on that image, within one band),
 for RD models (no convex refit: the trunk is trained too), for the one-class ``knn`` model (a
 project without tumour tiles; its bank holds tiles of these images, so its operating point is
 in-sample and says so), and for checkpoints that do not record their L2 strength. An image
@@ -58,6 +70,38 @@ HELD_OUT_NOT_TRAINED = "not-in-training"
 HELD_OUT_IN_SAMPLE = "in-sample"
 #: some sources held out, others in-sample (the note names them)
 HELD_OUT_PARTLY = "partly-in-sample"
+#: every source scored out-of-sample, at least one (an image holding most of a class's
+#: labelled tiles) by heads fitted without each band of its own tiles (:class:`BandFolds`)
+HELD_OUT_FOLDS = "held-out-folds"
+#: a heatmap's ``meta["held_out"]`` when scored by :class:`BandFolds`
+HELD_OUT_BANDS_META = "within-image-bands"
+
+
+#: An image holding more than this share of a class's labelled tiles is not left out whole
+#: (the head fitted without it would be another model: on the active-learning benchmark's
+#: round 1, the one tumour-free slide held ~95 % of the normal tiles, and its fold head put the
+#: threshold above every held-out tumour); its own tiles are held out band by band instead.
+DOMINANT_SHARE = 0.5
+#: Bands of a dominant image's tiles (:func:`band_folds`).
+HELD_OUT_BANDS = 4
+
+
+@dataclass(frozen=True)
+class BandFolds:
+    """Heads fitted without one vertical band of an image's labelled tiles each.
+
+    Attributes:
+        edges_x_px: ``(B - 1,)`` ascending level-0 x edges; a tile whose top-left x is ``>=``
+            edge ``i - 1`` and ``<`` edge ``i`` is in band ``i``.
+        fits: ``B`` heads; head ``i`` was fitted on every training row but band ``i``'s.
+    """
+
+    edges_x_px: np.ndarray
+    fits: list[HeadFit | EnsembleFit]
+
+    def band_of(self, x_px: np.ndarray) -> np.ndarray:
+        """``(N,)`` band of tiles whose top-left level-0 x is ``x_px`` ``(N,)``."""
+        return np.searchsorted(self.edges_x_px, np.asarray(x_px, dtype=np.float64), side="right")
 
 
 @dataclass
@@ -66,12 +110,14 @@ class HeldOutHeads:
 
     Attributes:
         fits: slide path (``str``, as in the labelled set's items) → the head fitted on every
-            training row except those of that slide's tiles.
+            training row except those of that slide's tiles, or, for an image holding most of
+            a class's tiles (:data:`DOMINANT_SHARE`), the heads fitted without each band of
+            its tiles (:class:`BandFolds`).
         in_sample: slide path → why its heatmap stays the final model's (one phrase).
         l2: the L2 strength used (the final model's), ``None`` when unknown.
     """
 
-    fits: dict[str, HeadFit | EnsembleFit] = field(default_factory=dict)
+    fits: dict[str, HeadFit | EnsembleFit | BandFolds] = field(default_factory=dict)
     in_sample: dict[str, str] = field(default_factory=dict)
     l2: float | None = None
 
@@ -147,20 +193,81 @@ def held_out_heads(
     tiles = cast("Dataset[tuple[np.ndarray, int]]", dataset)
     feats = training_features(model.net, tiles, cfg, model.device, cache, progress)
     item_slide = np.asarray([item.slide_path for item in labelled.items], dtype=object)
+    item_label = np.asarray([item.label for item in labelled.items])
+    item_x = np.asarray([item.x_px for item in labelled.items], dtype=np.float64)
+    ensemble = model.net.mlp is not None
+
+    def fit_rows(mask: np.ndarray) -> HeadFit | EnsembleFit | str:
+        # the same kind of head as the final model (the ensemble's fold has both members), or
+        # why none can be fitted on these rows
+        x, y, _index = feats.rows(mask)
+        for label, name in ((LABEL_TUMOR, "tumour"), (LABEL_NORMAL, "normal")):
+            if not (y == label).any():
+                return name
+        linear = fit_head(x, y, l2)
+        return fit_ensemble(x, y, linear, seed=cfg.seed) if ensemble else linear
+
     with ProgressTask(progress, "held-out heads", len(wanted), "fit") as task:
         for path in wanted:
-            x, y, _index = feats.rows(item_slide != path)
-            if not (y == LABEL_TUMOR).any() or not (y == LABEL_NORMAL).any():
-                missing = "tumour" if not (y == LABEL_TUMOR).any() else "normal"
-                out.in_sample[path] = f"without its tiles no {missing} tile remains"
+            own = item_slide == path
+            if dominant_share(item_label, own) > DOMINANT_SHARE:
+                bands = band_folds(own, item_x, fit_rows)
+                if bands is not None:
+                    out.fits[path] = bands
+                    task.advance(1)
+                    continue
+            fit = fit_rows(~own)
+            if isinstance(fit, str):
+                out.in_sample[path] = f"without its tiles no {fit} tile remains"
             else:
-                linear = fit_head(x, y, l2)
-                # the same kind of head as the final model: the ensemble's fold has both members
-                out.fits[path] = (
-                    linear if model.net.mlp is None else fit_ensemble(x, y, linear, seed=cfg.seed)
-                )
+                out.fits[path] = fit
             task.advance(1)
     return out
+
+
+def dominant_share(labels: np.ndarray, own: np.ndarray) -> float:
+    """The largest share of a class's labelled tiles that lie on one image: ``own`` ``(N,)``
+    bool marks the image's among the ``(N,)`` tile ``labels``; 0 for an image without any."""
+    shares = [
+        float((own & (labels == c)).sum()) / int((labels == c).sum())
+        for c in (LABEL_TUMOR, LABEL_NORMAL)
+        if (labels == c).any()
+    ]
+    return max(shares, default=0.0)
+
+
+def band_folds(
+    own: np.ndarray,
+    x_px: np.ndarray,
+    fit_rows: Any,
+    n_bands: int = HELD_OUT_BANDS,
+) -> BandFolds | None:
+    """Heads fitted without each of ``n_bands`` vertical bands of one image's labelled tiles.
+
+    Args:
+        own: ``(N,)`` bool, the image's labelled tiles among all ``N``.
+        x_px: ``(N,)`` level-0 x of each tile's top-left (the image's frame).
+        fit_rows: ``(N,) bool mask → head`` fitted on the rows of those tiles, or the name of
+            the class they lack (``str``).
+        n_bands: bands, of equal tile counts (edges at the quantiles of the image's tile x).
+
+    Returns:
+        The folds, or ``None`` when the image has fewer than 2 tiles per band or a fold would
+        lack a class (the caller falls back to leaving the whole image out).
+    """
+    xs = x_px[own]
+    if xs.size < 2 * n_bands:
+        return None
+    edges = np.unique(np.quantile(xs, np.arange(1, n_bands) / n_bands))
+    band = np.full(own.shape, -1)
+    band[own] = np.searchsorted(edges, xs, side="right")
+    fits = []
+    for b in range(edges.size + 1):
+        fit = fit_rows(band != b)
+        if isinstance(fit, str):
+            return None
+        fits.append(fit)
+    return BandFolds(edges_x_px=edges, fits=fits)
 
 
 def held_out_logits(fit: HeadFit | EnsembleFit, features: np.ndarray) -> np.ndarray:
@@ -171,21 +278,32 @@ def held_out_logits(fit: HeadFit | EnsembleFit, features: np.ndarray) -> np.ndar
 
 
 def held_out_heatmap(
-    pred: SlidePrediction, fit: HeadFit | EnsembleFit, model: TrainedModel
+    pred: SlidePrediction, fit: HeadFit | EnsembleFit | BandFolds, model: TrainedModel
 ) -> Heatmap:
     """``pred``'s heatmap with every scored tile's probability from the fold head ``fit``
-    (its logit of the tile's features, through ``model``'s calibration); NaN off tissue as
-    before. ``pred`` must carry ``tile_features`` (predicted with ``return_features``)."""
+    (its logit of the tile's features, through ``model``'s calibration; with
+    :class:`BandFolds`, each tile's from the head fitted without the band its top-left x lies
+    in); NaN off tissue as before. ``pred`` must carry ``tile_features`` (predicted with
+    ``return_features``)."""
     if len(pred.tiles) == 0:
         return pred.heatmap
     if pred.tile_features is None:
         raise ValueError(f"{pred.slide_path.name}: predicted without its tile features")
-    probability = np.asarray(
-        model.calibrate(held_out_logits(fit, pred.tile_features)), dtype=np.float32
-    )
+    if isinstance(fit, BandFolds):
+        band = fit.band_of(pred.tiles.xy_px[:, 0])
+        logits = np.zeros(len(pred.tiles), dtype=np.float32)
+        for b, head in enumerate(fit.fits):
+            at = band == b
+            if at.any():
+                logits[at] = held_out_logits(head, pred.tile_features[at])
+        how = HELD_OUT_BANDS_META
+    else:
+        logits = held_out_logits(fit, pred.tile_features)
+        how = HELD_OUT_LOO
+    probability = np.asarray(model.calibrate(logits), dtype=np.float32)
     heat = np.full(pred.heatmap.shape, np.nan, dtype=np.float32)
     heat[pred.tiles.rc[:, 0], pred.tiles.rc[:, 1]] = probability
-    meta: dict[str, Any] = {**pred.heatmap.meta, "held_out": HELD_OUT_LOO}
+    meta: dict[str, Any] = {**pred.heatmap.meta, "held_out": how}
     return dataclasses.replace(pred.heatmap, probability=heat, meta=meta)
 
 
@@ -198,15 +316,25 @@ def without_features(pred: SlidePrediction) -> SlidePrediction:
 
 
 def held_out_summary(
-    held_out: Sequence[str], in_sample: dict[str, str], not_trained: Sequence[str]
+    held_out: Sequence[str],
+    in_sample: dict[str, str],
+    not_trained: Sequence[str],
+    banded: Sequence[str] = (),
 ) -> tuple[str, str]:
     """``(held_out value, note)`` of the operating point from the image names scored by a
-    fold head (``held_out``), kept in-sample (name → why) and never trained on."""
+    fold head (``held_out``), by band folds of their own tiles (``banded``), kept in-sample
+    (name → why) and never trained on."""
     parts = []
     if held_out:
         parts.append(
             f"{', '.join(held_out)} scored by heads fitted without their labelled tiles "
             "(leave one image out)"
+        )
+    if banded:
+        parts.append(
+            f"{', '.join(banded)} scored band by band, each band by a head fitted without that "
+            f"band's labelled tiles (it holds most of a class's tiles: a head fitted without "
+            "all of them would be another model)"
         )
     if in_sample:
         parts.append(
@@ -215,10 +343,12 @@ def held_out_summary(
         )
     if not_trained:
         parts.append(f"{', '.join(not_trained)} not in training (out-of-sample)")
-    if in_sample and held_out:
+    if in_sample and (held_out or banded):
         value = HELD_OUT_PARTLY
     elif in_sample:
         value = HELD_OUT_IN_SAMPLE
+    elif banded:
+        value = HELD_OUT_FOLDS
     elif held_out:
         value = HELD_OUT_LOO
     else:

@@ -93,8 +93,10 @@ def operating_key(sources: Mapping[str, NegativeSource], fingerprints: Mapping[s
     v2: the heatmaps are held out (:mod:`qupath_rkd.sync.heldout`), so a project synced
     before is predicted again once, at the held-out operating point. v3: the threshold may go
     below the calibrated one (:data:`~qupath_rkd.lesions.operating_point.
-    MIN_SLIDES_BELOW_CALIBRATED`), so such a project is predicted again once more."""
-    digest = hashlib.sha256(b"operating-point-v3")
+    MIN_SLIDES_BELOW_CALIBRATED`), so such a project is predicted again once more. v4: an image
+    holding most of a class's labelled tiles is held out band by band
+    (:class:`~qupath_rkd.sync.heldout.BandFolds`), not whole."""
+    digest = hashlib.sha256(b"operating-point-v4")
     for entry_id in sorted(sources):
         src = sources[entry_id]
         normal = b"" if src.normal is None else src.normal.wkb

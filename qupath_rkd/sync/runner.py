@@ -847,6 +847,7 @@ def _operating_point(
         slide_equivalents,
     )
     from qupath_rkd.sync.heldout import (
+        BandFolds,
         HeldOutHeads,
         held_out_heads,
         held_out_heatmap,
@@ -887,6 +888,7 @@ def _operating_point(
             jobs.append((entry.entry_id, entry.path, entry_config(entry), region))
         remote = _submit(cluster, checkpoint, jobs)
     held: list[str] = []
+    banded: list[str] = []
     in_sample: dict[str, str] = {}
     not_trained: list[str] = []
     for entry in wanted:
@@ -912,7 +914,7 @@ def _operating_point(
         fit = heads.fits.get(str(entry.path))
         if fit is not None:
             heatmap = held_out_heatmap(pred, fit, model)
-            held.append(entry.name)
+            (banded if isinstance(fit, BandFolds) else held).append(entry.name)
         elif str(entry.path) in heads.in_sample:
             in_sample[entry.name] = heads.in_sample[str(entry.path)]
         elif labelled is not None:
@@ -940,7 +942,7 @@ def _operating_point(
             "to go lower)",
         )
     if labelled is not None and op.method != METHOD_FALLBACK:
-        how, note = held_out_summary(held, in_sample, not_trained)
+        how, note = held_out_summary(held, in_sample, not_trained, banded)
         op = dataclasses.replace(op, held_out=how, note=f"{op.note}; {note}")
     return op.as_dict(), preds
 

@@ -1,6 +1,7 @@
 """The pieces of sync's held-out operating point that need no slide: the training rows of a
 mask with their patch index, the view-averaged features that make a linear head's TTA logit,
-the held-out heatmap's placement, and the summary's ``held_out`` value."""
+the held-out heatmap's placement, the band folds of an image holding most of a class's tiles,
+and the summary's ``held_out`` value."""
 
 from __future__ import annotations
 
@@ -17,10 +18,15 @@ from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction, TileScores
 from qupath_rkd.model.head import HeadFit, HeadNetwork, fit_head
 from qupath_rkd.sync.heldout import (
+    HELD_OUT_BANDS_META,
+    HELD_OUT_FOLDS,
     HELD_OUT_IN_SAMPLE,
     HELD_OUT_LOO,
     HELD_OUT_NOT_TRAINED,
     HELD_OUT_PARTLY,
+    BandFolds,
+    band_folds,
+    dominant_share,
     held_out_heatmap,
     held_out_logits,
     held_out_summary,
@@ -130,3 +136,58 @@ def test_summary_says_how_the_heatmaps_were_found() -> None:
     assert how == HELD_OUT_PARTLY
     assert "B scored by heads fitted without their labelled tiles" in note
     assert "in-sample" in note and "A (without its tiles no tumour tile remains)" in note
+
+
+def test_an_image_is_dominant_by_its_largest_share_of_a_class() -> None:
+    labels = np.array([LABEL_NORMAL] * 3 + [LABEL_TUMOR] + [LABEL_NORMAL, LABEL_TUMOR])
+    own = np.array([True, True, True, True, False, False])
+    assert dominant_share(labels, own) == 0.75  # 3 of 4 normal tiles (1 of 2 tumour)
+    assert dominant_share(labels, ~own) == 0.5
+    assert dominant_share(labels, np.zeros(6, bool)) == 0.0
+
+
+def test_band_folds_leave_out_each_band_of_the_images_own_tiles() -> None:
+    own = np.array([True] * 8 + [False] * 4)
+    x_px = np.array([700, 0, 100, 600, 200, 300, 500, 400, 0, 50, 900, 300], dtype=np.float64)
+    masks: list[np.ndarray] = []
+
+    def fit_rows(mask: np.ndarray) -> str | HeadFit:
+        masks.append(mask.copy())
+        return fit_head(np.eye(2), np.array([LABEL_NORMAL, LABEL_TUMOR]), l2=1.0)
+
+    folds = band_folds(own, x_px, fit_rows, n_bands=4)
+    assert folds is not None and len(folds.fits) == 4
+    # equal tile counts: the edges are the quartiles of the image's x (0..700 in steps of 100)
+    assert folds.edges_x_px.tolist() == [175.0, 350.0, 525.0]
+    assert folds.band_of(x_px[own]).tolist() == [3, 0, 0, 3, 1, 1, 2, 2]
+    # fold b trains on every tile but band b of this image: the other images' tiles (x 0 and
+    # 300 included) always stay in
+    left_out = [np.flatnonzero(~m).tolist() for m in masks]
+    assert left_out == [[1, 2], [4, 5], [6, 7], [0, 3]]
+    # too few tiles for the bands, or a fold without a class: no band folds
+    assert band_folds(own, x_px, fit_rows, n_bands=5) is None
+    assert band_folds(own, x_px, lambda mask: "tumour", n_bands=4) is None
+
+
+def test_held_out_heatmap_scores_each_tile_by_its_bands_head() -> None:
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(3, 4)).astype(np.float32)
+    y = np.repeat([LABEL_NORMAL, LABEL_TUMOR], 20)
+    fits = [fit_head(rng.normal(size=(40, 4)), y, l2=1.0) for _ in range(2)]
+    pred = _prediction(feats)
+    assert pred.tiles.xy_px[:, 0].tolist() == [0, 0, 96]  # bands 0, 0, 1 at the edge 50
+    folds = BandFolds(np.array([50.0]), fits)
+    heat = held_out_heatmap(pred, folds, _Calibrated())  # type: ignore[arg-type]
+    got = heat.probability[pred.tiles.rc[:, 0], pred.tiles.rc[:, 1]]
+    logits = np.array([fits[b].logits(feats)[i] for i, b in enumerate([0, 0, 1])])
+    assert np.allclose(got, 1.0 / (1.0 + np.exp(-logits.astype(np.float32))), atol=1e-6)
+    assert not np.allclose(got[2], 1.0 / (1.0 + np.exp(-fits[0].logits(feats)[2])))
+    assert heat.meta["held_out"] == HELD_OUT_BANDS_META
+
+
+def test_summary_names_the_images_held_out_band_by_band() -> None:
+    how, note = held_out_summary(["C"], {}, [], ["B"])
+    assert how == HELD_OUT_FOLDS
+    assert "C scored by heads fitted without their labelled tiles" in note
+    assert "B scored band by band" in note
+    assert held_out_summary([], {"A": "RD scorer"}, [], ["B"])[0] == HELD_OUT_PARTLY

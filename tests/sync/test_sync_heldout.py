@@ -1,10 +1,12 @@
 """Sync's operating point is chosen on out-of-sample heatmaps (issue 10, point 2).
 
 The small demo trains on A (tumour outlined, fully annotated: normal away from its tumour) and
-B (tumour-free); both are also where the operating point is measured. B is scored by a head
-fitted without B's tiles; without A's tiles no tumour tile remains, so A stays in-sample and
-the report says so. Recomputed here by a direct refit (features straight from the trunk, no
-cache, the final model's L2) and the same threshold search.
+B (tumour-free); both are also where the operating point is measured. A holds every tumour tile
+and B most of the normal ones, so each is scored band by band, each band by a head fitted
+without that band's tiles (a head fitted without all of B would be another model); an image
+holding at most half of each class is left out whole. Recomputed here by a direct refit
+(features straight from the trunk, no cache, the final model's L2) and the same threshold
+search.
 """
 
 from __future__ import annotations
@@ -22,14 +24,21 @@ from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR, LABEL_TUMOR
 from qupath_rkd.features.extract import extract_features
 from qupath_rkd.features.views import view_list
 from qupath_rkd.inference import predict_slide
+from qupath_rkd.labels import LabelledSet
 from qupath_rkd.lesions.operating_point import choose_operating_point, slide_equivalents
 from qupath_rkd.model.head import HeadFit, HeadNetwork, fit_head
-from qupath_rkd.model.scorer import load_model
+from qupath_rkd.model.scorer import TrainedModel, load_model
 from qupath_rkd.qupath.backends import get_backend
 from qupath_rkd.qupath.project import open_project
 from qupath_rkd.slides.tiles_dataset import SlideTileDataset
 from qupath_rkd.sync.config import load_config
-from qupath_rkd.sync.heldout import HELD_OUT_PARTLY, held_out_heads, held_out_heatmap
+from qupath_rkd.sync.heldout import (
+    HELD_OUT_BANDS,
+    HELD_OUT_FOLDS,
+    BandFolds,
+    held_out_heads,
+    held_out_heatmap,
+)
 from qupath_rkd.sync.operating import negative_heatmap
 from qupath_rkd.sync.runner import (
     MODEL_RELPATH,
@@ -46,9 +55,10 @@ A, B = "A tumour annotated.tif", "B tumour-free.tif"
 def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     report = json.loads((synced / "qupath-rkd" / "report.json").read_text(encoding="utf-8"))
     op = report["operating_point"]
-    assert op["method"] == "tumor-free" and op["held_out"] == HELD_OUT_PARTLY, op
-    assert f"{B} scored by heads fitted without their labelled tiles" in op["note"]
-    assert f"{A} (without its tiles no tumour tile remains)" in op["note"]
+    # A holds every tumour tile and B most of the normal ones: a head fitted without all of
+    # either would be another model, so each is held out band by band
+    assert op["method"] == "tumor-free" and op["held_out"] == HELD_OUT_FOLDS, op
+    assert f"{A}, {B} scored band by band" in op["note"]
 
     config = load_config(synced, dict(FAST))
     backend, _ = get_backend(open_project(synced), "geojson")
@@ -58,50 +68,49 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     model = load_model(synced / MODEL_RELPATH, device="cpu")
     assert isinstance(model.net, HeadNetwork)
     l2 = float(model.info["metrics"]["l2"])
-    b_path = str(entries[B].path)
+    a_path, b_path = str(entries[A].path), str(entries[B].path)
+    on_b = [it for it in labelled.items if it.slide_path == b_path]
+    normal = [it for it in labelled.items if it.label != LABEL_TUMOR]
+    assert 2 * sum(it.label != LABEL_TUMOR for it in on_b) > len(normal)  # B is dominant
 
-    # the direct refit: every labelled tile but B's, view 0 and the tumour tiles' extra views
-    items = [it for it in labelled.items if it.slide_path != b_path]
-    tiles = SlideTileDataset(
-        items, tile_px=labelled.tile_px, tile_mpp=labelled.tile_mpp, slide_mpp=labelled.slide_mpp
-    )
-    trunk = model.net.trunk
-    base = extract_features(trunk, tiles, input_px=model.input_px, views=[0], cache=None)  # type: ignore[arg-type]
-    tumour = [i for i, it in enumerate(items) if it.label == LABEL_TUMOR]
-    rare = [v for v in view_list(TrainConfig().rare_views) if v != 0]
-    extra = extract_features(
-        trunk,  # type: ignore[arg-type]
-        Subset(tiles, tumour),  # type: ignore[arg-type]
-        input_px=model.input_px,
-        views=rare,
-        cache=None,
-    )
-    assert base.ok.all() and extra.ok.all()
-    x = np.concatenate([base.values[:, 0], extra.values.reshape(-1, base.values.shape[-1])])
-    y = np.concatenate([[it.label for it in items], np.full(len(tumour) * len(rare), LABEL_TUMOR)])
-    direct = fit_head(x.astype(np.float32), y, l2)
+    # the direct refit of B's first band: every labelled tile but B's left of the first
+    # quartile of B's tile x
+    edges = np.unique(np.quantile([it.x_px for it in on_b], [0.25, 0.5, 0.75]))
+    items = [it for it in labelled.items if not (it.slide_path == b_path and it.x_px < edges[0])]
+    direct = _direct_refit(items, labelled, model, l2)
 
-    # sync's fold head is that refit
-    heads = held_out_heads(
-        labelled, [b_path], model, _train_config(config, len(labelled.items)), cache=None
-    )
-    assert set(heads.fits) == {b_path} and heads.l2 == l2
-    fold = heads.fits[b_path]
+    # sync's first band head of B is that refit
+    train_config = _train_config(config, len(labelled.items))
+    heads = held_out_heads(labelled, [a_path, b_path], model, train_config, cache=None)
+    assert set(heads.fits) == {a_path, b_path} and heads.l2 == l2
+    folds = heads.fits[b_path]
+    assert isinstance(folds, BandFolds) and len(folds.fits) == HELD_OUT_BANDS
+    np.testing.assert_array_equal(folds.edges_x_px, edges)
+    fold = folds.fits[0]
     assert isinstance(fold, HeadFit)  # the final model is linear: so is its fold head
     assert np.allclose(fold.weight, direct.weight, atol=1e-4 * np.abs(direct.weight).max())
     assert fold.bias == pytest.approx(direct.bias, abs=1e-4)
 
-    # B scored by the refit (from the features its prediction returns), A by the final model
+    # B and A scored by their band heads (from the features their predictions return)
     sources = _negative_sources(list(entries.values()), sets, config)
     cfg_b = dataclasses.replace(inference_config(config, entries[B].mpp), return_features=True)
     pred_b = predict_slide(entries[B].path, model, config=cfg_b)
     assert pred_b.tile_features is not None
-    assert pred_b.tile_features.shape == (len(pred_b.tiles), base.values.shape[-1])
+    assert pred_b.tile_features.shape[0] == len(pred_b.tiles)
     assert pred_b.tile_features.dtype == np.float16  # one view: exactly what the head sees
-    pred_a = predict_slide(entries[A].path, model, config=inference_config(config, entries[A].mpp))
-    held_b = held_out_heatmap(pred_b, direct, model)
+    cfg_a = dataclasses.replace(inference_config(config, entries[A].mpp), return_features=True)
+    pred_a = predict_slide(entries[A].path, model, config=cfg_a)
+    held_b = held_out_heatmap(pred_b, folds, model)
+    held_a = held_out_heatmap(pred_a, heads.fits[a_path], model)
+    # a tile of B's first band carries the refit's probability
+    first = np.flatnonzero(pred_b.tiles.xy_px[:, 0] < edges[0])[0]
+    r, c = pred_b.tiles.rc[first]
+    expect_p = model.calibrate(
+        direct.logits(pred_b.tile_features[first : first + 1].astype(np.float32))
+    )
+    assert held_b.probability[r, c] == pytest.approx(float(expect_p[0]), abs=1e-4)
     negatives = [
-        negative_heatmap(sources[entries[A].entry_id], pred_a.heatmap, A),
+        negative_heatmap(sources[entries[A].entry_id], held_a, A),
         negative_heatmap(sources[entries[B].entry_id], held_b, B),
     ]
     # the extent capped at the calibrated threshold, as predict_slide's resolved config has it
@@ -123,16 +132,31 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     assert np.isfinite(held_b.probability).sum() == tissue.sum()
     assert np.nanmean(held_b.probability) > np.nanmean(pred_b.heatmap.probability)
 
+    # an image holding at most half of each class's tiles is still left out whole: keep a
+    # quarter of B's tiles, and B's fold head is the refit without all of them
+    kept_b = on_b[::4]
+    fewer = dataclasses.replace(
+        labelled, items=[it for it in labelled.items if it.slide_path != b_path] + kept_b
+    )
+    assert 2 * sum(it.label != LABEL_TUMOR for it in kept_b) <= sum(
+        it.label != LABEL_TUMOR for it in fewer.items
+    )
+    loo = held_out_heads(fewer, [b_path], model, train_config, cache=None).fits[b_path]
+    assert isinstance(loo, HeadFit)
+    direct_loo = _direct_refit(
+        [it for it in fewer.items if it.slide_path != b_path], labelled, model, l2
+    )
+    assert np.allclose(loo.weight, direct_loo.weight, atol=1e-4 * np.abs(direct_loo.weight).max())
+
     # an ensemble model (training.head = "ensemble" / "auto") gets ensemble fold heads: the
     # same linear refit plus a perceptron fitted on the same rows, scored as their mean
     from qupath_rkd.model.head import EnsembleFit
     from qupath_rkd.model.mlp_head import MlpHead
 
-    model.net.mlp = MlpHead(base.values.shape[-1])
-    heads = held_out_heads(
-        labelled, [b_path], model, _train_config(config, len(labelled.items)), cache=None
-    )
-    ens = heads.fits[b_path]
+    model.net.mlp = MlpHead(pred_b.tile_features.shape[-1])
+    bands = held_out_heads(labelled, [b_path], model, train_config, cache=None).fits[b_path]
+    assert isinstance(bands, BandFolds)
+    ens = bands.fits[0]
     assert isinstance(ens, EnsembleFit)
     assert np.allclose(ens.linear.weight, direct.weight, atol=1e-4 * np.abs(direct.weight).max())
     feats_b = pred_b.tile_features.astype(np.float32)
@@ -140,3 +164,26 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
         ens.logits(feats_b), 0.5 * (ens.linear.logits(feats_b) + ens.mlp.logits(feats_b))
     )
     assert not np.allclose(ens.logits(feats_b), ens.linear.logits(feats_b))
+
+
+def _direct_refit(items: list, labelled: LabelledSet, model: TrainedModel, l2: float) -> HeadFit:
+    """The head fitted on ``items`` as sync's trainer fits it, with features straight from the
+    trunk (no cache): view 0 of every tile and the rare views of the tumour tiles."""
+    tiles = SlideTileDataset(
+        items, tile_px=labelled.tile_px, tile_mpp=labelled.tile_mpp, slide_mpp=labelled.slide_mpp
+    )
+    trunk = model.net.trunk
+    base = extract_features(trunk, tiles, input_px=model.input_px, views=[0], cache=None)  # type: ignore[arg-type]
+    tumour = [i for i, it in enumerate(items) if it.label == LABEL_TUMOR]
+    rare = [v for v in view_list(TrainConfig().rare_views) if v != 0]
+    extra = extract_features(
+        trunk,  # type: ignore[arg-type]
+        Subset(tiles, tumour),  # type: ignore[arg-type]
+        input_px=model.input_px,
+        views=rare,
+        cache=None,
+    )
+    assert base.ok.all() and extra.ok.all()
+    x = np.concatenate([base.values[:, 0], extra.values.reshape(-1, base.values.shape[-1])])
+    y = np.concatenate([[it.label for it in items], np.full(len(tumour) * len(rare), LABEL_TUMOR)])
+    return fit_head(x.astype(np.float32), y, l2)
