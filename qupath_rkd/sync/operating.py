@@ -6,7 +6,16 @@ What the pathologist said is tumour-free: images whose entry metadata has
 tile does not touch them); and every ``Normal``-class annotation (``[classes] normal``) on the
 other images. Their heatmaps go to
 :func:`qupath_rkd.lesions.operating_point.choose_operating_point`; with none, the model's
-calibrated threshold is used (the fallback). ``inference.threshold`` set to a number bypasses all
+calibrated threshold is used (the fallback).
+
+Normal outlines are not a sample of normal tissue: they are drawn where the model needed
+teaching (a false lesion, a suggestion of ``qupath-rkd: annotate next``). Counted as their
+share of a slide, one false lesion in a small hard region reads as many per slide, and the
+threshold climbs above the true lesions (the active-learning benchmark, docs/benchmarks.md:
+lesion FROC at sync's operating point 0.51-0.69 with them, 0.76-0.79 without). So when a
+tumour-free or fully annotated slide is known, the rate is measured on those alone
+(:func:`representative`); the normal outlines still train the model, and they set the rate only
+where nothing else is known. ``inference.threshold`` set to a number bypasses all
 this (method ``given``). Images whose tiles trained the model are scored out-of-sample, by
 heads fitted without them (:mod:`qupath_rkd.sync.heldout`).
 
@@ -136,3 +145,21 @@ def negative_heatmap(source: NegativeSource, heatmap: Heatmap, name: str) -> Neg
     else:
         mask = normal_mask(heatmap, source.normal)
     return NegativeHeatmap(heatmap, mask, name)
+
+
+def representative(
+    negatives: Sequence[tuple[NegativeSource, NegativeHeatmap]],
+) -> tuple[list[NegativeHeatmap], list[str]]:
+    """The negatives the false-lesion rate is measured on, and the names of those left out.
+
+    The tumour-free and fully annotated slides when there is one (normal outlines are where
+    the model needed teaching, not a sample of normal tissue: module doc); else every one.
+
+    Args:
+        negatives: ``(source, its heatmap)`` per image with tumour-free knowledge.
+    """
+    whole = [neg for src, neg in negatives if src.tumor_free or src.fully_annotated]
+    if not whole:
+        return [neg for _src, neg in negatives], []
+    left = [neg.name for src, neg in negatives if not (src.tumor_free or src.fully_annotated)]
+    return whole, left

@@ -854,7 +854,7 @@ def _operating_point(
         held_out_summary,
         without_features,
     )
-    from qupath_rkd.sync.operating import negative_heatmap
+    from qupath_rkd.sync.operating import negative_heatmap, representative
 
     target = float(config.get("inference.target_fp_per_slide"))
     if config.get("inference.threshold") != "auto":
@@ -920,20 +920,30 @@ def _operating_point(
         elif labelled is not None:
             not_trained.append(entry.name)
         preds[entry.entry_id] = without_features(pred)
-        negatives.append(negative_heatmap(src, heatmap, entry.name))
+        negatives.append((src, negative_heatmap(src, heatmap, entry.name)))
     if not negatives:
         return fallback(target, calibrated).as_dict(), preds
+    # normal outlines are where the model needed teaching: with a tumour-free or fully
+    # annotated slide known, the rate is measured on those (sync.operating's module doc)
+    counted, regions_left = representative(negatives)
     # Below the calibrated threshold down to the candidate floor, as predict does: a head
     # calibrated out-of-fold on few or hard annotated regions has a flat calibration, and its
     # tumour may never reach 0.5 (the active-learning benchmark's projects reported no lesion
     # at all on slides with annotated tumour). Only with a slide's worth of tumour-free tissue.
-    enough = slide_equivalents(negatives) >= MIN_SLIDES_BELOW_CALIBRATED
+    enough = slide_equivalents(counted) >= MIN_SLIDES_BELOW_CALIBRATED
     floor = DEFAULT_CANDIDATE_FLOOR if enough else calibrated
     # the extent capped at the calibrated threshold, as predict_slide's resolved config does
     post = dataclasses.replace(
         inference_config(config, None).post_processing(), extent_cap=calibrated
     )
-    op = choose_operating_point(negatives, post, target_fp_per_slide=target, floor=floor)
+    op = choose_operating_point(counted, post, target_fp_per_slide=target, floor=floor)
+    if regions_left:
+        op = dataclasses.replace(
+            op,
+            note=f"{op.note}; the normal outlines on {', '.join(regions_left)} train the model "
+            "but are not counted (outlined where the model needed teaching, not a sample of "
+            "normal tissue)",
+        )
     if not enough and op.method != METHOD_FALLBACK:
         op = dataclasses.replace(
             op,
