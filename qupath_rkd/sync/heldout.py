@@ -333,8 +333,8 @@ def held_out_summary(
     if banded:
         parts.append(
             f"{', '.join(banded)} scored band by band, each band by a head fitted without that "
-            f"band's labelled tiles (it holds most of a class's tiles: a head fitted without "
-            "all of them would be another model)"
+            f"band's labelled tiles ({'each holds' if len(banded) > 1 else 'it holds'} most of "
+            "a class's tiles: a head fitted without all of them would be another model)"
         )
     if in_sample:
         parts.append(
