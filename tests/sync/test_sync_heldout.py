@@ -1,12 +1,12 @@
 """Sync's operating point is chosen on out-of-sample heatmaps (issue 10, point 2).
 
 The small demo trains on A (tumour outlined, fully annotated: normal away from its tumour) and
-B (tumour-free); both are also where the operating point is measured. A holds every tumour tile
-and B most of the normal ones, so each is scored band by band, each band by a head fitted
-without that band's tiles (a head fitted without all of B would be another model); an image
-holding at most half of each class is left out whole. Recomputed here by a direct refit
-(features straight from the trunk, no cache, the final model's L2) and the same threshold
-search.
+B (tumour-free); both are also where the operating point is measured. B is scored by a head
+fitted without B's tiles; A holds every tumour tile (without it no tumour tile remains), so A is
+scored band by band, each band by a head fitted without that band's tiles; B with fewer normal
+tiles elsewhere (more than ``DOMINANT_SHARE`` of them) would be too. Recomputed here by direct
+refits (features straight from the trunk, no cache, the final model's L2) and the same
+threshold search.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from qupath_rkd.qupath.project import open_project
 from qupath_rkd.slides.tiles_dataset import SlideTileDataset
 from qupath_rkd.sync.config import load_config
 from qupath_rkd.sync.heldout import (
+    DOMINANT_SHARE,
     HELD_OUT_BANDS,
     HELD_OUT_FOLDS,
     BandFolds,
@@ -55,10 +56,11 @@ A, B = "A tumour annotated.tif", "B tumour-free.tif"
 def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     report = json.loads((synced / "qupath-rkd" / "report.json").read_text(encoding="utf-8"))
     op = report["operating_point"]
-    # A holds every tumour tile and B most of the normal ones: a head fitted without all of
-    # either would be another model, so each is held out band by band
+    # B is left out whole; A holds every tumour tile (without all of it no tumour would remain),
+    # so A is held out band by band
     assert op["method"] == "tumor-free" and op["held_out"] == HELD_OUT_FOLDS, op
-    assert f"{A}, {B} scored band by band" in op["note"]
+    assert f"{B} scored by heads fitted without their labelled tiles" in op["note"]
+    assert f"{A} scored band by band" in op["note"]
 
     config = load_config(synced, dict(FAST))
     backend, _ = get_backend(open_project(synced), "geojson")
@@ -69,29 +71,40 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     assert isinstance(model.net, HeadNetwork)
     l2 = float(model.info["metrics"]["l2"])
     a_path, b_path = str(entries[A].path), str(entries[B].path)
-    on_b = [it for it in labelled.items if it.slide_path == b_path]
-    normal = [it for it in labelled.items if it.label != LABEL_TUMOR]
-    assert 2 * sum(it.label != LABEL_TUMOR for it in on_b) > len(normal)  # B is dominant
+    on_a = [it for it in labelled.items if it.slide_path == a_path]
+    n_normal = sum(it.label != LABEL_TUMOR for it in labelled.items)
+    b_normal = sum(it.label != LABEL_TUMOR for it in labelled.items if it.slide_path == b_path)
+    assert b_normal <= DOMINANT_SHARE * n_normal  # B: left out whole
+    assert all(it.slide_path == a_path for it in labelled.items if it.label == LABEL_TUMOR)
 
-    # the direct refit of B's first band: every labelled tile but B's left of the first
-    # quartile of B's tile x
-    edges = np.unique(np.quantile([it.x_px for it in on_b], [0.25, 0.5, 0.75]))
-    items = [it for it in labelled.items if not (it.slide_path == b_path and it.x_px < edges[0])]
-    direct = _direct_refit(items, labelled, model, l2)
+    # the direct refits: every labelled tile but B's; every one but A's left of the first
+    # quartile of A's tile x
+    direct_b = _direct_refit(
+        [it for it in labelled.items if it.slide_path != b_path], labelled, model, l2
+    )
+    edges = np.unique(np.quantile([it.x_px for it in on_a], [0.25, 0.5, 0.75]))
+    direct_a = _direct_refit(
+        [it for it in labelled.items if not (it.slide_path == a_path and it.x_px < edges[0])],
+        labelled,
+        model,
+        l2,
+    )
 
-    # sync's first band head of B is that refit
+    # sync's fold head of B and first band head of A are those refits
     train_config = _train_config(config, len(labelled.items))
     heads = held_out_heads(labelled, [a_path, b_path], model, train_config, cache=None)
     assert set(heads.fits) == {a_path, b_path} and heads.l2 == l2
-    folds = heads.fits[b_path]
-    assert isinstance(folds, BandFolds) and len(folds.fits) == HELD_OUT_BANDS
-    np.testing.assert_array_equal(folds.edges_x_px, edges)
-    fold = folds.fits[0]
-    assert isinstance(fold, HeadFit)  # the final model is linear: so is its fold head
-    assert np.allclose(fold.weight, direct.weight, atol=1e-4 * np.abs(direct.weight).max())
-    assert fold.bias == pytest.approx(direct.bias, abs=1e-4)
+    fold_b, folds_a = heads.fits[b_path], heads.fits[a_path]
+    assert isinstance(fold_b, HeadFit)  # the final model is linear: so is its fold head
+    assert np.allclose(fold_b.weight, direct_b.weight, atol=1e-4 * np.abs(direct_b.weight).max())
+    assert fold_b.bias == pytest.approx(direct_b.bias, abs=1e-4)
+    assert isinstance(folds_a, BandFolds) and len(folds_a.fits) == HELD_OUT_BANDS
+    np.testing.assert_array_equal(folds_a.edges_x_px, edges)
+    first_a = folds_a.fits[0]
+    assert isinstance(first_a, HeadFit)
+    assert np.allclose(first_a.weight, direct_a.weight, atol=1e-4 * np.abs(direct_a.weight).max())
 
-    # B and A scored by their band heads (from the features their predictions return)
+    # B and A scored by their heads (from the features their predictions return)
     sources = _negative_sources(list(entries.values()), sets, config)
     cfg_b = dataclasses.replace(inference_config(config, entries[B].mpp), return_features=True)
     pred_b = predict_slide(entries[B].path, model, config=cfg_b)
@@ -100,15 +113,16 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     assert pred_b.tile_features.dtype == np.float16  # one view: exactly what the head sees
     cfg_a = dataclasses.replace(inference_config(config, entries[A].mpp), return_features=True)
     pred_a = predict_slide(entries[A].path, model, config=cfg_a)
-    held_b = held_out_heatmap(pred_b, folds, model)
-    held_a = held_out_heatmap(pred_a, heads.fits[a_path], model)
-    # a tile of B's first band carries the refit's probability
-    first = np.flatnonzero(pred_b.tiles.xy_px[:, 0] < edges[0])[0]
-    r, c = pred_b.tiles.rc[first]
-    expect_p = model.calibrate(
-        direct.logits(pred_b.tile_features[first : first + 1].astype(np.float32))
+    assert pred_a.tile_features is not None
+    held_b = held_out_heatmap(pred_b, fold_b, model)
+    held_a = held_out_heatmap(pred_a, folds_a, model)
+    # a tile of A's first band carries the band refit's probability
+    first = np.flatnonzero(pred_a.tiles.xy_px[:, 0] < edges[0])[0]
+    r, c = pred_a.tiles.rc[first]
+    row = pred_a.tile_features[first : first + 1].astype(np.float32)
+    assert held_a.probability[r, c] == pytest.approx(
+        float(model.calibrate(direct_a.logits(row))[0]), abs=1e-4
     )
-    assert held_b.probability[r, c] == pytest.approx(float(expect_p[0]), abs=1e-4)
     negatives = [
         negative_heatmap(sources[entries[A].entry_id], held_a, A),
         negative_heatmap(sources[entries[B].entry_id], held_b, B),
@@ -132,21 +146,16 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     assert np.isfinite(held_b.probability).sum() == tissue.sum()
     assert np.nanmean(held_b.probability) > np.nanmean(pred_b.heatmap.probability)
 
-    # an image holding at most half of each class's tiles is still left out whole: keep a
-    # quarter of B's tiles, and B's fold head is the refit without all of them
-    kept_b = on_b[::4]
+    # with fewer normal tiles elsewhere B holds more than DOMINANT_SHARE of them: band by band
+    a_normal = [it for it in on_a if it.label != LABEL_TUMOR]
+    kept = a_normal[:: max(1, len(a_normal) // 4) * 2]
     fewer = dataclasses.replace(
-        labelled, items=[it for it in labelled.items if it.slide_path != b_path] + kept_b
+        labelled, items=[it for it in labelled.items if it not in set(a_normal)] + kept
     )
-    assert 2 * sum(it.label != LABEL_TUMOR for it in kept_b) <= sum(
-        it.label != LABEL_TUMOR for it in fewer.items
+    assert b_normal > DOMINANT_SHARE * (b_normal + len(kept))
+    assert isinstance(
+        held_out_heads(fewer, [b_path], model, train_config, cache=None).fits[b_path], BandFolds
     )
-    loo = held_out_heads(fewer, [b_path], model, train_config, cache=None).fits[b_path]
-    assert isinstance(loo, HeadFit)
-    direct_loo = _direct_refit(
-        [it for it in fewer.items if it.slide_path != b_path], labelled, model, l2
-    )
-    assert np.allclose(loo.weight, direct_loo.weight, atol=1e-4 * np.abs(direct_loo.weight).max())
 
     # an ensemble model (training.head = "ensemble" / "auto") gets ensemble fold heads: the
     # same linear refit plus a perceptron fitted on the same rows, scored as their mean
@@ -154,11 +163,14 @@ def test_operating_point_is_chosen_on_held_out_heatmaps(synced: Path) -> None:
     from qupath_rkd.model.mlp_head import MlpHead
 
     model.net.mlp = MlpHead(pred_b.tile_features.shape[-1])
-    bands = held_out_heads(labelled, [b_path], model, train_config, cache=None).fits[b_path]
-    assert isinstance(bands, BandFolds)
-    ens = bands.fits[0]
+    heads = held_out_heads(labelled, [a_path, b_path], model, train_config, cache=None)
+    ens = heads.fits[b_path]
     assert isinstance(ens, EnsembleFit)
-    assert np.allclose(ens.linear.weight, direct.weight, atol=1e-4 * np.abs(direct.weight).max())
+    assert np.allclose(
+        ens.linear.weight, direct_b.weight, atol=1e-4 * np.abs(direct_b.weight).max()
+    )
+    bands_a = heads.fits[a_path]
+    assert isinstance(bands_a, BandFolds) and all(isinstance(f, EnsembleFit) for f in bands_a.fits)
     feats_b = pred_b.tile_features.astype(np.float32)
     np.testing.assert_allclose(
         ens.logits(feats_b), 0.5 * (ens.linear.logits(feats_b) + ens.mlp.logits(feats_b))
