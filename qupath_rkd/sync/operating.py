@@ -12,7 +12,7 @@ Normal outlines are not a sample of normal tissue: they are drawn where the mode
 teaching (a false lesion, a suggestion of ``qupath-rkd: annotate next``). Counted as their
 share of a slide, one false lesion in a small hard region reads as many per slide, and the
 threshold climbs above the true lesions (the active-learning benchmark, docs/benchmarks.md:
-lesion FROC at sync's operating point 0.51-0.69 with them, 0.76-0.79 without). So when a
+lesion FROC at sync's operating point 0.41-0.69 with them, 0.74-0.79 without). So when a
 tumour-free or fully annotated slide is known, the rate is measured on those alone
 (:func:`representative`); the normal outlines still train the model, and they set the rate only
 where nothing else is known. ``inference.threshold`` set to a number bypasses all
