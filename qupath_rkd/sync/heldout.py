@@ -41,7 +41,7 @@ that gave no training tile is out-of-sample already.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -243,7 +243,7 @@ def dominant_share(labels: np.ndarray, own: np.ndarray) -> float:
 def band_folds(
     own: np.ndarray,
     x_px: np.ndarray,
-    fit_rows: Any,
+    fit_rows: Callable[[np.ndarray], HeadFit | EnsembleFit | str],
     n_bands: int = HELD_OUT_BANDS,
 ) -> BandFolds | None:
     """Heads fitted without each of ``n_bands`` vertical bands of one image's labelled tiles.

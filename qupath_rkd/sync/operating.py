@@ -104,7 +104,8 @@ def operating_key(sources: Mapping[str, NegativeSource], fingerprints: Mapping[s
     below the calibrated one (:data:`~qupath_rkd.lesions.operating_point.
     MIN_SLIDES_BELOW_CALIBRATED`), so such a project is predicted again once more. v4: an image
     holding most of a class's labelled tiles is held out band by band
-    (:class:`~qupath_rkd.sync.heldout.BandFolds`), not whole."""
+    (:class:`~qupath_rkd.sync.heldout.BandFolds`), not whole, and normal outlines beside a
+    tumour-free or fully annotated slide no longer count (:func:`representative`)."""
     digest = hashlib.sha256(b"operating-point-v4")
     for entry_id in sorted(sources):
         src = sources[entry_id]
