@@ -85,6 +85,7 @@ def sync_capturing(project_dir: Path) -> tuple[Any, Captured]:
     in_sample: dict[str, Any] = {}
     last: list[Any] = []
     real_choose = op_mod.choose_operating_point
+    real_negative = sync_op.negative_heatmap
     real_representative = sync_op.representative
     real_held = heldout.held_out_heatmap
 
@@ -117,7 +118,6 @@ def sync_capturing(project_dir: Path) -> tuple[Any, Captured]:
             in_sample[name] = dataclasses.replace(neg, heatmap=last.pop())
         return neg
 
-    real_negative = sync_op.negative_heatmap
     op_mod.choose_operating_point = choose  # type: ignore[assignment]
     sync_op.negative_heatmap = negative  # type: ignore[assignment]
     sync_op.representative = representative  # type: ignore[assignment]
@@ -367,17 +367,11 @@ def main(argv: Sequence[str] | None = None, *, log: Callable[[str], None] = prin
                     for k in (*RULES, "hindsight")
                 )
             )
-            write(args.out, args, rows, started, load_start)
+            write(args.out, rows, started, load_start)
     log(markdown(rows, summarise(rows)))
 
 
-def write(
-    out: Path,
-    args: argparse.Namespace,
-    rows: list[dict[str, Any]],
-    started: float,
-    load_start: list[float],
-) -> None:
+def write(out: Path, rows: list[dict[str, Any]], started: float, load_start: list[float]) -> None:
     from qupath_rkd.io_utils import atomic_write_json, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
