@@ -50,8 +50,8 @@ DEFAULT_TARGET_FP_PER_SLIDE: Final[float] = 0.25
 #: on the half-tile grid (a quarter of them the patches themselves, from the feature cache).
 DEFAULT_NORMAL_MOSAICS: Final[int] = 4
 #: Camelyon16 candidate list (qupath_rkd.lesions.candidates; ``predict``'s
-#: ``camelyon16/<slide>.csv``): besides every lesion's peak, the local maxima of the heatmap
-#: outside the lesions down to this probability, so the FROC curve goes on below the seed
+#: ``camelyon16/<slide>.csv``): besides every lesion's peak, the other local maxima of the
+#: heatmap down to this probability, so the FROC curve goes on below the seed
 #: threshold (docs/benchmarks.md, "Candidate list for the FROC").
 DEFAULT_CANDIDATE_FLOOR: Final[float] = 0.05
 #: Non-maximum suppression radius of the candidates in µm: a local maximum is dropped when a
@@ -61,6 +61,15 @@ DEFAULT_CANDIDATE_FLOOR: Final[float] = 0.05
 DEFAULT_CANDIDATE_NMS_UM: Final[float] = 187.0
 #: At most this many candidates per slide (the highest), so a bad model cannot write huge files.
 DEFAULT_MAX_CANDIDATES: Final[int] = 1000
+#: The candidate list also holds the local maxima inside the lesions (below the seed), so that a
+#: lesion covering two true ones submits both and the list's points do not depend on the seed
+#: threshold (docs/benchmarks.md, "Candidates inside lesions").
+DEFAULT_CANDIDATES_INSIDE_LESIONS: Final[bool] = True
+#: How the candidates that are not lesion peaks go below the seed threshold: "clamp" (those at
+#: or above it tie just below it) or "scale" (p x seed: below it in their own order). Clamping
+#: tied every maximum above a low seed (sync's operating point goes down to 0.05) into one step
+#: of the FROC curve (docs/benchmarks.md, "Candidates inside lesions").
+DEFAULT_CANDIDATES_BELOW_SEED: Final[str] = "scale"
 #: Slide-score rules (qupath_rkd.lesions.slide_score), the default first.
 SLIDE_SCORE_RULES: Final[tuple[str, ...]] = (
     "max_smoothed",

@@ -17,14 +17,14 @@ Layout of an output folder ``OUT``::
                                        the heatmap settings and the slide file are unchanged
 
 The Camelyon16 CSV is the FROC submission, not the lesion list: every lesion's peak (its maximum
-probability; the lesions are those of ``lesions.geojson``) and, below them, the local maxima of
-the heatmap outside the lesions down to ``DEFAULT_CANDIDATE_FLOOR`` (0.05), one per
-``DEFAULT_CANDIDATE_NMS_UM`` µm, at most ``DEFAULT_MAX_CANDIDATES`` per slide
-(:mod:`qupath_rkd.lesions.candidates`). A maximum that reaches the seed threshold outside the
-lesions (a component under the minimum lesion size) is written just below the seed, so the lines
-at or above the seed are exactly the lesion peaks; the rest carries the FROC curve to lower
-probabilities. ``done.json``'s ``camelyon16_submission`` records this; outputs written before
-(one line per lesion) are predicted again.
+probability; the lesions are those of ``lesions.geojson``) and, below them, the other local
+maxima of the heatmap (inside the lesions too) down to ``DEFAULT_CANDIDATE_FLOOR`` (0.05), one
+per ``DEFAULT_CANDIDATE_NMS_UM`` µm, at most ``DEFAULT_MAX_CANDIDATES`` per slide
+(:mod:`qupath_rkd.lesions.candidates`). Those are written at ``p × seed`` (just under the seed
+threshold at most, in their own order), so the lines at or above the seed are exactly the lesion
+peaks; the rest carries the FROC curve to lower probabilities. ``done.json``'s
+``camelyon16_submission`` records this; outputs written with other candidate settings (one
+line per lesion, maxima outside the lesions only, clamped) are predicted again.
 
 All coordinates are level-0 pixels in QuPath's frame, which is OpenSlide's frame for slides
 without ``openslide.bounds-x/y`` (every Camelyon16 TIFF); for e.g. MRXS files with bounds, add

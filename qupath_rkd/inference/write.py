@@ -25,6 +25,8 @@ from qupath_rkd import __version__
 from qupath_rkd.constants import (
     DEFAULT_CANDIDATE_FLOOR,
     DEFAULT_CANDIDATE_NMS_UM,
+    DEFAULT_CANDIDATES_BELOW_SEED,
+    DEFAULT_CANDIDATES_INSIDE_LESIONS,
     DEFAULT_MAX_CANDIDATES,
     TOOL_TAG,
 )
@@ -315,9 +317,9 @@ def _tile_feature_error(
 
 
 def slide_candidates(pred: SlidePrediction) -> Candidates:
-    """The slide's Camelyon16 candidate list: its lesion peaks and the local maxima of the
-    heatmap the lesions were found on (``pred.smoothed``) outside them, with the package's
-    floor, NMS radius and cap, those reported below the seed threshold
+    """The slide's Camelyon16 candidate list: its lesion peaks and the other local maxima of
+    the heatmap the lesions were found on (``pred.smoothed``), inside the lesions too, with the
+    package's floor, NMS radius and cap, the others scaled below the seed threshold
     (:func:`qupath_rkd.lesions.candidates.candidate_detections`)."""
     heatmap = pred.smoothed if pred.smoothed is not None else pred.heatmap
     return candidate_detections(
@@ -327,6 +329,8 @@ def slide_candidates(pred: SlidePrediction) -> Candidates:
         nms_radius_um=DEFAULT_CANDIDATE_NMS_UM,
         max_candidates=DEFAULT_MAX_CANDIDATES,
         seed_threshold=pred.config.threshold,
+        inside_lesions=DEFAULT_CANDIDATES_INSIDE_LESIONS,
+        below_seed=DEFAULT_CANDIDATES_BELOW_SEED,
     )
 
 
@@ -334,10 +338,12 @@ def slide_candidates(pred: SlidePrediction) -> Candidates:
 #: (written when the file held one line per lesion, or with other candidate defaults) is
 #: predicted again rather than skipped as done.
 SUBMISSION_RECORD: dict[str, Any] = {
-    "content": "candidates: lesion peaks + local maxima outside the lesions, below the seed",
+    "content": "candidates: lesion peaks + the other local maxima, below the seed",
     "floor": DEFAULT_CANDIDATE_FLOOR,
     "nms_radius_um": DEFAULT_CANDIDATE_NMS_UM,
     "max_candidates": DEFAULT_MAX_CANDIDATES,
+    "inside_lesions": DEFAULT_CANDIDATES_INSIDE_LESIONS,
+    "below_seed": DEFAULT_CANDIDATES_BELOW_SEED,
 }
 
 
@@ -357,8 +363,8 @@ def candidates_csv(candidates: Candidates) -> str:
 
 def submission_csv(pred: SlidePrediction) -> str:
     """Camelyon16 submission: the slide's candidate detections (:func:`slide_candidates`:
-    every lesion's peak and the heatmap's local maxima outside the lesions down to
-    :data:`~qupath_rkd.constants.DEFAULT_CANDIDATE_FLOOR`, reported below the seed
+    every lesion's peak and the heatmap's other local maxima down to
+    :data:`~qupath_rkd.constants.DEFAULT_CANDIDATE_FLOOR`, scaled below the seed
     threshold), one ``prob,X,Y`` line each (level-0 px, integers), highest probability first,
     no header. At and above the seed it holds exactly the lesion peaks; scored at every
     probability, the rest carries the FROC curve below the seed. The lesions themselves

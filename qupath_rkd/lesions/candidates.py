@@ -8,20 +8,32 @@ cells never reach the seed is never submitted. :func:`candidate_detections` give
 
 1. the peak of every lesion (its ``peak_xy_px`` and ``max_probability``; each lesion once), and
 2. every local maximum of the heatmap (a cell ``>=`` its 8 neighbours; off-tissue NaN cells are
-   neither candidates nor neighbours) whose centre lies outside every lesion, at or above
-   ``floor``,
+   neither candidates nor neighbours) at or above ``floor`` that is not a lesion's peak: with
+   ``inside_lesions`` (the default) also those inside a lesion, else only those whose centre
+   lies outside every lesion,
 
 ranked by probability, with non-maximum suppression: a local maximum is dropped when a kept
 candidate of higher rank lies within ``nms_radius_um`` (lesion peaks are never dropped), and at
 most ``max_candidates`` are returned, the highest first.
 
-With ``seed_threshold`` (what ``predict`` passes), a local maximum outside the lesions is
-reported just below the seed when its probability is at or above it (the maximum of a component
-the minimum lesion size dropped): every lesion then ranks above every other candidate, so the
-FROC at and above the seed is exactly that of the lesions, and the list only extends the curve
-below it. Submitted at their own probability, such small components were false positives ranked
-among the lesions: on the benchmark set (docs/benchmarks.md, "Candidate list for the FROC") they
-lowered the model's sensitivity at 0.25 FP per slide from 0.36 to 0.28.
+With ``seed_threshold`` (what ``predict`` passes), every candidate that is not a lesion peak
+goes below the seed: every lesion then ranks above every other candidate, so the FROC at and
+above the seed is exactly that of the lesions, and the list only extends the curve below it.
+Submitted at their own probability, the maxima of components the minimum lesion size dropped
+were false positives ranked among the lesions: on the benchmark set (docs/benchmarks.md,
+"Candidate list for the FROC") they lowered the model's sensitivity at 0.25 FP per slide from
+0.36 to 0.28. ``below_seed="scale"`` (the default) submits ``p × (seed − BELOW_SEED)``, so the
+others keep their order below the seed; ``"clamp"`` (the rule until 2026-12-08) submitted
+``min(p, seed − BELOW_SEED)``, which ties every maximum above the seed into one step of the FROC
+curve: with sync's low operating points that lost lesions a rank would have found.
+
+Why the maxima inside lesions: the lower the seed, the larger the lesions, and one lesion can
+cover two true ones with one peak; the second is then never submitted. With the maxima inside
+the lesions (reported below the seed like the others, and suppressed within ``nms_radius_um`` of
+the lesion's own peak) the list's points no longer depend on the seed, only their order does.
+A second point in a true lesion costs nothing (the protocol ignores it); one in a false lesion
+is a false positive below the seed. Measured in docs/benchmarks.md, "Candidates inside lesions":
+with the scaling, the candidate FROC no longer moves with the seed.
 
 Frames: the heatmap is ``(row, col)``; candidates are level-0 ``(x, y)`` pixels in QuPath's frame
 at tile centres, the same frame and convention as :attr:`~qupath_rkd.lesions.extract.Lesion.
@@ -42,16 +54,22 @@ from scipy.spatial import cKDTree
 from qupath_rkd.constants import (
     DEFAULT_CANDIDATE_FLOOR,
     DEFAULT_CANDIDATE_NMS_UM,
+    DEFAULT_CANDIDATES_BELOW_SEED,
+    DEFAULT_CANDIDATES_INSIDE_LESIONS,
     DEFAULT_MAX_CANDIDATES,
 )
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.lesions.extract import Lesion
 
-__all__ = ["BELOW_SEED", "Candidates", "candidate_detections", "local_maxima"]
+__all__ = ["BELOW_SEED", "BELOW_SEED_RULES", "Candidates", "candidate_detections", "local_maxima"]
 
-#: How far below the seed threshold a candidate outside the lesions is reported when its own
-#: probability reaches the seed: one unit of the Camelyon16 CSV's 6 decimals.
+#: How far below the seed threshold a candidate that is not a lesion peak is reported at most:
+#: one unit of the Camelyon16 CSV's 6 decimals.
 BELOW_SEED = 1e-6
+
+#: How the candidates that are not lesion peaks are put below the seed (see
+#: :func:`candidate_detections`).
+BELOW_SEED_RULES = ("clamp", "scale")
 
 
 @dataclass(frozen=True)
@@ -99,8 +117,10 @@ def candidate_detections(
     nms_radius_um: float = DEFAULT_CANDIDATE_NMS_UM,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     seed_threshold: float | None = None,
+    inside_lesions: bool = DEFAULT_CANDIDATES_INSIDE_LESIONS,
+    below_seed: str = DEFAULT_CANDIDATES_BELOW_SEED,
 ) -> Candidates:
-    """The lesion peaks and the heatmap's local maxima outside them (see the module docstring).
+    """The lesion peaks and the heatmap's other local maxima (see the module docstring).
 
     Args:
         heatmap: the heatmap the lesions were found on (the smoothed one when smoothing is on),
@@ -111,9 +131,13 @@ def candidate_detections(
         nms_radius_um: a local maximum within this distance (µm, between tile centres) of a
             kept candidate of higher rank is dropped; 0 = no suppression.
         max_candidates: at most this many candidates, the highest (``>= 1``).
-        seed_threshold: the seed the lesions were found at; a candidate outside the lesions
-            is then reported at ``seed_threshold - BELOW_SEED`` at most. ``None``: every
-            candidate at its own probability.
+        seed_threshold: the seed the lesions were found at; a candidate that is not a lesion
+            peak is then reported below it (``below_seed``). ``None``: every candidate at its
+            own probability.
+        inside_lesions: also the local maxima inside the lesions (not only outside them).
+        below_seed: how a candidate that is not a lesion peak is put below ``seed_threshold``:
+            ``"clamp"``: ``min(p, seed - BELOW_SEED)`` (those at or above the seed tie);
+            ``"scale"``: ``p × (seed - BELOW_SEED)`` (their order kept, all below the seed).
 
     Returns:
         :class:`Candidates`, highest submitted probability first (ties: the higher cell
@@ -129,20 +153,31 @@ def candidate_detections(
     rows, cols = local_maxima(heatmap.probability, floor)
     mx, my = heatmap.to_level0_xy(rows, cols)
     mp = heatmap.probability[rows, cols].astype(np.float64)
-    if lesions and rows.size:
-        inside = shapely.contains_xy(shapely.union_all([les.polygon for les in lesions]), mx, my)
-        mx, my, mp = mx[~inside], my[~inside], mp[~inside]
     lx = np.array([les.peak_xy_px[0] for les in lesions], dtype=np.float64)
     ly = np.array([les.peak_xy_px[1] for les in lesions], dtype=np.float64)
+    if lesions and rows.size:
+        if inside_lesions:  # every maximum but the lesions' own peak cells
+            near = cKDTree(np.column_stack([lx, ly])).query(
+                np.column_stack([mx, my]), distance_upper_bound=heatmap.stride_level0_px / 2
+            )[0]
+            drop = np.isfinite(near)
+        else:
+            drop = shapely.contains_xy(shapely.union_all([les.polygon for les in lesions]), mx, my)
+        mx, my, mp = mx[~drop], my[~drop], mp[~drop]
     lp = np.array([les.max_probability for les in lesions], dtype=np.float64)
     x = np.concatenate([lx, mx])
     y = np.concatenate([ly, my])
     p = np.concatenate([lp, mp])
     is_peak = np.concatenate([np.ones(lx.size, bool), np.zeros(mx.size, bool)])
+    if below_seed not in BELOW_SEED_RULES:
+        raise ValueError(f"below_seed must be one of {BELOW_SEED_RULES}, got {below_seed!r}")
     submitted = p.copy()
     if seed_threshold is not None:
         below = max(float(seed_threshold) - BELOW_SEED, 0.0)
-        submitted[~is_peak] = np.minimum(submitted[~is_peak], below)
+        if below_seed == "clamp":
+            submitted[~is_peak] = np.minimum(submitted[~is_peak], below)
+        else:
+            submitted[~is_peak] = submitted[~is_peak] * below
     # highest submitted first; ties: the cell's own probability, lesion peaks, y, x
     # (np.lexsort: the last key is the primary one)
     order = np.lexsort((x, y, ~is_peak, -p, -submitted))

@@ -146,15 +146,14 @@ def test_outputs_of_a_slide(predicted) -> None:
 
 
 def test_camelyon16_csv_is_the_candidate_list(tmp_path, semireal, model) -> None:
-    """The CSV holds every lesion's peak once and, beyond them, local maxima of the heatmap
-    below the threshold and outside the lesions (the FROC's candidates), none within the NMS
-    radius of a higher one. The model's calibration puts 0.5 at this slide's 90th percentile
-    score, so that lesions and sub-threshold maxima both exist."""
-    from shapely.geometry import Point
-    from shapely.ops import unary_union
+    """The CSV holds every lesion's peak once and, beyond them, the heatmap's other local
+    maxima (inside the lesions too) scaled below the threshold (the FROC's candidates), none
+    within the NMS radius of a higher one. The model's calibration puts 0.5 at this slide's
+    90th percentile score, so that lesions and sub-threshold maxima both exist."""
 
     from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM
     from qupath_rkd.inference import predict_slide
+    from qupath_rkd.lesions.candidates import BELOW_SEED
 
     from .conftest import INPUT_PX, make_checkpoint
 
@@ -197,23 +196,23 @@ def test_camelyon16_csv_is_the_candidate_list(tmp_path, semireal, model) -> None
     assert at_peaks.keys() == peaks.keys() and len(peaks) == len(lesions)
     for xy, p in at_peaks.items():
         assert p == pytest.approx(peaks[xy], abs=1e-6)
-    # sub-threshold local maxima outside every lesion, by brute force over the cells
+    # the other local maxima (inside the lesions too), by brute force over the cells
     prob = hm.probability
-    inside = unary_union([obj.geometry for obj in lesions])
     maxima: dict[tuple[int, int], float] = {}
     for r, c in np.argwhere(np.isfinite(prob)):
         v = float(prob[r, c])
         around = prob[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
-        if DEFAULT_CANDIDATE_FLOOR <= v < thr and v >= np.nanmax(around):
+        if v >= DEFAULT_CANDIDATE_FLOOR and v >= np.nanmax(around):
             x, y = (float(a) for a in hm.to_level0_xy(r, c))
-            if not inside.contains(Point(x, y)):
+            if (round(x), round(y)) not in peaks:
                 maxima[(round(x), round(y))] = v
-    assert maxima, "the fixture has no sub-threshold maximum: the test would check nothing"
-    # the CSV holds more than the lesion peaks, and the others are such maxima
+    assert maxima, "the fixture has no maximum besides the peaks: the test would check nothing"
+    # the CSV holds more than the lesion peaks, and the others are such maxima, at p x seed
     others = [(p, x, y) for p, x, y in rows if (x, y) not in peaks]
     assert others and len(rows) > len(lesions), "no candidate beyond the lesion peaks"
     for p, x, y in others:
-        assert p == pytest.approx(maxima[(x, y)], abs=1e-6)
+        assert p == pytest.approx(maxima[(x, y)] * (thr - BELOW_SEED), abs=1e-6)
+        assert p < thr
     assert [p for p, _x, _y in rows] == sorted((p for p, _x, _y in rows), reverse=True)
     # non-maximum suppression: no candidate within the radius of a higher kept one
     radius_px = DEFAULT_CANDIDATE_NMS_UM / hm.mpp

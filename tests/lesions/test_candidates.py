@@ -121,26 +121,66 @@ def test_a_plateau_gives_one_candidate_with_nms_and_lesion_peaks_are_never_suppr
     assert cands_q.is_lesion_peak.tolist() == [False, True]
 
 
-def test_every_lesion_keeps_its_peak_once_at_any_radius() -> None:
+@pytest.mark.parametrize("inside_lesions", [False, True])
+def test_every_lesion_keeps_its_peak_once_at_any_radius(inside_lesions: bool) -> None:
     rng = np.random.default_rng(0)
     p = rng.random((20, 25)).astype(np.float32)
     p[rng.random(p.shape) < 0.1] = np.nan
     hm = make_heatmap(p)
     lesions = extract_lesions(hm, 0.8, min_major_axis_um=0.0)
     assert len(lesions) > 5
+    rows, cols = local_maxima(p, 0.05)
+    maxima = set(zip(*hm.to_level0_xy(rows, cols), strict=True))
+    peak_cells = {les.peak_xy_px for les in lesions}
     for radius in (0.0, 60.0, 500.0):
-        cands = candidate_detections(hm, lesions, floor=0.05, nms_radius_um=radius)
+        cands = candidate_detections(
+            hm, lesions, floor=0.05, nms_radius_um=radius, inside_lesions=inside_lesions
+        )
         at_peak = cands.is_lesion_peak
         peaks = sorted(zip(cands.x_px[at_peak], cands.y_px[at_peak], strict=True))
-        assert peaks == sorted(les.peak_xy_px for les in lesions)
+        assert peaks == sorted(peak_cells)
         assert np.all(np.diff(cands.probs) <= 0)  # highest first
-        # no candidate but a lesion peak lies in a lesion
         others = list(zip(cands.x_px[~at_peak], cands.y_px[~at_peak], strict=True))
         assert others or radius > 0
-        assert not any(les.polygon.intersects(Point(x, y)) for les in lesions for x, y in others)
+        assert not peak_cells & set(others)  # a lesion's peak cell is submitted once
+        in_lesion = [any(les.polygon.intersects(Point(*xy)) for les in lesions) for xy in others]
+        if inside_lesions and radius == 0:
+            # every local maximum but the lesion peaks, inside the lesions too
+            assert set(others) == maxima - peak_cells and any(in_lesion)
+        if not inside_lesions:  # no candidate but a lesion peak lies in a lesion
+            assert not any(in_lesion)
     # suppression removes maxima
-    counts = [len(candidate_detections(hm, lesions, nms_radius_um=r)) for r in (0.0, 500.0)]
+    counts = [
+        len(candidate_detections(hm, lesions, nms_radius_um=r, inside_lesions=inside_lesions))
+        for r in (0.0, 500.0)
+    ]
     assert counts[0] > counts[1] >= len(lesions)
+
+
+def test_a_lesion_covering_two_maxima_submits_both_below_the_seed() -> None:
+    # two bumps joined by a saddle above a low seed: one lesion, one peak
+    p = np.full((3, 14), 0.02, np.float32)
+    p[1, 1:13] = [0.4, 0.6, 0.9, 0.6, 0.4, 0.35, 0.3, 0.35, 0.45, 0.7, 0.5, 0.4]
+    hm = make_heatmap(p)
+    lesions = extract_lesions(hm, 0.25, min_major_axis_um=0.0)
+    assert len(lesions) == 1 and lesions[0].peak_xy_px == centre(1, 3)
+    inside = candidate_detections(hm, lesions, nms_radius_um=150.0, seed_threshold=0.25)
+    # the second bump (1, 10), 350 µm from the peak, is submitted below the seed (p x seed)
+    assert points(inside) == [(0.9, *centre(1, 3)), (round(0.7 * 0.25, 5), *centre(1, 10))]
+    assert inside.probs[1] == pytest.approx(0.7 * (0.25 - BELOW_SEED), abs=1e-7)  # float32 p
+    assert inside.is_lesion_peak.tolist() == [True, False]
+    outside = candidate_detections(
+        hm, lesions, nms_radius_um=150.0, seed_threshold=0.25, inside_lesions=False
+    )
+    assert points(outside) == [(0.9, *centre(1, 3))]
+    # at a seed between the saddle and the bumps the two are separate lesions: the same points
+    split = extract_lesions(hm, 0.5, min_major_axis_um=0.0)
+    assert len(split) == 2
+    points_split = candidate_detections(hm, split, nms_radius_um=150.0, seed_threshold=0.5)
+    assert [xy for _p, *xy in points(points_split)] == [list(centre(1, 3)), list(centre(1, 10))]
+    # a maximum within the NMS radius of the lesion's own peak is suppressed, as outside
+    near = candidate_detections(hm, lesions, nms_radius_um=400.0, seed_threshold=0.25)
+    assert points(near) == [(0.9, *centre(1, 3))]
 
 
 def test_the_count_is_capped_highest_first() -> None:
@@ -172,13 +212,49 @@ def test_with_the_seed_every_lesion_ranks_above_the_other_candidates() -> None:
     hm = make_heatmap(p)
     lesions = extract_lesions(hm, 0.6, min_major_axis_um=200.0)
     assert len(lesions) == 1
-    own = candidate_detections(hm, lesions, nms_radius_um=0.0)
+    # outside the lesions only: the lesion's plateau cells are not candidates
+    own = candidate_detections(hm, lesions, nms_radius_um=0.0, inside_lesions=False)
     assert points(own) == [(0.99, *centre(1, 1)), (0.7, *centre(1, 3)), (0.3, *centre(2, 10))]
-    ranked = candidate_detections(hm, lesions, nms_radius_um=0.0, seed_threshold=0.6)
+    ranked = candidate_detections(
+        hm, lesions, nms_radius_um=0.0, seed_threshold=0.6, inside_lesions=False, below_seed="clamp"
+    )
     # the lesion first; the dropped component just below the seed, above the weaker maximum
     assert points(ranked) == [(0.7, *centre(1, 3)), (0.6, *centre(1, 1)), (0.3, *centre(2, 10))]
     assert ranked.probs[1] == pytest.approx(0.6 - BELOW_SEED, abs=1e-12)
     assert ranked.probs[1] < 0.6 and ranked.is_lesion_peak.tolist() == [True, False, False]
     # the ranking decides suppression: the lesion peak now suppresses its neighbour
-    near = candidate_detections(hm, lesions, nms_radius_um=120.0, seed_threshold=0.6)
+    near = candidate_detections(
+        hm,
+        lesions,
+        nms_radius_um=120.0,
+        seed_threshold=0.6,
+        inside_lesions=False,
+        below_seed="clamp",
+    )
     assert points(near) == [(0.7, *centre(1, 3)), (0.3, *centre(2, 10))]
+
+
+def test_scaled_candidates_keep_their_order_below_the_seed() -> None:
+    p = np.zeros((4, 14), np.float32)
+    p[1, 1] = 0.99  # a component the minimum size drops
+    p[1, 3:8] = 0.7  # a lesion, peak (1, 3)
+    p[2, 10] = 0.8  # another dropped component
+    p[2, 12] = 0.3  # a sub-seed maximum
+    hm = make_heatmap(p)
+    lesions = extract_lesions(hm, 0.6, min_major_axis_um=200.0)
+    assert len(lesions) == 1
+    kw = {"nms_radius_um": 0.0, "seed_threshold": 0.6, "inside_lesions": False}
+    clamped = candidate_detections(hm, lesions, below_seed="clamp", **kw)
+    # clamping ties the two dropped components just below the seed
+    assert clamped.probs[1] == clamped.probs[2] == pytest.approx(0.6 - BELOW_SEED)
+    scaled = candidate_detections(hm, lesions, below_seed="scale", **kw)
+    below = 0.6 - BELOW_SEED
+    assert points(scaled) == [
+        (0.7, *centre(1, 3)),
+        (round(0.99 * below, 5), *centre(1, 1)),
+        (round(0.8 * below, 5), *centre(2, 10)),
+        (round(0.3 * below, 5), *centre(2, 12)),
+    ]
+    assert len(set(scaled.probs.tolist())) == 4 and scaled.probs[1] < 0.6
+    with pytest.raises(ValueError, match="below_seed"):
+        candidate_detections(hm, lesions, below_seed="nonsense", **kw)
