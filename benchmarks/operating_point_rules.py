@@ -372,12 +372,28 @@ def main(argv: Sequence[str] | None = None, *, log: Callable[[str], None] = prin
 
 
 def write(out: Path, rows: list[dict[str, Any]], started: float, load_start: list[float]) -> None:
+    summary = summarise(rows)
+    write_results(
+        out, "operating_point_rules.py", rows, summary, markdown(rows, summary), started, load_start
+    )
+
+
+def write_results(
+    out: Path,
+    script: str,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    text: str,
+    started: float,
+    load_start: list[float],
+) -> None:
+    """``<out>/results.json`` (the run's command, date, machine, seconds and load averages, the
+    summary and the rows) and ``<out>/results.md`` (``text``), each written atomically."""
     from qupath_rkd.io_utils import atomic_write_json, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(rows)
     meta = {
-        "command": " ".join(["python", "benchmarks/operating_point_rules.py", *sys.argv[1:]]),
+        "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"2-core shared VM ({platform.processor() or platform.machine()})",
         "seconds": round(time.perf_counter() - started, 1),
@@ -385,7 +401,7 @@ def write(out: Path, rows: list[dict[str, Any]], started: float, load_start: lis
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
     atomic_write_json(out / "results.json", {"meta": meta, "summary": summary, "rows": rows})
-    atomic_write_text(out / "results.md", markdown(rows, summary))
+    atomic_write_text(out / "results.md", text)
 
 
 def load_test_slides(folder: Path) -> list[Any]:

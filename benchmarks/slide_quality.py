@@ -17,12 +17,13 @@ hysteresis extent ratio) on
 Per setting: Camelyon16 lesion FROC (organisers' protocol) twice, with sensitivity at
 0.25 / 1 / 8 FP per slide: of the lesion peaks alone (lesions extracted at the seed
 ``--seed-threshold``, default the calibrated 0.5) and, under ``candidates``, of the candidate
-list ``predict`` writes to ``camelyon16/<slide>.csv`` (the lesion peaks plus the local maxima
-outside the lesions down to a floor, non-maximum suppression in µm:
+list ``predict`` writes to ``camelyon16/<slide>.csv`` (the lesion peaks plus the other local
+maxima down to a floor, non-maximum suppression in µm:
 :func:`qupath_rkd.lesions.candidates.candidate_detections`; one entry per
-``--candidate-floors`` × ``--candidate-nms-um``); false lesions per tumour-free slide at that
-seed, the operating point chosen on the tumour-free slides (``choose_operating_point``, floor
-0.05 as sync and predict use, in-sample) with the sensitivity there, slide AUC for every
+``--candidate-floors`` × ``--candidate-nms-um`` × ``--candidate-rules``); false lesions per
+tumour-free slide at that seed, the operating point chosen on the tumour-free slides
+(``choose_operating_point``, floor 0.05 as sync and predict use, in-sample) with the
+sensitivity there, slide AUC for every
 slide-score rule, lesion Dice and tumour-area error on the tumour slides, and how often the
 burden category (ITC / micro / macro) matches the truth's. Prints JSON and writes it to ``--out``.
 """
@@ -42,6 +43,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "benchmarks") not in sys.path:  # candidate_rules, when imported as a module
+    sys.path.insert(0, str(REPO / "benchmarks"))
 SHARED = REPO.parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "slide_quality"
 
@@ -165,16 +168,18 @@ def evaluate_setting(
     post: Any,
     seed_threshold: float,
     target_fp: float,
-    candidate_settings: list[tuple[float, float, bool]] | None = None,
+    candidate_settings: list[tuple[float, float, str]] | None = None,
 ) -> dict[str, Any]:
     """Every metric of one post-processing setting over all slides.
 
-    ``candidate_settings``: ``(floor, NMS radius µm, clamped)`` triples; for each, the FROC
+    ``candidate_settings``: ``(floor, NMS radius µm, rule)`` triples; for each, the FROC
     of the candidate list ``predict`` submits (:func:`qupath_rkd.lesions.candidates.
-    candidate_detections`: the lesion peaks plus the local maxima outside them; ``clamped``:
-    those reported below the seed, as ``predict`` does) beside the lesions-only FROC.
-    Default: the package defaults, clamped.
+    candidate_detections`: the lesion peaks plus the other local maxima; ``rule``: a name of
+    :data:`candidate_rules.RULES`, which maxima and how they go below the seed) beside the
+    lesions-only FROC. Default: the package defaults.
     """
+    from candidate_rules import RULES, default_rule
+
     from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM
     from qupath_rkd.evaluation.camelyon16 import evaluation_mask, froc, score_detections
     from qupath_rkd.evaluation.metrics import roc_auc
@@ -185,10 +190,10 @@ def evaluate_setting(
     from qupath_rkd.lesions.slide_score import SLIDE_SCORE_RULES, slide_score
 
     if candidate_settings is None:
-        candidate_settings = [(DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM, True)]
+        candidate_settings = [(DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM, default_rule())]
     dets = []
-    cand_dets: dict[tuple[float, float, bool], list[Any]] = {c: [] for c in candidate_settings}
-    n_cands: dict[tuple[float, float, bool], list[int]] = {c: [] for c in candidate_settings}
+    cand_dets: dict[tuple[float, float, str], list[Any]] = {c: [] for c in candidate_settings}
+    n_cands: dict[tuple[float, float, str], list[int]] = {c: [] for c in candidate_settings}
     scores: dict[str, list[float]] = {rule: [] for rule in SLIDE_SCORE_RULES}
     labels = []
     dice, area_err, cat_ok = [], [], []
@@ -209,13 +214,16 @@ def evaluate_setting(
         p = np.array([le.max_probability for le in les])
         dets.append(score_detections(s["slide_id"], p, x, y, mask))
         for setting in candidate_settings:  # what predict's Camelyon16 CSV holds
-            floor, radius_um, clamped = setting
+            floor, radius_um, rule = setting
+            inside, below = RULES[rule]
             c = candidate_detections(
                 found.smoothed,
                 les,
                 floor=floor,
                 nms_radius_um=radius_um,
-                seed_threshold=seed_threshold if clamped else None,
+                seed_threshold=None if below is None else seed_threshold,
+                inside_lesions=inside,
+                below_seed=below or "clamp",
             )
             cand_dets[setting].append(
                 score_detections(s["slide_id"], c.probs, c.x_px, c.y_px, mask)
@@ -248,14 +256,15 @@ def evaluate_setting(
         )
     result = froc(dets)
     candidates = []
-    for (floor, radius_um, clamped), per_slide in cand_dets.items():
+    for (floor, radius_um, rule), per_slide in cand_dets.items():
         cr = froc(per_slide)
-        counts = n_cands[(floor, radius_um, clamped)]
+        counts = n_cands[(floor, radius_um, rule)]
         candidates.append(
             {
                 "floor": floor,
                 "nms_radius_um": radius_um,
-                "below_seed": clamped,
+                "rule": rule,
+                "below_seed": RULES[rule][1] is not None,
                 "froc": round(cr.score, 4),
                 "sensitivity_at": {str(k): round(v, 4) for k, v in cr.sensitivity_at.items()},
                 "candidates_per_slide_mean": round(float(np.mean(counts)), 1),
@@ -431,7 +440,13 @@ def main() -> None:
         "--candidate-unclamped",
         action="store_true",
         help="also score each candidate list with the maxima outside the lesions at their own "
-        "probability (predict reports those at or above the seed just below it)",
+        "probability (the rule outside_own)",
+    )
+    parser.add_argument(
+        "--candidate-rules",
+        default=None,
+        help="candidate list rules (benchmarks/candidate_rules.py RULES), comma-separated "
+        "(default: the package's)",
     )
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -451,8 +466,15 @@ def main() -> None:
         if args.candidate_nms_um
         else [DEFAULT_CANDIDATE_NMS_UM]
     )
-    clamps = [True, False] if args.candidate_unclamped else [True]
-    candidate_settings = list(itertools.product(floors, radii, clamps))
+    from candidate_rules import RULES, default_rule
+
+    rules = args.candidate_rules.split(",") if args.candidate_rules else [default_rule()]
+    if args.candidate_unclamped and "outside_own" not in rules:
+        rules.append("outside_own")
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        sys.exit(f"--candidate-rules: unknown {unknown}; known: {', '.join(RULES)}")
+    candidate_settings = list(itertools.product(floors, radii, rules))
     started = time.perf_counter()
     if args.model is not None and args.set is None:
         sys.exit("--model needs --set (run benchmarks/build_slide_set.py first)")
