@@ -12,16 +12,16 @@ predicts the held-out slides of an active-learning slide set (``slides-*/manifes
 valid patches, odd-numbered Camelyon16 lesion shapes; never in a project) once; then, at each
 seed threshold (sync's operating point and the model's calibrated one), the lesions are found
 again on the same heatmap and the candidate list (:func:`qupath_rkd.lesions.candidates.
-candidate_detections`, the package's floor, radius and cap, reported below the seed) is scored
-with the Camelyon16 FROC for each rule:
+candidate_detections`, the package's floor, radius and cap) is scored with the Camelyon16 FROC
+for each rule:
 
 - ``outside``: the lesion peaks and the local maxima outside the lesions, those at or above the
   seed tied just below it (``clamp``; the list until 2026-12-08);
 - ``inside``: the lesion peaks and every other local maximum, inside the lesions too (``clamp``);
 - ``outside_scaled``, ``inside_scaled``: the same points, the others at ``p × seed`` (``scale``:
   below the seed in their own order, no tie);
-- ``inside_own``, ``outside_own``: every point at its own probability (no seed: the lesions
-  only decide which maximum stands for a lesion).
+- ``inside_own`` (the package's default since 2026-12-08), ``outside_own``: every point at its
+  own probability (``own``: the lesions only decide which maximum stands for a lesion).
 
 Writes ``<out>/results.json`` and ``<out>/results.md`` (mean FROC, sensitivity at 0.25 / 1 / 8
 false positives per slide and candidates per slide, per rule and threshold; one row per project).
@@ -52,8 +52,8 @@ RULES = {
     "inside": (True, "clamp"),
     "outside_scaled": (False, "scale"),
     "inside_scaled": (True, "scale"),
-    "inside_own": (True, None),
-    "outside_own": (False, None),
+    "inside_own": (True, "own"),
+    "outside_own": (False, "own"),
 }
 
 
@@ -97,9 +97,9 @@ def score_rules(
                 floor=DEFAULT_CANDIDATE_FLOOR,
                 nms_radius_um=DEFAULT_CANDIDATE_NMS_UM,
                 max_candidates=DEFAULT_MAX_CANDIDATES,
-                seed_threshold=None if below is None else threshold,
+                seed_threshold=threshold,
                 inside_lesions=inside,
-                below_seed=below or "clamp",
+                below_seed=below,
             )
             counts.append(len(c))
             dets.append(score_detections(s.name, c.probs, c.x_px, c.y_px, mask))

@@ -221,9 +221,9 @@ def evaluate_setting(
                 les,
                 floor=floor,
                 nms_radius_um=radius_um,
-                seed_threshold=None if below is None else seed_threshold,
+                seed_threshold=seed_threshold,
                 inside_lesions=inside,
-                below_seed=below or "clamp",
+                below_seed=below,
             )
             cand_dets[setting].append(
                 score_detections(s["slide_id"], c.probs, c.x_px, c.y_px, mask)
@@ -264,7 +264,7 @@ def evaluate_setting(
                 "floor": floor,
                 "nms_radius_um": radius_um,
                 "rule": rule,
-                "below_seed": RULES[rule][1] is not None,
+                "below_seed": RULES[rule][1] != "own",
                 "froc": round(cr.score, 4),
                 "sensitivity_at": {str(k): round(v, 4) for k, v in cr.sensitivity_at.items()},
                 "candidates_per_slide_mean": round(float(np.mean(counts)), 1),

@@ -61,15 +61,15 @@ DEFAULT_CANDIDATE_FLOOR: Final[float] = 0.05
 DEFAULT_CANDIDATE_NMS_UM: Final[float] = 187.0
 #: At most this many candidates per slide (the highest), so a bad model cannot write huge files.
 DEFAULT_MAX_CANDIDATES: Final[int] = 1000
-#: The candidate list also holds the local maxima inside the lesions (below the seed), so that a
-#: lesion covering two true ones submits both and the list's points do not depend on the seed
-#: threshold (docs/benchmarks.md, "Candidates inside lesions").
+#: The candidate list also holds the local maxima inside the lesions, so that a lesion covering
+#: two true ones submits both and the list's points do not depend on the seed threshold
+#: (docs/benchmarks.md, "Candidates inside lesions, at their own probability").
 DEFAULT_CANDIDATES_INSIDE_LESIONS: Final[bool] = True
-#: How the candidates that are not lesion peaks go below the seed threshold: "clamp" (those at
-#: or above it tie just below it) or "scale" (p x seed: below it in their own order). Clamping
-#: tied every maximum above a low seed (sync's operating point goes down to 0.05) into one step
-#: of the FROC curve (docs/benchmarks.md, "Candidates inside lesions").
-DEFAULT_CANDIDATES_BELOW_SEED: Final[str] = "scale"
+#: How the candidates that are not lesion peaks are submitted: "own" (their own probability: the
+#: list then hardly depends on the seed threshold), "clamp" (those at or above the seed tie just
+#: below it) or "scale" (p x seed: below it in their own order). Measured on three slide sets at
+#: four seeds (docs/benchmarks.md, "Candidates inside lesions, at their own probability").
+DEFAULT_CANDIDATES_BELOW_SEED: Final[str] = "own"
 #: Slide-score rules (qupath_rkd.lesions.slide_score), the default first.
 SLIDE_SCORE_RULES: Final[tuple[str, ...]] = (
     "max_smoothed",

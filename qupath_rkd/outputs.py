@@ -19,12 +19,11 @@ Layout of an output folder ``OUT``::
 The Camelyon16 CSV is the FROC submission, not the lesion list: every lesion's peak (its maximum
 probability; the lesions are those of ``lesions.geojson``) and, below them, the other local
 maxima of the heatmap (inside the lesions too) down to ``DEFAULT_CANDIDATE_FLOOR`` (0.05), one
-per ``DEFAULT_CANDIDATE_NMS_UM`` µm, at most ``DEFAULT_MAX_CANDIDATES`` per slide
-(:mod:`qupath_rkd.lesions.candidates`). Those are written at ``p × seed`` (just under the seed
-threshold at most, in their own order), so the lines at or above the seed are exactly the lesion
-peaks; the rest carries the FROC curve to lower probabilities. ``done.json``'s
-``camelyon16_submission`` records this; outputs written with other candidate settings (one
-line per lesion, maxima outside the lesions only, clamped) are predicted again.
+per ``DEFAULT_CANDIDATE_NMS_UM`` µm, at most ``DEFAULT_MAX_CANDIDATES`` per slide, each at its
+own probability (:mod:`qupath_rkd.lesions.candidates`): the list hardly depends on the seed
+threshold, and its FROC curve goes on below it. ``done.json``'s ``camelyon16_submission``
+records this; outputs written with other candidate settings (one line per lesion, maxima
+outside the lesions only, clamped below the seed) are predicted again.
 
 All coordinates are level-0 pixels in QuPath's frame, which is OpenSlide's frame for slides
 without ``openslide.bounds-x/y`` (every Camelyon16 TIFF); for e.g. MRXS files with bounds, add

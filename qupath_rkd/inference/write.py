@@ -318,8 +318,8 @@ def _tile_feature_error(
 
 def slide_candidates(pred: SlidePrediction) -> Candidates:
     """The slide's Camelyon16 candidate list: its lesion peaks and the other local maxima of
-    the heatmap the lesions were found on (``pred.smoothed``), inside the lesions too, with the
-    package's floor, NMS radius and cap, the others scaled below the seed threshold
+    the heatmap the lesions were found on (``pred.smoothed``), inside the lesions too, each at
+    its own probability, with the package's floor, NMS radius and cap
     (:func:`qupath_rkd.lesions.candidates.candidate_detections`)."""
     heatmap = pred.smoothed if pred.smoothed is not None else pred.heatmap
     return candidate_detections(
@@ -338,7 +338,7 @@ def slide_candidates(pred: SlidePrediction) -> Candidates:
 #: (written when the file held one line per lesion, or with other candidate defaults) is
 #: predicted again rather than skipped as done.
 SUBMISSION_RECORD: dict[str, Any] = {
-    "content": "candidates: lesion peaks + the other local maxima, below the seed",
+    "content": "candidates: lesion peaks + the other local maxima",
     "floor": DEFAULT_CANDIDATE_FLOOR,
     "nms_radius_um": DEFAULT_CANDIDATE_NMS_UM,
     "max_candidates": DEFAULT_MAX_CANDIDATES,
@@ -364,11 +364,11 @@ def candidates_csv(candidates: Candidates) -> str:
 def submission_csv(pred: SlidePrediction) -> str:
     """Camelyon16 submission: the slide's candidate detections (:func:`slide_candidates`:
     every lesion's peak and the heatmap's other local maxima down to
-    :data:`~qupath_rkd.constants.DEFAULT_CANDIDATE_FLOOR`, scaled below the seed
-    threshold), one ``prob,X,Y`` line each (level-0 px, integers), highest probability first,
-    no header. At and above the seed it holds exactly the lesion peaks; scored at every
-    probability, the rest carries the FROC curve below the seed. The lesions themselves
-    (GeoJSON, ``slide_scores.csv``) are the ones found at the seed."""
+    :data:`~qupath_rkd.constants.DEFAULT_CANDIDATE_FLOOR`, inside the lesions too, each at
+    its own probability), one ``prob,X,Y`` line each (level-0 px, integers), highest
+    probability first, no header. The list hardly depends on the seed threshold, so its FROC
+    measures the heatmap; the lesions themselves (GeoJSON, ``slide_scores.csv``) are the ones
+    found at the seed."""
     return candidates_csv(slide_candidates(pred))
 
 

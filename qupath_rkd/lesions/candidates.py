@@ -16,24 +16,24 @@ ranked by probability, with non-maximum suppression: a local maximum is dropped 
 candidate of higher rank lies within ``nms_radius_um`` (lesion peaks are never dropped), and at
 most ``max_candidates`` are returned, the highest first.
 
-With ``seed_threshold`` (what ``predict`` passes), every candidate that is not a lesion peak
-goes below the seed: every lesion then ranks above every other candidate, so the FROC at and
-above the seed is exactly that of the lesions, and the list only extends the curve below it.
-Submitted at their own probability, the maxima of components the minimum lesion size dropped
-were false positives ranked among the lesions: on the benchmark set (docs/benchmarks.md,
-"Candidate list for the FROC") they lowered the model's sensitivity at 0.25 FP per slide from
-0.36 to 0.28. ``below_seed="scale"`` (the default) submits ``p × (seed − BELOW_SEED)``, so the
-others keep their order below the seed; ``"clamp"`` (the rule until 2026-12-08) submitted
-``min(p, seed − BELOW_SEED)``, which ties every maximum above the seed into one step of the FROC
-curve: with sync's low operating points that lost lesions a rank would have found.
+By default (``below_seed="own"``) every candidate is submitted at its own probability, and the
+list holds every local maximum, inside the lesions too: it then hardly depends on the seed
+threshold (only through which cell stands for a lesion and is never suppressed), so the FROC
+measures the heatmap, not where the operating point landed. Two other rules, with
+``seed_threshold``, put every candidate that is not a lesion peak below the seed, so the FROC at
+and above the seed is exactly that of the lesions: ``"clamp"`` (the rule until 2026-12-08)
+submits ``min(p, seed − BELOW_SEED)``, which ties every maximum above the seed into one step of
+the FROC curve; ``"scale"`` submits ``p × (seed − BELOW_SEED)``, their order kept.
 
 Why the maxima inside lesions: the lower the seed, the larger the lesions, and one lesion can
-cover two true ones with one peak; the second is then never submitted. With the maxima inside
-the lesions (reported below the seed like the others, and suppressed within ``nms_radius_um`` of
-the lesion's own peak) the list's points no longer depend on the seed, only their order does.
-A second point in a true lesion costs nothing (the protocol ignores it); one in a false lesion
-is a false positive below the seed. Measured in docs/benchmarks.md, "Candidates inside lesions":
-with the scaling, the candidate FROC no longer moves with the seed.
+cover two true ones with one peak; the second was then never submitted. A second point in a true
+lesion costs nothing (the protocol ignores it); one in a false lesion is one more false
+positive. Why the own probability: a lesion's peak ranked first is only as good as the seed. At
+sync's low operating points (0.12-0.65) false lesions outranked true maxima just under the seed,
+and at 0.5 on one set the small false components the minimum size drops outranked lesions.
+Measured in docs/benchmarks.md, "Candidates inside lesions, at their own probability": over
+three slide sets and four seeds the own probability is the best or within one lesion of it at
+every seed but one.
 
 Frames: the heatmap is ``(row, col)``; candidates are level-0 ``(x, y)`` pixels in QuPath's frame
 at tile centres, the same frame and convention as :attr:`~qupath_rkd.lesions.extract.Lesion.
@@ -69,7 +69,7 @@ BELOW_SEED = 1e-6
 
 #: How the candidates that are not lesion peaks are put below the seed (see
 #: :func:`candidate_detections`).
-BELOW_SEED_RULES = ("clamp", "scale")
+BELOW_SEED_RULES = ("own", "clamp", "scale")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Candidates:
 
     Attributes:
         probs: ``(K,)`` float64 probabilities as submitted (a lesion's ``max_probability``,
-            else the cell's, at most ``seed_threshold - BELOW_SEED`` when a seed was given).
+            else the cell's; below the seed with the ``clamp`` and ``scale`` rules).
         x_px, y_px: ``(K,)`` float64 level-0 coordinates (QuPath frame) of the tile centres.
         is_lesion_peak: ``(K,)`` bool, True where the candidate is a lesion's peak.
     """
@@ -131,13 +131,14 @@ def candidate_detections(
         nms_radius_um: a local maximum within this distance (µm, between tile centres) of a
             kept candidate of higher rank is dropped; 0 = no suppression.
         max_candidates: at most this many candidates, the highest (``>= 1``).
-        seed_threshold: the seed the lesions were found at; a candidate that is not a lesion
-            peak is then reported below it (``below_seed``). ``None``: every candidate at its
-            own probability.
+        seed_threshold: the seed the lesions were found at; with the ``below_seed`` rules
+            ``clamp`` and ``scale`` a candidate that is not a lesion peak is reported below it.
+            ``None``: every candidate at its own probability, whatever the rule.
         inside_lesions: also the local maxima inside the lesions (not only outside them).
-        below_seed: how a candidate that is not a lesion peak is put below ``seed_threshold``:
-            ``"clamp"``: ``min(p, seed - BELOW_SEED)`` (those at or above the seed tie);
-            ``"scale"``: ``p × (seed - BELOW_SEED)`` (their order kept, all below the seed).
+        below_seed: how a candidate that is not a lesion peak is submitted: ``"own"``: at its
+            probability (the seed plays no part); ``"clamp"``: ``min(p, seed - BELOW_SEED)``
+            (those at or above the seed tie); ``"scale"``: ``p × (seed - BELOW_SEED)`` (their
+            order kept, all below the seed).
 
     Returns:
         :class:`Candidates`, highest submitted probability first (ties: the higher cell
@@ -172,7 +173,7 @@ def candidate_detections(
     if below_seed not in BELOW_SEED_RULES:
         raise ValueError(f"below_seed must be one of {BELOW_SEED_RULES}, got {below_seed!r}")
     submitted = p.copy()
-    if seed_threshold is not None:
+    if seed_threshold is not None and below_seed != "own":
         below = max(float(seed_threshold) - BELOW_SEED, 0.0)
         if below_seed == "clamp":
             submitted[~is_peak] = np.minimum(submitted[~is_peak], below)

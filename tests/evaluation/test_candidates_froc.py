@@ -1,6 +1,6 @@
 """Regression: a lesion too thin for any tile to reach the seed was never submitted, so even a
 perfect heatmap lost it in ``evaluate``'s FROC; the candidate list ``predict`` now writes
-submits its heatmap maximum below the seed, and the FROC rises."""
+submits its heatmap maximum too, and the FROC rises."""
 
 from __future__ import annotations
 

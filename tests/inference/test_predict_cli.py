@@ -147,13 +147,12 @@ def test_outputs_of_a_slide(predicted) -> None:
 
 def test_camelyon16_csv_is_the_candidate_list(tmp_path, semireal, model) -> None:
     """The CSV holds every lesion's peak once and, beyond them, the heatmap's other local
-    maxima (inside the lesions too) scaled below the threshold (the FROC's candidates), none
+    maxima (inside the lesions too) at their own probability (the FROC's candidates), none
     within the NMS radius of a higher one. The model's calibration puts 0.5 at this slide's
     90th percentile score, so that lesions and sub-threshold maxima both exist."""
 
     from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR, DEFAULT_CANDIDATE_NMS_UM
     from qupath_rkd.inference import predict_slide
-    from qupath_rkd.lesions.candidates import BELOW_SEED
 
     from .conftest import INPUT_PX, make_checkpoint
 
@@ -196,6 +195,7 @@ def test_camelyon16_csv_is_the_candidate_list(tmp_path, semireal, model) -> None
     assert at_peaks.keys() == peaks.keys() and len(peaks) == len(lesions)
     for xy, p in at_peaks.items():
         assert p == pytest.approx(peaks[xy], abs=1e-6)
+        assert p >= thr - 1e-6  # the lesions were found at the operating point
     # the other local maxima (inside the lesions too), by brute force over the cells
     prob = hm.probability
     maxima: dict[tuple[int, int], float] = {}
@@ -207,12 +207,12 @@ def test_camelyon16_csv_is_the_candidate_list(tmp_path, semireal, model) -> None
             if (round(x), round(y)) not in peaks:
                 maxima[(round(x), round(y))] = v
     assert maxima, "the fixture has no maximum besides the peaks: the test would check nothing"
-    # the CSV holds more than the lesion peaks, and the others are such maxima, at p x seed
+    # the CSV holds more than the lesion peaks, and the others are such maxima, each at its own
+    # probability (the seed plays no part)
     others = [(p, x, y) for p, x, y in rows if (x, y) not in peaks]
     assert others and len(rows) > len(lesions), "no candidate beyond the lesion peaks"
     for p, x, y in others:
-        assert p == pytest.approx(maxima[(x, y)] * (thr - BELOW_SEED), abs=1e-6)
-        assert p < thr
+        assert p == pytest.approx(maxima[(x, y)], abs=1e-6)
     assert [p for p, _x, _y in rows] == sorted((p for p, _x, _y in rows), reverse=True)
     # non-maximum suppression: no candidate within the radius of a higher kept one
     radius_px = DEFAULT_CANDIDATE_NMS_UM / hm.mpp

@@ -165,19 +165,22 @@ def test_a_lesion_covering_two_maxima_submits_both_below_the_seed() -> None:
     lesions = extract_lesions(hm, 0.25, min_major_axis_um=0.0)
     assert len(lesions) == 1 and lesions[0].peak_xy_px == centre(1, 3)
     inside = candidate_detections(hm, lesions, nms_radius_um=150.0, seed_threshold=0.25)
-    # the second bump (1, 10), 350 µm from the peak, is submitted below the seed (p x seed)
-    assert points(inside) == [(0.9, *centre(1, 3)), (round(0.7 * 0.25, 5), *centre(1, 10))]
-    assert inside.probs[1] == pytest.approx(0.7 * (0.25 - BELOW_SEED), abs=1e-7)  # float32 p
+    # the second bump (1, 10), 350 µm from the peak, is submitted at its own probability
+    assert points(inside) == [(0.9, *centre(1, 3)), (0.7, *centre(1, 10))]
     assert inside.is_lesion_peak.tolist() == [True, False]
+    scaled = candidate_detections(
+        hm, lesions, nms_radius_um=150.0, seed_threshold=0.25, below_seed="scale"
+    )
+    assert scaled.probs[1] == pytest.approx(0.7 * (0.25 - BELOW_SEED), abs=1e-7)  # float32 p
     outside = candidate_detections(
         hm, lesions, nms_radius_um=150.0, seed_threshold=0.25, inside_lesions=False
     )
     assert points(outside) == [(0.9, *centre(1, 3))]
-    # at a seed between the saddle and the bumps the two are separate lesions: the same points
+    # at a seed between the saddle and the bumps the two are separate lesions: the same list
     split = extract_lesions(hm, 0.5, min_major_axis_um=0.0)
     assert len(split) == 2
     points_split = candidate_detections(hm, split, nms_radius_um=150.0, seed_threshold=0.5)
-    assert [xy for _p, *xy in points(points_split)] == [list(centre(1, 3)), list(centre(1, 10))]
+    assert points(points_split) == points(inside)
     # a maximum within the NMS radius of the lesion's own peak is suppressed, as outside
     near = candidate_detections(hm, lesions, nms_radius_um=400.0, seed_threshold=0.25)
     assert points(near) == [(0.9, *centre(1, 3))]
@@ -234,7 +237,7 @@ def test_with_the_seed_every_lesion_ranks_above_the_other_candidates() -> None:
     assert points(near) == [(0.7, *centre(1, 3)), (0.3, *centre(2, 10))]
 
 
-def test_scaled_candidates_keep_their_order_below_the_seed() -> None:
+def test_own_clamped_and_scaled_candidates() -> None:
     p = np.zeros((4, 14), np.float32)
     p[1, 1] = 0.99  # a component the minimum size drops
     p[1, 3:8] = 0.7  # a lesion, peak (1, 3)
@@ -256,5 +259,16 @@ def test_scaled_candidates_keep_their_order_below_the_seed() -> None:
         (round(0.3 * below, 5), *centre(2, 12)),
     ]
     assert len(set(scaled.probs.tolist())) == 4 and scaled.probs[1] < 0.6
+    # the default: every candidate at its own probability, the seed plays no part
+    own = candidate_detections(hm, lesions, **kw)
+    assert points(own) == [
+        (0.99, *centre(1, 1)),
+        (0.8, *centre(2, 10)),
+        (0.7, *centre(1, 3)),
+        (0.3, *centre(2, 12)),
+    ]
+    assert points(own) == points(
+        candidate_detections(hm, lesions, **{**kw, "seed_threshold": None})
+    )
     with pytest.raises(ValueError, match="below_seed"):
         candidate_detections(hm, lesions, below_seed="nonsense", **kw)

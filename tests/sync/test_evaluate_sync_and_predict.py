@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from sync_helpers import FAST, one_error_line
 
 from qupath_rkd.cli import cli
+from qupath_rkd.constants import DEFAULT_CANDIDATE_FLOOR
 from qupath_rkd.demo import DemoProject
 from qupath_rkd.evaluation.predictions import read_lesion_detections
 from qupath_rkd.evaluation.run import evaluate
@@ -52,7 +53,7 @@ def test_evaluate_scores_syncs_predictions_as_the_demo_does(
     assert {r["slide"]: r["slide_score"] for r in report.slides} == pytest.approx(by_slide)
     assert report.slide_score_source == "report.json tumor_score"
     # the detections counted are sync's candidate list, predict's CSV: every lesion's peak at
-    # its maximum probability, then the heatmap's maxima below the operating point
+    # its maximum probability and the heatmap's other maxima, most below the operating point
     predictions = synced / "qupath-rkd" / "predictions"
     threshold = json.loads((synced / "qupath-rkd" / "report.json").read_text())["operating_point"][
         "threshold"
@@ -75,9 +76,11 @@ def test_evaluate_scores_syncs_predictions_as_the_demo_does(
         assert len(peaks) == entry["lesions"]
         at_peaks = {(int(x), int(y)): p for p, x, y in csv_rows if (int(x), int(y)) in peaks}
         assert at_peaks == pytest.approx(peaks, abs=1e-6)
-        below = [p for p, x, y in csv_rows if (int(x), int(y)) not in peaks]
-        assert all(p < threshold for p in below)
-        n_below += len(below)
+        # the others: the heatmap's other maxima, each at its own probability, highest first
+        others = [p for p, x, y in csv_rows if (int(x), int(y)) not in peaks]
+        assert all(DEFAULT_CANDIDATE_FLOOR <= p <= 1.0 for p in others)
+        assert [r[0] for r in csv_rows] == sorted((r[0] for r in csv_rows), reverse=True)
+        n_below += sum(p < threshold for p in others)
     assert n_below > 0, "no candidate below the operating point: the test checks too little"
     # the project, its qupath-rkd folder and its predictions folder all work
     for pred in (synced / "qupath-rkd", predictions):
