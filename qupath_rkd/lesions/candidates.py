@@ -32,8 +32,8 @@ positive. Why the own probability: a lesion's peak ranked first is only as good 
 sync's low operating points (0.12-0.65) false lesions outranked true maxima just under the seed,
 and at 0.5 on one set the small false components the minimum size drops outranked lesions.
 Measured in docs/benchmarks.md, "Candidates inside lesions, at their own probability": over
-three slide sets and four seeds the own probability is the best or within one lesion of it at
-every seed but one.
+three slide sets and several seeds the own probability is the best or within one lesion of it
+in 13 of 15 rows; the two others are one small set at seeds 0.5 and 0.58.
 
 Frames: the heatmap is ``(row, col)``; candidates are level-0 ``(x, y)`` pixels in QuPath's frame
 at tile centres, the same frame and convention as :attr:`~qupath_rkd.lesions.extract.Lesion.
