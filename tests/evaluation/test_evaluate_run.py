@@ -149,24 +149,19 @@ def test_the_operating_point_benchmark_counts_hits_at_run_jsons_threshold(
 ) -> None:
     """benchmarks/sensitivity_at_operating_point.py: lesions hit by a detection at or above the
     threshold run.json records, false lesions on the tumour slides and the tumour-free ones."""
-    import importlib.util
     import sys
-    from pathlib import Path
 
-    script = (
-        Path(__file__).resolve().parents[2] / "benchmarks" / "sensitivity_at_operating_point.py"
-    )
-    spec = importlib.util.spec_from_file_location("sens_at_op", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from bench_scripts import benchmark_module
+
     truth, pred = case
     results = {}
-    for threshold in (0.55, 0.7, 0.25):
-        (pred / "run.json").write_text(json.dumps({"operating_point": {"threshold": threshold}}))
-        monkeypatch.setattr(sys, "argv", ["x", "--pred", str(pred), "--truth", str(truth)])
-        module.main()
-        results[threshold] = json.loads(capsys.readouterr().out)
+    with benchmark_module("sensitivity_at_operating_point.py") as module:
+        for threshold in (0.55, 0.7, 0.25):
+            run_json = {"operating_point": {"threshold": threshold}}
+            (pred / "run.json").write_text(json.dumps(run_json))
+            monkeypatch.setattr(sys, "argv", ["x", "--pred", str(pred), "--truth", str(truth)])
+            module.main()
+            results[threshold] = json.loads(capsys.readouterr().out)
     # the lesions' best detections: 0.9 (Tumor_008) and 0.6 (gj_019); the tumour slides' false
     # positives 0.2 (Tumor_008) and 0.3 (Tumor_017); Normal_001 reports 3 lesions
     assert results[0.55]["lesions"] == 2

@@ -104,19 +104,15 @@ def test_the_mosaics_vs_slides_benchmark_counts_both_sides(
     mosaic_model_path, semireal, tmp_path, monkeypatch, capsys
 ) -> None:
     """benchmarks/mosaics_vs_slides.py on the stored mosaics and a predicted slide."""
-    import importlib.util
     import sys
-    from pathlib import Path
+
+    from bench_scripts import benchmark_module
 
     _predict(mosaic_model_path, semireal.path, tmp_path / "p")
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "mosaics_vs_slides.py"
-    spec = importlib.util.spec_from_file_location("mosaics_vs_slides", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     argv = ["x", "--model", str(mosaic_model_path), "--pred", str(tmp_path / "p")]
     monkeypatch.setattr(sys, "argv", [*argv, "--prefix", "semireal_"])
-    module.main()
+    with benchmark_module("mosaics_vs_slides.py") as module:
+        module.main()
     out = json.loads(capsys.readouterr().out)
     mosaics, slides = out["mosaics"], out["tumor_free_slides"]
     assert mosaics["units"] == 2 and mosaics["tiles"] == 2 * ROWS * ROWS

@@ -3,32 +3,28 @@ merges two true lesions into one."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
+from bench_scripts import benchmark_module
 from shapely.geometry import box
 
 from qupath_rkd.evaluation.camelyon16 import evaluation_mask
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.inference.predict import InferenceConfig, SlidePrediction, TileScores
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "candidate_rules.py"
+SCRIPT = "candidate_rules.py"
 MPP = 0.972
 CELL = 96.0  # level-0 px per cell: tiles of 96 px at 0.972 µm/px, stride one tile (93 µm)
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("candidate_rules_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench() -> Iterator[ModuleType]:
+    with benchmark_module(SCRIPT) as module:
+        yield module
 
 
 def _prediction(prob: np.ndarray) -> SlidePrediction:

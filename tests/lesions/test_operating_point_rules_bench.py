@@ -3,29 +3,24 @@ operating point on (a tumour-free slide and a hard normal outline on another sli
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
 import pytest
+from bench_scripts import benchmark_module
 
 from qupath_rkd.heatmap import Heatmap
 from qupath_rkd.lesions.operating_point import NegativeHeatmap
 from qupath_rkd.lesions.postprocess import PostProcessing
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "operating_point_rules.py"
+SCRIPT = "operating_point_rules.py"
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("operating_point_rules_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def bench() -> Iterator[ModuleType]:
+    with benchmark_module(SCRIPT) as module:
+        yield module
 
 
 def _heatmap(prob: np.ndarray) -> Heatmap:

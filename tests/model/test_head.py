@@ -213,19 +213,14 @@ def test_normal_weights_keep_each_class_at_half_the_loss_and_pull_weighted_norma
 
 def test_the_hard_negative_benchmark_reads_the_tail() -> None:
     """benchmarks/head_hard_negatives.py: recall at a share of the normals, and the weights."""
-    import importlib.util
-    from pathlib import Path
+    from bench_scripts import benchmark_module
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "head_hard_negatives.py"
-    spec = importlib.util.spec_from_file_location("head_hard_negatives", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     # 200 normals scored 0..199; tumours at 198.5 and 190
     scores = np.r_[np.arange(200.0), [198.5, 190.0]]
     labels = np.r_[np.zeros(200), [1, 1]].astype(int)
-    m = module.tail_metrics(scores, labels)
+    with benchmark_module("head_hard_negatives.py") as module:
+        m = module.tail_metrics(scores, labels)
+        w = module.hard_weights(np.arange(100.0), 0.1, 5.0)
     assert m["recall_at_0.005"] == 0.5  # cut at the 2nd highest normal (198): one tumour above
     assert m["recall_at_0.05"] == 1.0  # cut at the 11th highest (189): both above
-    w = module.hard_weights(np.arange(100.0), 0.1, 5.0)
     assert w.sum() == 90 + 10 * 5.0 and (w[90:] == 5.0).all()

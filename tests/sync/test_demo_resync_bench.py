@@ -4,13 +4,13 @@ the re-sync retrains for it and records its timings, and the scoring reads the r
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from bench_scripts import benchmark_module
 from sync_helpers import FAST
 
 from qupath_rkd.qupath.geojson import read_geojson
@@ -20,18 +20,9 @@ SCRIPT = REPO / "benchmarks" / "demo_resync.py"
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("demo_resync_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(spec.name, None)
-        raise
-    yield module
-    sys.modules.pop(spec.name, None)
+def bench() -> Iterator[ModuleType]:
+    with benchmark_module(SCRIPT.name) as module:
+        yield module
 
 
 def test_one_new_annotation_then_resync(bench: ModuleType, synced_copy: Path) -> None:
