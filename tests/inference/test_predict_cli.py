@@ -248,6 +248,29 @@ def test_second_run_skips_finished_slides_and_a_new_setting_reruns(predicted) ->
     assert o.done_json.read_text() != before
 
 
+def test_outputs_with_the_old_candidate_list_are_predicted_again(predicted) -> None:
+    """A slide whose done.json records the candidate list written before 2026-12-08 (maxima
+    outside the lesions only, clamped below the seed) is predicted again, not skipped."""
+    out = predicted["out"]
+    o = SlideOutputs(out, "semireal_a")
+    args = [a for a in predicted["args"] if a != str(out.parent / "kidney-48-5.tif")]
+    assert run(*args).exit_code == 0  # every slide done with these settings (other tests vary them)
+    done = json.loads(o.done_json.read_text())
+    done["camelyon16_submission"] = {
+        "content": "candidates: lesion peaks + local maxima outside the lesions, below the seed",
+        "floor": 0.05,
+        "nms_radius_um": 187.0,
+        "max_candidates": 1000,
+    }
+    o.done_json.write_text(json.dumps(done))
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    assert "done     semireal_a" in res.output and "skipped  blank" in res.output
+    from qupath_rkd.inference.write import SUBMISSION_RECORD
+
+    assert json.loads(o.done_json.read_text())["camelyon16_submission"] == SUBMISSION_RECORD
+
+
 def test_evaluate_reads_predict_outputs(predicted, tmp_path) -> None:
     out, slide = predicted["out"], predicted["slide"]
     truth = tmp_path / "truth"
