@@ -68,7 +68,7 @@ DEFAULT_CANDIDATES_INSIDE_LESIONS: Final[bool] = True
 #: How the candidates that are not lesion peaks are submitted: "own" (their own probability: the
 #: list then hardly depends on the seed threshold), "clamp" (those at or above the seed tie just
 #: below it) or "scale" (p x seed: below it in their own order). Measured on three slide sets at
-#: four seeds (docs/benchmarks.md, "Candidates inside lesions, at their own probability").
+#: several seeds (docs/benchmarks.md, "Candidates inside lesions, at their own probability").
 DEFAULT_CANDIDATES_BELOW_SEED: Final[str] = "own"
 #: Slide-score rules (qupath_rkd.lesions.slide_score), the default first.
 SLIDE_SCORE_RULES: Final[tuple[str, ...]] = (

@@ -73,9 +73,10 @@ class PredictedSlide:
         slide_id: the name shown in the report (``predict``'s slide id; for ``sync``, the image
             name's stem made safe, as ``predict`` names the same slide).
         names: every name a truth file may carry for this slide (``slide_id`` first).
-        detections: the detections scored: ``predict``'s candidate list (lesion peaks and
-            heatmap maxima below the seed, :mod:`qupath_rkd.lesions.candidates`), a bare
-            submission's lines, or for ``sync`` one per lesion (its peak).
+        detections: the detections scored: the candidate list ``predict`` and ``sync`` write
+            (lesion peaks and the heatmap's other maxima, :mod:`qupath_rkd.lesions.candidates`),
+            a bare submission's lines, or for a ``sync`` without that list one per lesion (its
+            peak).
         score: the slide score (``slide_scores.csv`` or ``report.json``), ``None`` when absent.
         mpp: the slide's level-0 µm/px as the predictions record it, ``None`` when unknown.
         stale: ``sync`` failed on the slide and kept its previous predictions (another model

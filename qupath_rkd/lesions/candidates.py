@@ -67,8 +67,8 @@ __all__ = ["BELOW_SEED", "BELOW_SEED_RULES", "Candidates", "candidate_detections
 #: one unit of the Camelyon16 CSV's 6 decimals.
 BELOW_SEED = 1e-6
 
-#: How the candidates that are not lesion peaks are put below the seed (see
-#: :func:`candidate_detections`).
+#: How the candidates that are not lesion peaks are submitted: at their own probability, or
+#: below the seed (see :func:`candidate_detections`).
 BELOW_SEED_RULES = ("own", "clamp", "scale")
 
 
@@ -151,6 +151,8 @@ def candidate_detections(
         raise ValueError(f"candidate NMS radius must be a length >= 0 in µm, got {nms_radius_um}")
     if max_candidates < 1:
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+    if below_seed not in BELOW_SEED_RULES:
+        raise ValueError(f"below_seed must be one of {BELOW_SEED_RULES}, got {below_seed!r}")
     rows, cols = local_maxima(heatmap.probability, floor)
     mx, my = heatmap.to_level0_xy(rows, cols)
     mp = heatmap.probability[rows, cols].astype(np.float64)
@@ -170,8 +172,6 @@ def candidate_detections(
     y = np.concatenate([ly, my])
     p = np.concatenate([lp, mp])
     is_peak = np.concatenate([np.ones(lx.size, bool), np.zeros(mx.size, bool)])
-    if below_seed not in BELOW_SEED_RULES:
-        raise ValueError(f"below_seed must be one of {BELOW_SEED_RULES}, got {below_seed!r}")
     submitted = p.copy()
     if seed_threshold is not None and below_seed != "own":
         below = max(float(seed_threshold) - BELOW_SEED, 0.0)
