@@ -30,7 +30,6 @@ false positives per slide and candidates per slide, per rule and threshold; one 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -113,32 +112,20 @@ def score_rules(
 
 
 def study(project: Path, test: Sequence[Any], memo: Any) -> dict[str, Any]:
-    """One synced project: predict the held-out slides once, score both rules at both seeds."""
+    """One synced project: predict the held-out slides once, score every rule at both seeds."""
+    from operating_point_rules import predict_held_out
+
     from qupath_rkd.constants import PROJECT_SUBDIR
-    from qupath_rkd.evaluation.camelyon16 import evaluation_mask
-    from qupath_rkd.inference import predict_slide
     from qupath_rkd.model.scorer import load_model
-    from qupath_rkd.sync.config import load_config
-    from qupath_rkd.sync.runner import inference_config
 
     report = json.loads((project / PROJECT_SUBDIR / "report.json").read_text(encoding="utf-8"))
-    config = load_config(project, {})
     model = load_model(project / PROJECT_SUBDIR / "model" / "model.pt", device="cpu")
     memo.wrap(model)
     seeds = {
         "sync": float(report["operating_point"]["threshold"]),
         "calibrated": float(model.threshold),
     }
-    preds = []
-    for s in test:
-        cfg = dataclasses.replace(inference_config(config, s.mpp), threshold=seeds["calibrated"])
-        pred = predict_slide(s.path, model, config=cfg)
-        mask = (
-            evaluation_mask(s.lesions, mpp=s.mpp, slide_size_px=(s.width_px, s.height_px))
-            if s.lesions
-            else None
-        )
-        preds.append((s, pred, mask))
+    preds = predict_held_out(project, model, test, seeds["calibrated"])
     row: dict[str, Any] = {"project": str(project)}
     for name, t in seeds.items():
         row[name] = {"threshold": round(t, 4), **score_rules(preds, t)}

@@ -188,31 +188,19 @@ def score_at(preds: Sequence[tuple[Any, Any, Any]], threshold: float) -> dict[st
 def study(project: Path, test: Sequence[Any], memo: Any) -> dict[str, Any]:
     """One project: sync it, pick each rule's threshold, score the held-out slides."""
     from qupath_rkd.constants import PROJECT_SUBDIR
-    from qupath_rkd.evaluation.camelyon16 import evaluation_mask, froc, score_detections
-    from qupath_rkd.inference import predict_slide
+    from qupath_rkd.evaluation.camelyon16 import froc, score_detections
     from qupath_rkd.inference.write import slide_candidates
     from qupath_rkd.model.scorer import load_model
-    from qupath_rkd.sync.config import load_config
-    from qupath_rkd.sync.runner import inference_config
 
     t0 = time.perf_counter()
     outcome, cap = sync_capturing(project)
     sync_s = time.perf_counter() - t0
-    config = load_config(project, {})
     model = load_model(project / PROJECT_SUBDIR / "model" / "model.pt", device="cpu")
     memo.wrap(model)
     calibrated = float(model.threshold)
-    preds = []
+    preds = predict_held_out(project, model, test, calibrated)
     cands = []
-    for s in test:
-        cfg = dataclasses.replace(inference_config(config, s.mpp), threshold=calibrated)
-        pred = predict_slide(s.path, model, config=cfg)
-        mask = (
-            evaluation_mask(s.lesions, mpp=s.mpp, slide_size_px=(s.width_px, s.height_px))
-            if s.lesions
-            else None
-        )
-        preds.append((s, pred, mask))
+    for s, pred, mask in preds:
         c = slide_candidates(pred)
         cands.append(score_detections(s.name, c.probs, c.x_px, c.y_px, mask))
     row: dict[str, Any] = {
@@ -258,6 +246,30 @@ def study(project: Path, test: Sequence[Any], memo: Any) -> dict[str, Any]:
     row["hindsight"] = {"threshold": float(best), **grid[best]}
     row["grid"] = grid
     return row
+
+
+def predict_held_out(
+    project: Path, model: Any, test: Sequence[Any], threshold: float
+) -> list[tuple[Any, Any, Any]]:
+    """``(slide, prediction, evaluation mask or None)`` of each held-out slide, predicted by
+    ``model`` with the project's inference settings at seed ``threshold``."""
+    from qupath_rkd.evaluation.camelyon16 import evaluation_mask
+    from qupath_rkd.inference import predict_slide
+    from qupath_rkd.sync.config import load_config
+    from qupath_rkd.sync.runner import inference_config
+
+    config = load_config(project, {})
+    out = []
+    for s in test:
+        cfg = dataclasses.replace(inference_config(config, s.mpp), threshold=threshold)
+        pred = predict_slide(s.path, model, config=cfg)
+        mask = (
+            evaluation_mask(s.lesions, mpp=s.mpp, slide_size_px=(s.width_px, s.height_px))
+            if s.lesions
+            else None
+        )
+        out.append((s, pred, mask))
+    return out
 
 
 def _max_smoothed(neg: Any, post: Any) -> float | None:

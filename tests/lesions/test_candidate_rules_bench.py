@@ -70,6 +70,9 @@ def test_inside_maxima_find_the_second_lesion_a_low_seed_merges(bench: ModuleTyp
     # outside the lesions only: the second true lesion is never submitted at the low seed
     assert merged["outside"]["sens_at"] == [0.5, 0.5, 0.5]
     assert merged["inside"]["sens_at"] == [1.0, 1.0, 1.0]
+    # the package's default (inside, own probability) finds both at either seed
+    assert bench.default_rule() == "inside_own"
+    assert merged["inside_own"]["sens_at"] == split["inside_own"]["sens_at"] == [1.0, 1.0, 1.0]
     assert split["outside"]["sens_at"] == split["inside"]["sens_at"] == [1.0, 1.0, 1.0]
     assert merged["inside"]["froc"] == split["inside"]["froc"] == 1.0
     # the tumour slide's two points and the tumour-free slide's one
